@@ -1,0 +1,135 @@
+#!/usr/bin/env bash
+# Builds the pinned Go tools nodeforge's tests and scripts use, from the Go
+# module proxy only, and caches each set under a directory keyed by its
+# version with a stamp file, so a second run costs nothing.
+#
+#   hack/tools.sh envtest      kube-apiserver, etcd, kubectl; prints the dir for KUBEBUILDER_ASSETS
+#   hack/tools.sh kube-node    kubeadm, kubelet, kubectl (for the offline apt repo); prints the dir
+#   hack/tools.sh cluster      all of the above plus kube-controller-manager, kube-scheduler
+#   hack/tools.sh minio        the MinIO server; prints the dir
+#   hack/tools.sh crane        crane, for OCI image tarballs; prints the dir
+#   hack/tools.sh path SET     prints the cache dir of SET without building
+#
+# The cache root is $NODEFORGE_CACHE (default ${XDG_CACHE_HOME:-~/.cache}/nodeforge).
+# Progress goes to stderr; stdout carries only the directory.
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+cache_root=${NODEFORGE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/nodeforge}
+
+# Pinned versions. Changing one changes its cache key.
+K8S_VERSION=v1.37.2
+ETCD_VERSION=v3.7.3
+MINIO_VERSION=v0.0.0-20260212201848-7aac2a2c5b7c
+CRANE_VERSION=v0.22.1
+
+log() { printf '[tools] %s\n' "$*" >&2; }
+
+# cached DIR STAMP-CONTENT: true when DIR holds a complete build for that content.
+cached() { [ -f "$1/.stamp" ] && [ "$(cat "$1/.stamp")" = "$2" ]; }
+
+# Build into a temp dir next to the target and rename it into place at the
+# end, so an interrupted build never leaves a half-filled cache dir behind.
+begin() { rm -rf "$1.tmp" && mkdir -p "$1.tmp"; }
+commit() { printf '%s' "$2" >"$1.tmp/.stamp" && rm -rf "$1" && mv "$1.tmp" "$1"; }
+
+k8s_ldflags() {
+	local minor=${K8S_VERSION#v1.}
+	minor=${minor%%.*}
+	printf '%s' "-s -w -X k8s.io/component-base/version.gitVersion=${K8S_VERSION} -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=${minor} -X k8s.io/component-base/version.gitTreeState=clean"
+}
+
+# build_k8s DIR CMD... builds the named k8s.io/kubernetes/cmd/* into DIR.
+build_k8s() {
+	local dir=$1
+	shift
+	local pkgs=()
+	for c in "$@"; do pkgs+=("k8s.io/kubernetes/cmd/$c"); done
+	log "building $* ${K8S_VERSION} (cold: several minutes per binary on 2 cores)"
+	(cd "$here/tools/k8s" && CGO_ENABLED=0 go build -trimpath -ldflags "$(k8s_ldflags)" -o "$dir/" "${pkgs[@]}")
+}
+
+build_etcd() {
+	log "building etcd ${ETCD_VERSION}"
+	(cd "$here/tools/etcd" && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$1/etcd" go.etcd.io/etcd/server/v3)
+}
+
+set_dir() {
+	case $1 in
+	envtest) echo "$cache_root/envtest-k8s-${K8S_VERSION}-etcd-${ETCD_VERSION}" ;;
+	kube-node) echo "$cache_root/kube-node-${K8S_VERSION}" ;;
+	cluster) echo "$cache_root/cluster-k8s-${K8S_VERSION}-etcd-${ETCD_VERSION}" ;;
+	minio) echo "$cache_root/minio-${MINIO_VERSION}" ;;
+	crane) echo "$cache_root/crane-${CRANE_VERSION}" ;;
+	*)
+		echo "unknown tool set: $1" >&2
+		exit 2
+		;;
+	esac
+}
+
+# The cluster set is a superset of envtest and kube-node: reuse their binaries
+# when present instead of building the same thing twice.
+copy_from() {
+	local from=$1 to=$2
+	shift 2
+	for b in "$@"; do
+		if [ -x "$from/$b" ] && [ ! -e "$to/$b" ]; then cp "$from/$b" "$to/$b"; fi
+	done
+}
+
+ensure() {
+	local set=$1 dir stamp
+	dir=$(set_dir "$set")
+	case $set in
+	envtest) stamp="k8s=${K8S_VERSION} etcd=${ETCD_VERSION}" ;;
+	kube-node) stamp="k8s=${K8S_VERSION}" ;;
+	cluster) stamp="k8s=${K8S_VERSION} etcd=${ETCD_VERSION} full" ;;
+	minio) stamp="minio=${MINIO_VERSION}" ;;
+	crane) stamp="crane=${CRANE_VERSION}" ;;
+	esac
+	if cached "$dir" "$stamp"; then
+		echo "$dir"
+		return
+	fi
+	begin "$dir"
+	local t=$dir.tmp
+	case $set in
+	envtest)
+		build_k8s "$t" kube-apiserver kubectl
+		build_etcd "$t"
+		;;
+	kube-node)
+		build_k8s "$t" kubeadm kubelet kubectl
+		;;
+	cluster)
+		copy_from "$(set_dir envtest)" "$t" kube-apiserver kubectl etcd
+		copy_from "$(set_dir kube-node)" "$t" kubeadm kubelet
+		local need=()
+		for c in kube-apiserver kube-controller-manager kube-scheduler kubelet kubeadm kubectl; do
+			[ -e "$t/$c" ] || need+=("$c")
+		done
+		[ ${#need[@]} -eq 0 ] || build_k8s "$t" "${need[@]}"
+		[ -e "$t/etcd" ] || build_etcd "$t"
+		;;
+	minio)
+		log "building MinIO ${MINIO_VERSION} (cold: 4-11 minutes)"
+		CGO_ENABLED=0 GOBIN="$t" go install -trimpath -ldflags "-s -w" "github.com/minio/minio@${MINIO_VERSION}"
+		;;
+	crane)
+		CGO_ENABLED=0 GOBIN="$t" go install -trimpath -ldflags "-s -w" "github.com/google/go-containerregistry/cmd/crane@${CRANE_VERSION}"
+		;;
+	esac
+	commit "$dir" "$stamp"
+	log "cached in $dir"
+	echo "$dir"
+}
+
+case ${1:-} in
+path) set_dir "${2:?usage: $0 path SET}" ;;
+envtest | kube-node | cluster | minio | crane) ensure "$1" ;;
+*)
+	sed -n '2,14p' "$0" >&2
+	exit 2
+	;;
+esac
