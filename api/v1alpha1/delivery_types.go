@@ -1,0 +1,193 @@
+package v1alpha1
+
+import (
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// DestinationSpec says where built images are published. Exactly one
+// destination kind is set.
+// +kubebuilder:validation:XValidation:rule="has(self.s3)",message="destination.s3 must be set"
+type DestinationSpec struct {
+	// s3 publishes to an S3-compatible object store.
+	// +optional
+	S3 *S3Destination `json:"s3,omitempty"`
+}
+
+// BucketLookup selects S3 addressing.
+// +kubebuilder:validation:Enum=auto;path;dns
+type BucketLookup string
+
+const (
+	// BucketLookupAuto lets the client choose (virtual-host for AWS, path otherwise).
+	BucketLookupAuto BucketLookup = "auto"
+	// BucketLookupPath uses path-style addressing (endpoint/bucket/key).
+	BucketLookupPath BucketLookup = "path"
+	// BucketLookupDNS uses virtual-host addressing (bucket.endpoint/key).
+	BucketLookupDNS BucketLookup = "dns"
+)
+
+// S3Destination is a bucket in an S3-compatible object store.
+// +kubebuilder:validation:XValidation:rule="!(has(self.insecure) && self.insecure && has(self.caSecretRef))",message="caSecretRef cannot be combined with insecure"
+type S3Destination struct {
+	// endpoint of the object store, as a URL: https://host[:port] (or http://
+	// with insecure: true).
+	// +required
+	// +kubebuilder:validation:MaxLength=2048
+	// +kubebuilder:validation:Pattern=`^https?://[A-Za-z0-9.-]+(:[0-9]+)?/?$`
+	Endpoint string `json:"endpoint"`
+
+	// bucket name.
+	// +required
+	// +kubebuilder:validation:MinLength=3
+	// +kubebuilder:validation:MaxLength=63
+	// +kubebuilder:validation:Pattern=`^[a-z0-9][a-z0-9.-]*[a-z0-9]$`
+	Bucket string `json:"bucket"`
+
+	// prefix of every key nodeforge writes; artifacts go to
+	// PREFIX/NAME/DIGEST/.
+	// +optional
+	// +kubebuilder:validation:MaxLength=512
+	// +kubebuilder:validation:Pattern=`^[A-Za-z0-9!_.*'()/-]*$`
+	// +kubebuilder:validation:XValidation:rule="!self.startsWith('/')",message="prefix must not start with /"
+	Prefix string `json:"prefix,omitempty"`
+
+	// region of the bucket.
+	// +optional
+	// +kubebuilder:default="us-east-1"
+	// +kubebuilder:validation:MaxLength=64
+	// +kubebuilder:validation:Pattern=`^[a-z0-9-]+$`
+	Region string `json:"region,omitempty"`
+
+	// bucketLookup selects path-style or virtual-host addressing.
+	// +optional
+	// +kubebuilder:default=auto
+	BucketLookup BucketLookup `json:"bucketLookup,omitempty"`
+
+	// credentialsSecretRef names a Secret in the NodeImage's namespace with
+	// keys accessKeyID and secretAccessKey, and optionally sessionToken.
+	// +required
+	CredentialsSecretRef corev1.LocalObjectReference `json:"credentialsSecretRef"`
+
+	// caSecretRef names a Secret whose ca.crt key holds the PEM CA bundle
+	// that signs the endpoint's certificate.
+	// +optional
+	CASecretRef *corev1.LocalObjectReference `json:"caSecretRef,omitempty"`
+
+	// insecure allows a plain-HTTP endpoint. Use it only for a store on a
+	// trusted network.
+	// +optional
+	Insecure bool `json:"insecure,omitempty"`
+
+	// createBucket creates the bucket when it does not exist. Without it a
+	// missing bucket fails the publish.
+	// +optional
+	CreateBucket bool `json:"createBucket,omitempty"`
+
+	// presignExpiry is how long the presigned download URL recorded in
+	// status stays valid (at most 7 days, S3's limit).
+	// +optional
+	// +kubebuilder:default="24h"
+	PresignExpiry *metav1.Duration `json:"presignExpiry,omitempty"`
+}
+
+// CheckName names a verification check; see docs/spec/v1alpha1 for the list.
+// +kubebuilder:validation:MaxLength=63
+// +kubebuilder:validation:Pattern=`^[a-z0-9]([a-z0-9-]*[a-z0-9])?$`
+type CheckName string
+
+// VerificationSpec selects how a built image is verified before it is
+// published. Every check implied by the image content is required by
+// default; a failed required check fails the build and blocks publishing.
+type VerificationSpec struct {
+	// boot boots the finished image under QEMU (KVM where it can run guests,
+	// else TCG) and checks the running node.
+	// +optional
+	// +kubebuilder:default={}
+	Boot BootVerificationSpec `json:"boot,omitempty"`
+
+	// optional lists checks whose failure is recorded but does not fail the
+	// build.
+	// +optional
+	// +listType=set
+	// +kubebuilder:validation:MaxItems=128
+	Optional []CheckName `json:"optional,omitempty"`
+
+	// skip lists checks that are not run at all.
+	// +optional
+	// +listType=set
+	// +kubebuilder:validation:MaxItems=128
+	Skip []CheckName `json:"skip,omitempty"`
+}
+
+// BootVerificationSpec configures the boot test.
+type BootVerificationSpec struct {
+	// enabled runs the boot test.
+	// +optional
+	// +kubebuilder:default=true
+	Enabled *bool `json:"enabled,omitempty"`
+
+	// timeout bounds the boot test, from QEMU start to the last in-guest
+	// check.
+	// +optional
+	// +kubebuilder:default="10m"
+	Timeout *metav1.Duration `json:"timeout,omitempty"`
+}
+
+// BuilderBackend selects where a build runs.
+// +kubebuilder:validation:Enum=Pod;KubeVirt
+type BuilderBackend string
+
+const (
+	// BuilderBackendPod runs the build in a privileged Pod with /dev/kvm.
+	BuilderBackendPod BuilderBackend = "Pod"
+	// BuilderBackendKubeVirt runs the build in a KubeVirt
+	// VirtualMachineInstance.
+	BuilderBackendKubeVirt BuilderBackend = "KubeVirt"
+)
+
+// BuilderSpec configures where and how builds run. It does not affect the
+// image's content.
+type BuilderSpec struct {
+	// backend runs the build in a Pod or a KubeVirt VM.
+	// +optional
+	// +kubebuilder:default=Pod
+	Backend BuilderBackend `json:"backend,omitempty"`
+
+	// image overrides the builder container image the manager was configured
+	// with.
+	// +optional
+	// +kubebuilder:validation:MaxLength=512
+	Image string `json:"image,omitempty"`
+
+	// nodeSelector constrains the builder to nodes with these labels.
+	// +optional
+	NodeSelector map[string]string `json:"nodeSelector,omitempty"`
+
+	// tolerations of the builder.
+	// +optional
+	// +listType=atomic
+	Tolerations []corev1.Toleration `json:"tolerations,omitempty"`
+
+	// resources of the builder container.
+	// +optional
+	Resources corev1.ResourceRequirements `json:"resources,omitempty"`
+
+	// timeout bounds one build attempt, including time spent Pending.
+	// +optional
+	// +kubebuilder:default="45m"
+	Timeout *metav1.Duration `json:"timeout,omitempty"`
+
+	// retries is how many times a failed build attempt is retried (with
+	// backoff) before the build is Stalled.
+	// +optional
+	// +kubebuilder:default=2
+	// +kubebuilder:validation:Minimum=0
+	// +kubebuilder:validation:Maximum=10
+	Retries *int32 `json:"retries,omitempty"`
+
+	// cache names a PersistentVolumeClaim that keeps downloaded packages
+	// between builds.
+	// +optional
+	Cache *corev1.LocalObjectReference `json:"cache,omitempty"`
+}

@@ -1,0 +1,290 @@
+package v1alpha1
+
+import (
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// NodeImageBuildKind is the kind of NodeImageBuild.
+const NodeImageBuildKind = "NodeImageBuild"
+
+// BuildReason says why a build was started.
+// +kubebuilder:validation:Enum=FirstBuild;SpecChanged;RebuildRequested;BaseUpdated
+type BuildReason string
+
+const (
+	// BuildReasonFirstBuild is the first build of a NodeImage.
+	BuildReasonFirstBuild BuildReason = "FirstBuild"
+	// BuildReasonSpecChanged follows a change of the image content.
+	BuildReasonSpecChanged BuildReason = "SpecChanged"
+	// BuildReasonRebuildRequested follows a change of the rebuild annotation.
+	BuildReasonRebuildRequested BuildReason = "RebuildRequested"
+	// BuildReasonBaseUpdated follows an update of the base distribution's
+	// packages.
+	BuildReasonBaseUpdated BuildReason = "BaseUpdated"
+)
+
+// NodeImageBuildSpec is one build attempt's resolved input. It is immutable.
+type NodeImageBuildSpec struct {
+	// nodeImageName is the NodeImage this build belongs to.
+	// +required
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=40
+	NodeImageName string `json:"nodeImageName"`
+
+	// specDigest is the content address of image, as
+	// sha256:<64 hex digits>.
+	// +required
+	// +kubebuilder:validation:Pattern=`^sha256:[a-f0-9]{64}$`
+	SpecDigest string `json:"specDigest"`
+
+	// reason the build was started.
+	// +required
+	Reason BuildReason `json:"reason"`
+
+	// rebuildRequestedAt is the rebuild annotation's value when reason is
+	// RebuildRequested.
+	// +optional
+	// +kubebuilder:validation:MaxLength=128
+	RebuildRequestedAt string `json:"rebuildRequestedAt,omitempty"`
+
+	// image is the resolved, defaulted image content, with ConfigMap
+	// references replaced by their content.
+	// +required
+	Image ImageContent `json:"image"`
+
+	// destination, verification and builder are copied from the NodeImage.
+	// +optional
+	Destination *DestinationSpec `json:"destination,omitempty"`
+
+	// verification selects the checks run before publishing.
+	// +optional
+	Verification VerificationSpec `json:"verification,omitempty"`
+
+	// builder configures where the build runs.
+	// +optional
+	Builder BuilderSpec `json:"builder,omitempty"`
+}
+
+// NodeImageBuildStatus is the observed state of a build.
+type NodeImageBuildStatus struct {
+	// conditions: Ready (always), Reconciling and Stalled (only when true),
+	// and the domain conditions Built, Verified and Published.
+	// +optional
+	// +listType=map
+	// +listMapKey=type
+	// +patchStrategy=merge
+	// +patchMergeKey=type
+	Conditions []metav1.Condition `json:"conditions,omitempty" patchStrategy:"merge" patchMergeKey:"type"`
+
+	// observedGeneration is the generation last handled.
+	// +optional
+	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
+
+	// startTime is when the first attempt was started.
+	// +optional
+	StartTime *metav1.Time `json:"startTime,omitempty"`
+
+	// completionTime is when the build succeeded or finally failed.
+	// +optional
+	CompletionTime *metav1.Time `json:"completionTime,omitempty"`
+
+	// attempts is how many builder attempts were started.
+	// +optional
+	Attempts int32 `json:"attempts,omitempty"`
+
+	// builderRef names the Pod or VirtualMachineInstance of the current
+	// attempt.
+	// +optional
+	BuilderRef *BuilderReference `json:"builderRef,omitempty"`
+
+	// progress of the current attempt.
+	// +optional
+	Progress *Progress `json:"progress,omitempty"`
+
+	// artifact is the published image.
+	// +optional
+	Artifact *Artifact `json:"artifact,omitempty"`
+
+	// verification holds every check's result.
+	// +optional
+	Verification *VerificationResults `json:"verification,omitempty"`
+
+	// logExcerpt is the tail of the builder's output when the build failed.
+	// +optional
+	// +kubebuilder:validation:MaxLength=4096
+	LogExcerpt string `json:"logExcerpt,omitempty"`
+}
+
+// BuilderReference names the object running a build attempt.
+type BuilderReference struct {
+	// kind is Pod or VirtualMachineInstance.
+	// +required
+	Kind string `json:"kind"`
+
+	// name of the object, in the build's namespace.
+	// +required
+	Name string `json:"name"`
+}
+
+// Progress is how far a build attempt is.
+type Progress struct {
+	// step is the pipeline step running, such as rootfs or boot-test.
+	// +optional
+	Step string `json:"step,omitempty"`
+
+	// percent of the whole build done, 0 to 100.
+	// +optional
+	// +kubebuilder:validation:Minimum=0
+	// +kubebuilder:validation:Maximum=100
+	Percent int32 `json:"percent,omitempty"`
+
+	// message is a short human-readable note.
+	// +optional
+	Message string `json:"message,omitempty"`
+}
+
+// Artifact is a built, verified, published image.
+type Artifact struct {
+	// url is the stable location of the image (s3://bucket/key, or a file
+	// path for local builds).
+	// +required
+	URL string `json:"url"`
+
+	// presignedURL is a time-limited HTTP(S) download URL.
+	// +optional
+	PresignedURL string `json:"presignedURL,omitempty"`
+
+	// manifestURL is the location of the build manifest JSON.
+	// +optional
+	ManifestURL string `json:"manifestURL,omitempty"`
+
+	// sha256 of the image file, hex.
+	// +required
+	// +kubebuilder:validation:Pattern=`^[a-f0-9]{64}$`
+	SHA256 string `json:"sha256"`
+
+	// size of the image file in bytes.
+	// +required
+	Size int64 `json:"size"`
+
+	// virtualSize of the disk in bytes.
+	// +optional
+	VirtualSize int64 `json:"virtualSize,omitempty"`
+
+	// format of the image.
+	// +required
+	Format Format `json:"format"`
+
+	// builtAt is when the image was built.
+	// +optional
+	BuiltAt metav1.Time `json:"builtAt,omitempty"`
+
+	// specDigest of the content the image was built from.
+	// +required
+	SpecDigest string `json:"specDigest"`
+}
+
+// CheckCategory says how a check looks at the image.
+// +kubebuilder:validation:Enum=offline;boot
+type CheckCategory string
+
+const (
+	// CheckCategoryOffline checks inspect the image file without booting it.
+	CheckCategoryOffline CheckCategory = "offline"
+	// CheckCategoryBoot checks run inside the booted image.
+	CheckCategoryBoot CheckCategory = "boot"
+)
+
+// CheckResult is one verification check's outcome.
+type CheckResult struct {
+	// name of the check.
+	// +required
+	Name string `json:"name"`
+
+	// category of the check.
+	// +required
+	Category CheckCategory `json:"category"`
+
+	// passed is true when the check passed.
+	Passed bool `json:"passed"`
+
+	// required checks fail the build when they do not pass.
+	// +optional
+	Required bool `json:"required,omitempty"`
+
+	// message says what was seen.
+	// +optional
+	Message string `json:"message,omitempty"`
+
+	// duration the check took.
+	// +optional
+	Duration *metav1.Duration `json:"duration,omitempty"`
+}
+
+// VerificationResults is the outcome of verifying one image.
+type VerificationResults struct {
+	// accelerator the boot test ran under: kvm or tcg.
+	// +optional
+	Accelerator string `json:"accelerator,omitempty"`
+
+	// passed, failed and skipped count the checks.
+	Passed int32 `json:"passed"`
+	// failed counts checks that did not pass.
+	Failed int32 `json:"failed"`
+	// skipped counts checks that were not run.
+	Skipped int32 `json:"skipped"`
+
+	// checks are the individual results.
+	// +optional
+	// +listType=atomic
+	Checks []CheckResult `json:"checks,omitempty"`
+}
+
+// NodeImageBuild is one immutable attempt to build, verify and publish a
+// NodeImage's content. It is created and owned by its NodeImage.
+//
+// +kubebuilder:object:root=true
+// +kubebuilder:subresource:status
+// +kubebuilder:resource:shortName=nib,categories=nodeforge
+// +kubebuilder:printcolumn:name="Image",type=string,JSONPath=`.spec.nodeImageName`
+// +kubebuilder:printcolumn:name="Ready",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].status`
+// +kubebuilder:printcolumn:name="Status",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].message`
+// +kubebuilder:printcolumn:name="Step",type=string,JSONPath=`.status.progress.step`,priority=1
+// +kubebuilder:printcolumn:name="Artifact",type=string,JSONPath=`.status.artifact.url`,priority=1
+// +kubebuilder:printcolumn:name="Reason",type=string,JSONPath=`.spec.reason`,priority=1
+// +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
+type NodeImageBuild struct {
+	metav1.TypeMeta `json:",inline"`
+	// +optional
+	metav1.ObjectMeta `json:"metadata,omitempty"`
+
+	// spec is the resolved build input; immutable.
+	// +required
+	// +kubebuilder:validation:XValidation:rule="self == oldSelf",message="spec is immutable: create a new NodeImageBuild instead"
+	Spec NodeImageBuildSpec `json:"spec"`
+
+	// status is the observed state.
+	// +optional
+	Status NodeImageBuildStatus `json:"status,omitempty"`
+}
+
+// NodeImageBuildList is a list of NodeImageBuilds.
+//
+// +kubebuilder:object:root=true
+type NodeImageBuildList struct {
+	metav1.TypeMeta `json:",inline"`
+	// +optional
+	metav1.ListMeta `json:"metadata,omitempty"`
+	// items are the NodeImageBuilds.
+	Items []NodeImageBuild `json:"items"`
+}
+
+// GetConditions returns the status conditions.
+func (in *NodeImageBuild) GetConditions() []metav1.Condition { return in.Status.Conditions }
+
+// SetConditions replaces the status conditions.
+func (in *NodeImageBuild) SetConditions(c []metav1.Condition) { in.Status.Conditions = c }
+
+func init() {
+	SchemeBuilder.Register(&NodeImageBuild{}, &NodeImageBuildList{})
+}
