@@ -1,0 +1,98 @@
+// Package manifest defines the build manifest: the JSON record written next
+// to every image (DIR/NAME.json locally, manifest.json in object storage)
+// with the spec digest, checksums and sizes, the installed packages (a
+// dpkg-based SBOM), per-step timings and the verification report.
+package manifest
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"time"
+
+	imagev1 "github.com/nodeforge/nodeforge/api/v1alpha1"
+	"github.com/nodeforge/nodeforge/internal/verify"
+)
+
+// SchemaVersion identifies this manifest format.
+const SchemaVersion = "manifest.nodeforge.dev/v1"
+
+// Manifest is the record of one built image.
+type Manifest struct {
+	SchemaVersion  string    `json:"schemaVersion"`
+	Name           string    `json:"name"`
+	SpecDigest     string    `json:"specDigest"`
+	BuilderVersion string    `json:"builderVersion"`
+	CreatedAt      time.Time `json:"createdAt"`
+
+	Image Image `json:"image"`
+	Base  Base  `json:"base"`
+
+	// InstalledSizeBytes is the size of the root filesystem tree.
+	InstalledSizeBytes int64     `json:"installedSizeBytes"`
+	Packages           []Package `json:"packages"`
+	Steps              []Step    `json:"steps"`
+
+	Verification *verify.Report `json:"verification,omitempty"`
+
+	// Content is the resolved, defaulted image content that was built.
+	Content imagev1.ImageContent `json:"content"`
+}
+
+// Image describes the image file.
+type Image struct {
+	File        string         `json:"file"`
+	Format      imagev1.Format `json:"format"`
+	Compression string         `json:"compression,omitempty"`
+	SHA256      string         `json:"sha256"`
+	Size        int64          `json:"size"`
+	VirtualSize int64          `json:"virtualSize"`
+}
+
+// Base records what the image was installed from.
+type Base struct {
+	Distribution  string `json:"distribution"`
+	Release       string `json:"release"`
+	Architecture  string `json:"architecture"`
+	Mirror        string `json:"mirror,omitempty"`
+	KernelVersion string `json:"kernelVersion,omitempty"`
+}
+
+// Package is one installed Debian package.
+type Package struct {
+	Name             string `json:"name"`
+	Version          string `json:"version"`
+	Architecture     string `json:"architecture"`
+	InstalledSizeKiB int64  `json:"installedSizeKiB,omitempty"`
+}
+
+// Step is one pipeline step's timing.
+type Step struct {
+	Name            string  `json:"name"`
+	DurationSeconds float64 `json:"durationSeconds"`
+}
+
+// Write stores the manifest as indented JSON at path.
+func (m *Manifest) Write(path string) error {
+	b, err := json.MarshalIndent(m, "", "  ")
+	if err != nil {
+		return fmt.Errorf("encoding manifest: %w", err)
+	}
+	return os.WriteFile(path, append(b, '\n'), 0o644)
+}
+
+// Read loads a manifest written by Write.
+func Read(path string) (*Manifest, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var m Manifest
+	if err := json.Unmarshal(b, &m); err != nil {
+		return nil, fmt.Errorf("decoding manifest %s: %w", path, err)
+	}
+	if m.SchemaVersion != SchemaVersion {
+		return nil, fmt.Errorf("manifest %s: schemaVersion %q, want %q", path, m.SchemaVersion, SchemaVersion)
+	}
+	return &m, nil
+}
