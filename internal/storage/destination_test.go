@@ -1,0 +1,100 @@
+package storage
+
+import (
+	"errors"
+	"testing"
+
+	. "github.com/onsi/gomega"
+)
+
+func TestParseS3URL(t *testing.T) {
+	for _, tc := range []struct {
+		in     string
+		bucket string
+		prefix string
+		bad    bool
+	}{
+		{in: "s3://images", bucket: "images"},
+		{in: "s3://images/", bucket: "images"},
+		{in: "s3://images/nodes/prod/", bucket: "images", prefix: "nodes/prod"},
+		{in: "s3://images//a//b", bucket: "images", prefix: "a/b"},
+		{in: "https://images/x", bad: true},
+		{in: "s3://Bad_Bucket/x", bad: true},
+		{in: "s3://images/../x", bad: true},
+		{in: "s3://user:pw@images/x", bad: true},
+		{in: "s3://images/x?y=1", bad: true},
+		{in: "s3://", bad: true},
+	} {
+		t.Run(tc.in, func(t *testing.T) {
+			g := NewWithT(t)
+			u, err := ParseS3URL(tc.in)
+			if tc.bad {
+				g.Expect(errors.Is(err, ErrInvalidArgument)).To(BeTrue(), "%v", err)
+				return
+			}
+			g.Expect(err).NotTo(HaveOccurred())
+			g.Expect(u).To(Equal(S3URL{Bucket: tc.bucket, Prefix: tc.prefix}))
+		})
+	}
+}
+
+func TestS3OptionsFromEnvAndOpenS3URL(t *testing.T) {
+	g := NewWithT(t)
+	env := map[string]string{
+		EnvEndpointURL: "http://127.0.0.1:9000", EnvDefaultRegion: "eu-west-1",
+		EnvAccessKeyID: testAccessKey, EnvSecretAccessKey: testSecret,
+	}
+	lookup := func(k string) (string, bool) { v, ok := env[k]; return v, ok }
+	opts, err := S3OptionsFromEnv("bkt1", lookup)
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(opts.PlainHTTP).To(BeTrue(), "an http:// endpoint in the environment is the opt-in")
+	g.Expect(opts.Region).To(Equal("eu-west-1"))
+	g.Expect(opts.Credentials.SecretAccessKey()).To(Equal(testSecret))
+
+	pub, st, err := OpenS3URL("s3://bkt1/nodes/prod", true, lookup)
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(pub.Prefix).To(Equal("nodes/prod"))
+	g.Expect(st.Bucket()).To(Equal("bkt1"))
+	g.Expect(st.create).To(BeTrue())
+	g.Expect(pub.ImageKey("n", digestN(1), FormatQCOW2)).To(Equal("nodes/prod/n/" + digestN(1) + "/n.qcow2"))
+
+	delete(env, EnvSecretAccessKey)
+	_, _, err = OpenS3URL("s3://bkt1", false, lookup)
+	g.Expect(err).To(MatchError(ContainSubstring("AWS_SECRET_ACCESS_KEY")))
+}
+
+func TestNewS3EndpointsAndURLs(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		opts       S3Options
+		url        string
+		wantErrSub string
+	}{
+		{name: "path style", opts: S3Options{Endpoint: "https://s3.example.com/", Addressing: AddressingPath}, url: "https://s3.example.com/bkt/a/b.qcow2"},
+		{name: "virtual host", opts: S3Options{Endpoint: "https://s3.example.com", Addressing: AddressingVirtualHost}, url: "https://bkt.s3.example.com/a/b.qcow2"},
+		{name: "dns alias", opts: S3Options{Endpoint: "https://s3.example.com", Addressing: "dns"}, url: "https://bkt.s3.example.com/a/b.qcow2"},
+		{name: "auto on an IP is path style", opts: S3Options{Endpoint: "http://127.0.0.1:9000", PlainHTTP: true}, url: "http://127.0.0.1:9000/bkt/a/b.qcow2"},
+		{name: "bare host means https", opts: S3Options{Endpoint: "minio.local:9000", Addressing: AddressingPath}, url: "https://minio.local:9000/bkt/a/b.qcow2"},
+		{name: "bare host plain http", opts: S3Options{Endpoint: "minio.local:9000", PlainHTTP: true, Addressing: AddressingPath}, url: "http://minio.local:9000/bkt/a/b.qcow2"},
+		{name: "http needs opt-in", opts: S3Options{Endpoint: "http://127.0.0.1:9000"}, wantErrSub: "plain HTTP"},
+		{name: "no path", opts: S3Options{Endpoint: "https://h/sub"}, wantErrSub: "path or query"},
+		{name: "no userinfo", opts: S3Options{Endpoint: "https://" + testAccessKey + ":" + testSecret + "@h"}, wantErrSub: "must not carry credentials"},
+		{name: "bad addressing", opts: S3Options{Endpoint: "https://h", Addressing: "sideways"}, wantErrSub: "addressing"},
+		{name: "bad CA", opts: S3Options{Endpoint: "https://h", CACertPEM: []byte("nope")}, wantErrSub: "no PEM certificate"},
+		{name: "CA over http", opts: S3Options{Endpoint: "http://h", PlainHTTP: true, CACertPEM: []byte("x")}, wantErrSub: "plain HTTP"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			g := NewWithT(t)
+			tc.opts.Bucket = "bkt"
+			st, err := NewS3(tc.opts)
+			if tc.wantErrSub != "" {
+				g.Expect(err).To(MatchError(ContainSubstring(tc.wantErrSub)))
+				g.Expect(errors.Is(err, ErrInvalidArgument)).To(BeTrue())
+				g.Expect(err.Error()).NotTo(ContainSubstring(testSecret))
+				return
+			}
+			g.Expect(err).NotTo(HaveOccurred())
+			g.Expect(st.URL("a/b.qcow2")).To(Equal(tc.url))
+		})
+	}
+}

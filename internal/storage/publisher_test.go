@@ -1,0 +1,115 @@
+package storage
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	. "github.com/onsi/gomega"
+)
+
+// failingStore fails PutBytes for keys with a given suffix.
+type failingStore struct {
+	Store
+	failSuffix string
+}
+
+func (f *failingStore) PutBytes(ctx context.Context, key string, data []byte, opts PutOptions) (ObjectInfo, error) {
+	if strings.HasSuffix(key, f.failSuffix) {
+		return ObjectInfo{}, &OpError{Op: "put", Key: key, Kind: ErrUnavailable, Err: errors.New("injected")}
+	}
+	return f.Store.PutBytes(ctx, key, data, opts)
+}
+
+func writeSmall(t *testing.T, content string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "img.raw")
+	if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestPublisherOnDir(t *testing.T) {
+	g := NewWithT(t)
+	ctx := context.Background()
+	d, err := NewDir(t.TempDir())
+	g.Expect(err).NotTo(HaveOccurred())
+	clock := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	pub := &Publisher{Store: d, Now: func() time.Time { return clock }}
+
+	a, err := pub.Publish(ctx, PublishInput{Name: "n", SpecDigest: digestN(1), ImagePath: writeSmall(t, "one"), Manifest: []byte(`{"a":1}`)})
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(a.ImageKey).To(Equal("n/" + digestN(1) + "/n.raw"), "format from the .raw extension")
+	g.Expect(a.PublishedAt).To(Equal(clock))
+	ptr, err := pub.Latest(ctx, "n")
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(ptr).To(Equal(Pointer{SpecDigest: digestN(1), Key: a.ImageKey, ManifestKey: a.ManifestKey, SHA256: a.SHA256, Size: 3, PublishedAt: clock}))
+
+	found, err := pub.Lookup(ctx, "n", "sha256:"+digestN(1))
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(found.SHA256).To(Equal(a.SHA256))
+
+	// A publish failing at the manifest leaves latest and the older
+	// artifact alone, and the new digest is not found.
+	failing := &Publisher{Store: &failingStore{Store: d, failSuffix: ManifestFileName}}
+	_, err = failing.Publish(ctx, PublishInput{Name: "n", SpecDigest: digestN(2), ImagePath: writeSmall(t, "two"), Manifest: []byte(`{}`)})
+	g.Expect(errors.Is(err, ErrUnavailable)).To(BeTrue(), "%v", err)
+	g.Expect(err.Error()).To(ContainSubstring("manifest"))
+	_, err = pub.Lookup(ctx, "n", digestN(2))
+	g.Expect(errors.Is(err, ErrNotFound)).To(BeTrue())
+	ptr, _ = pub.Latest(ctx, "n")
+	g.Expect(ptr.SpecDigest).To(Equal(digestN(1)))
+	// ... and so does one failing at the pointer.
+	failing = &Publisher{Store: &failingStore{Store: d, failSuffix: LatestFileName}}
+	_, err = failing.Publish(ctx, PublishInput{Name: "n", SpecDigest: digestN(3), ImagePath: writeSmall(t, "three"), Manifest: []byte(`{}`)})
+	g.Expect(err).To(HaveOccurred())
+	ptr, _ = pub.Latest(ctx, "n")
+	g.Expect(ptr.SpecDigest).To(Equal(digestN(1)))
+
+	// Retention on the local store; mtimes order the digests.
+	for i := 4; i <= 6; i++ {
+		_, err := pub.Publish(ctx, PublishInput{Name: "n", SpecDigest: digestN(i), ImagePath: writeSmall(t, "x"), Manifest: []byte(`{}`)})
+		g.Expect(err).NotTo(HaveOccurred())
+		mt := time.Now().Add(time.Duration(i) * time.Second)
+		g.Expect(os.Chtimes(filepath.Join(d.Root(), "n", digestN(i), ManifestFileName), mt, mt)).To(Succeed())
+	}
+	deleted, err := pub.Prune(ctx, "n", 2)
+	g.Expect(err).NotTo(HaveOccurred())
+	// 3 was published (manifest written) though its pointer failed.
+	g.Expect(deleted).To(ConsistOf(digestN(1), digestN(3), digestN(4)))
+
+	g.Expect(pub.DeleteAll(ctx, "n")).To(Succeed())
+	objs, err := d.List(ctx, "")
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(objs).To(BeEmpty())
+}
+
+func TestPublisherRejectsBadInput(t *testing.T) {
+	g := NewWithT(t)
+	d, _ := NewDir(t.TempDir())
+	pub := &Publisher{Store: d}
+	ctx := context.Background()
+	img := writeSmall(t, "x")
+	for name, in := range map[string]PublishInput{
+		"bad name":      {Name: "Bad/Name", SpecDigest: digestN(1), ImagePath: img, Manifest: []byte(`{}`)},
+		"bad digest":    {Name: "n", SpecDigest: "xyz", ImagePath: img, Manifest: []byte(`{}`)},
+		"bad format":    {Name: "n", SpecDigest: digestN(1), ImagePath: img, Format: "vmdk", Manifest: []byte(`{}`)},
+		"no manifest":   {Name: "n", SpecDigest: digestN(1), ImagePath: img},
+		"bad manifest":  {Name: "n", SpecDigest: digestN(1), ImagePath: img, Manifest: []byte(`{`)},
+		"bad sha256":    {Name: "n", SpecDigest: digestN(1), ImagePath: img, SHA256: "ABC", Manifest: []byte(`{}`)},
+		"wrong sha256":  {Name: "n", SpecDigest: digestN(1), ImagePath: img, SHA256: strings.Repeat("0", 64), Manifest: []byte(`{}`)},
+		"missing image": {Name: "n", SpecDigest: digestN(1), ImagePath: img + ".missing", Manifest: []byte(`{}`)},
+	} {
+		_, err := pub.Publish(ctx, in)
+		g.Expect(err).To(HaveOccurred(), name)
+	}
+	objs, _ := d.List(ctx, "")
+	g.Expect(objs).To(BeEmpty(), "nothing published by failed attempts")
+	_, err := pub.Prune(ctx, "n", -1)
+	g.Expect(errors.Is(err, ErrInvalidArgument)).To(BeTrue())
+}
