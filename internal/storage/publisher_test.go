@@ -44,7 +44,7 @@ func TestPublisherOnDir(t *testing.T) {
 
 	a, err := pub.Publish(ctx, PublishInput{Name: "n", SpecDigest: digestN(1), ImagePath: writeSmall(t, "one"), Manifest: []byte(`{"a":1}`)})
 	g.Expect(err).NotTo(HaveOccurred())
-	g.Expect(a.ImageKey).To(Equal("n/" + digestN(1) + "/n.raw"), "format from the .raw extension")
+	g.Expect(a.ImageKey).To(Equal("n/"+digestN(1)+"/n.raw"), "format from the .raw extension")
 	g.Expect(a.PublishedAt).To(Equal(clock))
 	ptr, err := pub.Latest(ctx, "n")
 	g.Expect(err).NotTo(HaveOccurred())
