@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs the Debian packages nodeforge's build, verification and tests use,
+# when any is missing. Idempotent; needs root (or sudo) only when something
+# is missing.
+set -euo pipefail
+
+packages=(
+	# image build (internal/builder)
+	mmdebstrap e2fsprogs dosfstools fdisk mtools grub-pc-bin grub-efi-amd64-bin zstd
+	# verification and boot tests (internal/verify)
+	qemu-utils qemu-system-x86 ovmf cloud-image-utils openssh-client
+	# the offline Kubernetes apt repository (hack/k8s-apt-repo.sh)
+	dpkg-dev apt-utils gnupg
+)
+
+missing=()
+for p in "${packages[@]}"; do
+	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+sudo=()
+[ "$(id -u)" -eq 0 ] || sudo=(sudo)
+echo "[deps] installing: ${missing[*]}" >&2
+"${sudo[@]}" apt-get update -qq
+DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
