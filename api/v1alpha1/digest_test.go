@@ -44,17 +44,19 @@ func TestDigestChangesWithImageContent(t *testing.T) {
 	base := digestOf(t, validNodeImage("x").Spec.ImageContent)
 	q := resource.MustParse("16Gi")
 	cases := map[string]func(*imagev1.ImageContent){
-		"extra package":        func(c *imagev1.ImageContent) { c.Packages = append(c.Packages, "jq") },
-		"kubernetes version":   func(c *imagev1.ImageContent) { c.Kubernetes.Version = "v1.37.3" },
-		"no kubernetes":        func(c *imagev1.ImageContent) { c.Kubernetes = nil },
-		"apt repository":       func(c *imagev1.ImageContent) { c.Kubernetes.AptRepository.URL = "https://mirror.example.com/k8s/" },
-		"disk size":            func(c *imagev1.ImageContent) { c.Disk.Size = &q },
-		"boot mode":            func(c *imagev1.ImageContent) { c.Disk.BootMode = imagev1.BootModeUEFI },
-		"mirror":               func(c *imagev1.ImageContent) { c.Base.Mirror = "https://mirror.example.com/debian" },
-		"kernel package":       func(c *imagev1.ImageContent) { c.Base.KernelPackage = "linux-image-amd64" },
-		"systemd cgroup":       func(c *imagev1.ImageContent) { c.ContainerRuntime.Containerd.SystemdCgroup = ptr.To(false) },
-		"module":               func(c *imagev1.ImageContent) { c.Kernel.Modules = []string{"overlay"} },
-		"sysctl":               func(c *imagev1.ImageContent) { c.Kernel.Sysctls = []imagev1.Sysctl{{Name: "vm.swappiness", Value: "0"}} },
+		"extra package":      func(c *imagev1.ImageContent) { c.Packages = append(c.Packages, "jq") },
+		"kubernetes version": func(c *imagev1.ImageContent) { c.Kubernetes.Version = "v1.37.3" },
+		"no kubernetes":      func(c *imagev1.ImageContent) { c.Kubernetes = nil },
+		"apt repository":     func(c *imagev1.ImageContent) { c.Kubernetes.AptRepository.URL = "https://mirror.example.com/k8s/" },
+		"disk size":          func(c *imagev1.ImageContent) { c.Disk.Size = &q },
+		"boot mode":          func(c *imagev1.ImageContent) { c.Disk.BootMode = imagev1.BootModeUEFI },
+		"mirror":             func(c *imagev1.ImageContent) { c.Base.Mirror = "https://mirror.example.com/debian" },
+		"kernel package":     func(c *imagev1.ImageContent) { c.Base.KernelPackage = "linux-image-amd64" },
+		"systemd cgroup":     func(c *imagev1.ImageContent) { c.ContainerRuntime.Containerd.SystemdCgroup = ptr.To(false) },
+		"module":             func(c *imagev1.ImageContent) { c.Kernel.Modules = []string{"overlay"} },
+		"sysctl": func(c *imagev1.ImageContent) {
+			c.Kernel.Sysctls = []imagev1.Sysctl{{Name: "vm.swappiness", Value: "0"}}
+		},
 		"swap":                 func(c *imagev1.ImageContent) { c.Swap.Disabled = ptr.To(false) },
 		"root login":           func(c *imagev1.ImageContent) { c.SSH.PermitRootLogin = imagev1.PermitRootLoginProhibitPassword },
 		"datasource order":     func(c *imagev1.ImageContent) { c.CloudInit.Datasources = []imagev1.Datasource{"Ec2", "NoCloud"} },
