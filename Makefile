@@ -39,6 +39,10 @@ generate: ## Generate DeepCopy methods.
 manifests: ## Generate CRDs and RBAC from markers.
 	$(CONTROLLER_GEN) rbac:roleName=nodeforge-manager crd paths="./..." output:crd:artifacts:config=config/crd/bases output:rbac:artifacts:config=config/rbac
 
+.PHONY: docs
+docs: ## Regenerate the field reference in docs/spec from the CRDs.
+	go run ./hack/gendocs
+
 .PHONY: fmt
 fmt: ## Run gofmt.
 	gofmt -l -w $$(git ls-files '*.go')
@@ -52,10 +56,10 @@ lint: ## Run golangci-lint.
 	$(GOLANGCI_LINT) run ./...
 
 .PHONY: verify
-verify: generate manifests ## Fail when generated files or formatting are stale.
+verify: generate manifests docs ## Fail when generated files or formatting are stale.
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { echo "gofmt needed:"; gofmt -l $$(git ls-files '*.go'); exit 1; }
-	@git diff --exit-code -- api config || { echo "generated files are stale: run 'make generate manifests' and commit"; exit 1; }
-	@test -z "$$(git status --porcelain -- api config)" || { echo "untracked generated files:"; git status --porcelain -- api config; exit 1; }
+	@git diff --exit-code -- api config docs/spec || { echo "generated files are stale: run 'make generate manifests docs' and commit"; exit 1; }
+	@test -z "$$(git status --porcelain -- api config docs/spec)" || { echo "untracked generated files:"; git status --porcelain -- api config docs/spec; exit 1; }
 
 ##@ Test
 
