@@ -3,6 +3,7 @@ package resolve
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -16,9 +17,10 @@ import (
 )
 
 // LoadFile reads a YAML file holding exactly one NodeImage and any number of
-// ConfigMaps it refers to (separated by ---). Unknown fields are errors, so
-// a typo never turns into a silent default. The returned getter serves the
-// file's ConfigMaps.
+// ConfigMaps it refers to (separated by ---). The NodeImage goes through the
+// same admission as on an API server (see Admit): unknown fields, schema
+// and CEL violations are errors naming the field, so a typo never turns into
+// a silent default. The returned getter serves the file's ConfigMaps.
 func LoadFile(path string) (*imagev1.NodeImage, ConfigMapGetter, error) {
 	f, err := os.Open(path)
 	if err != nil {
@@ -58,8 +60,12 @@ func Load(r io.Reader, name string) (*imagev1.NodeImage, ConfigMapGetter, error)
 			if image != nil {
 				return nil, nil, fmt.Errorf("%s: document %d: more than one NodeImage; give one per file", name, n)
 			}
+			admitted, err := Admit(context.TODO(), imagev1.NodeImageKind, doc)
+			if err != nil {
+				return nil, nil, fmt.Errorf("%s: %w", name, err)
+			}
 			image = &imagev1.NodeImage{}
-			if err := sigsyaml.UnmarshalStrict(doc, image); err != nil {
+			if err := sigsyaml.UnmarshalStrict(admitted, image); err != nil {
 				return nil, nil, fmt.Errorf("%s: NodeImage: %w", name, err)
 			}
 		case meta.APIVersion == "v1" && meta.Kind == "ConfigMap":

@@ -76,17 +76,55 @@ func TestLoadRejectsBadFiles(t *testing.T) {
 	cases := map[string]string{
 		"unknown field":   "apiVersion: image.nodeforge.dev/v1alpha1\nkind: NodeImage\nmetadata: {name: a}\nspec: {pakages: [vim]}\n",
 		"no NodeImage":    "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\n",
-		"two NodeImages":  strings.Repeat("apiVersion: image.nodeforge.dev/v1alpha1\nkind: NodeImage\nmetadata: {name: a}\n---\n", 2),
+		"two NodeImages":  strings.Repeat("apiVersion: image.nodeforge.dev/v1alpha1\nkind: NodeImage\nmetadata: {name: a}\nspec: {}\n---\n", 2),
 		"unexpected kind": "apiVersion: v1\nkind: Secret\nmetadata: {name: a}\n",
 	}
 	want := map[string]string{
-		"unknown field": `unknown field "pakages"`, "no NodeImage": "no image.nodeforge.dev/v1alpha1 NodeImage",
+		"unknown field": "spec.pakages: unknown field", "no NodeImage": "no image.nodeforge.dev/v1alpha1 NodeImage",
 		"two NodeImages": "more than one NodeImage", "unexpected kind": "unexpected v1 Secret",
 	}
 	for name, in := range cases {
 		t.Run(name, func(t *testing.T) {
 			_, _, err := Load(strings.NewReader(in), "f.yaml")
 			NewWithT(t).Expect(err).To(MatchError(ContainSubstring(want[name])))
+		})
+	}
+}
+
+// TestLoadAppliesTheCRDSchema checks that the CLI path rejects and defaults
+// like the API server, from the same generated schema.
+func TestLoadAppliesTheCRDSchema(t *testing.T) {
+	g := NewWithT(t)
+	_, _, err := Load(strings.NewReader(`apiVersion: image.nodeforge.dev/v1alpha1
+kind: NodeImage
+metadata: {name: bad}
+spec:
+  disk: {bootMode: coreboot, size: 1Gi}
+  output: {format: raw, compression: zstd}
+  provisioners: [{name: x}]
+`), "bad.yaml")
+	g.Expect(err).To(HaveOccurred())
+	for _, want := range []string{"spec.disk.bootMode", "disk.size must be at least 2Gi", "compression must be none when format is raw",
+		"spec.provisioners[0]: Invalid value", "exactly one of shell or ansible"} {
+		g.Expect(err.Error()).To(ContainSubstring(want))
+	}
+
+	ni, _, err := Load(strings.NewReader("apiVersion: image.nodeforge.dev/v1alpha1\nkind: NodeImage\nmetadata: {name: min}\nspec: {}\n"), "min.yaml")
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(ni.Spec.Disk.BootMode).To(Equal(imagev1.BootModeHybrid), "schema defaults are applied")
+	g.Expect(ni.Spec.Kernel.Modules).To(ConsistOf("br_netfilter", "overlay"))
+}
+
+func TestSamplesLoad(t *testing.T) {
+	for _, s := range []string{"cloudbase", "minimal", "gpuworker"} {
+		t.Run(s, func(t *testing.T) {
+			g := NewWithT(t)
+			ni, get, err := LoadFile("../../config/samples/image_v1alpha1_nodeimage_" + s + ".yaml")
+			g.Expect(err).NotTo(HaveOccurred())
+			c, err := Content(context.Background(), &ni.Spec.ImageContent, get)
+			g.Expect(err).NotTo(HaveOccurred())
+			_, err = c.Digest()
+			g.Expect(err).NotTo(HaveOccurred())
 		})
 	}
 }
