@@ -8,9 +8,7 @@ SHELL := /usr/bin/env bash -o pipefail
 .SHELLFLAGS := -ec
 
 CONTROLLER_GEN_VERSION ?= v0.23.0
-GOLANGCI_LINT_VERSION ?= v2.6.2
 CONTROLLER_GEN ?= go run sigs.k8s.io/controller-tools/cmd/controller-gen@$(CONTROLLER_GEN_VERSION)
-GOLANGCI_LINT ?= go run github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$(GOLANGCI_LINT_VERSION)
 
 # Test binaries and other pinned tools are cached outside the work tree,
 # keyed by version (see hack/tools.sh).
@@ -52,8 +50,8 @@ vet: ## Run go vet.
 	go vet ./...
 
 .PHONY: lint
-lint: ## Run golangci-lint.
-	$(GOLANGCI_LINT) run ./...
+lint: ## Run golangci-lint (built once, pinned in hack/tools.sh).
+	"$$(hack/tools.sh lint)/golangci-lint" run ./...
 
 .PHONY: verify
 verify: generate manifests docs ## Fail when generated files or formatting are stale.

@@ -8,6 +8,7 @@
 #   hack/tools.sh cluster      all of the above plus kube-controller-manager, kube-scheduler
 #   hack/tools.sh minio        the MinIO server; prints the dir
 #   hack/tools.sh crane        crane, for OCI image tarballs; prints the dir
+#   hack/tools.sh lint         golangci-lint; prints the dir
 #   hack/tools.sh path SET     prints the cache dir of SET without building
 #
 # The cache root is $NODEFORGE_CACHE (default ${XDG_CACHE_HOME:-~/.cache}/nodeforge).
@@ -22,6 +23,7 @@ K8S_VERSION=v1.37.2
 ETCD_VERSION=v3.7.3
 MINIO_VERSION=v0.0.0-20260212201848-7aac2a2c5b7c
 CRANE_VERSION=v0.22.1
+GOLANGCI_LINT_VERSION=v2.15.0
 
 log() { printf '[tools] %s\n' "$*" >&2; }
 
@@ -61,6 +63,7 @@ set_dir() {
 	cluster) echo "$cache_root/cluster-k8s-${K8S_VERSION}-etcd-${ETCD_VERSION}" ;;
 	minio) echo "$cache_root/minio-${MINIO_VERSION}" ;;
 	crane) echo "$cache_root/crane-${CRANE_VERSION}" ;;
+	lint) echo "$cache_root/golangci-lint-${GOLANGCI_LINT_VERSION}" ;;
 	*)
 		echo "unknown tool set: $1" >&2
 		exit 2
@@ -87,6 +90,7 @@ ensure() {
 	cluster) stamp="k8s=${K8S_VERSION} etcd=${ETCD_VERSION} full" ;;
 	minio) stamp="minio=${MINIO_VERSION}" ;;
 	crane) stamp="crane=${CRANE_VERSION}" ;;
+	lint) stamp="golangci-lint=${GOLANGCI_LINT_VERSION}" ;;
 	esac
 	if cached "$dir" "$stamp"; then
 		echo "$dir"
@@ -119,6 +123,9 @@ ensure() {
 	crane)
 		CGO_ENABLED=0 GOBIN="$t" go install -trimpath -ldflags "-s -w" "github.com/google/go-containerregistry/cmd/crane@${CRANE_VERSION}"
 		;;
+	lint)
+		CGO_ENABLED=0 GOBIN="$t" go install -trimpath "github.com/golangci/golangci-lint/v2/cmd/golangci-lint@${GOLANGCI_LINT_VERSION}"
+		;;
 	esac
 	commit "$dir" "$stamp"
 	log "cached in $dir"
@@ -127,9 +134,9 @@ ensure() {
 
 case ${1:-} in
 path) set_dir "${2:?usage: $0 path SET}" ;;
-envtest | kube-node | cluster | minio | crane) ensure "$1" ;;
+envtest | kube-node | cluster | minio | crane | lint) ensure "$1" ;;
 *)
-	sed -n '2,14p' "$0" >&2
+	sed -n '2,15p' "$0" >&2
 	exit 2
 	;;
 esac
