@@ -41,6 +41,9 @@ type Report struct {
 	// TimeToSSHSeconds and TimeToCloudInitSeconds are measured from QEMU start.
 	TimeToSSHSeconds       float64 `json:"timeToSSHSeconds,omitempty"`
 	TimeToCloudInitSeconds float64 `json:"timeToCloudInitSeconds,omitempty"`
+	// BootSeconds is the boot test's duration from QEMU start to the last
+	// in-guest check.
+	BootSeconds float64 `json:"bootSeconds,omitempty"`
 	// ConsoleTail is the end of the serial console when a boot check failed.
 	ConsoleTail string `json:"consoleTail,omitempty"`
 }

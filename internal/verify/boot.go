@@ -1,0 +1,415 @@
+package verify
+
+import (
+	"bytes"
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+
+	imagev1 "github.com/nodeforge/nodeforge/api/v1alpha1"
+)
+
+// Accelerators.
+const (
+	AccelKVM = "kvm"
+	AccelTCG = "tcg"
+)
+
+var (
+	kvmOnce   sync.Once
+	kvmUsable bool
+	kvmReason string
+)
+
+// ProbeKVM reports whether QEMU can run guests with KVM here, and why
+// not. Opening /dev/kvm is not enough: on a paravirtualised host (a
+// kvm-pvm backend) QEMU aborts with "failed to set MSR 0x10a" as soon as
+// it initialises the vCPU. The probe starts a stopped (-S) q35 machine
+// with -cpu host; if QEMU is still alive after a short grace period, the
+// vCPU was set up. The result is cached for the process.
+func ProbeKVM(ctx context.Context) (bool, string) {
+	kvmOnce.Do(func() { kvmUsable, kvmReason = probeKVM(ctx) })
+	return kvmUsable, kvmReason
+}
+
+func probeKVM(ctx context.Context) (bool, string) {
+	f, err := os.OpenFile("/dev/kvm", os.O_RDWR, 0)
+	if err != nil {
+		return false, fmt.Sprintf("/dev/kvm: %v", err)
+	}
+	f.Close()
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	cmd := exec.Command("qemu-system-x86_64", "-accel", "kvm", "-cpu", "host", "-machine", "q35",
+		"-nodefaults", "-no-user-config", "-display", "none", "-m", "64", "-S")
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		return false, fmt.Sprintf("starting qemu: %v", err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		return false, fmt.Sprintf("qemu with KVM exited at start (%v): %s", err, lastLine(stderr.String()))
+	case <-time.After(2 * time.Second):
+	case <-ctx.Done():
+	}
+	_ = cmd.Process.Kill()
+	<-done
+	return true, "qemu started a KVM vCPU"
+}
+
+func lastLine(s string) string {
+	ls := strings.Split(strings.TrimSpace(s), "\n")
+	for i := len(ls) - 1; i >= 0; i-- {
+		if l := strings.TrimSpace(ls[i]); l != "" && !strings.Contains(l, "Assertion") {
+			return l
+		}
+	}
+	return strings.TrimSpace(s)
+}
+
+// guestUser is the account the NoCloud user-data creates for the test.
+const guestUser = "nodeforge-verify"
+
+// bootRun is one boot test: a throwaway overlay, a seed, a QEMU process
+// and an SSH client.
+type bootRun struct {
+	image    string
+	content  *imagev1.ImageContent
+	dir      string
+	accel    string
+	hostname string
+	sshPort  int
+	nePort   int
+	signer   ssh.Signer
+	pubKey   string
+	console  string
+	firmware string
+	diskSize int64
+
+	cmd     *exec.Cmd
+	exited  chan struct{}
+	exitErr error
+	stderr  bytes.Buffer
+	started time.Time
+	client  *ssh.Client
+}
+
+// freePort asks the kernel for a free TCP port on 127.0.0.1.
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// prepare creates the overlay (one GiB larger than the image, so growing
+// the root filesystem can be observed), the SSH key and the NoCloud seed.
+func (b *bootRun) prepare(ctx context.Context, virtualSize int64) error {
+	b.diskSize = virtualSize + 1<<30
+	overlay := filepath.Join(b.dir, "overlay.qcow2")
+	abs, err := filepath.Abs(b.image)
+	if err != nil {
+		return err
+	}
+	if _, err := runCmd(ctx, "qemu-img", "create", "-q", "-f", "qcow2", "-b", abs, "-F", "qcow2",
+		overlay, strconv.FormatInt(b.diskSize, 10)); err != nil {
+		return fmt.Errorf("creating the overlay: %w", err)
+	}
+	pub, priv, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		return err
+	}
+	if b.signer, err = ssh.NewSignerFromKey(priv); err != nil {
+		return err
+	}
+	sshPub, err := ssh.NewPublicKey(pub)
+	if err != nil {
+		return err
+	}
+	b.pubKey = strings.TrimSpace(string(ssh.MarshalAuthorizedKey(sshPub))) + " nodeforge-verify"
+	b.hostname = "nf-verify-" + randomHex(3)
+	userData := fmt.Sprintf(`#cloud-config
+hostname: %s
+ssh_pwauth: false
+users:
+  - name: %s
+    shell: /bin/bash
+    sudo: "ALL=(ALL) NOPASSWD:ALL"
+    lock_passwd: true
+    ssh_authorized_keys:
+      - %s
+`, b.hostname, guestUser, b.pubKey)
+	metaData := fmt.Sprintf("instance-id: %s\nlocal-hostname: %s\n", b.hostname, b.hostname)
+	ud, md := filepath.Join(b.dir, "user-data"), filepath.Join(b.dir, "meta-data")
+	if err := os.WriteFile(ud, []byte(userData), 0o600); err != nil {
+		return err
+	}
+	if err := os.WriteFile(md, []byte(metaData), 0o600); err != nil {
+		return err
+	}
+	if _, err := runCmd(ctx, "cloud-localds", filepath.Join(b.dir, "seed.img"), ud, md); err != nil {
+		return fmt.Errorf("creating the NoCloud seed: %w", err)
+	}
+	if b.sshPort, err = freePort(); err != nil {
+		return err
+	}
+	if b.nePort, err = freePort(); err != nil {
+		return err
+	}
+	b.console = filepath.Join(b.dir, "console.log")
+	b.firmware = filepath.Join(b.dir, "firmware.log")
+	return nil
+}
+
+// qemuArgs builds the command line. Only 127.0.0.1 ports are forwarded and
+// restrict=on keeps the guest off every other network.
+func (b *bootRun) qemuArgs() []string {
+	args := []string{"-name", b.hostname, "-nodefaults", "-no-user-config", "-display", "none",
+		"-smp", "2", "-m", "2048", "-no-reboot"}
+	if b.accel == AccelKVM {
+		args = append(args, "-machine", "q35,accel=kvm", "-cpu", "host")
+	} else {
+		args = append(args, "-machine", "q35,accel=tcg", "-cpu", "max")
+	}
+	if b.content.Disk.BootMode == imagev1.BootModeUEFI {
+		code, vars := ovmfPaths()
+		varsCopy := filepath.Join(b.dir, "OVMF_VARS.fd")
+		if in, err := os.ReadFile(vars); err == nil {
+			_ = os.WriteFile(varsCopy, in, 0o600)
+		}
+		args = append(args,
+			"-drive", "if=pflash,format=raw,unit=0,readonly=on,file="+code,
+			"-drive", "if=pflash,format=raw,unit=1,file="+varsCopy)
+	}
+	fwd := fmt.Sprintf("hostfwd=tcp:127.0.0.1:%d-:22", b.sshPort)
+	if boolOf(b.content.Monitoring.NodeExporter.Enabled) {
+		fwd += fmt.Sprintf(",hostfwd=tcp:127.0.0.1:%d-:%d", b.nePort, b.content.Monitoring.NodeExporter.Port)
+	}
+	args = append(args,
+		"-drive", "file="+filepath.Join(b.dir, "overlay.qcow2")+",if=virtio,format=qcow2,cache=unsafe,discard=unmap",
+		"-drive", "file="+filepath.Join(b.dir, "seed.img")+",if=virtio,format=raw,readonly=on",
+		"-netdev", "user,id=n0,restrict=on,"+fwd,
+		"-device", "virtio-net-pci,netdev=n0",
+		"-device", "virtio-rng-pci",
+		"-serial", "file:"+b.console,
+		"-chardev", "file,id=fw,path="+b.firmware,
+		"-device", "isa-debugcon,iobase=0x402,chardev=fw",
+	)
+	return args
+}
+
+func ovmfPaths() (string, string) {
+	for _, p := range [][2]string{
+		{"/usr/share/OVMF/OVMF_CODE_4M.fd", "/usr/share/OVMF/OVMF_VARS_4M.fd"},
+		{"/usr/share/OVMF/OVMF_CODE.fd", "/usr/share/OVMF/OVMF_VARS.fd"},
+		{"/usr/share/qemu/OVMF.fd", ""},
+	} {
+		if _, err := os.Stat(p[0]); err == nil {
+			return p[0], p[1]
+		}
+	}
+	return "/usr/share/OVMF/OVMF_CODE_4M.fd", "/usr/share/OVMF/OVMF_VARS_4M.fd"
+}
+
+// start launches QEMU in its own process group.
+func (b *bootRun) start() error {
+	b.cmd = exec.Command("qemu-system-x86_64", b.qemuArgs()...)
+	b.cmd.Stderr = &b.stderr
+	b.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	b.started = time.Now()
+	if err := b.cmd.Start(); err != nil {
+		return fmt.Errorf("starting qemu: %w", err)
+	}
+	b.exited = make(chan struct{})
+	go func() {
+		b.exitErr = b.cmd.Wait()
+		close(b.exited)
+	}()
+	return nil
+}
+
+// stop kills QEMU by its PID (and its process group) and reaps it.
+func (b *bootRun) stop() {
+	if b.client != nil {
+		_ = b.client.Close()
+	}
+	if b.cmd == nil || b.cmd.Process == nil {
+		return
+	}
+	select {
+	case <-b.exited:
+		return
+	default:
+	}
+	_ = syscall.Kill(-b.cmd.Process.Pid, syscall.SIGKILL)
+	_ = b.cmd.Process.Kill()
+	select {
+	case <-b.exited:
+	case <-time.After(10 * time.Second):
+	}
+}
+
+// consoleTail returns the end of the serial console (and the firmware log
+// when the console is empty: then the kernel never started).
+func (b *bootRun) consoleTail(n int) string {
+	tail := func(p string) string {
+		data, err := os.ReadFile(p)
+		if err != nil {
+			return ""
+		}
+		s := strings.ToValidUTF8(strings.ReplaceAll(string(data), "\r", ""), "?")
+		if len(s) > n {
+			s = "…" + s[len(s)-n:]
+		}
+		return strings.TrimSpace(s)
+	}
+	c := tail(b.console)
+	if strings.TrimSpace(c) == "" {
+		if fw := tail(b.firmware); fw != "" {
+			return "(serial console empty; firmware log:)\n" + fw
+		}
+	}
+	if e := strings.TrimSpace(b.stderr.String()); e != "" {
+		c += "\n(qemu stderr:) " + e
+	}
+	return c
+}
+
+// fatalConsole looks for signs that the guest will never come up.
+func (b *bootRun) fatalConsole() string {
+	data, _ := os.ReadFile(b.console)
+	s := string(data)
+	for _, sig := range []string{"Kernel panic", "end Kernel panic", "You are in emergency mode", "Give root password for maintenance", "grub rescue>", "error: no such device", "error: file `"} {
+		if strings.Contains(s, sig) {
+			return sig
+		}
+	}
+	fw, _ := os.ReadFile(b.firmware)
+	for _, sig := range []string{"No bootable device", "Boot failed: not a bootable disk", "Boot failed: could not read the boot disk"} {
+		if bytes.Contains(fw, []byte(sig)) {
+			return sig
+		}
+	}
+	return ""
+}
+
+// waitSSH dials until a session runs a command, QEMU exits, the console
+// shows a fatal error, or ctx ends.
+func (b *bootRun) waitSSH(ctx context.Context) error {
+	cfg := &ssh.ClientConfig{
+		User:            guestUser,
+		Auth:            []ssh.AuthMethod{ssh.PublicKeys(b.signer)},
+		HostKeyCallback: ssh.InsecureIgnoreHostKey(), // a throwaway VM with host keys generated at its first boot
+		Timeout:         10 * time.Second,
+	}
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(b.sshPort))
+	var lastErr error
+	for {
+		select {
+		case <-b.exited:
+			return fmt.Errorf("qemu exited before SSH answered (%v)", b.exitErr)
+		case <-ctx.Done():
+			if lastErr == nil {
+				lastErr = errors.New("no answer")
+			}
+			return fmt.Errorf("no SSH login within the boot timeout: last error: %v", lastErr)
+		default:
+		}
+		if sig := b.fatalConsole(); sig != "" {
+			return fmt.Errorf("the guest will not come up: console shows %q", sig)
+		}
+		c, err := dialSSH(ctx, addr, cfg)
+		if err == nil {
+			b.client = c
+			return nil
+		}
+		lastErr = err
+		select {
+		case <-ctx.Done():
+		case <-b.exited:
+		case <-time.After(2 * time.Second):
+		}
+	}
+}
+
+func dialSSH(ctx context.Context, addr string, cfg *ssh.ClientConfig) (*ssh.Client, error) {
+	d := net.Dialer{Timeout: 5 * time.Second}
+	conn, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	_ = conn.SetDeadline(time.Now().Add(20 * time.Second))
+	sc, chans, reqs, err := ssh.NewClientConn(conn, addr, cfg)
+	if err != nil {
+		conn.Close()
+		return nil, err
+	}
+	_ = conn.SetDeadline(time.Time{})
+	client := ssh.NewClient(sc, chans, reqs)
+	if _, _, err := runSession(ctx, client, "true"); err != nil {
+		client.Close()
+		return nil, err
+	}
+	return client, nil
+}
+
+// runSession runs one command and returns its combined output and exit
+// status (-1 when it did not exit normally).
+func runSession(ctx context.Context, c *ssh.Client, cmd string) (string, int, error) {
+	s, err := c.NewSession()
+	if err != nil {
+		return "", -1, err
+	}
+	defer s.Close()
+	var out bytes.Buffer
+	s.Stdout, s.Stderr = &out, &out
+	done := make(chan error, 1)
+	go func() { done <- s.Run(cmd) }()
+	select {
+	case err = <-done:
+	case <-ctx.Done():
+		_ = s.Signal(ssh.SIGKILL)
+		return out.String(), -1, ctx.Err()
+	}
+	if err != nil {
+		var ee *ssh.ExitError
+		if errors.As(err, &ee) {
+			return out.String(), ee.ExitStatus(), nil
+		}
+		return out.String(), -1, err
+	}
+	return out.String(), 0, nil
+}
+
+// run runs a command in the guest with a per-command time limit.
+func (b *bootRun) run(ctx context.Context, cmd string, limit time.Duration) (string, int, error) {
+	ctx, cancel := context.WithTimeout(ctx, limit)
+	defer cancel()
+	out, code, err := runSession(ctx, b.client, cmd)
+	return strings.TrimSpace(out), code, err
+}

@@ -1,0 +1,160 @@
+// Package verify checks a built node image against the ImageContent it was
+// built from: offline, by reading the image file (qemu-img, the GPT, ext4
+// through debugfs, FAT through mtools; nothing is mounted), and by booting
+// a throwaway overlay of it under QEMU with a NoCloud seed and running
+// checks over SSH. Results form a Report whose JSON shape is shared with
+// `nodeforge verify --json` and the build manifest. See checks.go for the
+// check names and docs/verification.md for what each asserts.
+package verify
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	imagev1 "github.com/nodeforge/nodeforge/api/v1alpha1"
+)
+
+// Verify checks the image at imagePath against content (defaulted here; a
+// defaulted content is left as is). Check failures are recorded in the
+// report; the error is only for problems that stop verification itself,
+// such as an unusable work directory. The image file is never modified.
+func Verify(ctx context.Context, imagePath string, content imagev1.ImageContent, opts Options) (*Report, error) {
+	c := content.DeepCopy()
+	c.Default()
+	if _, err := os.Stat(imagePath); err != nil {
+		return nil, fmt.Errorf("image: %w", err)
+	}
+	dir, err := os.MkdirTemp(opts.WorkDir, "nodeforge-verify-")
+	if err != nil {
+		return nil, fmt.Errorf("creating a work directory: %w", err)
+	}
+	defer os.RemoveAll(dir)
+
+	r := &Report{Checks: []Check{}}
+	sel := newSelector(opts)
+
+	off := &offlineImage{path: imagePath, content: c, workDir: dir}
+	off.load(ctx)
+	for _, pc := range planOffline(off) {
+		sel.run(ctx, r, pc, opts.Progress)
+	}
+	// The raw copy is only needed offline; free the space before booting.
+	if off.disk != nil {
+		_ = os.Remove(off.disk.Path)
+	}
+
+	if opts.Boot {
+		var vsize int64
+		if off.info != nil {
+			vsize = off.info.VirtualSize
+		}
+		bootTest(ctx, r, sel, imagePath, c, vsize, off.infoErr, dir, opts)
+	}
+	return r, nil
+}
+
+// bootNames lists the boot checks the content implies, for recording them
+// as failed when the guest never answers.
+func bootNames(c *imagev1.ImageContent) []string {
+	b := &bootRun{content: c}
+	var names []string
+	for _, pc := range planGuest(b) {
+		names = append(names, pc.name)
+	}
+	return names
+}
+
+func bootTest(ctx context.Context, r *Report, sel selector, image string, c *imagev1.ImageContent, vsize int64, infoErr error, workDir string, opts Options) {
+	timeout := opts.BootTimeout
+	if timeout <= 0 {
+		timeout = imagev1.DefaultBootTimeout
+	}
+	failAll := func(first string, msg string) {
+		sel.failWith(r, first, Boot, msg, opts.Progress)
+		for _, n := range append([]string{CheckBootCloudInit}, bootNames(c)...) {
+			if n != first {
+				sel.failWith(r, n, Boot, "not run: "+msg, opts.Progress)
+			}
+		}
+	}
+	if sel.skip[CheckBootSSH] {
+		failAll(CheckBootSSH, "boot-ssh skipped")
+		return
+	}
+	if infoErr != nil {
+		failAll(CheckBootSSH, fmt.Sprintf("cannot boot an image qemu-img cannot read: %v", infoErr))
+		return
+	}
+
+	accel := opts.Accelerator
+	if accel == "" {
+		accel = AccelTCG
+		if ok, _ := ProbeKVM(ctx); ok {
+			accel = AccelKVM
+		}
+	}
+	r.Accelerator = accel
+
+	dir, err := os.MkdirTemp(workDir, "boot-")
+	if err != nil {
+		failAll(CheckBootSSH, err.Error())
+		return
+	}
+	defer os.RemoveAll(dir)
+
+	bctx, cancel := context.WithTimeoutCause(ctx, timeout, fmt.Errorf("boot test timed out after %s", timeout))
+	defer cancel()
+
+	b := &bootRun{image: image, content: c, dir: dir, accel: accel}
+	if err := b.prepare(bctx, vsize); err != nil {
+		failAll(CheckBootSSH, err.Error())
+		return
+	}
+	if err := b.start(); err != nil {
+		failAll(CheckBootSSH, err.Error())
+		return
+	}
+	defer b.stop()
+
+	failed := false
+	sshCheck := sel.run(bctx, r, plannedCheck{name: CheckBootSSH, category: Boot, run: func(ctx context.Context) (string, error) {
+		if err := b.waitSSH(ctx); err != nil {
+			if errors.Is(err, context.DeadlineExceeded) || ctx.Err() != nil {
+				return "", fmt.Errorf("%v (%s, %s)", err, context.Cause(ctx), accel)
+			}
+			return "", err
+		}
+		r.TimeToSSHSeconds = roundSeconds(time.Since(b.started))
+		return fmt.Sprintf("logged in as %s with the per-run key after %.0f s (%s)", guestUser, r.TimeToSSHSeconds, accel), nil
+	}}, opts.Progress)
+	if !sshCheck.Passed {
+		r.ConsoleTail = b.consoleTail(4000)
+		msg := "no SSH session"
+		for _, n := range append([]string{CheckBootCloudInit}, bootNames(c)...) {
+			sel.failWith(r, n, Boot, "not run: "+msg, opts.Progress)
+		}
+		return
+	}
+
+	ci := sel.run(bctx, r, plannedCheck{name: CheckBootCloudInit, category: Boot, run: func(ctx context.Context) (string, error) {
+		msg, err := b.waitCloudInit(ctx)
+		r.TimeToCloudInitSeconds = roundSeconds(time.Since(b.started))
+		if err != nil {
+			return "", err
+		}
+		return fmt.Sprintf("%s after %.0f s", msg, r.TimeToCloudInitSeconds), nil
+	}}, opts.Progress)
+	failed = failed || (!ci.Passed && !ci.Skipped)
+
+	for _, pc := range planGuest(b) {
+		ch := sel.run(bctx, r, pc, opts.Progress)
+		failed = failed || (!ch.Passed && !ch.Skipped)
+	}
+	r.BootSeconds = roundSeconds(time.Since(b.started))
+	if failed {
+		r.ConsoleTail = b.consoleTail(4000)
+	}
+}
