@@ -98,6 +98,8 @@ func startMinio(t testing.TB, cfg minioConfig) *minioServer {
 	return s
 }
 
+func newBenchRand() *mrand.ChaCha8 { return mrand.NewChaCha8([32]byte{7}) }
+
 func randHex(n int) string {
 	b := make([]byte, n)
 	_, _ = rand.Read(b)
