@@ -1,0 +1,160 @@
+package builder
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+
+	imagev1 "github.com/nodeforge/nodeforge/api/v1alpha1"
+	"github.com/nodeforge/nodeforge/internal/manifest"
+)
+
+// convertArgs is the qemu-img command line for the output format.
+func convertArgs(p *ConvertParams, raw, out string) []string {
+	args := []string{"convert", "-f", "raw", "-O", string(p.Format)}
+	if p.Format == imagev1.FormatQCOW2 {
+		switch p.Compression {
+		case imagev1.CompressionZstd:
+			args = append(args, "-c", "-o", "compression_type=zstd")
+		case imagev1.CompressionZlib:
+			args = append(args, "-c", "-o", "compression_type=zlib")
+		}
+	}
+	return append(args, raw, out)
+}
+
+func (b *build) convert(ctx context.Context, p *ConvertParams) error {
+	b.progress(0.05, fmt.Sprintf("qemu-img convert to %s (%s)", p.Format, p.Compression))
+	_ = os.Remove(b.partImage)
+	if err := b.runner.Run(ctx, Command{Name: "qemu-img", Args: convertArgs(p, b.raw, b.partImage)}); err != nil {
+		return err
+	}
+	// The raw disk is no longer needed: free its space before the manifest.
+	_ = os.Remove(b.raw)
+	return nil
+}
+
+func (b *build) writeManifest(ctx context.Context, _ *ManifestParams) error {
+	b.progress(0.1, "checksum and package list")
+	sum, size, err := sha256File(b.partImage)
+	if err != nil {
+		return err
+	}
+	virtual := b.content.Disk.Size.Value()
+	if out, err := output(ctx, b.runner, Command{Name: "qemu-img", Args: []string{"info", "--output=json", b.partImage}}); err == nil {
+		var info struct {
+			VirtualSize int64 `json:"virtual-size"`
+		}
+		if json.Unmarshal(out, &info) == nil && info.VirtualSize > 0 {
+			virtual = info.VirtualSize
+		}
+	}
+	status, err := b.readTreeFile("/var/lib/dpkg/status")
+	if err != nil {
+		return err
+	}
+	digest, err := b.content.Digest()
+	if err != nil {
+		return err
+	}
+	compression := ""
+	if b.content.Output.Format == imagev1.FormatQCOW2 {
+		compression = string(b.content.Output.Compression)
+	}
+	b.manifest = &manifest.Manifest{
+		SchemaVersion:  manifest.SchemaVersion,
+		Name:           b.opts.Name,
+		SpecDigest:     digest,
+		BuilderVersion: builderVersion(),
+		CreatedAt:      b.now().UTC().Truncate(1e9),
+		Image: manifest.Image{
+			File:        b.opts.Name + "." + string(b.content.Output.Format),
+			Format:      b.content.Output.Format,
+			Compression: compression,
+			SHA256:      sum,
+			Size:        size,
+			VirtualSize: virtual,
+		},
+		Base: manifest.Base{
+			Distribution:  string(b.content.Base.Distribution),
+			Release:       string(b.content.Base.Release),
+			Architecture:  string(b.content.Base.Architecture),
+			Mirror:        b.mirror,
+			KernelVersion: b.kernelVersion,
+		},
+		InstalledSizeBytes: b.treeBytes,
+		Packages:           parseDpkgStatus(status),
+		Content:            *b.content,
+	}
+	b.progress(1, fmt.Sprintf("%d packages, %.1f MiB image", len(b.manifest.Packages), float64(size)/(1<<20)))
+	return nil
+}
+
+func sha256File(p string) (string, int64, error) {
+	f, err := os.Open(p)
+	if err != nil {
+		return "", 0, err
+	}
+	defer f.Close()
+	h := sha256.New()
+	n, err := io.Copy(h, f)
+	if err != nil {
+		return "", 0, err
+	}
+	return hex.EncodeToString(h.Sum(nil)), n, nil
+}
+
+// parseDpkgStatus lists the installed packages of a dpkg status file,
+// sorted by name.
+func parseDpkgStatus(b []byte) []manifest.Package {
+	var out []manifest.Package
+	var cur manifest.Package
+	installed := false
+	flush := func() {
+		if installed && cur.Name != "" {
+			out = append(out, cur)
+		}
+		cur, installed = manifest.Package{}, false
+	}
+	sc := bufio.NewScanner(bytes.NewReader(b))
+	sc.Buffer(make([]byte, 1024*1024), 1024*1024)
+	for sc.Scan() {
+		l := sc.Text()
+		if l == "" {
+			flush()
+			continue
+		}
+		if l[0] == ' ' || l[0] == '\t' {
+			continue
+		}
+		k, v, ok := strings.Cut(l, ":")
+		if !ok {
+			continue
+		}
+		v = strings.TrimSpace(v)
+		switch k {
+		case "Package":
+			cur.Name = v
+		case "Version":
+			cur.Version = v
+		case "Architecture":
+			cur.Architecture = v
+		case "Installed-Size":
+			cur.InstalledSizeKiB, _ = strconv.ParseInt(v, 10, 64)
+		case "Status":
+			installed = strings.HasSuffix(v, " installed")
+		}
+	}
+	flush()
+	slices.SortFunc(out, func(a, b manifest.Package) int { return strings.Compare(a.Name, b.Name) })
+	return out
+}

@@ -1,0 +1,405 @@
+package builder
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+
+	imagev1 "github.com/nodeforge/nodeforge/api/v1alpha1"
+)
+
+// Step names, in pipeline order. Provisioners are named
+// "provisioner/<name>".
+const (
+	StepResolve   = "resolve"
+	StepRootfs    = "rootfs"
+	StepProvision = "provision"
+	StepHygiene   = "hygiene"
+	StepDisk      = "disk"
+	StepConvert   = "convert"
+	StepManifest  = "manifest"
+)
+
+// ProvisionerStep is the step name of a spec provisioner.
+func ProvisionerStep(name string) string { return "provisioner/" + name }
+
+// Step is one planned pipeline step: its name, its share of a typical
+// build's time (for percent), and its parameters, exactly one of the
+// typed fields.
+type Step struct {
+	Name   string
+	Weight int
+
+	Resolve     *ResolveParams
+	Rootfs      *RootfsParams
+	Provision   *ProvisionParams
+	Provisioner *ProvisionerParams
+	Hygiene     *HygieneParams
+	Disk        *DiskParams
+	Convert     *ConvertParams
+	Manifest    *ManifestParams
+}
+
+// VersionMatch is how a requested package's version is chosen.
+type VersionMatch string
+
+// Version matches.
+const (
+	// MatchAny takes the archive's candidate.
+	MatchAny VersionMatch = ""
+	// MatchExact takes exactly Version.
+	MatchExact VersionMatch = "exact"
+	// MatchPrefix takes the newest version starting with Version (the
+	// Kubernetes packages: 1.37.2-*).
+	MatchPrefix VersionMatch = "prefix"
+	// MatchConstraint takes the newest version whose upstream part
+	// satisfies Version, a constraint such as ">=1.7.23".
+	MatchConstraint VersionMatch = "constraint"
+)
+
+// PackageRequest is one package the image needs.
+type PackageRequest struct {
+	Name    string
+	Match   VersionMatch
+	Version string
+	// Why names the spec field the request comes from, for errors.
+	Why string
+}
+
+func (p PackageRequest) String() string {
+	switch p.Match {
+	case MatchExact:
+		return p.Name + "=" + p.Version
+	case MatchPrefix:
+		return p.Name + "=" + p.Version + "*"
+	case MatchConstraint:
+		return p.Name + " (" + p.Version + ")"
+	}
+	return p.Name
+}
+
+// AptSource is an extra apt repository (the Kubernetes one).
+type AptSource struct {
+	// Name is the file stem in /etc/apt/sources.list.d and the keyring name.
+	Name       string
+	URL        string
+	Suite      string
+	Components []string
+	Key        imagev1.KeySource
+}
+
+// ResolveParams checks that the archive can satisfy every request before
+// anything is installed, and picks exact versions.
+type ResolveParams struct {
+	Release      string
+	Architecture string
+	// Mirror is spec.base.mirror; empty means mmdebstrap's default mirror
+	// for the release with its -updates and -security suites.
+	Mirror   string
+	Sources  []AptSource
+	Packages []PackageRequest
+}
+
+// RootfsParams builds the root filesystem tree with mmdebstrap.
+type RootfsParams struct {
+	Release      string
+	Architecture string
+	Mirror       string
+	Variant      string
+	// Packages are installed in one apt run; versions come from resolve.
+	Packages []PackageRequest
+	Sources  []AptSource
+	// AptOptions and DpkgOptions go to --aptopt and --dpkgopt (and stay in
+	// the image, so later installs behave the same).
+	AptOptions  []string
+	DpkgOptions []string
+}
+
+// ProvisionParams makes the seed image's contents true in the tree.
+type ProvisionParams struct {
+	// Containerd writes /etc/containerd/config.toml from containerd's
+	// default config.
+	Containerd    bool
+	SystemdCgroup bool
+	// CNIBinDir gets the CNI plugins; empty when CNI plugins are off.
+	CNIBinDir string
+	// Kubernetes configures the repository in the image; Hold lists the
+	// packages held at their version.
+	Kubernetes *AptSource
+	Hold       []string
+	Modules    []string
+	Sysctls    []imagev1.Sysctl
+	// DisableSwap masks swap.target and keeps fstab free of swap.
+	DisableSwap bool
+	// SSH configures sshd key-only; nil when openssh-server is not installed.
+	SSH              *SSHParams
+	NodeExporterPort int32
+	Datasources      []imagev1.Datasource
+	DefaultUserData  string
+	Users            []imagev1.UserSpec
+	Files            []imagev1.FileSpec
+	Units            []imagev1.UnitSpec
+	// Enable lists units enabled (never started during the build).
+	Enable []string
+	// Mask lists units masked.
+	Mask []string
+}
+
+// SSHParams configures sshd.
+type SSHParams struct {
+	PermitRootLogin imagev1.PermitRootLogin
+}
+
+// ProvisionerParams runs one spec provisioner in the tree.
+type ProvisionerParams struct {
+	Name  string
+	Shell string
+	// Ansible is set for an Ansible provisioner.
+	Ansible *imagev1.AnsibleProvisioner
+	// InstallAnsible installs ansible-core on the build host when
+	// ansible-playbook is missing.
+	InstallAnsible bool
+}
+
+// HygieneParams removes machine-specific and build-time state.
+type HygieneParams struct {
+	// KeepHostKeys keeps SSH host keys (never set by Plan; for debugging).
+	KeepHostKeys bool
+}
+
+// DiskParams assembles the disk image without loop devices or mounts.
+type DiskParams struct {
+	SizeBytes  int64
+	BootMode   imagev1.BootMode
+	Filesystem imagev1.Filesystem
+	// KernelCmdline is appended to the kernel command line.
+	KernelCmdline string
+}
+
+// ConvertParams writes the output artifact.
+type ConvertParams struct {
+	Format      imagev1.Format
+	Compression imagev1.Compression
+}
+
+// ManifestParams records the build manifest.
+type ManifestParams struct{}
+
+// Seed packages every image gets: boot, init, networking through
+// cloud-init, growing the root partition at first boot.
+var basePackages = []string{
+	"systemd-sysv", "udev", "dbus", "initramfs-tools", "zstd",
+	"cloud-init", "cloud-guest-utils", "fdisk", "e2fsprogs",
+	"netplan.io", "systemd-resolved", "systemd-timesyncd",
+	"iproute2", "sudo", "less", "procps", "kmod", "ca-certificates",
+}
+
+// Plan turns resolved, defaulted image content into the ordered steps that
+// build it. It is pure: no I/O, same content, same plan.
+func Plan(content imagev1.ImageContent) ([]Step, error) {
+	c := content.DeepCopy()
+	c.Default()
+	if refs := c.References(); len(refs) > 0 {
+		return nil, inputErrorf("image content is not resolved: %s", strings.Join(refs, ", "))
+	}
+	if c.Base.Architecture != imagev1.ArchitectureAMD64 {
+		return nil, inputErrorf("architecture %s is not supported by this builder (amd64 only)", c.Base.Architecture)
+	}
+	if c.Disk.Filesystem != imagev1.FilesystemExt4 {
+		return nil, inputErrorf("filesystem %s is not supported (ext4 only)", c.Disk.Filesystem)
+	}
+
+	reqs := packageRequests(c)
+	var sources []AptSource
+	var hold []string
+	var kube *AptSource
+	if k := c.Kubernetes; k != nil {
+		src := AptSource{
+			Name:       "kubernetes",
+			URL:        k.AptRepository.URL,
+			Suite:      k.AptRepository.Suite,
+			Components: k.AptRepository.Components,
+			Key:        k.AptRepository.SigningKey,
+		}
+		sources = append(sources, src)
+		kube = &src
+		if *k.Hold {
+			for _, comp := range k.Components {
+				hold = append(hold, string(comp))
+			}
+			slices.Sort(hold)
+		}
+	}
+
+	steps := []Step{
+		{Name: StepResolve, Weight: 4, Resolve: &ResolveParams{
+			Release: string(c.Base.Release), Architecture: string(c.Base.Architecture),
+			Mirror: c.Base.Mirror, Sources: sources, Packages: reqs,
+		}},
+		{Name: StepRootfs, Weight: 55, Rootfs: &RootfsParams{
+			Release: string(c.Base.Release), Architecture: string(c.Base.Architecture),
+			Mirror: c.Base.Mirror, Variant: "minbase", Packages: reqs, Sources: sources,
+			AptOptions: []string{
+				`APT::Install-Recommends "false"`,
+				`APT::Install-Suggests "false"`,
+				`Acquire::Languages "none"`,
+			},
+			DpkgOptions: dpkgExcludes(),
+		}},
+		{Name: StepProvision, Weight: 8, Provision: provisionParams(c, kube, hold)},
+	}
+	ansibleInstalled := false
+	for _, p := range c.Provisioners {
+		pp := &ProvisionerParams{Name: p.Name}
+		switch {
+		case p.Shell != nil:
+			pp.Shell = p.Shell.Inline
+		case p.Ansible != nil:
+			pp.Ansible = p.Ansible.DeepCopy()
+			pp.InstallAnsible = !ansibleInstalled
+			ansibleInstalled = true
+		default:
+			return nil, inputErrorf("provisioner %q has neither shell nor ansible", p.Name)
+		}
+		steps = append(steps, Step{Name: ProvisionerStep(p.Name), Weight: 4, Provisioner: pp})
+	}
+	steps = append(steps,
+		Step{Name: StepHygiene, Weight: 2, Hygiene: &HygieneParams{}},
+		Step{Name: StepDisk, Weight: 16, Disk: &DiskParams{
+			SizeBytes: c.Disk.Size.Value(), BootMode: c.Disk.BootMode, Filesystem: c.Disk.Filesystem,
+		}},
+		Step{Name: StepConvert, Weight: 8, Convert: &ConvertParams{
+			Format: c.Output.Format, Compression: c.Output.Compression,
+		}},
+		Step{Name: StepManifest, Weight: 3, Manifest: &ManifestParams{}},
+	)
+	return steps, nil
+}
+
+// packageRequests derives the package list from the spec: the seed set,
+// the kernel, what each enabled feature needs, then spec.packages. A name
+// requested twice keeps its most specific version request.
+func packageRequests(c *imagev1.ImageContent) []PackageRequest {
+	var reqs []PackageRequest
+	add := func(r PackageRequest) {
+		for i := range reqs {
+			if reqs[i].Name == r.Name {
+				if r.Match != MatchAny {
+					reqs[i] = r
+				}
+				return
+			}
+		}
+		reqs = append(reqs, r)
+	}
+	for _, p := range basePackages {
+		add(PackageRequest{Name: p, Why: "seed"})
+	}
+	add(PackageRequest{Name: c.Base.KernelPackage, Why: "base.kernelPackage"})
+	cr := c.ContainerRuntime
+	if *cr.Containerd.Enabled {
+		r := PackageRequest{Name: "containerd", Why: "containerRuntime.containerd.version"}
+		if v := cr.Containerd.Version; v != "" {
+			r.Match, r.Version = MatchConstraint, v
+		}
+		add(r)
+	}
+	if *cr.Runc.Enabled {
+		add(PackageRequest{Name: "runc", Why: "containerRuntime.runc"})
+	}
+	if *cr.CNIPlugins.Enabled {
+		add(PackageRequest{Name: "containernetworking-plugins", Why: "containerRuntime.cniPlugins"})
+	}
+	if k := c.Kubernetes; k != nil {
+		ver := strings.TrimPrefix(k.Version, "v") + "-"
+		for _, comp := range k.Components {
+			add(PackageRequest{Name: string(comp), Match: MatchPrefix, Version: ver, Why: "kubernetes.version"})
+		}
+		// The kubelet's own recommends (installs run without recommends).
+		if slices.Contains(k.Components, imagev1.ComponentKubelet) {
+			for _, p := range []string{"conntrack", "ethtool", "iptables", "socat"} {
+				add(PackageRequest{Name: p, Why: "kubernetes (kubelet)"})
+			}
+		}
+	}
+	if *c.SSH.Enabled {
+		add(PackageRequest{Name: "openssh-server", Why: "ssh.enabled"})
+	}
+	if *c.Monitoring.NodeExporter.Enabled {
+		add(PackageRequest{Name: "prometheus-node-exporter", Why: "monitoring.nodeExporter"})
+	}
+	for _, p := range c.Provisioners {
+		if p.Ansible != nil {
+			// Ansible's chroot connection runs modules with the image's python3.
+			add(PackageRequest{Name: "python3", Why: fmt.Sprintf("provisioners[%s].ansible", p.Name)})
+		}
+	}
+	for _, p := range c.Packages {
+		name, ver, pinned := strings.Cut(p, "=")
+		r := PackageRequest{Name: name, Why: "packages"}
+		if pinned {
+			r.Match, r.Version = MatchExact, ver
+		}
+		add(r)
+	}
+	return reqs
+}
+
+func provisionParams(c *imagev1.ImageContent, kube *AptSource, hold []string) *ProvisionParams {
+	cr := c.ContainerRuntime
+	p := &ProvisionParams{
+		Containerd:      *cr.Containerd.Enabled,
+		SystemdCgroup:   *cr.Containerd.SystemdCgroup,
+		Kubernetes:      kube,
+		Hold:            hold,
+		Modules:         c.Kernel.Modules,
+		Sysctls:         c.Kernel.Sysctls,
+		DisableSwap:     *c.Swap.Disabled,
+		Datasources:     c.CloudInit.Datasources,
+		DefaultUserData: c.CloudInit.DefaultUserData,
+		Users:           c.Users,
+		Files:           c.Files,
+		Units:           c.Units,
+	}
+	if *cr.CNIPlugins.Enabled {
+		p.CNIBinDir = cr.CNIPlugins.BinDir
+	}
+	if *c.SSH.Enabled {
+		p.SSH = &SSHParams{PermitRootLogin: c.SSH.PermitRootLogin}
+		p.Enable = append(p.Enable, "ssh.service", "nodeforge-ssh-keygen.service")
+	}
+	if p.Containerd {
+		p.Enable = append(p.Enable, "containerd.service")
+	}
+	if *c.Monitoring.NodeExporter.Enabled {
+		p.NodeExporterPort = c.Monitoring.NodeExporter.Port
+		p.Enable = append(p.Enable, "prometheus-node-exporter.service")
+	}
+	if k := c.Kubernetes; k != nil && *k.EnableKubelet && slices.Contains(k.Components, imagev1.ComponentKubelet) {
+		p.Enable = append(p.Enable, "kubelet.service")
+	}
+	for _, u := range c.Units {
+		if *u.Enabled {
+			p.Enable = append(p.Enable, u.Name)
+		}
+	}
+	if p.DisableSwap {
+		p.Mask = append(p.Mask, "swap.target")
+	}
+	return p
+}
+
+// dpkgExcludes keeps documentation, man pages and translations out of the
+// image (copyright files stay: they are the licence record).
+func dpkgExcludes() []string {
+	return []string{
+		"path-exclude=/usr/share/man/*",
+		"path-exclude=/usr/share/info/*",
+		"path-exclude=/usr/share/doc/*",
+		"path-include=/usr/share/doc/*/copyright",
+		"path-exclude=/usr/share/locale/*",
+		"path-include=/usr/share/locale/locale.alias",
+		"path-exclude=/usr/share/lintian/*",
+		"path-exclude=/usr/share/linda/*",
+	}
+}

@@ -1,0 +1,313 @@
+package builder
+
+import (
+	"slices"
+	"strings"
+	"testing"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	"k8s.io/utils/ptr"
+
+	imagev1 "github.com/nodeforge/nodeforge/api/v1alpha1"
+)
+
+func kubeContent() imagev1.ImageContent {
+	return imagev1.ImageContent{
+		Packages: []string{"vim", "htop", "jq=1.7.1-6"},
+		Kubernetes: &imagev1.KubernetesSpec{
+			Version: "v1.37.2",
+			AptRepository: imagev1.AptRepository{
+				URL:        "http://127.0.0.1:8080/",
+				SigningKey: imagev1.KeySource{Armored: "-----BEGIN PGP PUBLIC KEY BLOCK-----\n\nAA==\n-----END PGP PUBLIC KEY BLOCK-----\n"},
+			},
+		},
+	}
+}
+
+func stepNames(steps []Step) []string {
+	var out []string
+	for _, s := range steps {
+		out = append(out, s.Name)
+	}
+	return out
+}
+
+func request(reqs []PackageRequest, name string) (PackageRequest, bool) {
+	i := slices.IndexFunc(reqs, func(r PackageRequest) bool { return r.Name == name })
+	if i < 0 {
+		return PackageRequest{}, false
+	}
+	return reqs[i], true
+}
+
+func TestPlan(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		content func() imagev1.ImageContent
+		steps   []string
+		check   func(t *testing.T, steps []Step)
+	}{{
+		name:    "defaults: seed image without Kubernetes",
+		content: func() imagev1.ImageContent { return imagev1.ImageContent{} },
+		steps:   []string{"resolve", "rootfs", "provision", "hygiene", "disk", "convert", "manifest"},
+		check: func(t *testing.T, steps []Step) {
+			r := steps[1].Rootfs
+			if r.Variant != "minbase" || r.Release != "trixie" || r.Mirror != "" {
+				t.Errorf("rootfs = %+v; want minbase trixie from the default mirror", r)
+			}
+			for _, want := range []string{"linux-image-cloud-amd64", "cloud-init", "openssh-server", "containerd", "runc", "containernetworking-plugins", "prometheus-node-exporter", "systemd-sysv"} {
+				if _, ok := request(r.Packages, want); !ok {
+					t.Errorf("package %s missing from %v", want, r.Packages)
+				}
+			}
+			if c, _ := request(r.Packages, "containerd"); c.Match != MatchConstraint || c.Version != ">=1.7.23" {
+				t.Errorf("containerd request = %+v; want constraint >=1.7.23", c)
+			}
+			if _, ok := request(r.Packages, "kubeadm"); ok {
+				t.Error("kubeadm requested without spec.kubernetes")
+			}
+			if !slices.Contains(r.AptOptions, `APT::Install-Recommends "false"`) {
+				t.Errorf("recommends not disabled: %v", r.AptOptions)
+			}
+			for _, want := range []string{"path-exclude=/usr/share/man/*", "path-exclude=/usr/share/doc/*", "path-exclude=/usr/share/locale/*"} {
+				if !slices.Contains(r.DpkgOptions, want) {
+					t.Errorf("dpkg option %s missing", want)
+				}
+			}
+			p := steps[2].Provision
+			if !p.Containerd || !p.SystemdCgroup || p.CNIBinDir != "/opt/cni/bin" || !p.DisableSwap || p.NodeExporterPort != 9100 {
+				t.Errorf("provision = %+v", p)
+			}
+			if p.SSH == nil || p.SSH.PermitRootLogin != imagev1.PermitRootLoginNo {
+				t.Errorf("ssh = %+v; want key-only, no root login", p.SSH)
+			}
+			if !slices.Equal(p.Modules, []string{"br_netfilter", "overlay"}) || len(p.Sysctls) != 3 {
+				t.Errorf("kernel settings = %v %v", p.Modules, p.Sysctls)
+			}
+			for _, u := range []string{"ssh.service", "containerd.service", "prometheus-node-exporter.service"} {
+				if !slices.Contains(p.Enable, u) {
+					t.Errorf("%s not enabled: %v", u, p.Enable)
+				}
+			}
+			if slices.Contains(p.Enable, "kubelet.service") {
+				t.Error("kubelet enabled without spec.kubernetes")
+			}
+			if !slices.Equal(p.Mask, []string{"swap.target"}) {
+				t.Errorf("mask = %v", p.Mask)
+			}
+			d := steps[4].Disk
+			if d.SizeBytes != 8<<30 || d.BootMode != imagev1.BootModeHybrid {
+				t.Errorf("disk = %+v", d)
+			}
+			if c := steps[5].Convert; c.Format != imagev1.FormatQCOW2 || c.Compression != imagev1.CompressionZstd {
+				t.Errorf("convert = %+v", c)
+			}
+		},
+	}, {
+		name:    "kubernetes pinned, held, kubelet enabled; user packages",
+		content: kubeContent,
+		steps:   []string{"resolve", "rootfs", "provision", "hygiene", "disk", "convert", "manifest"},
+		check: func(t *testing.T, steps []Step) {
+			res := steps[0].Resolve
+			for _, c := range []string{"kubeadm", "kubelet", "kubectl"} {
+				r, ok := request(res.Packages, c)
+				if !ok || r.Match != MatchPrefix || r.Version != "1.37.2-" {
+					t.Errorf("%s request = %+v; want prefix 1.37.2-", c, r)
+				}
+			}
+			for _, c := range []string{"conntrack", "ethtool", "iptables"} {
+				if _, ok := request(res.Packages, c); !ok {
+					t.Errorf("kubelet dependency %s missing", c)
+				}
+			}
+			if r, _ := request(res.Packages, "jq"); r.Match != MatchExact || r.Version != "1.7.1-6" {
+				t.Errorf("jq = %+v; want exact 1.7.1-6", r)
+			}
+			if r, _ := request(res.Packages, "vim"); r.Match != MatchAny {
+				t.Errorf("vim = %+v; want any", r)
+			}
+			if len(res.Sources) != 1 || res.Sources[0].URL != "http://127.0.0.1:8080/" || res.Sources[0].Suite != "/" {
+				t.Errorf("sources = %+v", res.Sources)
+			}
+			p := steps[2].Provision
+			if !slices.Equal(p.Hold, []string{"kubeadm", "kubectl", "kubelet"}) {
+				t.Errorf("hold = %v", p.Hold)
+			}
+			if !slices.Contains(p.Enable, "kubelet.service") || p.Kubernetes == nil {
+				t.Errorf("kubelet not enabled or repository not configured: %+v", p)
+			}
+		},
+	}, {
+		name: "kubernetes without hold, kubelet not enabled, kubectl only",
+		content: func() imagev1.ImageContent {
+			c := kubeContent()
+			c.Kubernetes.Hold = ptr.To(false)
+			c.Kubernetes.EnableKubelet = ptr.To(false)
+			c.Kubernetes.Components = []imagev1.KubernetesComponent{imagev1.ComponentKubectl}
+			return c
+		},
+		steps: []string{"resolve", "rootfs", "provision", "hygiene", "disk", "convert", "manifest"},
+		check: func(t *testing.T, steps []Step) {
+			p := steps[2].Provision
+			if len(p.Hold) != 0 || slices.Contains(p.Enable, "kubelet.service") {
+				t.Errorf("provision = %+v", p)
+			}
+			if _, ok := request(steps[1].Rootfs.Packages, "kubeadm"); ok {
+				t.Error("kubeadm requested")
+			}
+		},
+	}, {
+		name: "features off, custom mirror, BIOS, raw",
+		content: func() imagev1.ImageContent {
+			size := resource.MustParse("4Gi")
+			return imagev1.ImageContent{
+				Base: imagev1.BaseSpec{Mirror: "http://127.0.0.1:3142/debian", KernelPackage: "linux-image-amd64"},
+				Disk: imagev1.DiskSpec{Size: &size, BootMode: imagev1.BootModeBIOS},
+				ContainerRuntime: imagev1.ContainerRuntimeSpec{
+					Containerd: imagev1.ContainerdSpec{Enabled: ptr.To(false)},
+					Runc:       imagev1.RuncSpec{Enabled: ptr.To(false)},
+					CNIPlugins: imagev1.CNIPluginsSpec{Enabled: ptr.To(false)},
+				},
+				SSH:        imagev1.SSHSpec{Enabled: ptr.To(false)},
+				Swap:       imagev1.SwapSpec{Disabled: ptr.To(false)},
+				Monitoring: imagev1.MonitoringSpec{NodeExporter: imagev1.NodeExporterSpec{Enabled: ptr.To(false)}},
+				Output:     imagev1.OutputSpec{Format: imagev1.FormatRaw},
+			}
+		},
+		steps: []string{"resolve", "rootfs", "provision", "hygiene", "disk", "convert", "manifest"},
+		check: func(t *testing.T, steps []Step) {
+			r := steps[1].Rootfs
+			if r.Mirror != "http://127.0.0.1:3142/debian" {
+				t.Errorf("mirror = %q", r.Mirror)
+			}
+			for _, no := range []string{"containerd", "runc", "containernetworking-plugins", "openssh-server", "prometheus-node-exporter", "linux-image-cloud-amd64"} {
+				if _, ok := request(r.Packages, no); ok {
+					t.Errorf("%s requested though disabled", no)
+				}
+			}
+			if _, ok := request(r.Packages, "linux-image-amd64"); !ok {
+				t.Error("kernel package from spec missing")
+			}
+			p := steps[2].Provision
+			if p.Containerd || p.CNIBinDir != "" || p.SSH != nil || p.NodeExporterPort != 0 || p.DisableSwap || len(p.Mask) != 0 || len(p.Enable) != 0 {
+				t.Errorf("provision = %+v", p)
+			}
+			if d := steps[4].Disk; d.SizeBytes != 4<<30 || d.BootMode != imagev1.BootModeBIOS {
+				t.Errorf("disk = %+v", d)
+			}
+			if c := steps[5].Convert; c.Format != imagev1.FormatRaw || c.Compression != imagev1.CompressionNone {
+				t.Errorf("convert = %+v", c)
+			}
+		},
+	}, {
+		name: "provisioners become steps in order; ansible needs python3 and the host tool once",
+		content: func() imagev1.ImageContent {
+			return imagev1.ImageContent{Provisioners: []imagev1.Provisioner{
+				{Name: "motd", Shell: &imagev1.ShellProvisioner{Inline: "echo hi > /etc/motd"}},
+				{Name: "site", Ansible: &imagev1.AnsibleProvisioner{Playbook: "- hosts: all\n  tasks: []\n", ExtraVars: []imagev1.AnsibleVar{{Name: "x", Value: "1"}}}},
+				{Name: "more", Ansible: &imagev1.AnsibleProvisioner{Playbook: "- hosts: all\n  tasks: []\n"}},
+			}}
+		},
+		steps: []string{"resolve", "rootfs", "provision", "provisioner/motd", "provisioner/site", "provisioner/more", "hygiene", "disk", "convert", "manifest"},
+		check: func(t *testing.T, steps []Step) {
+			if s := steps[3].Provisioner; s.Shell != "echo hi > /etc/motd" || s.Ansible != nil {
+				t.Errorf("shell step = %+v", s)
+			}
+			if s := steps[4].Provisioner; s.Ansible == nil || !s.InstallAnsible || s.Ansible.ExtraVars[0].Name != "x" {
+				t.Errorf("first ansible step = %+v", s)
+			}
+			if s := steps[5].Provisioner; s.InstallAnsible {
+				t.Error("ansible-core installed twice")
+			}
+			if _, ok := request(steps[1].Rootfs.Packages, "python3"); !ok {
+				t.Error("python3 not requested for the ansible chroot connection")
+			}
+			got := ansibleArgs("/w/rootfs", "/w/p.yml", "/w/v.json")
+			want := []string{"ansible-playbook", "-i", "/w/rootfs,", "-c", "chroot", "-e", "@/w/v.json", "/w/p.yml"}
+			if !slices.Equal(got, want) {
+				t.Errorf("ansible args = %v; want %v", got, want)
+			}
+		},
+	}} {
+		t.Run(tc.name, func(t *testing.T) {
+			steps, err := Plan(tc.content())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := stepNames(steps); !slices.Equal(got, tc.steps) {
+				t.Fatalf("steps = %v; want %v", got, tc.steps)
+			}
+			for _, s := range steps {
+				if s.Weight <= 0 {
+					t.Errorf("step %s has weight %d", s.Name, s.Weight)
+				}
+			}
+			tc.check(t, steps)
+		})
+	}
+}
+
+func TestPlanRejects(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		content imagev1.ImageContent
+		want    string
+	}{
+		{"arm64", imagev1.ImageContent{Base: imagev1.BaseSpec{Architecture: imagev1.ArchitectureARM64}}, "arm64"},
+		{"unresolved reference", imagev1.ImageContent{Files: []imagev1.FileSpec{{Path: "/etc/x", ConfigMapKeyRef: &corev1.ConfigMapKeySelector{LocalObjectReference: corev1.LocalObjectReference{Name: "cm"}, Key: "k"}}}}, "not resolved"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Plan(tc.content)
+			if err == nil || !strings.Contains(err.Error(), tc.want) || !IsInputError(err) {
+				t.Fatalf("Plan() error = %v; want an input error about %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestPlanIsPure(t *testing.T) {
+	c := kubeContent()
+	a, err := Plan(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := Plan(c)
+	if len(a) != len(b) || !slices.Equal(a[1].Rootfs.Packages, b[1].Rootfs.Packages) {
+		t.Error("two plans of the same content differ")
+	}
+	if c.Disk.Size != nil || c.ContainerRuntime.Containerd.Enabled != nil {
+		t.Error("Plan modified its input")
+	}
+}
+
+func TestPlanLayout(t *testing.T) {
+	for _, tc := range []struct {
+		mode      imagev1.BootMode
+		bios, esp bool
+		rootStart int64
+		rootNum   int
+	}{
+		{imagev1.BootModeHybrid, true, true, 128 * mib, 3},
+		{imagev1.BootModeBIOS, true, false, 2 * mib, 2},
+		{imagev1.BootModeUEFI, false, true, 127 * mib, 2},
+	} {
+		l, err := PlanLayout(8<<30, tc.mode)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if (l.BIOS != nil) != tc.bios || (l.ESP != nil) != tc.esp || l.Root.Start != tc.rootStart || l.Root.Number != tc.rootNum {
+			t.Errorf("%s: layout = %+v", tc.mode, l)
+		}
+		if end := l.Root.Start + l.Root.Size; end > 8<<30-33*sector || l.Root.Size%mib != 0 {
+			t.Errorf("%s: root ends at %d (size %d): overlaps the backup GPT or is unaligned", tc.mode, end, l.Root.Size)
+		}
+		script := l.sfdiskScript()
+		if !strings.Contains(script, "label: gpt") || !strings.Contains(script, TypeRootX86_64) {
+			t.Errorf("sfdisk script:\n%s", script)
+		}
+	}
+	if _, err := PlanLayout(100*mib, imagev1.BootModeHybrid); !IsInputError(err) {
+		t.Errorf("tiny disk: err = %v; want an input error", err)
+	}
+}

@@ -1,0 +1,328 @@
+package builder
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/base64"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	imagev1 "github.com/nodeforge/nodeforge/api/v1alpha1"
+)
+
+// The resolution pass runs mmdebstrap with the custom variant and no
+// packages into a throwaway directory: it writes the same sources.list the
+// real build gets (mmdebstrap's default mirror for the release with its
+// -updates and -security suites, or spec.base.mirror) plus the extra
+// repositories, runs apt-get update, and an extract hook asks apt-cache
+// madison for every requested package. That takes a few seconds and fails
+// fast on an unreachable mirror, a bad repository signature, an unknown
+// package or a version no candidate satisfies, before the minute-long
+// root filesystem build. The fresh package lists are kept in the cache, so
+// the rootfs step's apt-get update downloads nothing new.
+
+func (b *build) resolve(ctx context.Context, p *ResolveParams) error {
+	if err := os.MkdirAll(b.aptDir, 0o755); err != nil {
+		return err
+	}
+	if err := b.lockCache(); err != nil {
+		return err
+	}
+	for _, s := range p.Sources {
+		b.progress(0.05, "fetching the signing key of "+s.URL)
+		key, err := fetchKey(ctx, s.Key)
+		if err != nil {
+			return fmt.Errorf("signing key for %s: %w", s.URL, err)
+		}
+		if err := os.WriteFile(filepath.Join(b.aptDir, s.Name+".key"), key, 0o644); err != nil {
+			return err
+		}
+		armored := armorKey(key)
+		if err := os.WriteFile(filepath.Join(b.aptDir, s.Name+".sources"), []byte(deb822Source(s, inlineSignedBy(armored))), 0o644); err != nil {
+			return err
+		}
+	}
+
+	out := filepath.Join(b.work, "resolve")
+	if err := os.MkdirAll(out, 0o755); err != nil {
+		return err
+	}
+	names := make([]string, len(p.Packages))
+	for i, r := range p.Packages {
+		names[i] = r.Name
+	}
+	hook := fmt.Sprintf(`set -e
+APT_CONFIG="$MMDEBSTRAP_APT_CONFIG" apt-cache madison %s > %s
+cat "$1"/etc/apt/sources.list > %s 2>/dev/null || true
+%s`, strings.Join(quoteAll(names), " "), shq(filepath.Join(out, "madison")), shq(filepath.Join(out, "sources.list")), b.listsSyncOut())
+
+	args := []string{"--mode=root", "--variant=custom", "--format=null", "--skip=check/empty"}
+	args = append(args, b.sourceHooks(p.Sources)...)
+	args = append(args, "--setup-hook="+b.listsSyncIn(), "--extract-hook="+hook)
+	args = append(args, p.Release, "/dev/null")
+	args = append(args, mirrorArgs(p.Mirror, p.Release)...)
+	b.progress(0.2, "apt-get update and package resolution")
+	if err := b.runner.Run(ctx, Command{Name: "mmdebstrap", Args: args}); err != nil {
+		return fmt.Errorf("resolving packages (mirror, signatures, package lists): %w", err)
+	}
+	madison, err := os.ReadFile(filepath.Join(out, "madison"))
+	if err != nil {
+		return err
+	}
+	pins, err := pickVersions(p.Packages, parseMadison(madison))
+	if err != nil {
+		return err
+	}
+	b.pins = pins
+	if p.Mirror != "" {
+		b.mirror = p.Mirror
+	} else if sl, err := os.ReadFile(filepath.Join(out, "sources.list")); err == nil {
+		b.mirror = firstMirror(sl)
+	}
+	b.progress(1, fmt.Sprintf("%d packages resolved, %d pinned", len(p.Packages), len(pins)))
+	return nil
+}
+
+// mirrorArgs are mmdebstrap's MIRROR arguments: none for its default
+// mirror (with -updates and -security), else the release and its -updates
+// suite from spec.base.mirror.
+func mirrorArgs(mirror, release string) []string {
+	if mirror == "" {
+		return nil
+	}
+	return []string{
+		fmt.Sprintf("deb %s %s main", mirror, release),
+		fmt.Sprintf("deb %s %s-updates main", mirror, release),
+	}
+}
+
+// sourceHooks copy the build-time sources files (with their keys inline)
+// into the chroot before apt-get update.
+func (b *build) sourceHooks(sources []AptSource) []string {
+	var out []string
+	for _, s := range sources {
+		out = append(out, fmt.Sprintf("--setup-hook=copy-in %s /etc/apt/sources.list.d/", filepath.Join(b.aptDir, s.Name+".sources")))
+	}
+	return out
+}
+
+// madison maps package names to their available versions, newest first.
+type madison map[string][]string
+
+// parseMadison reads `apt-cache madison` output ("pkg | version | source").
+func parseMadison(b []byte) madison {
+	m := madison{}
+	sc := bufio.NewScanner(bytes.NewReader(b))
+	for sc.Scan() {
+		f := strings.Split(sc.Text(), "|")
+		if len(f) < 3 {
+			continue
+		}
+		name, ver := strings.TrimSpace(f[0]), strings.TrimSpace(f[1])
+		if name == "" || ver == "" || slices.Contains(m[name], ver) {
+			continue
+		}
+		m[name] = append(m[name], ver)
+	}
+	for _, vs := range m {
+		slices.SortFunc(vs, func(a, b string) int { return compareDebVersions(b, a) })
+	}
+	return m
+}
+
+// pickVersions checks every request against the archive and returns the
+// exact versions to pin (requests without a version constraint take the
+// candidate and are not pinned). All problems are reported at once.
+func pickVersions(reqs []PackageRequest, m madison) (map[string]string, error) {
+	pins := map[string]string{}
+	var problems []string
+	for _, r := range reqs {
+		vs := m[r.Name]
+		if len(vs) == 0 {
+			problems = append(problems, fmt.Sprintf("package %q (from %s) is not in any configured repository", r.Name, r.Why))
+			continue
+		}
+		switch r.Match {
+		case MatchAny:
+		case MatchExact:
+			if !slices.Contains(vs, r.Version) {
+				problems = append(problems, fmt.Sprintf("package %s has no version %s (from %s); available: %s", r.Name, r.Version, r.Why, strings.Join(vs, ", ")))
+				continue
+			}
+			pins[r.Name] = r.Version
+		case MatchPrefix:
+			i := slices.IndexFunc(vs, func(v string) bool { return strings.HasPrefix(v, r.Version) })
+			if i < 0 {
+				problems = append(problems, fmt.Sprintf("package %s has no version %s* (from %s); available: %s", r.Name, r.Version, r.Why, strings.Join(vs, ", ")))
+				continue
+			}
+			pins[r.Name] = vs[i]
+		case MatchConstraint:
+			var bad error
+			i := slices.IndexFunc(vs, func(v string) bool {
+				ok, err := satisfies(v, r.Version)
+				if err != nil {
+					bad = err
+				}
+				return ok
+			})
+			if bad != nil {
+				problems = append(problems, fmt.Sprintf("%s: %v", r.Why, bad))
+				continue
+			}
+			if i < 0 {
+				problems = append(problems, fmt.Sprintf("package %s has no version satisfying %s (from %s); available: %s", r.Name, r.Version, r.Why, strings.Join(vs, ", ")))
+				continue
+			}
+			pins[r.Name] = vs[i]
+		}
+	}
+	if len(problems) > 0 {
+		return nil, inputErrorf("%s", strings.Join(problems, "; "))
+	}
+	return pins, nil
+}
+
+// firstMirror returns the URI of the first deb line of a sources.list.
+func firstMirror(sl []byte) string {
+	sc := bufio.NewScanner(bytes.NewReader(sl))
+	for sc.Scan() {
+		f := strings.Fields(sc.Text())
+		if len(f) < 2 || f[0] != "deb" {
+			continue
+		}
+		for _, x := range f[1:] {
+			if strings.Contains(x, "://") {
+				return x
+			}
+		}
+	}
+	return ""
+}
+
+// fetchKey returns the key bytes of a resolved KeySource.
+func fetchKey(ctx context.Context, k imagev1.KeySource) ([]byte, error) {
+	switch {
+	case k.Armored != "":
+		return []byte(k.Armored), nil
+	case k.URL != "":
+		u, err := url.Parse(k.URL)
+		if err != nil {
+			return nil, err
+		}
+		if u.Scheme == "file" {
+			return os.ReadFile(u.Path)
+		}
+		ctx, cancel := context.WithTimeout(ctx, time.Minute)
+		defer cancel()
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, k.URL, nil)
+		if err != nil {
+			return nil, err
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return nil, err
+		}
+		defer resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return nil, fmt.Errorf("GET %s: %s", k.URL, resp.Status)
+		}
+		return io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	case k.ConfigMapKeyRef != nil:
+		return nil, fmt.Errorf("configMapKeyRef %s/%s is not resolved", k.ConfigMapKeyRef.Name, k.ConfigMapKeyRef.Key)
+	}
+	return nil, fmt.Errorf("no key source set")
+}
+
+func isArmored(key []byte) bool {
+	return bytes.Contains(key, []byte("-----BEGIN PGP PUBLIC KEY BLOCK-----"))
+}
+
+// armorKey returns key ASCII-armored (as is when it already is).
+func armorKey(key []byte) []byte {
+	if isArmored(key) {
+		return key
+	}
+	var b bytes.Buffer
+	b.WriteString("-----BEGIN PGP PUBLIC KEY BLOCK-----\n\n")
+	enc := base64.StdEncoding.EncodeToString(key)
+	for len(enc) > 64 {
+		b.WriteString(enc[:64] + "\n")
+		enc = enc[64:]
+	}
+	b.WriteString(enc + "\n")
+	crc := crc24(key)
+	b.WriteString("=" + base64.StdEncoding.EncodeToString([]byte{byte(crc >> 16), byte(crc >> 8), byte(crc)}) + "\n")
+	b.WriteString("-----END PGP PUBLIC KEY BLOCK-----\n")
+	return b.Bytes()
+}
+
+// crc24 is the OpenPGP armor checksum (RFC 4880, 6.1).
+func crc24(data []byte) uint32 {
+	crc := uint32(0xB704CE)
+	for _, d := range data {
+		crc ^= uint32(d) << 16
+		for i := 0; i < 8; i++ {
+			crc <<= 1
+			if crc&0x1000000 != 0 {
+				crc ^= 0x1864CFB
+			}
+		}
+	}
+	return crc & 0xFFFFFF
+}
+
+// inlineSignedBy formats an armored key as a deb822 multi-line field value.
+func inlineSignedBy(armored []byte) string {
+	var b strings.Builder
+	for _, l := range strings.Split(strings.TrimRight(string(armored), "\n"), "\n") {
+		l = strings.TrimRight(l, "\r")
+		if l == "" {
+			l = "."
+		}
+		b.WriteString("\n " + l)
+	}
+	return b.String()
+}
+
+// deb822Source renders a sources.list.d entry. signedBy is either a path
+// or an inline key (starting with a newline).
+func deb822Source(s AptSource, signedBy string) string {
+	var b strings.Builder
+	b.WriteString("Types: deb\n")
+	b.WriteString("URIs: " + s.URL + "\n")
+	suite := s.Suite
+	if suite == "" {
+		suite = "/"
+	}
+	b.WriteString("Suites: " + suite + "\n")
+	if suite != "/" && !strings.HasSuffix(suite, "/") {
+		comps := s.Components
+		if len(comps) == 0 {
+			comps = []string{"main"}
+		}
+		b.WriteString("Components: " + strings.Join(comps, " ") + "\n")
+	}
+	if strings.HasPrefix(signedBy, "\n") {
+		b.WriteString("Signed-By:" + signedBy + "\n")
+	} else {
+		b.WriteString("Signed-By: " + signedBy + "\n")
+	}
+	return b.String()
+}
+
+func quoteAll(ss []string) []string {
+	out := make([]string, len(ss))
+	for i, s := range ss {
+		out[i] = shq(s)
+	}
+	return out
+}
