@@ -1,0 +1,184 @@
+// Command manager runs the nodeforge controllers: NodeImage and
+// NodeImageBuild, with builds in Pods (default) or KubeVirt VMs.
+package main
+
+import (
+	"crypto/tls"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"strings"
+
+	"k8s.io/apimachinery/pkg/api/meta"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/kubernetes"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	kubevirtv1 "kubevirt.io/api/core/v1"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	crcontroller "sigs.k8s.io/controller-runtime/pkg/controller"
+	"sigs.k8s.io/controller-runtime/pkg/healthz"
+	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+	"sigs.k8s.io/controller-runtime/pkg/metrics/filters"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+
+	imagev1 "github.com/nodeforge/nodeforge/api/v1alpha1"
+	"github.com/nodeforge/nodeforge/internal/backend"
+	"github.com/nodeforge/nodeforge/internal/backend/kubevirt"
+	"github.com/nodeforge/nodeforge/internal/backend/pod"
+	"github.com/nodeforge/nodeforge/internal/controller"
+	_ "github.com/nodeforge/nodeforge/internal/metrics" // registers nodeforge metrics
+)
+
+func main() {
+	if err := run(); err != nil {
+		ctrl.Log.WithName("setup").Error(err, "manager failed")
+		os.Exit(1)
+	}
+}
+
+type options struct {
+	metricsAddr, probeAddr  string
+	secureMetrics           bool
+	enableHTTP2             bool
+	leaderElect             bool
+	leaderElectionNamespace string
+	builderImage            string
+	applianceImage          string
+	builderServiceAccount   string
+	namespaces              string
+	maxConcurrentBuilds     int
+	maxBuildsPerNode        int
+	maxConcurrentReconciles int
+	useKVMResource          bool
+	scratchSize             string
+	enableKubeVirt          string
+}
+
+func run() error {
+	var o options
+	flag.StringVar(&o.metricsAddr, "metrics-bind-address", ":8443", "Address of the metrics endpoint (HTTPS unless --metrics-secure=false); 0 disables it.")
+	flag.BoolVar(&o.secureMetrics, "metrics-secure", true, "Serve metrics over HTTPS with Kubernetes authentication and authorization.")
+	flag.BoolVar(&o.enableHTTP2, "enable-http2", false, "Enable HTTP/2 for the metrics server (off by default: CVE-2023-44487).")
+	flag.StringVar(&o.probeAddr, "health-probe-bind-address", ":8081", "Address of the /healthz and /readyz endpoints.")
+	flag.BoolVar(&o.leaderElect, "leader-elect", false, "Use leader election so that only one replica reconciles.")
+	flag.StringVar(&o.leaderElectionNamespace, "leader-election-namespace", "", "Namespace of the leader election Lease (default: the manager's namespace).")
+	flag.StringVar(&o.builderImage, "builder-image", os.Getenv("NODEFORGE_BUILDER_IMAGE"), "Builder container image (env NODEFORGE_BUILDER_IMAGE); spec.builder.image overrides it.")
+	flag.StringVar(&o.applianceImage, "builder-appliance-image", os.Getenv("NODEFORGE_APPLIANCE_IMAGE"), "KubeVirt builder appliance containerDisk image (env NODEFORGE_APPLIANCE_IMAGE).")
+	flag.StringVar(&o.builderServiceAccount, "builder-service-account", pod.DefaultServiceAccount, "ServiceAccount of builder Pods; it must exist in every namespace with NodeImages and have no API rights.")
+	flag.StringVar(&o.namespaces, "build-namespace", os.Getenv("NODEFORGE_BUILD_NAMESPACE"), "Comma-separated namespaces whose NodeImages this manager builds (builds, builder Pods and Secrets stay in the NodeImage's namespace); empty means all.")
+	flag.IntVar(&o.maxConcurrentBuilds, "max-concurrent-builds", 4, "Builds running at once, cluster-wide (0: no limit).")
+	flag.IntVar(&o.maxBuildsPerNode, "max-builds-per-node", 1, "Builder Pods per node: 1 adds pod anti-affinity; 0 means no limit. Other values are not enforced yet.")
+	flag.IntVar(&o.maxConcurrentReconciles, "max-concurrent-reconciles", 2, "Parallel reconciles per controller.")
+	flag.BoolVar(&o.useKVMResource, "kvm-device-resource", false, "Request the devices.kubevirt.io/kvm extended resource instead of mounting /dev/kvm from the host.")
+	flag.StringVar(&o.scratchSize, "scratch-size", pod.DefaultScratchSize, "Size limit of the builder's emptyDir scratch volume.")
+	flag.StringVar(&o.enableKubeVirt, "kubevirt", "auto", "KubeVirt backend: auto (when the VirtualMachineInstance API exists), true or false.")
+	zapOpts := zap.Options{Development: false}
+	zapOpts.BindFlags(flag.CommandLine)
+	flag.Parse()
+	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&zapOpts)))
+	setupLog := ctrl.Log.WithName("setup")
+
+	if o.builderImage == "" {
+		return errors.New("--builder-image (or NODEFORGE_BUILDER_IMAGE) is required")
+	}
+
+	scheme := runtime.NewScheme()
+	for _, add := range []func(*runtime.Scheme) error{clientgoscheme.AddToScheme, imagev1.AddToScheme, kubevirtv1.AddToScheme} {
+		if err := add(scheme); err != nil {
+			return err
+		}
+	}
+
+	var tlsOpts []func(*tls.Config)
+	if !o.enableHTTP2 {
+		tlsOpts = append(tlsOpts, func(c *tls.Config) { c.NextProtos = []string{"http/1.1"} })
+	}
+	metricsOpts := metricsserver.Options{BindAddress: o.metricsAddr, SecureServing: o.secureMetrics, TLSOpts: tlsOpts}
+	if o.secureMetrics {
+		metricsOpts.FilterProvider = filters.WithAuthenticationAndAuthorization
+	}
+	cacheOpts := cache.Options{}
+	if o.namespaces != "" {
+		cacheOpts.DefaultNamespaces = map[string]cache.Config{}
+		for _, ns := range strings.Split(o.namespaces, ",") {
+			if ns = strings.TrimSpace(ns); ns != "" {
+				cacheOpts.DefaultNamespaces[ns] = cache.Config{}
+			}
+		}
+	}
+
+	cfg := ctrl.GetConfigOrDie()
+	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
+		Scheme:                        scheme,
+		Metrics:                       metricsOpts,
+		HealthProbeBindAddress:        o.probeAddr,
+		LeaderElection:                o.leaderElect,
+		LeaderElectionID:              "nodeforge-manager.image.nodeforge.dev",
+		LeaderElectionNamespace:       o.leaderElectionNamespace,
+		LeaderElectionReleaseOnCancel: true,
+		Cache:                         cacheOpts,
+	})
+	if err != nil {
+		return fmt.Errorf("creating manager: %w", err)
+	}
+	clientset, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return err
+	}
+
+	podBackend := &pod.Backend{
+		Client: mgr.GetClient(), Reader: mgr.GetAPIReader(), Scheme: scheme,
+		Logs:  pod.ClientsetLogs{Clientset: clientset},
+		Image: o.builderImage, ServiceAccount: o.builderServiceAccount,
+		UseKVMResource: o.useKVMResource, ScratchSize: o.scratchSize,
+		OneBuildPerNode: o.maxBuildsPerNode == 1,
+	}
+	backends := map[imagev1.BuilderBackend]backend.Backend{imagev1.BuilderBackendPod: podBackend}
+	var owned []client.Object
+	kubevirtOn := o.enableKubeVirt == "true"
+	if o.enableKubeVirt == "auto" {
+		_, err := mgr.GetRESTMapper().RESTMapping(kubevirtv1.VirtualMachineInstanceGroupVersionKind.GroupKind(), "v1")
+		kubevirtOn = err == nil
+		if err != nil && !meta.IsNoMatchError(err) {
+			setupLog.Error(err, "checking for the KubeVirt API; the KubeVirt backend stays disabled")
+		}
+	}
+	if kubevirtOn {
+		artifacts := controller.PublisherStore{Open: controller.S3Opener(mgr.GetAPIReader())}
+		backends[imagev1.BuilderBackendKubeVirt] = &kubevirt.Backend{
+			Client: mgr.GetClient(), Reader: mgr.GetAPIReader(), Scheme: scheme, Image: o.applianceImage,
+			ArtifactLookup: controller.BuildArtifactLookup(artifacts),
+		}
+		owned = append(owned, &kubevirtv1.VirtualMachineInstance{})
+	}
+	setupLog.Info("starting", "builderImage", o.builderImage, "kubevirt", kubevirtOn,
+		"maxConcurrentBuilds", o.maxConcurrentBuilds, "maxBuildsPerNode", o.maxBuildsPerNode)
+
+	ctrlOpts := crcontroller.Options{MaxConcurrentReconciles: o.maxConcurrentReconciles}
+	if err := (&controller.NodeImageBuildReconciler{
+		Client:              mgr.GetClient(),
+		Recorder:            mgr.GetEventRecorder("nodeimagebuild-controller"),
+		Backends:            backends,
+		MaxConcurrentBuilds: o.maxConcurrentBuilds,
+	}).SetupWithManager(mgr, owned, ctrlOpts); err != nil {
+		return fmt.Errorf("setting up the NodeImageBuild controller: %w", err)
+	}
+	if err := (&controller.NodeImageReconciler{
+		Client:    mgr.GetClient(),
+		Recorder:  mgr.GetEventRecorder("nodeimage-controller"),
+		Artifacts: controller.PublisherStore{Open: controller.S3Opener(mgr.GetAPIReader())},
+	}).SetupWithManager(mgr, ctrlOpts); err != nil {
+		return fmt.Errorf("setting up the NodeImage controller: %w", err)
+	}
+
+	if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {
+		return err
+	}
+	if err := mgr.AddReadyzCheck("readyz", healthz.Ping); err != nil {
+		return err
+	}
+	return mgr.Start(ctrl.SetupSignalHandler())
+}

@@ -1,0 +1,170 @@
+// Package backend defines how a NodeImageBuild attempt is run: a Backend
+// creates the builder (a Pod or a KubeVirt VirtualMachineInstance) of one
+// attempt, observes it, and deletes it. Implementations live in the pod and
+// kubevirt subpackages; both follow the contract of package buildresult.
+//
+// Backends are reentrant: names are deterministic (<build>-<attempt>), Ensure
+// treats AlreadyExists as success, and Observe reports what the cluster
+// holds, never what was created earlier.
+package backend
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+
+	imagev1 "github.com/nodeforge/nodeforge/api/v1alpha1"
+	"github.com/nodeforge/nodeforge/internal/buildresult"
+)
+
+// Labels on every object made for a build.
+const (
+	// LabelBuild holds the NodeImageBuild's name.
+	LabelBuild = "image.nodeforge.dev/build"
+	// LabelNodeImage holds the NodeImage's name.
+	LabelNodeImage = "image.nodeforge.dev/nodeimage"
+	// LabelAttempt holds the attempt number of a builder.
+	LabelAttempt = "image.nodeforge.dev/attempt"
+	// LabelComponent marks builders ("builder") and spec ConfigMaps ("build-spec").
+	LabelComponent = "app.kubernetes.io/component"
+	// LabelManagedBy is "nodeforge".
+	LabelManagedBy = "app.kubernetes.io/managed-by"
+)
+
+// Phase is where a builder stands.
+type Phase string
+
+// Phases.
+const (
+	// PhaseNotFound: the builder does not exist (never created, or deleted).
+	PhaseNotFound Phase = "NotFound"
+	// PhasePending: created, not running yet (scheduling, pulling images).
+	PhasePending Phase = "Pending"
+	// PhaseRunning: the builder runs.
+	PhaseRunning Phase = "Running"
+	// PhaseSucceeded: the builder exited successfully.
+	PhaseSucceeded Phase = "Succeeded"
+	// PhaseFailed: the builder exited with an error or was killed.
+	PhaseFailed Phase = "Failed"
+)
+
+// Observation is what a backend saw of one attempt's builder.
+type Observation struct {
+	Phase Phase
+	// Kind and Name identify the builder object.
+	Kind, Name string
+	// CreatedAt is the builder's creation time; the attempt deadline counts
+	// from it, Pending time included.
+	CreatedAt time.Time
+	// FinishedAt is when the builder terminated (zero while it runs).
+	FinishedAt time.Time
+	// Result is the builder's result, when it wrote a valid one.
+	Result *buildresult.Result
+	// ResultError says why no valid result could be read.
+	ResultError error
+	// Progress is the last progress line seen.
+	Progress *buildresult.Progress
+	// LogTail is the end of the builder's output (bounded).
+	LogTail string
+	// Message explains a Pending or Failed phase (unschedulable, image pull
+	// errors, OOMKilled, exit codes).
+	Message string
+	// DeadlineExceeded is true when the node killed the builder for its
+	// active deadline.
+	DeadlineExceeded bool
+}
+
+// Backend runs builders.
+type Backend interface {
+	// Kind is the builder object's kind (Pod, VirtualMachineInstance).
+	Kind() string
+	// Ensure creates the spec ConfigMap and the builder of attempt (1-based)
+	// unless they exist.
+	Ensure(ctx context.Context, b *imagev1.NodeImageBuild, attempt int32) error
+	// Observe reports the builder of attempt.
+	Observe(ctx context.Context, b *imagev1.NodeImageBuild, attempt int32) (Observation, error)
+	// Delete deletes the builder of attempt, or with attempt 0 every builder
+	// and the spec ConfigMap of the build. It reports whether they are gone.
+	Delete(ctx context.Context, b *imagev1.NodeImageBuild, attempt int32) (gone bool, err error)
+}
+
+// BuilderName is the name of the builder of attempt.
+func BuilderName(build string, attempt int32) string { return fmt.Sprintf("%s-%d", build, attempt) }
+
+// SpecConfigMapName is the name of the ConfigMap holding the build spec.
+func SpecConfigMapName(build string) string { return build + "-spec" }
+
+// Labels returns the labels of objects made for b; attempt 0 omits the
+// attempt label.
+func Labels(b *imagev1.NodeImageBuild, component string, attempt int32) map[string]string {
+	l := map[string]string{
+		LabelBuild:     b.Name,
+		LabelNodeImage: b.Spec.NodeImageName,
+		LabelComponent: component,
+		LabelManagedBy: "nodeforge",
+	}
+	if attempt > 0 {
+		l[LabelAttempt] = fmt.Sprint(attempt)
+	}
+	return l
+}
+
+// SpecDocument is the JSON the builder reads from buildresult.SpecPath.
+func SpecDocument(b *imagev1.NodeImageBuild) ([]byte, error) {
+	doc := imagev1.NodeImageBuild{
+		TypeMeta: metav1.TypeMeta{APIVersion: imagev1.GroupVersion.String(), Kind: imagev1.NodeImageBuildKind},
+		ObjectMeta: metav1.ObjectMeta{
+			Name: b.Name, Namespace: b.Namespace, UID: b.UID,
+		},
+		Spec: b.Spec,
+	}
+	return json.MarshalIndent(&doc, "", "  ")
+}
+
+// EnsureSpecConfigMap creates the ConfigMap with the build spec, owned by
+// the build, unless it exists.
+func EnsureSpecConfigMap(ctx context.Context, c client.Client, scheme *runtime.Scheme, b *imagev1.NodeImageBuild) error {
+	doc, err := SpecDocument(b)
+	if err != nil {
+		return err
+	}
+	cm := &corev1.ConfigMap{
+		ObjectMeta: metav1.ObjectMeta{
+			Name:      SpecConfigMapName(b.Name),
+			Namespace: b.Namespace,
+			Labels:    Labels(b, "build-spec", 0),
+		},
+		Data:      map[string]string{buildresult.SpecFile: string(doc)},
+		Immutable: ptrTo(true),
+	}
+	if err := controllerutil.SetControllerReference(b, cm, scheme); err != nil {
+		return err
+	}
+	if err := c.Create(ctx, cm); err != nil && !apierrors.IsAlreadyExists(err) {
+		return fmt.Errorf("creating spec ConfigMap %s: %w", cm.Name, err)
+	}
+	return nil
+}
+
+// DeleteSpecConfigMap deletes the spec ConfigMap; gone is true when it no
+// longer exists.
+func DeleteSpecConfigMap(ctx context.Context, c client.Client, b *imagev1.NodeImageBuild) (bool, error) {
+	cm := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: SpecConfigMapName(b.Name), Namespace: b.Namespace}}
+	if err := c.Delete(ctx, cm); err != nil {
+		if apierrors.IsNotFound(err) {
+			return true, nil
+		}
+		return false, fmt.Errorf("deleting spec ConfigMap %s: %w", cm.Name, err)
+	}
+	return true, nil
+}
+
+func ptrTo[T any](v T) *T { return &v }

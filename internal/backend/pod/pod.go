@@ -1,0 +1,391 @@
+// Package pod runs NodeImageBuild attempts as privileged Pods with /dev/kvm.
+//
+// The Pod of attempt N of build B is named B-N, owned by the build, labelled
+// for selection (backend.Labels), runs as a ServiceAccount without API
+// rights and without a mounted token, and never restarts: a failed attempt
+// is retried by the controller with a new Pod. See package buildresult for
+// what the builder container reads and writes.
+package pod
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+
+	imagev1 "github.com/nodeforge/nodeforge/api/v1alpha1"
+	"github.com/nodeforge/nodeforge/internal/backend"
+	"github.com/nodeforge/nodeforge/internal/buildresult"
+)
+
+// Defaults.
+const (
+	// ContainerName is the builder container's name.
+	ContainerName = "builder"
+	// DefaultServiceAccount is the builder ServiceAccount (no API rights).
+	DefaultServiceAccount = "nodeforge-builder"
+	// DefaultScratchSize bounds the emptyDir scratch volume.
+	DefaultScratchSize = "40Gi"
+	// KVMResource is the extended resource KubeVirt's device plugin exposes.
+	KVMResource corev1.ResourceName = "devices.kubevirt.io/kvm"
+	// DefaultLogTailLines is how many log lines Observe reads.
+	DefaultLogTailLines = 200
+	// MaxLogTail bounds Observation.LogTail.
+	MaxLogTail = 4096
+)
+
+// LogReader returns the tail of a container's log.
+type LogReader interface {
+	TailLogs(ctx context.Context, namespace, pod, container string, lines int64) ([]byte, error)
+}
+
+// ClientsetLogs reads logs through the Kubernetes API (pods/log get).
+type ClientsetLogs struct{ Clientset kubernetes.Interface }
+
+// TailLogs implements LogReader.
+func (l ClientsetLogs) TailLogs(ctx context.Context, ns, pod, container string, lines int64) ([]byte, error) {
+	req := l.Clientset.CoreV1().Pods(ns).GetLogs(pod, &corev1.PodLogOptions{
+		Container: container, TailLines: &lines, LimitBytes: ptr.To[int64](256 * 1024),
+	})
+	rc, err := req.Stream(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer func() { _ = rc.Close() }()
+	return io.ReadAll(io.LimitReader(rc, 256*1024))
+}
+
+// Backend creates builder Pods.
+type Backend struct {
+	// Client creates and deletes Pods and ConfigMaps.
+	Client client.Client
+	// Reader reads Pods; use the manager's API reader so that a Pod just
+	// created is never mistaken for a deleted one. Defaults to Client.
+	Reader client.Reader
+	// Scheme knows NodeImageBuild, for owner references.
+	Scheme *runtime.Scheme
+	// Logs reads the builder's log tail for progress and failure excerpts;
+	// nil skips log reading.
+	Logs LogReader
+	// Image is the default builder image (spec.builder.image overrides it).
+	Image string
+	// ServiceAccount runs the builder; DefaultServiceAccount when empty.
+	ServiceAccount string
+	// UseKVMResource requests devices.kubevirt.io/kvm instead of mounting
+	// /dev/kvm from the host.
+	UseKVMResource bool
+	// ScratchSize limits the emptyDir scratch volume; DefaultScratchSize
+	// when empty.
+	ScratchSize string
+	// OneBuildPerNode adds anti-affinity so that no two builders share a node.
+	OneBuildPerNode bool
+}
+
+var _ backend.Backend = &Backend{}
+
+// Kind implements backend.Backend.
+func (*Backend) Kind() string { return "Pod" }
+
+func (p *Backend) reader() client.Reader {
+	if p.Reader != nil {
+		return p.Reader
+	}
+	return p.Client
+}
+
+// Ensure implements backend.Backend.
+func (p *Backend) Ensure(ctx context.Context, b *imagev1.NodeImageBuild, attempt int32) error {
+	if err := backend.EnsureSpecConfigMap(ctx, p.Client, p.Scheme, b); err != nil {
+		return err
+	}
+	pod, err := p.PodFor(b, attempt)
+	if err != nil {
+		return err
+	}
+	if err := p.Client.Create(ctx, pod); err != nil && !apierrors.IsAlreadyExists(err) {
+		return fmt.Errorf("creating builder Pod %s: %w", pod.Name, err)
+	}
+	return nil
+}
+
+// PodFor returns the builder Pod of attempt.
+func (p *Backend) PodFor(b *imagev1.NodeImageBuild, attempt int32) (*corev1.Pod, error) {
+	spec := b.Spec.Builder
+	image := p.Image
+	if spec.Image != "" {
+		image = spec.Image
+	}
+	if image == "" {
+		return nil, errors.New("no builder image: set --builder-image or spec.builder.image")
+	}
+	timeout := imagev1.DefaultBuildTimeout
+	if spec.Timeout != nil {
+		timeout = spec.Timeout.Duration
+	}
+	sa := p.ServiceAccount
+	if sa == "" {
+		sa = DefaultServiceAccount
+	}
+	scratch := p.ScratchSize
+	if scratch == "" {
+		scratch = DefaultScratchSize
+	}
+	scratchSize, err := resource.ParseQuantity(scratch)
+	if err != nil {
+		return nil, fmt.Errorf("scratch size %q: %w", scratch, err)
+	}
+
+	resources := *spec.Resources.DeepCopy()
+	volumes := []corev1.Volume{{
+		Name: "spec",
+		VolumeSource: corev1.VolumeSource{ConfigMap: &corev1.ConfigMapVolumeSource{
+			LocalObjectReference: corev1.LocalObjectReference{Name: backend.SpecConfigMapName(b.Name)},
+			DefaultMode:          ptr.To[int32](0o444),
+		}},
+	}}
+	mounts := []corev1.VolumeMount{
+		{Name: "spec", MountPath: buildresult.SpecDir, ReadOnly: true},
+		{Name: "scratch", MountPath: buildresult.ScratchDir},
+	}
+	if spec.Cache != nil {
+		volumes = append(volumes, corev1.Volume{Name: "scratch", VolumeSource: corev1.VolumeSource{
+			PersistentVolumeClaim: &corev1.PersistentVolumeClaimVolumeSource{ClaimName: spec.Cache.Name},
+		}})
+	} else {
+		volumes = append(volumes, corev1.Volume{Name: "scratch", VolumeSource: corev1.VolumeSource{
+			EmptyDir: &corev1.EmptyDirVolumeSource{SizeLimit: &scratchSize},
+		}})
+	}
+	if d := b.Spec.Destination; d != nil && d.S3 != nil {
+		volumes = append(volumes, corev1.Volume{Name: "credentials", VolumeSource: corev1.VolumeSource{
+			Secret: &corev1.SecretVolumeSource{SecretName: d.S3.CredentialsSecretRef.Name, DefaultMode: ptr.To[int32](0o400)},
+		}})
+		mounts = append(mounts, corev1.VolumeMount{Name: "credentials", MountPath: buildresult.CredentialsDir, ReadOnly: true})
+		if d.S3.CASecretRef != nil {
+			volumes = append(volumes, corev1.Volume{Name: "ca", VolumeSource: corev1.VolumeSource{
+				Secret: &corev1.SecretVolumeSource{
+					SecretName: d.S3.CASecretRef.Name, DefaultMode: ptr.To[int32](0o444),
+					Items: []corev1.KeyToPath{{Key: "ca.crt", Path: "ca.crt"}},
+				},
+			}})
+			mounts = append(mounts, corev1.VolumeMount{Name: "ca", MountPath: buildresult.CADir, ReadOnly: true})
+		}
+	}
+	if p.UseKVMResource {
+		if resources.Limits == nil {
+			resources.Limits = corev1.ResourceList{}
+		}
+		resources.Limits[KVMResource] = resource.MustParse("1")
+		if resources.Requests != nil {
+			resources.Requests[KVMResource] = resource.MustParse("1")
+		}
+	} else {
+		volumes = append(volumes, corev1.Volume{Name: "kvm", VolumeSource: corev1.VolumeSource{
+			HostPath: &corev1.HostPathVolumeSource{Path: "/dev/kvm", Type: ptr.To(corev1.HostPathCharDev)},
+		}})
+		mounts = append(mounts, corev1.VolumeMount{Name: "kvm", MountPath: "/dev/kvm"})
+	}
+
+	nodeSelector := map[string]string{corev1.LabelArchStable: string(imagev1.ArchitectureAMD64)}
+	for k, v := range spec.NodeSelector {
+		nodeSelector[k] = v
+	}
+
+	pod := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{
+			Name:      backend.BuilderName(b.Name, attempt),
+			Namespace: b.Namespace,
+			Labels:    backend.Labels(b, "builder", attempt),
+		},
+		Spec: corev1.PodSpec{
+			RestartPolicy:                 corev1.RestartPolicyNever,
+			ActiveDeadlineSeconds:         ptr.To(int64(timeout.Seconds())),
+			ServiceAccountName:            sa,
+			AutomountServiceAccountToken:  ptr.To(false),
+			EnableServiceLinks:            ptr.To(false),
+			NodeSelector:                  nodeSelector,
+			Tolerations:                   spec.Tolerations,
+			TerminationGracePeriodSeconds: ptr.To[int64](30),
+			Volumes:                       volumes,
+			Containers: []corev1.Container{{
+				Name:  ContainerName,
+				Image: image,
+				Args: []string{
+					"run",
+					"--spec", buildresult.SpecPath,
+					"--result", buildresult.ResultPath,
+				},
+				Env: []corev1.EnvVar{
+					{Name: "NODEFORGE_BUILD", Value: b.Name},
+					{Name: "NODEFORGE_ATTEMPT", Value: fmt.Sprint(attempt)},
+				},
+				Resources:                resources,
+				VolumeMounts:             mounts,
+				TerminationMessagePath:   buildresult.ResultPath,
+				TerminationMessagePolicy: corev1.TerminationMessageReadFile,
+				ImagePullPolicy:          corev1.PullIfNotPresent,
+				SecurityContext: &corev1.SecurityContext{
+					// Loop devices, mounts, chroot package installs and KVM
+					// need a privileged container.
+					Privileged: ptr.To(true),
+				},
+			}},
+		},
+	}
+	if p.OneBuildPerNode {
+		pod.Spec.Affinity = &corev1.Affinity{PodAntiAffinity: &corev1.PodAntiAffinity{
+			RequiredDuringSchedulingIgnoredDuringExecution: []corev1.PodAffinityTerm{{
+				LabelSelector: &metav1.LabelSelector{MatchLabels: map[string]string{
+					backend.LabelComponent: "builder", backend.LabelManagedBy: "nodeforge",
+				}},
+				NamespaceSelector: &metav1.LabelSelector{},
+				TopologyKey:       corev1.LabelHostname,
+			}},
+		}}
+	}
+	if err := controllerutil.SetControllerReference(b, pod, p.Scheme); err != nil {
+		return nil, err
+	}
+	return pod, nil
+}
+
+// Observe implements backend.Backend.
+func (p *Backend) Observe(ctx context.Context, b *imagev1.NodeImageBuild, attempt int32) (backend.Observation, error) {
+	name := backend.BuilderName(b.Name, attempt)
+	obs := backend.Observation{Kind: "Pod", Name: name, Phase: backend.PhaseNotFound}
+	var pod corev1.Pod
+	if err := p.reader().Get(ctx, client.ObjectKey{Namespace: b.Namespace, Name: name}, &pod); err != nil {
+		if apierrors.IsNotFound(err) {
+			return obs, nil
+		}
+		return obs, fmt.Errorf("reading builder Pod %s: %w", name, err)
+	}
+	if !metav1.IsControlledBy(&pod, b) {
+		return obs, fmt.Errorf("pod %s exists but is not controlled by NodeImageBuild %s", name, b.Name)
+	}
+	obs.CreatedAt = pod.CreationTimestamp.Time
+	state := containerState(&pod)
+
+	switch pod.Status.Phase {
+	case corev1.PodSucceeded:
+		obs.Phase = backend.PhaseSucceeded
+	case corev1.PodFailed:
+		obs.Phase = backend.PhaseFailed
+	case corev1.PodRunning:
+		obs.Phase = backend.PhaseRunning
+	default:
+		obs.Phase = backend.PhasePending
+		obs.Message = pendingMessage(&pod)
+	}
+	if pod.DeletionTimestamp != nil && obs.Phase != backend.PhaseSucceeded {
+		// Deleted while running (by a person, eviction or node drain):
+		// the attempt cannot finish.
+		obs.Phase = backend.PhaseFailed
+		obs.Message = "builder Pod was deleted before it finished"
+	}
+
+	if t := state.Terminated; t != nil {
+		obs.FinishedAt = t.FinishedAt.Time
+		obs.Result, obs.ResultError = buildresult.Decode([]byte(t.Message))
+		if obs.Message == "" {
+			obs.Message = fmt.Sprintf("builder exited with code %d", t.ExitCode)
+			if t.Reason != "" && t.Reason != "Error" && t.Reason != "Completed" {
+				obs.Message += " (" + t.Reason + ")"
+			}
+		}
+	}
+	if obs.Phase == backend.PhaseFailed && pod.Status.Reason == "DeadlineExceeded" {
+		obs.DeadlineExceeded = true
+		obs.Message = pod.Status.Message
+	}
+	if obs.Phase == backend.PhaseFailed && obs.FinishedAt.IsZero() {
+		for _, c := range pod.Status.Conditions {
+			if c.Type == corev1.PodReady || c.Type == corev1.DisruptionTarget {
+				obs.FinishedAt = c.LastTransitionTime.Time
+			}
+		}
+	}
+
+	if p.Logs != nil && (obs.Phase == backend.PhaseRunning || (obs.Phase != backend.PhasePending && state.Terminated != nil)) {
+		// Logs are best effort: a missing log never fails a reconcile.
+		if log, err := p.Logs.TailLogs(ctx, b.Namespace, name, ContainerName, DefaultLogTailLines); err == nil {
+			if pr, ok := buildresult.LastProgress(log); ok {
+				obs.Progress = &pr
+			}
+			obs.LogTail = buildresult.TailBytes(string(log), MaxLogTail)
+		}
+	}
+	return obs, nil
+}
+
+func containerState(pod *corev1.Pod) corev1.ContainerState {
+	for _, cs := range pod.Status.ContainerStatuses {
+		if cs.Name == ContainerName {
+			return cs.State
+		}
+	}
+	return corev1.ContainerState{}
+}
+
+func pendingMessage(pod *corev1.Pod) string {
+	for _, cs := range pod.Status.ContainerStatuses {
+		if w := cs.State.Waiting; w != nil && w.Reason != "" && w.Reason != "ContainerCreating" {
+			return strings.TrimSpace(w.Reason + ": " + w.Message)
+		}
+	}
+	for _, c := range pod.Status.Conditions {
+		if c.Type == corev1.PodScheduled && c.Status == corev1.ConditionFalse {
+			return strings.TrimSpace(c.Reason + ": " + c.Message)
+		}
+	}
+	return ""
+}
+
+// Delete implements backend.Backend.
+func (p *Backend) Delete(ctx context.Context, b *imagev1.NodeImageBuild, attempt int32) (bool, error) {
+	if attempt > 0 {
+		return p.deletePod(ctx, b.Namespace, backend.BuilderName(b.Name, attempt))
+	}
+	var pods corev1.PodList
+	if err := p.Client.List(ctx, &pods, client.InNamespace(b.Namespace), client.MatchingLabels{backend.LabelBuild: b.Name}); err != nil {
+		return false, fmt.Errorf("listing builder Pods: %w", err)
+	}
+	gone := true
+	for i := range pods.Items {
+		if !metav1.IsControlledBy(&pods.Items[i], b) {
+			continue
+		}
+		g, err := p.deletePod(ctx, b.Namespace, pods.Items[i].Name)
+		if err != nil {
+			return false, err
+		}
+		gone = gone && g
+	}
+	cmGone, err := backend.DeleteSpecConfigMap(ctx, p.Client, b)
+	return gone && cmGone, err
+}
+
+func (p *Backend) deletePod(ctx context.Context, ns, name string) (bool, error) {
+	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}}
+	err := p.Client.Delete(ctx, pod, client.PropagationPolicy(metav1.DeletePropagationBackground))
+	if apierrors.IsNotFound(err) {
+		return true, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("deleting builder Pod %s: %w", name, err)
+	}
+	// A Pod on a node goes away when the kubelet confirms; check.
+	err = p.reader().Get(ctx, client.ObjectKeyFromObject(pod), pod)
+	return apierrors.IsNotFound(err), client.IgnoreNotFound(err)
+}

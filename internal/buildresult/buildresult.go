@@ -1,0 +1,326 @@
+// Package buildresult is the contract between the nodeforge manager and a
+// builder (the builder Pod's container, or the builder appliance in a
+// KubeVirt VirtualMachineInstance). The builder has no Kubernetes API
+// rights; everything crosses through files, its exit status and its log.
+//
+// # Input
+//
+// The builder runs
+//
+//	nodeforge run --spec /etc/nodeforge/build/spec.json --result /dev/termination-log
+//
+// SpecPath holds the NodeImageBuild as JSON (apiVersion, kind, metadata
+// name, namespace and uid, and the resolved, defaulted spec: no ConfigMap
+// references are left). It comes from a ConfigMap named "<build>-spec",
+// owned by the NodeImageBuild and mounted read-only at SpecDir.
+//
+// When spec.destination.s3 is set, the Secret named by credentialsSecretRef
+// is mounted read-only at CredentialsDir: one file per key (accessKeyID,
+// secretAccessKey, optionally sessionToken; storage.CredentialsFromSecretData
+// accepts the same keys). A caSecretRef Secret is mounted at CADir (ca.crt).
+// Credentials are never passed through environment variables, never
+// logged, and never written to the result.
+//
+// Scratch space is mounted at ScratchDir (an emptyDir with a size limit, or
+// the PersistentVolumeClaim named by spec.builder.cache, which keeps the
+// package cache between builds). /dev/kvm is available when the node has it.
+//
+// # Progress
+//
+// While it runs, the builder prints progress on stdout, one JSON object per
+// line, for example
+//
+//	{"progress":{"step":"rootfs","percent":35,"message":"installing packages"}}
+//
+// Other lines (plain text, {"plan":...}) are allowed and ignored. The
+// manager reads the tail of the container log (it needs pods/log get; the
+// builder needs nothing) and records the last progress line in
+// status.progress. LastProgress parses a log tail.
+//
+// # Result
+//
+// Before it exits the builder writes one Result as JSON to the result path
+// (the Pod's terminationMessagePath, /dev/termination-log). The encoding is
+// at most MaxResultSize bytes (Kubernetes keeps 4096); Encode shortens the
+// message and the list of failed checks to fit. The exit status is 0 when
+// Outcome is succeeded and non-zero otherwise. Full detail (every check,
+// every package, timings) is in the build manifest uploaded next to the
+// image; Artifact.ManifestURL points at it.
+//
+// A KubeVirt builder appliance follows the same contract: the spec is on a
+// ConfigMap disk with the same file name, progress and the result are
+// printed on the serial console as {"progress":...} and {"result":...}
+// lines, and the appliance powers off when done.
+package buildresult
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+)
+
+// Paths inside the builder.
+const (
+	// SpecDir is where the spec ConfigMap is mounted.
+	SpecDir = "/etc/nodeforge/build"
+	// SpecFile is the spec's key in the ConfigMap and its file name.
+	SpecFile = "spec.json"
+	// SpecPath is the spec file.
+	SpecPath = SpecDir + "/" + SpecFile
+	// CredentialsDir is where the object-store credentials Secret is mounted.
+	CredentialsDir = "/etc/nodeforge/credentials"
+	// CADir is where the object-store CA Secret is mounted.
+	CADir = "/etc/nodeforge/ca"
+	// ScratchDir is the builder's work and cache directory.
+	ScratchDir = "/var/lib/nodeforge"
+	// ResultPath is where the builder writes its Result.
+	ResultPath = "/dev/termination-log"
+)
+
+// MaxResultSize bounds an encoded Result: Kubernetes truncates termination
+// messages at 4096 bytes.
+const MaxResultSize = 4000
+
+// Outcome of a build attempt.
+type Outcome string
+
+// Outcomes.
+const (
+	OutcomeSucceeded Outcome = "succeeded"
+	OutcomeFailed    Outcome = "failed"
+)
+
+// Failure reasons, equal to the NodeImageBuild condition reasons.
+const (
+	ReasonBuildFailed        = "BuildFailed"
+	ReasonVerificationFailed = "VerificationFailed"
+	ReasonPublishFailed      = "PublishFailed"
+)
+
+// Result is what a builder reports when it exits.
+type Result struct {
+	// Outcome is succeeded or failed.
+	Outcome Outcome `json:"outcome"`
+	// Step is the failing step (empty on success).
+	Step string `json:"step,omitempty"`
+	// Reason is BuildFailed, VerificationFailed or PublishFailed when
+	// Outcome is failed.
+	Reason string `json:"reason,omitempty"`
+	// Message is a short human-readable explanation. It must not contain
+	// credentials.
+	Message string `json:"message,omitempty"`
+	// Artifact is the published image (set on success; also on a
+	// verification failure when the image was built but not published, with
+	// an empty URL).
+	Artifact *Artifact `json:"artifact,omitempty"`
+	// Verification summarises the checks (nil when verification did not run).
+	Verification *Verification `json:"verification,omitempty"`
+	// Accelerator the boot test ran under: kvm or tcg.
+	Accelerator string `json:"accelerator,omitempty"`
+}
+
+// Artifact describes the published image.
+type Artifact struct {
+	URL          string `json:"url,omitempty"`
+	PresignedURL string `json:"presignedURL,omitempty"`
+	ManifestURL  string `json:"manifestURL,omitempty"`
+	SHA256       string `json:"sha256"`
+	Size         int64  `json:"size"`
+	VirtualSize  int64  `json:"virtualSize,omitempty"`
+	Format       string `json:"format"`
+}
+
+// Verification counts check outcomes.
+type Verification struct {
+	Passed  int32 `json:"passed"`
+	Failed  int32 `json:"failed"`
+	Skipped int32 `json:"skipped"`
+	// FailedChecks names the checks that failed (required ones first).
+	FailedChecks []string `json:"failedChecks,omitempty"`
+}
+
+// Progress is one progress report of a builder.
+type Progress struct {
+	Step    string `json:"step"`
+	Percent int32  `json:"percent"`
+	Message string `json:"message,omitempty"`
+}
+
+// Validate checks the fields the manager relies on.
+func (r *Result) Validate() error {
+	switch r.Outcome {
+	case OutcomeSucceeded:
+		if r.Artifact == nil || r.Artifact.SHA256 == "" {
+			return errors.New("buildresult: a succeeded result needs an artifact with a sha256")
+		}
+	case OutcomeFailed:
+		switch r.Reason {
+		case ReasonBuildFailed, ReasonVerificationFailed, ReasonPublishFailed:
+		default:
+			return fmt.Errorf("buildresult: failed result with unknown reason %q", r.Reason)
+		}
+	default:
+		return fmt.Errorf("buildresult: unknown outcome %q", r.Outcome)
+	}
+	return nil
+}
+
+// Encode returns the JSON form of r, at most MaxResultSize bytes: the
+// message and the failed check names are shortened when needed.
+func (r *Result) Encode() ([]byte, error) {
+	c := *r
+	if r.Verification != nil {
+		v := *r.Verification
+		v.FailedChecks = append([]string(nil), v.FailedChecks...)
+		c.Verification = &v
+	}
+	for {
+		b, err := json.Marshal(&c)
+		if err != nil {
+			return nil, err
+		}
+		if len(b) <= MaxResultSize {
+			return b, nil
+		}
+		switch {
+		case len(c.Message) > 256:
+			c.Message = Truncate(c.Message, len(c.Message)-(len(b)-MaxResultSize)-16)
+		case c.Verification != nil && len(c.Verification.FailedChecks) > 0:
+			c.Verification.FailedChecks = c.Verification.FailedChecks[:len(c.Verification.FailedChecks)-1]
+		case c.Message != "":
+			c.Message = ""
+		default:
+			return nil, fmt.Errorf("buildresult: result is %d bytes even without message", len(b))
+		}
+	}
+}
+
+// Write encodes r into path.
+func (r *Result) Write(path string) error {
+	b, err := r.Encode()
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(path, b, 0o644)
+}
+
+// Decode parses and validates a termination message.
+func Decode(b []byte) (*Result, error) {
+	b = bytes.TrimSpace(b)
+	if len(b) == 0 {
+		return nil, errors.New("buildresult: empty result")
+	}
+	var r Result
+	if err := json.Unmarshal(b, &r); err != nil {
+		return nil, fmt.Errorf("buildresult: decoding result: %w", err)
+	}
+	if err := r.Validate(); err != nil {
+		return nil, err
+	}
+	return &r, nil
+}
+
+// ProgressLine returns the log line reporting p, with a trailing newline.
+func ProgressLine(p Progress) []byte {
+	b, _ := json.Marshal(struct {
+		Progress Progress `json:"progress"`
+	}{p})
+	return append(b, '\n')
+}
+
+// ResultLine returns the console line carrying r, used by builders that
+// have no termination message (the KubeVirt appliance).
+func ResultLine(r *Result) ([]byte, error) {
+	b, err := r.Encode()
+	if err != nil {
+		return nil, err
+	}
+	return append(append([]byte(`{"result":`), b...), '}', '\n'), nil
+}
+
+// LastProgress returns the last progress line in a log tail.
+func LastProgress(log []byte) (Progress, bool) {
+	var last Progress
+	found := false
+	sc := bufio.NewScanner(bytes.NewReader(log))
+	sc.Buffer(make([]byte, 0, 64*1024), 1024*1024)
+	for sc.Scan() {
+		line := bytes.TrimSpace(sc.Bytes())
+		if !bytes.HasPrefix(line, []byte(`{"progress"`)) {
+			continue
+		}
+		var l struct {
+			Progress *Progress `json:"progress"`
+		}
+		if json.Unmarshal(line, &l) != nil || l.Progress == nil || l.Progress.Step == "" {
+			continue
+		}
+		p := *l.Progress
+		p.Percent = min(max(p.Percent, 0), 100)
+		p.Message = Truncate(p.Message, 256)
+		last, found = p, true
+	}
+	return last, found
+}
+
+// LastResult returns the last {"result":...} line in a log or console
+// tail.
+func LastResult(log []byte) (*Result, bool) {
+	var last *Result
+	sc := bufio.NewScanner(bytes.NewReader(log))
+	sc.Buffer(make([]byte, 0, 64*1024), 1024*1024)
+	for sc.Scan() {
+		line := bytes.TrimSpace(sc.Bytes())
+		if !bytes.HasPrefix(line, []byte(`{"result"`)) {
+			continue
+		}
+		var l struct {
+			Result json.RawMessage `json:"result"`
+		}
+		if json.Unmarshal(line, &l) != nil {
+			continue
+		}
+		if r, err := Decode(l.Result); err == nil {
+			last = r
+		}
+	}
+	return last, last != nil
+}
+
+// Truncate shortens s to at most n bytes on a rune boundary, marking the
+// cut with "…".
+func Truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	if n <= 3 {
+		return ""
+	}
+	cut := n - len("…")
+	for cut > 0 && !utf8Start(s[cut]) {
+		cut--
+	}
+	return strings.TrimRight(s[:cut], " ") + "…"
+}
+
+// TailBytes returns at most n bytes from the end of s, starting on a line
+// boundary when one is close.
+func TailBytes(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	s = s[len(s)-n:]
+	if i := strings.IndexByte(s, '\n'); i >= 0 && i < 256 {
+		s = s[i+1:]
+	}
+	for len(s) > 0 && !utf8Start(s[0]) {
+		s = s[1:]
+	}
+	return s
+}
+
+func utf8Start(b byte) bool { return b&0xC0 != 0x80 }

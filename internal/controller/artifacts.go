@@ -1,0 +1,164 @@
+package controller
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"path"
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	imagev1 "github.com/nodeforge/nodeforge/api/v1alpha1"
+	"github.com/nodeforge/nodeforge/internal/buildresult"
+	"github.com/nodeforge/nodeforge/internal/storage"
+)
+
+// ErrArtifactNotFound is returned by ArtifactStore.Lookup when nothing is
+// published for a spec digest.
+var ErrArtifactNotFound = errors.New("artifact not found")
+
+// ArtifactStore is what the NodeImage controller needs of the object store
+// named by a NodeImage's destination: find the artifact of a spec digest
+// (the cache), prune old digests, and delete everything (deletionPolicy
+// Delete). Calls are short HEAD/LIST/DELETE requests; uploads happen in the
+// builder.
+type ArtifactStore interface {
+	Lookup(ctx context.Context, ni *imagev1.NodeImage, specDigest string) (*imagev1.Artifact, error)
+	Prune(ctx context.Context, ni *imagev1.NodeImage, keep int) error
+	DeleteAll(ctx context.Context, ni *imagev1.NodeImage) error
+}
+
+// PublisherOpener returns the storage.Publisher for a NodeImage's
+// destination.
+type PublisherOpener func(ctx context.Context, ni *imagev1.NodeImage) (*storage.Publisher, error)
+
+// PublisherStore implements ArtifactStore with storage.Publisher.
+type PublisherStore struct {
+	Open PublisherOpener
+}
+
+var _ ArtifactStore = PublisherStore{}
+
+// Lookup implements ArtifactStore.
+func (s PublisherStore) Lookup(ctx context.Context, ni *imagev1.NodeImage, digest string) (*imagev1.Artifact, error) {
+	p, err := s.Open(ctx, ni)
+	if err != nil {
+		return nil, err
+	}
+	a, err := p.Lookup(ctx, ni.Name, digest)
+	if errors.Is(err, storage.ErrNotFound) {
+		return nil, fmt.Errorf("%w: %v", ErrArtifactNotFound, err)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("looking up the artifact of %s: %w", imagev1.DigestHex(digest)[:12], err)
+	}
+	format := imagev1.FormatQCOW2
+	if strings.HasSuffix(a.ImageKey, "."+storage.FormatRaw) {
+		format = imagev1.FormatRaw
+	}
+	return &imagev1.Artifact{
+		URL:         a.URL,
+		ManifestURL: p.Store.URL(a.ManifestKey),
+		SHA256:      a.SHA256,
+		Size:        a.Size,
+		Format:      format,
+		BuiltAt:     metav1.NewTime(a.PublishedAt),
+		SpecDigest:  "sha256:" + imagev1.DigestHex(digest),
+	}, nil
+}
+
+// Prune implements ArtifactStore.
+func (s PublisherStore) Prune(ctx context.Context, ni *imagev1.NodeImage, keep int) error {
+	p, err := s.Open(ctx, ni)
+	if err != nil {
+		return err
+	}
+	_, err = p.Prune(ctx, ni.Name, keep)
+	return err
+}
+
+// DeleteAll implements ArtifactStore.
+func (s PublisherStore) DeleteAll(ctx context.Context, ni *imagev1.NodeImage) error {
+	p, err := s.Open(ctx, ni)
+	if err != nil {
+		return err
+	}
+	return p.DeleteAll(ctx, ni.Name)
+}
+
+// S3Opener opens a NodeImage's S3 destination with the credentials of its
+// Secret. r should be an uncached reader (the manager's API reader) so the
+// manager needs only get on Secrets, not list or watch. Secret values stay
+// inside storage.Credentials, which redacts them in every textual form.
+func S3Opener(r client.Reader) PublisherOpener {
+	return func(ctx context.Context, ni *imagev1.NodeImage) (*storage.Publisher, error) {
+		if ni.Spec.Destination == nil || ni.Spec.Destination.S3 == nil {
+			return nil, errors.New("the NodeImage has no S3 destination")
+		}
+		d := ni.Spec.Destination.S3.DeepCopy()
+		d.Default()
+		data, err := secretData(ctx, r, ni.Namespace, d.CredentialsSecretRef.Name)
+		if err != nil {
+			return nil, err
+		}
+		creds, err := storage.CredentialsFromSecretData(data)
+		if err != nil {
+			return nil, &StallingError{Reason: imagev1.InvalidSpecReason,
+				Err: fmt.Errorf("secret %s: %w", d.CredentialsSecretRef.Name, err)}
+		}
+		opts := storage.S3Options{
+			Endpoint:    d.Endpoint,
+			Bucket:      d.Bucket,
+			Region:      d.Region,
+			Credentials: creds,
+			Addressing:  storage.Addressing(d.BucketLookup),
+			PlainHTTP:   d.Insecure,
+		}
+		if d.CASecretRef != nil {
+			ca, err := secretData(ctx, r, ni.Namespace, d.CASecretRef.Name)
+			if err != nil {
+				return nil, err
+			}
+			opts.CACertPEM = ca["ca.crt"]
+		}
+		s3, err := storage.NewS3(opts)
+		if err != nil {
+			return nil, &StallingError{Reason: imagev1.InvalidSpecReason, Err: err}
+		}
+		return &storage.Publisher{Store: s3, Prefix: path.Clean("/" + d.Prefix)[1:]}, nil
+	}
+}
+
+func secretData(ctx context.Context, r client.Reader, ns, name string) (map[string][]byte, error) {
+	var s corev1.Secret
+	if err := r.Get(ctx, client.ObjectKey{Namespace: ns, Name: name}, &s); err != nil {
+		if apierrors.IsNotFound(err) {
+			return nil, &StallingError{Reason: imagev1.InvalidSpecReason, Err: fmt.Errorf("secret %s/%s does not exist", ns, name)}
+		}
+		return nil, fmt.Errorf("reading Secret %s/%s: %w", ns, name, err)
+	}
+	return s.Data, nil
+}
+
+// BuildArtifactLookup finds the artifact a build published, for backends
+// that cannot return a result themselves (KubeVirt).
+func BuildArtifactLookup(store ArtifactStore) func(ctx context.Context, b *imagev1.NodeImageBuild) (*buildresult.Artifact, error) {
+	return func(ctx context.Context, b *imagev1.NodeImageBuild) (*buildresult.Artifact, error) {
+		if b.Spec.Destination == nil {
+			return nil, errors.New("the build has no destination")
+		}
+		ni := &imagev1.NodeImage{
+			ObjectMeta: metav1.ObjectMeta{Name: b.Spec.NodeImageName, Namespace: b.Namespace},
+			Spec:       imagev1.NodeImageSpec{Destination: b.Spec.Destination},
+		}
+		a, err := store.Lookup(ctx, ni, b.Spec.SpecDigest)
+		if err != nil {
+			return nil, err
+		}
+		return &buildresult.Artifact{URL: a.URL, ManifestURL: a.ManifestURL, SHA256: a.SHA256, Size: a.Size, Format: string(a.Format)}, nil
+	}
+}

@@ -1,0 +1,509 @@
+package controller
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	kerrors "k8s.io/apimachinery/pkg/util/errors"
+	"k8s.io/client-go/tools/events"
+	"k8s.io/klog/v2"
+	"k8s.io/utils/clock"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/builder"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller"
+	"sigs.k8s.io/controller-runtime/pkg/log"
+	"sigs.k8s.io/controller-runtime/pkg/predicate"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+
+	imagev1 "github.com/nodeforge/nodeforge/api/v1alpha1"
+	"github.com/nodeforge/nodeforge/internal/backend"
+	"github.com/nodeforge/nodeforge/internal/buildresult"
+	"github.com/nodeforge/nodeforge/internal/metrics"
+)
+
+// BuildFinalizer lets the build controller delete a build's builders and
+// spec ConfigMap before the build goes away.
+const BuildFinalizer = "image.nodeforge.dev/build"
+
+// InterruptAnnotation on a NodeImageBuild asks the build controller to stop
+// the build: its builder is deleted and the build ends with reason
+// Interrupted. The value is the reason, such as "superseded by B". The
+// NodeImage controller sets it when a newer spec supersedes a build; people
+// may set it to cancel a build.
+const InterruptAnnotation = "image.nodeforge.dev/interrupt"
+
+// Defaults of the build controller.
+const (
+	DefaultRetryBackoff    = 10 * time.Second
+	DefaultMaxRetryBackoff = 5 * time.Minute
+	DefaultPollInterval    = 15 * time.Second
+	DefaultQueueRecheck    = 30 * time.Second
+)
+
+// NodeImageBuildReconciler runs the attempts of a NodeImageBuild through a
+// backend and records what it observes of them.
+type NodeImageBuildReconciler struct {
+	client.Client
+	// Recorder emits an event for every transition.
+	Recorder events.EventRecorder
+	// Clock is injected for tests; clock.RealClock{} by default.
+	Clock clock.Clock
+	// Backends by spec.builder.backend; the Pod backend is required.
+	Backends map[imagev1.BuilderBackend]backend.Backend
+	// RetryBackoff is the wait after the first failed attempt; it doubles
+	// per attempt up to MaxRetryBackoff.
+	RetryBackoff, MaxRetryBackoff time.Duration
+	// PollInterval is how often a running builder's progress is read.
+	PollInterval time.Duration
+	// MaxConcurrentBuilds limits running builds cluster-wide (0: no limit).
+	MaxConcurrentBuilds int
+}
+
+var _ reconcile.Reconciler = &NodeImageBuildReconciler{}
+
+// +kubebuilder:rbac:groups=image.nodeforge.dev,resources=nodeimagebuilds,verbs=get;list;watch;create;delete;patch
+// +kubebuilder:rbac:groups=image.nodeforge.dev,resources=nodeimagebuilds/status,verbs=get;patch
+// +kubebuilder:rbac:groups=image.nodeforge.dev,resources=nodeimagebuilds/finalizers,verbs=update
+// +kubebuilder:rbac:groups="",resources=pods,verbs=get;list;watch;create;delete
+// +kubebuilder:rbac:groups="",resources=pods/log,verbs=get
+// +kubebuilder:rbac:groups="",resources=configmaps,verbs=get;list;watch;create;delete
+// +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
+
+// SetupWithManager registers the controller; it watches the builder kinds
+// of the configured backends.
+func (r *NodeImageBuildReconciler) SetupWithManager(mgr ctrl.Manager, owned []client.Object, opts controller.Options) error {
+	b := ctrl.NewControllerManagedBy(mgr).
+		Named("nodeimagebuild").
+		For(&imagev1.NodeImageBuild{}, builder.WithPredicates(
+			predicate.Or(predicate.GenerationChangedPredicate{}, predicate.AnnotationChangedPredicate{}))).
+		Owns(&corev1.Pod{}).
+		WithOptions(opts)
+	for _, o := range owned {
+		b = b.Owns(o)
+	}
+	return b.Complete(r)
+}
+
+func (r *NodeImageBuildReconciler) clock() clock.Clock {
+	if r.Clock == nil {
+		return clock.RealClock{}
+	}
+	return r.Clock
+}
+
+func buildStatus(o client.Object) any { return o.(*imagev1.NodeImageBuild).Status }
+
+// Reconcile drives one NodeImageBuild.
+func (r *NodeImageBuildReconciler) Reconcile(ctx context.Context, req ctrl.Request) (_ ctrl.Result, retErr error) {
+	build := &imagev1.NodeImageBuild{}
+	if err := r.Get(ctx, req.NamespacedName, build); err != nil {
+		return ctrl.Result{}, client.IgnoreNotFound(err)
+	}
+	ctx = log.IntoContext(ctx, log.FromContext(ctx).WithValues("nodeimagebuild", klog.KObj(build)))
+	patcher, err := newStatusPatcher(r.Client, build, buildStatus)
+	if err != nil {
+		return ctrl.Result{}, err
+	}
+	before := snapshotTransitions(build)
+	defer func() {
+		r.emitTransitions(build, before)
+		retErr = kerrors.NewAggregate([]error{retErr, patcher.patch(ctx, build, buildStatus)})
+	}()
+
+	if !build.DeletionTimestamp.IsZero() {
+		return resultOf(r.reconcileDelete(ctx, build))
+	}
+	if _, err := addFinalizer(ctx, r.Client, build, BuildFinalizer); err != nil {
+		return ctrl.Result{}, err
+	}
+	return resultOf(r.reconcileBuild(ctx, build))
+}
+
+func (r *NodeImageBuildReconciler) backendFor(b *imagev1.NodeImageBuild) (backend.Backend, error) {
+	name := b.Spec.Builder.Backend
+	if name == "" {
+		name = imagev1.BuilderBackendPod
+	}
+	be, ok := r.Backends[name]
+	if !ok {
+		return nil, &StallingError{Reason: imagev1.InvalidSpecReason, Err: fmt.Errorf("builder backend %s is not enabled in this manager", name)}
+	}
+	return be, nil
+}
+
+func (r *NodeImageBuildReconciler) reconcileDelete(ctx context.Context, b *imagev1.NodeImageBuild) error {
+	if be, err := r.backendFor(b); err == nil {
+		gone, err := be.Delete(ctx, b, 0)
+		if err != nil {
+			return err
+		}
+		if !gone {
+			return &WaitingError{Reason: "Deleting", RequeueAfter: 2 * time.Second, Err: errors.New("waiting for builders to be deleted")}
+		}
+	}
+	return removeFinalizer(ctx, r.Client, b, BuildFinalizer)
+}
+
+// reconcileBuild decides from the observed builder of the current attempt.
+func (r *NodeImageBuildReconciler) reconcileBuild(ctx context.Context, b *imagev1.NodeImageBuild) error {
+	if b.Status.CompletionTime != nil {
+		// The outcome is recorded and the spec is immutable: nothing to do.
+		return nil
+	}
+	be, err := r.backendFor(b)
+	if err != nil {
+		var stall *StallingError
+		if errors.As(err, &stall) {
+			r.finish(b, stall.Reason, err.Error())
+			markStalled(b, stall.Reason, err.Error())
+		}
+		return err
+	}
+	if msg, ok := b.Annotations[InterruptAnnotation]; ok {
+		return r.interrupt(ctx, b, be, msg)
+	}
+
+	n := b.Status.Attempts
+	if n == 0 {
+		return r.startAttempt(ctx, b, be, 1)
+	}
+	obs, err := be.Observe(ctx, b, n)
+	if err != nil {
+		return err
+	}
+	b.Status.BuilderRef = &imagev1.BuilderReference{Kind: obs.Kind, Name: obs.Name}
+	if obs.Progress != nil {
+		b.Status.Progress = &imagev1.Progress{Step: obs.Progress.Step, Percent: obs.Progress.Percent, Message: obs.Progress.Message}
+	}
+	timeout := buildTimeout(b)
+	started := obs.CreatedAt
+	if started.IsZero() && b.Status.StartTime != nil {
+		started = b.Status.StartTime.Time
+	}
+
+	switch obs.Phase {
+	case backend.PhaseNotFound:
+		return r.attemptFailed(ctx, b, be, n, obs, imagev1.BuildFailedReason,
+			fmt.Sprintf("builder %s %s disappeared before it finished", obs.Kind, obs.Name))
+	case backend.PhasePending, backend.PhaseRunning:
+		if elapsed := r.clock().Since(started); elapsed >= timeout {
+			if _, err := be.Delete(ctx, b, n); err != nil {
+				return err
+			}
+			obs.FinishedAt = time.Time{} // deleted now; retry without waiting
+			return r.attemptFailed(ctx, b, be, n, obs, imagev1.DeadlineExceededReason,
+				fmt.Sprintf("attempt %d did not finish within %s (it was %s); builder deleted", n, timeout, phaseWord(obs.Phase)))
+		}
+		wait := min(timeout-r.clock().Since(started), r.pollInterval())
+		if obs.Phase == backend.PhasePending {
+			msg := fmt.Sprintf("attempt %d: builder %s %s is pending", n, obs.Kind, obs.Name)
+			if obs.Message != "" {
+				msg += ": " + obs.Message
+			}
+			r.markInProgress(b, imagev1.BuildPendingReason, msg)
+			return &WaitingError{Reason: imagev1.BuildPendingReason, RequeueAfter: wait, Err: errors.New(msg)}
+		}
+		msg := fmt.Sprintf("attempt %d: building", n)
+		if p := b.Status.Progress; p != nil {
+			msg = fmt.Sprintf("attempt %d: %s (%d%%)", n, p.Step, p.Percent)
+		}
+		r.markInProgress(b, imagev1.BuildingReason, msg)
+		return &WaitingError{Reason: imagev1.BuildingReason, RequeueAfter: wait, Err: errors.New(msg)}
+	case backend.PhaseSucceeded:
+		if obs.Result == nil || obs.Result.Outcome != buildresult.OutcomeSucceeded {
+			return r.attemptFailed(ctx, b, be, n, obs, imagev1.BuildFailedReason,
+				fmt.Sprintf("builder exited successfully without a valid result: %v", obs.ResultError))
+		}
+		r.succeed(ctx, b, obs)
+		return nil
+	default: // PhaseFailed
+		reason, msg := failureOf(obs)
+		return r.attemptFailed(ctx, b, be, n, obs, reason, msg)
+	}
+}
+
+func phaseWord(p backend.Phase) string {
+	if p == backend.PhasePending {
+		return "still pending"
+	}
+	return "running"
+}
+
+func buildTimeout(b *imagev1.NodeImageBuild) time.Duration {
+	if t := b.Spec.Builder.Timeout; t != nil && t.Duration > 0 {
+		return t.Duration
+	}
+	return imagev1.DefaultBuildTimeout
+}
+
+func buildRetries(b *imagev1.NodeImageBuild) int32 {
+	if r := b.Spec.Builder.Retries; r != nil {
+		return *r
+	}
+	return imagev1.DefaultBuildRetries
+}
+
+func (r *NodeImageBuildReconciler) pollInterval() time.Duration {
+	if r.PollInterval > 0 {
+		return r.PollInterval
+	}
+	return DefaultPollInterval
+}
+
+// retryBackoff is the wait after failed attempt n.
+func (r *NodeImageBuildReconciler) retryBackoff(n int32) time.Duration {
+	base, maxWait := r.RetryBackoff, r.MaxRetryBackoff
+	if base == 0 {
+		base = DefaultRetryBackoff
+	}
+	if maxWait == 0 {
+		maxWait = DefaultMaxRetryBackoff
+	}
+	d := base
+	for i := int32(1); i < n && d < maxWait; i++ {
+		d *= 2
+	}
+	return min(d, maxWait)
+}
+
+// failureOf says why a builder failed, from its result when it wrote one.
+func failureOf(obs backend.Observation) (reason, message string) {
+	if obs.DeadlineExceeded {
+		return imagev1.DeadlineExceededReason, "the builder ran past its active deadline: " + obs.Message
+	}
+	if res := obs.Result; res != nil && res.Outcome == buildresult.OutcomeFailed {
+		msg := res.Message
+		if res.Step != "" {
+			msg = fmt.Sprintf("step %s: %s", res.Step, res.Message)
+		}
+		if v := res.Verification; v != nil && len(v.FailedChecks) > 0 {
+			msg += fmt.Sprintf(" (failed checks: %v)", v.FailedChecks)
+		}
+		return res.Reason, msg
+	}
+	if obs.Message != "" {
+		return imagev1.BuildFailedReason, obs.Message
+	}
+	return imagev1.BuildFailedReason, "the builder failed without a result"
+}
+
+// startAttempt creates the builder of attempt n, unless the build must
+// wait for a slot.
+func (r *NodeImageBuildReconciler) startAttempt(ctx context.Context, b *imagev1.NodeImageBuild, be backend.Backend, n int32) error {
+	if n == 1 && r.MaxConcurrentBuilds > 0 {
+		running, queued, err := r.countBuilds(ctx, b)
+		if err != nil {
+			return err
+		}
+		metrics.QueueDepth.Set(float64(queued))
+		if running >= r.MaxConcurrentBuilds {
+			msg := fmt.Sprintf("waiting for a build slot: %d of %d builds are running", running, r.MaxConcurrentBuilds)
+			r.markInProgress(b, imagev1.BuildPendingReason, msg)
+			return &WaitingError{Reason: imagev1.BuildPendingReason, RequeueAfter: DefaultQueueRecheck, Err: errors.New(msg)}
+		}
+	}
+	if err := be.Ensure(ctx, b, n); err != nil {
+		return err
+	}
+	now := metav1.NewTime(r.clock().Now())
+	if b.Status.StartTime == nil {
+		b.Status.StartTime = &now
+	}
+	if b.Status.Attempts < n {
+		b.Status.Attempts = n
+		metrics.BuildsStarted.WithLabelValues(be.Kind()).Inc()
+	}
+	b.Status.BuilderRef = &imagev1.BuilderReference{Kind: be.Kind(), Name: backend.BuilderName(b.Name, n)}
+	b.Status.Progress = nil
+	msg := fmt.Sprintf("attempt %d of %d: created %s %s", n, buildRetries(b)+1, be.Kind(), backend.BuilderName(b.Name, n))
+	r.markInProgress(b, imagev1.BuildPendingReason, msg)
+	return &WaitingError{Reason: imagev1.BuildPendingReason, RequeueAfter: r.pollInterval(), Err: errors.New(msg)}
+}
+
+// countBuilds counts builds that have a builder (running) and builds that
+// wait for their first one (queued), other than b.
+func (r *NodeImageBuildReconciler) countBuilds(ctx context.Context, b *imagev1.NodeImageBuild) (running, queued int, err error) {
+	var list imagev1.NodeImageBuildList
+	if err := r.List(ctx, &list); err != nil {
+		return 0, 0, fmt.Errorf("listing builds: %w", err)
+	}
+	for i := range list.Items {
+		o := &list.Items[i]
+		if o.Status.CompletionTime != nil || !o.DeletionTimestamp.IsZero() {
+			continue
+		}
+		switch {
+		case o.UID == b.UID:
+		case o.Status.Attempts > 0:
+			running++
+		default:
+			queued++
+		}
+	}
+	return running, queued + 1, nil
+}
+
+// attemptFailed retries attempt n after a backoff, or ends the build.
+func (r *NodeImageBuildReconciler) attemptFailed(ctx context.Context, b *imagev1.NodeImageBuild, be backend.Backend, n int32, obs backend.Observation, reason, msg string) error {
+	b.Status.LogExcerpt = buildresult.TailBytes(obs.LogTail, 4096)
+	r.setStepConditions(b, obs.Result, reason)
+	retries := buildRetries(b)
+	total := retries + 1
+	if n <= retries {
+		if !obs.FinishedAt.IsZero() {
+			if wait := r.retryBackoff(n) - r.clock().Since(obs.FinishedAt); wait > 0 {
+				text := fmt.Sprintf("attempt %d of %d failed: %s; retrying in %s", n, total, msg, wait.Round(time.Second))
+				setCondition(b, imagev1.ReadyCondition, metav1.ConditionFalse, reason, text)
+				markReconciling(b, reason, text)
+				return &WaitingError{Reason: reason, RequeueAfter: wait, Err: errors.New(text)}
+			}
+		}
+		metrics.BuildsFailed.WithLabelValues(reason, "false").Inc()
+		r.event(b, corev1.EventTypeWarning, "Retrying", fmt.Sprintf("attempt %d of %d failed: %s: %s; starting attempt %d", n, total, reason, msg, n+1))
+		return r.startAttempt(ctx, b, be, n+1)
+	}
+	metrics.BuildsFailed.WithLabelValues(reason, "true").Inc()
+	observeDuration(obs, r.clock().Now(), stepOf(b, obs))
+	text := fmt.Sprintf("attempt %d of %d failed: %s", n, total, msg)
+	r.finish(b, reason, text)
+	if total > 1 {
+		markStalled(b, imagev1.RetriesExhaustedReason, fmt.Sprintf("all %d attempts failed; last: %s: %s", total, reason, msg))
+	} else {
+		markStalled(b, reason, text)
+	}
+	return &StallingError{Reason: reason, Err: errors.New(text)}
+}
+
+func stepOf(b *imagev1.NodeImageBuild, obs backend.Observation) string {
+	if obs.Result != nil && obs.Result.Step != "" {
+		return obs.Result.Step
+	}
+	if b.Status.Progress != nil && b.Status.Progress.Step != "" {
+		return b.Status.Progress.Step
+	}
+	return "unknown"
+}
+
+func observeDuration(obs backend.Observation, now time.Time, step string) {
+	if obs.CreatedAt.IsZero() {
+		return
+	}
+	end := obs.FinishedAt
+	if end.IsZero() {
+		end = now
+	}
+	metrics.BuildDuration.WithLabelValues(step).Observe(end.Sub(obs.CreatedAt).Seconds())
+}
+
+// setStepConditions records how far the attempt got: Built, Verified and
+// Published, from the failure reason.
+func (r *NodeImageBuildReconciler) setStepConditions(b *imagev1.NodeImageBuild, res *buildresult.Result, reason string) {
+	msg := reason
+	if res != nil && res.Message != "" {
+		msg = res.Message
+	}
+	switch reason {
+	case imagev1.VerificationFailedReason:
+		setCondition(b, imagev1.BuiltCondition, metav1.ConditionTrue, imagev1.SucceededReason, "image assembled")
+		setCondition(b, imagev1.VerifiedCondition, metav1.ConditionFalse, reason, msg)
+	case imagev1.PublishFailedReason:
+		setCondition(b, imagev1.BuiltCondition, metav1.ConditionTrue, imagev1.SucceededReason, "image assembled")
+		setCondition(b, imagev1.VerifiedCondition, metav1.ConditionTrue, imagev1.SucceededReason, "required checks passed")
+		setCondition(b, imagev1.PublishedCondition, metav1.ConditionFalse, reason, msg)
+	case imagev1.BuildFailedReason:
+		setCondition(b, imagev1.BuiltCondition, metav1.ConditionFalse, reason, msg)
+	}
+	if res != nil && res.Verification != nil {
+		b.Status.Verification = verificationOf(res)
+	}
+}
+
+func verificationOf(res *buildresult.Result) *imagev1.VerificationResults {
+	v := res.Verification
+	return &imagev1.VerificationResults{Accelerator: res.Accelerator, Passed: v.Passed, Failed: v.Failed, Skipped: v.Skipped}
+}
+
+// finish ends the build without an artifact.
+func (r *NodeImageBuildReconciler) finish(b *imagev1.NodeImageBuild, reason, msg string) {
+	now := metav1.NewTime(r.clock().Now())
+	b.Status.CompletionTime = &now
+	b.Status.ObservedGeneration = b.Generation
+	setCondition(b, imagev1.ReadyCondition, metav1.ConditionFalse, reason, msg)
+}
+
+func (r *NodeImageBuildReconciler) succeed(ctx context.Context, b *imagev1.NodeImageBuild, obs backend.Observation) {
+	res := obs.Result
+	a := res.Artifact
+	builtAt := obs.FinishedAt
+	if builtAt.IsZero() {
+		builtAt = r.clock().Now()
+	}
+	b.Status.Artifact = &imagev1.Artifact{
+		URL: a.URL, PresignedURL: a.PresignedURL, ManifestURL: a.ManifestURL,
+		SHA256: a.SHA256, Size: a.Size, VirtualSize: a.VirtualSize,
+		Format: imagev1.Format(a.Format), BuiltAt: metav1.NewTime(builtAt), SpecDigest: b.Spec.SpecDigest,
+	}
+	if res.Verification != nil {
+		b.Status.Verification = verificationOf(res)
+	}
+	b.Status.Progress = &imagev1.Progress{Step: "done", Percent: 100}
+	b.Status.LogExcerpt = ""
+	now := metav1.NewTime(r.clock().Now())
+	b.Status.CompletionTime = &now
+	b.Status.ObservedGeneration = b.Generation
+	setCondition(b, imagev1.BuiltCondition, metav1.ConditionTrue, imagev1.SucceededReason, "image assembled")
+	setCondition(b, imagev1.VerifiedCondition, metav1.ConditionTrue, imagev1.SucceededReason, "required checks passed")
+	setCondition(b, imagev1.PublishedCondition, metav1.ConditionTrue, imagev1.SucceededReason, "published "+a.URL)
+	setCondition(b, imagev1.ReadyCondition, metav1.ConditionTrue, imagev1.SucceededReason,
+		fmt.Sprintf("published %s (sha256 %s)", a.URL, shortHex(a.SHA256)))
+	markSettled(b)
+	metrics.BuildsSucceeded.Inc()
+	metrics.ArtifactSize.Observe(float64(a.Size))
+	observeDuration(obs, r.clock().Now(), "complete")
+	log.FromContext(ctx).Info("build succeeded", "url", a.URL, "sha256", a.SHA256, "size", a.Size)
+}
+
+func shortHex(s string) string {
+	if len(s) > 12 {
+		return s[:12]
+	}
+	return s
+}
+
+// interrupt deletes the builders and ends the build as Interrupted.
+func (r *NodeImageBuildReconciler) interrupt(ctx context.Context, b *imagev1.NodeImageBuild, be backend.Backend, why string) error {
+	if b.Status.Attempts > 0 {
+		if _, err := be.Delete(ctx, b, b.Status.Attempts); err != nil {
+			return err
+		}
+	}
+	if why == "" {
+		why = "interrupted by the " + InterruptAnnotation + " annotation"
+	}
+	metrics.BuildsFailed.WithLabelValues(imagev1.InterruptedReason, "true").Inc()
+	r.finish(b, imagev1.InterruptedReason, why)
+	markStalled(b, imagev1.InterruptedReason, why)
+	return nil
+}
+
+func (r *NodeImageBuildReconciler) markInProgress(b *imagev1.NodeImageBuild, reason, msg string) {
+	setCondition(b, imagev1.ReadyCondition, metav1.ConditionFalse, reason, msg)
+	removeCondition(b, imagev1.StalledCondition)
+	markReconciling(b, reason, msg)
+}
+
+func (r *NodeImageBuildReconciler) event(obj conditionsObject, typ, reason, note string) {
+	if r.Recorder != nil {
+		r.Recorder.Eventf(obj, nil, typ, reason, "Reconcile", "%s", buildresult.Truncate(note, 1024))
+	}
+}
+
+// emitTransitions emits an event when Ready or Stalled changed.
+func (r *NodeImageBuildReconciler) emitTransitions(obj conditionsObject, before transitions) {
+	emitTransitions(r.Recorder, obj, before)
+}
