@@ -386,8 +386,9 @@ func runSession(ctx context.Context, c *ssh.Client, cmd string) (string, int, er
 		return "", -1, err
 	}
 	defer s.Close()
-	var out bytes.Buffer
-	s.Stdout, s.Stderr = &out, &out
+	// x/crypto/ssh copies stdout and stderr from separate goroutines.
+	out := &lockedBuffer{}
+	s.Stdout, s.Stderr = out, out
 	done := make(chan error, 1)
 	go func() { done <- s.Run(cmd) }()
 	select {
@@ -406,10 +407,32 @@ func runSession(ctx context.Context, c *ssh.Client, cmd string) (string, int, er
 	return out.String(), 0, nil
 }
 
+// lockedBuffer is a bytes.Buffer safe for concurrent writers.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.String()
+}
+
+// guestPath is set for every command: a non-login SSH session's default
+// PATH lacks the sbin directories (sysctl, ip, sshd).
+const guestPath = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin; export PATH; "
+
 // run runs a command in the guest with a per-command time limit.
 func (b *bootRun) run(ctx context.Context, cmd string, limit time.Duration) (string, int, error) {
 	ctx, cancel := context.WithTimeout(ctx, limit)
 	defer cancel()
-	out, code, err := runSession(ctx, b.client, cmd)
+	out, code, err := runSession(ctx, b.client, guestPath+cmd)
 	return strings.TrimSpace(out), code, err
 }

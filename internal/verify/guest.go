@@ -397,13 +397,24 @@ func (b *bootRun) checkKubeletNotRunning(ctx context.Context) (string, error) {
 	return "installed, not running (" + strings.Join(states, ", ") + ")", nil
 }
 
-// checkPreflight runs kubeadm's init preflight as a dry run, advertising
-// the guest's IPv4 address so the result does not depend on the test
-// network's default route.
+// checkPreflight runs kubeadm's init preflight as a dry run with a
+// configuration that advertises the guest's IPv4 address, so the result
+// does not depend on the test network's (absent) default route.
 func (b *bootRun) checkPreflight(ctx context.Context) (string, error) {
+	cfg := fmt.Sprintf(`apiVersion: kubeadm.k8s.io/v1beta4
+kind: InitConfiguration
+localAPIEndpoint:
+  advertiseAddress: ADDR
+nodeRegistration:
+  criSocket: unix:///run/containerd/containerd.sock
+---
+apiVersion: kubeadm.k8s.io/v1beta4
+kind: ClusterConfiguration
+kubernetesVersion: %s
+`, b.content.Kubernetes.Version)
 	cmd := "addr=$(ip -4 -o addr show scope global | awk '{print $4}' | cut -d/ -f1 | head -1); " +
-		"sudo kubeadm init phase preflight --dry-run --apiserver-advertise-address=\"$addr\" " +
-		"--kubernetes-version=" + b.content.Kubernetes.Version + " " +
+		"printf '%s' '" + cfg + "' | sed \"s/ADDR/$addr/\" > /tmp/nodeforge-kubeadm.yaml; " +
+		"sudo kubeadm init phase preflight --dry-run --config /tmp/nodeforge-kubeadm.yaml " +
 		"--ignore-preflight-errors=" + strings.Join(PreflightIgnored, ",") + " 2>&1"
 	out, code, err := b.run(ctx, cmd, 3*time.Minute)
 	if err != nil {

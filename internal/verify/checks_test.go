@@ -1,0 +1,199 @@
+package verify
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"slices"
+	"testing"
+
+	"k8s.io/utils/ptr"
+
+	imagev1 "github.com/nodeforge/nodeforge/api/v1alpha1"
+)
+
+func planNames(c *imagev1.ImageContent) (offline, boot []string) {
+	c.Default()
+	for _, pc := range planOffline(&offlineImage{content: c}) {
+		offline = append(offline, pc.name)
+	}
+	for _, pc := range planGuest(&bootRun{content: c}) {
+		boot = append(boot, pc.name)
+	}
+	return offline, boot
+}
+
+func TestPlanFollowsContent(t *testing.T) {
+	kube := &imagev1.KubernetesSpec{Version: "v1.37.2", AptRepository: imagev1.AptRepository{URL: "http://127.0.0.1:8080/"}}
+	tests := []struct {
+		name              string
+		content           imagev1.ImageContent
+		wantOffline       []string
+		notOffline        []string
+		wantBoot, notBoot []string
+	}{
+		{
+			name: "defaults imply the seed's checks without kubernetes",
+			wantOffline: []string{CheckQemuImgFormat, CheckBootloaderBIOS, CheckBootloaderUEFI, CheckFilesystemESP,
+				"package-linux-image-cloud-amd64", "package-containerd", "package-runc", "package-prometheus-node-exporter",
+				"service-containerd-enabled", "service-ssh-enabled", CheckContainerdCgroup, CheckFstabNoSwap,
+				CheckSSHDPasswordAuth, CheckHygieneSSHKeys, CheckSysctls, CheckKernelModules},
+			notOffline: []string{CheckKubePackagesHeld, "package-kubeadm", "service-kubelet-enabled"},
+			wantBoot:   []string{CheckBootContainerd, CheckBootNodeExporter, CheckBootNoSwap, CheckBootSysctls},
+			notBoot:    []string{CheckBootKubeadmPreflight, CheckBootKubeletVersion},
+		},
+		{
+			name:        "kubernetes adds pinned packages, hold, kubelet and preflight",
+			content:     imagev1.ImageContent{Kubernetes: kube.DeepCopy()},
+			wantOffline: []string{"package-kubeadm", "package-kubelet", "package-kubectl", CheckKubePackagesHeld, CheckKubeAptRepository, "service-kubelet-enabled"},
+			wantBoot:    []string{CheckBootKubeadmVersion, CheckBootKubeletVersion, CheckBootKubectlVersion, CheckBootKubeletInactive, CheckBootKubeadmPreflight},
+		},
+		{
+			name:        "bios only has no ESP checks; uefi only has no MBR check",
+			content:     imagev1.ImageContent{Disk: imagev1.DiskSpec{BootMode: imagev1.BootModeBIOS}},
+			wantOffline: []string{CheckBootloaderBIOS},
+			notOffline:  []string{CheckBootloaderUEFI, CheckFilesystemESP},
+		},
+		{
+			name: "disabled components imply no checks",
+			content: imagev1.ImageContent{
+				ContainerRuntime: imagev1.ContainerRuntimeSpec{
+					Containerd: imagev1.ContainerdSpec{Enabled: ptr.To(false)},
+					CNIPlugins: imagev1.CNIPluginsSpec{Enabled: ptr.To(false)},
+				},
+				Monitoring: imagev1.MonitoringSpec{NodeExporter: imagev1.NodeExporterSpec{Enabled: ptr.To(false)}},
+				SSH:        imagev1.SSHSpec{Enabled: ptr.To(false)},
+				Swap:       imagev1.SwapSpec{Disabled: ptr.To(false)},
+			},
+			notOffline: []string{"package-containerd", CheckContainerdCgroup, CheckCNIPlugins, "package-prometheus-node-exporter",
+				"package-openssh-server", CheckSSHDPasswordAuth, CheckFstabNoSwap},
+			notBoot: []string{CheckBootContainerd, CheckBootCNI, CheckBootNodeExporter, CheckBootSSHDEffective, CheckBootNoSwap},
+		},
+		{
+			name: "extra packages, users and units",
+			content: imagev1.ImageContent{
+				Packages: []string{"vim", "g++=4:14.2.0-1"},
+				Users:    []imagev1.UserSpec{{Name: "ops"}},
+				Units:    []imagev1.UnitSpec{{Name: "nf-hello.service", Content: "[Service]\n"}},
+				Files:    []imagev1.FileSpec{{Path: "/etc/motd", Content: "hi\n"}},
+			},
+			wantOffline: []string{"package-vim", "package-gplusplus", "user-ops", "service-nf-hello-enabled", "file-etc-motd"},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			off, boot := planNames(tt.content.DeepCopy())
+			for _, n := range tt.wantOffline {
+				if !slices.Contains(off, n) {
+					t.Errorf("offline plan lacks %s: %v", n, off)
+				}
+			}
+			for _, n := range tt.notOffline {
+				if slices.Contains(off, n) {
+					t.Errorf("offline plan has %s", n)
+				}
+			}
+			for _, n := range tt.wantBoot {
+				if !slices.Contains(boot, n) {
+					t.Errorf("boot plan lacks %s: %v", n, boot)
+				}
+			}
+			for _, n := range tt.notBoot {
+				if slices.Contains(boot, n) {
+					t.Errorf("boot plan has %s", n)
+				}
+			}
+			seen := map[string]bool{}
+			for _, n := range append(off, boot...) {
+				if seen[n] {
+					t.Errorf("duplicate check %s", n)
+				}
+				seen[n] = true
+				if len(n) > 63 || !checkNameRE.MatchString(n) {
+					t.Errorf("check name %q is not a valid CheckName", n)
+				}
+			}
+		})
+	}
+}
+
+func TestSelection(t *testing.T) {
+	pass := func(context.Context) (string, error) { return "fine", nil }
+	fail := func(context.Context) (string, error) { return "", errors.New("broken") }
+	tests := []struct {
+		name                      string
+		optional, skip            []string
+		run                       checkFunc
+		passed, skipped, required bool
+		summary                   Summary
+	}{
+		{"required pass", nil, nil, pass, true, false, true, Summary{Passed: 1}},
+		{"required fail", nil, nil, fail, false, false, true, Summary{Failed: 1}},
+		{"optional fail does not block", []string{"c"}, nil, fail, false, false, false, Summary{Failed: 1}},
+		{"skip wins over optional", []string{"c"}, []string{"c"}, fail, false, true, false, Summary{Skipped: 1}},
+		{"other names are ignored", []string{"x"}, []string{"y"}, fail, false, false, true, Summary{Failed: 1}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := &Report{}
+			sel := newSelector(Options{Optional: tt.optional, Skip: tt.skip})
+			c := sel.run(context.Background(), r, plannedCheck{name: "c", category: Offline, run: tt.run}, nil)
+			if c.Passed != tt.passed || c.Skipped != tt.skipped || c.Required != tt.required {
+				t.Errorf("check = %+v", c)
+			}
+			if r.Summary != tt.summary {
+				t.Errorf("summary = %+v, want %+v", r.Summary, tt.summary)
+			}
+			blocking := len(r.RequiredFailures()) > 0
+			if want := tt.required && !tt.passed && !tt.skipped; blocking != want {
+				t.Errorf("blocking = %v, want %v", blocking, want)
+			}
+		})
+	}
+}
+
+func TestPanickingCheckFails(t *testing.T) {
+	r := &Report{}
+	c := newSelector(Options{}).run(context.Background(), r, plannedCheck{name: "p", run: func(context.Context) (string, error) {
+		var m map[string]int
+		m["x"]++
+		return "", nil
+	}}, nil)
+	if c.Passed || c.Message == "" {
+		t.Errorf("check = %+v", c)
+	}
+}
+
+func TestReportJSONShape(t *testing.T) {
+	r := &Report{}
+	r.Add(Check{Name: "a", Category: Offline, Passed: true, Required: true, Message: "ok", DurationSeconds: 0.5})
+	b, err := json.Marshal(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m map[string]any
+	if err := json.Unmarshal(b, &m); err != nil {
+		t.Fatal(err)
+	}
+	c := m["checks"].([]any)[0].(map[string]any)
+	for _, k := range []string{"name", "category", "passed", "message", "durationSeconds"} {
+		if _, ok := c[k]; !ok {
+			t.Errorf("check JSON lacks %q: %s", k, b)
+		}
+	}
+	s := m["summary"].(map[string]any)
+	for _, k := range []string{"passed", "failed", "skipped"} {
+		if _, ok := s[k]; !ok {
+			t.Errorf("summary JSON lacks %q: %s", k, b)
+		}
+	}
+}
+
+func TestOptionsFromSpec(t *testing.T) {
+	v := imagev1.VerificationSpec{Optional: []imagev1.CheckName{"boot-node-exporter"}, Skip: []imagev1.CheckName{"hygiene-logs"}}
+	v.Default()
+	o := OptionsFromSpec(v)
+	if !o.Boot || o.BootTimeout != imagev1.DefaultBootTimeout || o.Optional[0] != "boot-node-exporter" || o.Skip[0] != "hygiene-logs" {
+		t.Errorf("options = %+v", o)
+	}
+}
