@@ -1,209 +1,53 @@
 package storage
 
 import (
-	"bytes"
 	"context"
-	"crypto/rand"
 	"crypto/sha256"
-	"crypto/tls"
-	"crypto/x509"
 	"encoding/hex"
 	"fmt"
 	"io"
 	mrand "math/rand/v2"
-	"net"
-	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
-	"syscall"
 	"testing"
-	"time"
+
+	"github.com/nodeforge/nodeforge/internal/storage/miniotest"
 )
 
-// This file starts a real MinIO server for the integration tests: the
-// binary hack/tools.sh builds (or $NODEFORGE_MINIO), on a free 127.0.0.1
-// port, with a temp data dir and random credentials. It is stopped by PID
-// in t.Cleanup, also when the test fails.
-
-const requireIntegrationEnv = "NODEFORGE_REQUIRE_INTEGRATION"
-
-// minioBinary finds the MinIO binary without building it. When it is
-// missing the test fails if NODEFORGE_REQUIRE_INTEGRATION=1, else skips.
-func minioBinary(t testing.TB) string {
-	t.Helper()
-	var bin, origin string
-	if v := os.Getenv("NODEFORGE_MINIO"); v != "" {
-		bin, origin = v, "$NODEFORGE_MINIO"
-		if st, err := os.Stat(v); err == nil && st.IsDir() {
-			bin = filepath.Join(v, "minio")
-		}
-	} else {
-		out, err := exec.Command("bash", filepath.Join("..", "..", "hack", "tools.sh"), "path", "minio").Output()
-		if err == nil {
-			bin, origin = filepath.Join(strings.TrimSpace(string(out)), "minio"), "hack/tools.sh path minio"
-		}
-	}
-	if bin != "" {
-		if st, err := os.Stat(bin); err == nil && st.Mode().IsRegular() && st.Mode()&0o111 != 0 {
-			return bin
-		}
-	}
-	msg := fmt.Sprintf("MinIO binary not found (looked at %q from %s). Build it with `hack/tools.sh minio` "+
-		"(4-11 minutes cold; prints the dir) or point NODEFORGE_MINIO at a minio binary or its dir", bin, origin)
-	if os.Getenv(requireIntegrationEnv) == "1" {
-		t.Fatal(msg + " (" + requireIntegrationEnv + "=1, so this is a failure, not a skip)")
-	}
-	t.Skip(msg)
-	return ""
-}
-
-// minioServer is one MinIO process we started.
-type minioServer struct {
-	t         testing.TB
-	bin       string
-	dataDir   string
-	certsDir  string // empty: plain HTTP
-	caPEM     []byte
-	addr      string
-	accessKey string
-	secretKey string
-
-	mu  sync.Mutex
-	cmd *exec.Cmd
-	log *bytes.Buffer
-}
+// The integration tests run against a real MinIO server started by
+// miniotest; minioServer adds the S3 stores these tests open on it.
 
 type minioConfig struct {
 	certsDir string // holds public.crt and private.key for TLS
 	caPEM    []byte // the CA that signed public.crt
 }
 
+type minioServer struct {
+	*miniotest.Server
+	certsDir  string
+	caPEM     []byte
+	accessKey string
+	secretKey string
+}
+
 func startMinio(t testing.TB, cfg minioConfig) *minioServer {
 	t.Helper()
-	s := &minioServer{
-		t:         t,
-		bin:       minioBinary(t),
-		dataDir:   t.TempDir(),
-		certsDir:  cfg.certsDir,
-		caPEM:     cfg.caPEM,
-		addr:      freeAddr(t),
-		accessKey: "AK" + randHex(9),
-		secretKey: "SK" + randHex(19),
-	}
-	t.Cleanup(s.stop)
-	s.start()
-	return s
+	srv := miniotest.Start(t, miniotest.Config{CertsDir: cfg.certsDir, CAPEM: cfg.caPEM})
+	return &minioServer{Server: srv, certsDir: cfg.certsDir, caPEM: cfg.caPEM, accessKey: srv.AccessKey, secretKey: srv.SecretKey}
 }
 
 func newBenchRand() *mrand.ChaCha8 { return mrand.NewChaCha8([32]byte{7}) }
 
-func randHex(n int) string {
-	b := make([]byte, n)
-	_, _ = rand.Read(b)
-	return hex.EncodeToString(b)
-}
+func randHex(n int) string { return miniotest.RandHex(n) }
 
-func freeAddr(t testing.TB) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
-
-func (s *minioServer) scheme() string {
-	if s.certsDir != "" {
-		return "https"
-	}
-	return "http"
-}
-
-// endpoint is the server URL.
-func (s *minioServer) endpoint() string { return s.scheme() + "://" + s.addr }
+func (s *minioServer) endpoint() string { return s.Endpoint() }
 
 func (s *minioServer) creds() Credentials { return NewCredentials(s.accessKey, s.secretKey, "") }
 
-// start runs the server (again, after kill) and waits until it is ready.
-func (s *minioServer) start() {
-	s.t.Helper()
-	s.mu.Lock()
-	args := []string{"server", "--quiet", "--address", s.addr}
-	if s.certsDir != "" {
-		args = append(args, "--certs-dir", s.certsDir)
-	}
-	args = append(args, s.dataDir)
-	cmd := exec.Command(s.bin, args...)
-	cmd.Env = append(os.Environ(),
-		"MINIO_ROOT_USER="+s.accessKey, "MINIO_ROOT_PASSWORD="+s.secretKey,
-		"MINIO_BROWSER=off", "MINIO_UPDATE=off")
-	s.log = &bytes.Buffer{}
-	cmd.Stdout, cmd.Stderr = s.log, s.log
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
-		s.mu.Unlock()
-		s.t.Fatalf("start minio: %v", err)
-	}
-	s.cmd = cmd
-	s.mu.Unlock()
+func (s *minioServer) start() { s.Start() }
 
-	tr := &http.Transport{}
-	if s.caPEM != nil {
-		pool := x509.NewCertPool()
-		pool.AppendCertsFromPEM(s.caPEM)
-		tr.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
-	}
-	client := &http.Client{Timeout: time.Second, Transport: tr}
-	defer tr.CloseIdleConnections()
-	deadline := time.Now().Add(60 * time.Second)
-	for time.Now().Before(deadline) {
-		resp, err := client.Get(s.endpoint() + "/minio/health/ready")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return
-			}
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	s.stop()
-	s.t.Fatalf("minio on %s not ready after 60s; log:\n%s", s.addr, s.log.String())
-}
-
-// kill stops the server abruptly (SIGKILL to its PID), as a crash would.
-func (s *minioServer) kill() {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.cmd == nil {
-		return
-	}
-	_ = s.cmd.Process.Kill()
-	_ = s.cmd.Wait()
-	s.cmd = nil
-}
-
-// stop ends the server by PID: SIGTERM, then SIGKILL after 10s.
-func (s *minioServer) stop() {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.cmd == nil {
-		return
-	}
-	_ = s.cmd.Process.Signal(syscall.SIGTERM)
-	done := make(chan struct{})
-	go func() { _ = s.cmd.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(10 * time.Second):
-		_ = s.cmd.Process.Kill()
-		<-done
-	}
-	s.cmd = nil
-}
+func (s *minioServer) kill() { s.Kill() }
 
 // store returns an S3 store on this server for bucket.
 func (s *minioServer) store(t testing.TB, bucket string, mutate ...func(*S3Options)) *S3 {
