@@ -129,14 +129,14 @@ func randomHex(n int) string {
 
 // prepare creates the overlay (one GiB larger than the image, so growing
 // the root filesystem can be observed), the SSH key and the NoCloud seed.
-func (b *bootRun) prepare(ctx context.Context, virtualSize int64) error {
+func (b *bootRun) prepare(ctx context.Context, virtualSize int64, format string) error {
 	b.diskSize = virtualSize + 1<<30
 	overlay := filepath.Join(b.dir, "overlay.qcow2")
 	abs, err := filepath.Abs(b.image)
 	if err != nil {
 		return err
 	}
-	if _, err := runCmd(ctx, "qemu-img", "create", "-q", "-f", "qcow2", "-b", abs, "-F", "qcow2",
+	if _, err := runCmd(ctx, "qemu-img", "create", "-q", "-f", "qcow2", "-b", abs, "-F", format,
 		overlay, strconv.FormatInt(b.diskSize, 10)); err != nil {
 		return fmt.Errorf("creating the overlay: %w", err)
 	}

@@ -48,10 +48,11 @@ func Verify(ctx context.Context, imagePath string, content imagev1.ImageContent,
 
 	if opts.Boot {
 		var vsize int64
+		format := "qcow2"
 		if off.info != nil {
-			vsize = off.info.VirtualSize
+			vsize, format = off.info.VirtualSize, off.info.Format
 		}
-		bootTest(ctx, r, sel, imagePath, c, vsize, off.infoErr, dir, opts)
+		bootTest(ctx, r, sel, imagePath, c, vsize, format, off.infoErr, dir, opts)
 	}
 	return r, nil
 }
@@ -67,7 +68,7 @@ func bootNames(c *imagev1.ImageContent) []string {
 	return names
 }
 
-func bootTest(ctx context.Context, r *Report, sel selector, image string, c *imagev1.ImageContent, vsize int64, infoErr error, workDir string, opts Options) {
+func bootTest(ctx context.Context, r *Report, sel selector, image string, c *imagev1.ImageContent, vsize int64, format string, infoErr error, workDir string, opts Options) {
 	timeout := opts.BootTimeout
 	if timeout <= 0 {
 		timeout = imagev1.DefaultBootTimeout
@@ -109,7 +110,7 @@ func bootTest(ctx context.Context, r *Report, sel selector, image string, c *ima
 	defer cancel()
 
 	b := &bootRun{image: image, content: c, dir: dir, accel: accel}
-	if err := b.prepare(bctx, vsize); err != nil {
+	if err := b.prepare(bctx, vsize, format); err != nil {
 		failAll(CheckBootSSH, err.Error())
 		return
 	}
