@@ -110,6 +110,7 @@ func (f *fakeRunner) mmdebstrap(c Command) error {
 		"etc/default/prometheus-node-exporter":   "# comment\nARGS=\"\"\n",
 		"etc/machine-id":                         "0123456789abcdef0123456789abcdef\n",
 		"usr/lib/systemd/systemd-resolved":       "bin",
+		"etc/dpkg/dpkg.cfg.d/99mmdebstrap":       "force-unsafe-io\npath-exclude=/usr/share/man/*\n",
 		"etc/apt/sources.list.d/.keep":           "",
 		"etc/containerd/.keep":                   "",
 		"var/cache/apt/archives/partial/.keep":   "",
@@ -276,6 +277,9 @@ func TestBuildWithFakeTools(t *testing.T) {
 		if exists(gone) {
 			t.Errorf("%s survived hygiene", gone)
 		}
+	}
+	if strings.Contains(read("/etc/dpkg/dpkg.cfg.d/99mmdebstrap"), "unsafe") {
+		t.Error("force-unsafe-io left in the image's dpkg config")
 	}
 	if read("/etc/machine-id") != "" || !exists("/etc/machine-id") || !exists("/var/log/apt") {
 		t.Error("machine-id not empty, or log directories removed")

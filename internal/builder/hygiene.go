@@ -6,6 +6,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 )
 
 // hygiene removes everything that is specific to the build machine or to
@@ -19,6 +20,7 @@ func (b *build) hygiene(_ context.Context, p *HygieneParams) error {
 		run  func() error
 	}{
 		{"policy-rc.d", func() error { return b.removeTree(PolicyRCPath) }},
+		{"build-only dpkg options", b.dropBuildDpkgOptions},
 		{"resolv.conf", b.restoreResolvConf},
 		{"ssh host keys", func() error {
 			if p.KeepHostKeys {
@@ -122,4 +124,24 @@ func (b *build) removeLogs() error {
 		}
 		return os.Remove(p)
 	})
+}
+
+// dropBuildDpkgOptions removes options meant for the build only from the
+// dpkg configuration mmdebstrap wrote into the image.
+func (b *build) dropBuildDpkgOptions() error {
+	const cfg = "/etc/dpkg/dpkg.cfg.d/99mmdebstrap"
+	data, err := b.readTreeFile(cfg)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	var keep []string
+	for _, l := range strings.Split(string(data), "\n") {
+		if strings.TrimSpace(l) != DpkgUnsafeIO {
+			keep = append(keep, l)
+		}
+	}
+	return b.writeTreeFile(cfg, []byte(strings.Join(keep, "\n")), 0o644)
 }

@@ -185,6 +185,9 @@ type ConvertParams struct {
 // ManifestParams records the build manifest.
 type ManifestParams struct{}
 
+// DpkgUnsafeIO is the dpkg option used during the build only.
+const DpkgUnsafeIO = "force-unsafe-io"
+
 // Seed packages every image gets: boot, init, networking through
 // cloud-init, growing the root partition at first boot.
 var basePackages = []string{
@@ -390,9 +393,12 @@ func provisionParams(c *imagev1.ImageContent, kube *AptSource, hold []string) *P
 }
 
 // dpkgExcludes keeps documentation, man pages and translations out of the
-// image (copyright files stay: they are the licence record).
+// image (copyright files stay: they are the licence record). force-unsafe-io
+// skips dpkg's fsyncs while building (the disk image is written from the
+// tree afterwards anyway); hygiene removes it from the image's dpkg config.
 func dpkgExcludes() []string {
 	return []string{
+		DpkgUnsafeIO,
 		"path-exclude=/usr/share/man/*",
 		"path-exclude=/usr/share/info/*",
 		"path-exclude=/usr/share/doc/*",
