@@ -83,3 +83,19 @@ build: ## Build the manager and CLI into bin/.
 .PHONY: image
 image: ## Build and verify the sample node image locally into out/.
 	hack/image.sh
+
+##@ End to end
+
+.PHONY: test-e2e
+test-e2e: ## Local cluster up, e2e suite (test/e2e), cluster down even on failure.
+	test/e2e/run.sh $(E2E_FLAGS)
+
+.PHONY: dev
+dev: ## Bring up the local cluster and leave it running (see docs/local-cluster.md).
+	hack/local-cluster.sh up >/dev/null
+	@hack/local-cluster.sh status
+	@echo; echo "Use it with:"; hack/local-cluster.sh env | sed 's/^/  /'
+
+.PHONY: dev-down
+dev-down: ## Stop the local cluster and remove everything it made.
+	hack/local-cluster.sh down

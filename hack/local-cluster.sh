@@ -219,30 +219,39 @@ start() {
 	log "started $name (pid $!)"
 }
 
-# stop_pid PID [WHAT]: SIGTERM, wait up to 15 s, then SIGKILL.
-stop_pid() {
-	local pid=$1 what=${2:-pid $1}
-	kill -0 "$pid" 2>/dev/null || return 0
-	kill "$pid" 2>/dev/null || true
-	for _ in $(seq 1 75); do
-		kill -0 "$pid" 2>/dev/null || return 0
-		sleep 0.2
+# stop_pids PID...: SIGTERM to all, wait up to 15 s, then SIGKILL the rest.
+stop_pids() {
+	local pid left
+	[ $# -gt 0 ] || return 0
+	kill "$@" 2>/dev/null || true
+	for _ in $(seq 1 150); do
+		left=()
+		for pid in "$@"; do kill -0 "$pid" 2>/dev/null && left+=("$pid"); done
+		[ ${#left[@]} -gt 0 ] || return 0
+		sleep 0.1
 	done
-	log "$what ignored SIGTERM; sending SIGKILL"
-	kill -9 "$pid" 2>/dev/null || true
-	for _ in $(seq 1 25); do
-		kill -0 "$pid" 2>/dev/null || return 0
-		sleep 0.2
+	log "pids ${left[*]} ignored SIGTERM; sending SIGKILL"
+	kill -9 "${left[@]}" 2>/dev/null || true
+	for _ in $(seq 1 50); do
+		left=()
+		for pid in "$@"; do kill -0 "$pid" 2>/dev/null && left+=("$pid"); done
+		[ ${#left[@]} -gt 0 ] || return 0
+		sleep 0.1
 	done
 }
 
+# stop NAME...: stop these components together (by their pid files).
 stop() {
-	local name=$1
-	if alive "$name"; then
-		stop_pid "$(cat "$(pidfile "$name")")" "$name"
-		log "stopped $name"
-	fi
-	rm -f "$(pidfile "$name")"
+	local name list=() names=()
+	for name in "$@"; do
+		if alive "$name"; then
+			list+=("$(cat "$(pidfile "$name")")")
+			names+=("$name")
+		fi
+	done
+	stop_pids "${list[@]}"
+	[ ${#names[@]} -eq 0 ] || log "stopped ${names[*]}"
+	for name in "$@"; do rm -f "$(pidfile "$name")"; done
 }
 
 # wait_for WHAT LOGNAME CMD...: retry CMD until it succeeds or the timeout.
@@ -597,9 +606,7 @@ down() {
 		done
 	fi
 	stop kubelet
-	stop kube-scheduler
-	stop kube-controller-manager
-	stop kube-apiserver
+	stop kube-scheduler kube-controller-manager kube-apiserver
 	stop etcd
 
 	# Whatever is still running in containers: kill it, then containerd and
@@ -609,8 +616,8 @@ down() {
 		for id in $(ctr_ tasks ls -q 2>/dev/null); do ctr_ tasks kill -a -s SIGKILL "$id" >/dev/null 2>&1 || true; done
 	fi
 	stop containerd
-	local pid
-	for pid in $(pids_of_shims); do stop_pid "$pid" "containerd shim $pid"; done
+	# shellcheck disable=SC2046 # one pid per word
+	stop_pids $(pids_of_shims)
 	kill_cgroup_procs
 
 	unmount_under "$state" || true
