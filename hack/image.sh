@@ -15,6 +15,7 @@
 #   OUT                   output directory (default: out)
 #   NODEFORGE_CACHE       cache root (default ${XDG_CACHE_HOME:-~/.cache}/nodeforge);
 #                         downloaded .debs are kept in $NODEFORGE_CACHE/apt-archives
+#   NODEFORGE_APT_CACHE   package cache for the build (default $NODEFORGE_CACHE/apt-archives)
 #   NODEFORGE_BUILD_FLAGS extra flags for `nodeforge build` (e.g. --no-verify --progress plain)
 #   NODEFORGE_SAMPLE      NodeImage file to build (default: the cloud-base sample)
 set -euo pipefail
@@ -117,7 +118,7 @@ mv "$offline.tmp" "$offline"
 log "wrote $offline (kubernetes.aptRepository: $NODEFORGE_K8S_APT_URL)"
 
 # shellcheck disable=SC2086 # NODEFORGE_BUILD_FLAGS is a list of flags
-bin/nodeforge build -f "$offline" -o "$out" --cache-dir "$NODEFORGE_CACHE/apt-archives" ${NODEFORGE_BUILD_FLAGS:-}
+bin/nodeforge build -f "$offline" -o "$out" --cache-dir "${NODEFORGE_APT_CACHE:-$NODEFORGE_CACHE/apt-archives}" ${NODEFORGE_BUILD_FLAGS:-}
 
 name=$(awk '/^metadata:/ {m = 1; next} m && /^  name:/ {print $2; exit}' "$offline")
 echo
