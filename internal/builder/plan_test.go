@@ -93,7 +93,7 @@ func TestPlan(t *testing.T) {
 			if slices.Contains(p.Enable, "kubelet.service") {
 				t.Error("kubelet enabled without spec.kubernetes")
 			}
-			if !slices.Equal(p.Mask, []string{"swap.target"}) {
+			if !slices.Equal(p.Mask, []string{"swap.target", "e2scrub_reap.service"}) {
 				t.Errorf("mask = %v", p.Mask)
 			}
 			d := steps[4].Disk
@@ -190,7 +190,7 @@ func TestPlan(t *testing.T) {
 				t.Error("kernel package from spec missing")
 			}
 			p := steps[2].Provision
-			if p.Containerd || p.CNIBinDir != "" || p.SSH != nil || p.NodeExporterPort != 0 || p.DisableSwap || len(p.Mask) != 0 || len(p.Enable) != 0 {
+			if p.Containerd || p.CNIBinDir != "" || p.SSH != nil || p.NodeExporterPort != 0 || p.DisableSwap || slices.Contains(p.Mask, "swap.target") || len(p.Enable) != 0 {
 				t.Errorf("provision = %+v", p)
 			}
 			if d := steps[4].Disk; d.SizeBytes != 4<<30 || d.BootMode != imagev1.BootModeBIOS {

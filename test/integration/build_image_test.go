@@ -417,6 +417,9 @@ func checkSeedContents(t *testing.T, fs rootFS, repoURL string) {
 	g.Expect(fs.cat("/etc/default/prometheus-node-exporter")).To(MatchRegexp(`(?m)^ARGS="--web.listen-address=:9100"$`))
 	g.Expect(fs.cat(builder.DatasourcesPath)).To(ContainSubstring("datasource_list: [ NoCloud, ConfigDrive, OpenStack, Ec2, None ]"))
 	g.Expect(fs.cat(builder.UserDataPath)).To(ContainSubstring("ssh_pwauth: false"))
+	g.Expect(fs.cat(builder.FirstBootPath)).To(ContainSubstring("manage_etc_hosts: localhost"))
+	g.Expect(fs.cat(builder.WaitOnlineDropIn)).To(ContainSubstring("--any"))
+	g.Expect(fs.link("/etc/systemd/system/e2scrub_reap.service")).To(Equal("/dev/null"))
 
 	// Customisations from the spec.
 	g.Expect(fs.cat("/etc/nodeforge/test.conf")).To(Equal("hello\n"))
