@@ -219,18 +219,19 @@ start() {
 	log "started $name (pid $!)"
 }
 
-# stop_pids PID...: SIGTERM to all, wait up to 15 s, then SIGKILL the rest.
+# stop_pids PID...: SIGTERM to all, wait up to $grace seconds (default 15),
+# then SIGKILL the rest.
 stop_pids() {
 	local pid left
 	[ $# -gt 0 ] || return 0
 	kill "$@" 2>/dev/null || true
-	for _ in $(seq 1 150); do
+	for _ in $(seq 1 $((${grace:-15} * 10))); do
 		left=()
 		for pid in "$@"; do kill -0 "$pid" 2>/dev/null && left+=("$pid"); done
 		[ ${#left[@]} -gt 0 ] || return 0
 		sleep 0.1
 	done
-	log "pids ${left[*]} ignored SIGTERM; sending SIGKILL"
+	[ -n "${grace:-}" ] || log "pids ${left[*]} ignored SIGTERM; sending SIGKILL"
 	kill -9 "${left[@]}" 2>/dev/null || true
 	for _ in $(seq 1 50); do
 		left=()
@@ -377,6 +378,7 @@ print_env() {
 	echo "export KUBECONFIG=$state/kubeconfig"
 	echo "export NODEFORGE_NODE_NAME=$NODE_NAME"
 	echo "export NODEFORGE_NODE_IP=$NODE_IP"
+	if load_ports; then echo "export NODEFORGE_APISERVER=https://127.0.0.1:$APISERVER_PORT"; fi
 	echo "export NODEFORGE_CONTAINERD_ADDRESS=$CONTAINERD_SOCK"
 }
 
@@ -526,12 +528,6 @@ up_exit() {
 	if [ -n "${NODEFORGE_CLUSTER_KEEP:-}" ]; then
 		log "up failed; leaving $state as it is (NODEFORGE_CLUSTER_KEEP is set). Clean with: $0 down"
 	else
-		local f
-		for f in "$logs"/*.log; do
-			[ -f "$f" ] || continue
-			log "--- last lines of $(basename "$f")"
-			tail -n 8 "$f" >&2
-		done
 		log "up failed; tearing down (set NODEFORGE_CLUSTER_KEEP=1 to keep the state for debugging)"
 		down || true
 	fi
@@ -606,8 +602,8 @@ down() {
 		done
 	fi
 	stop kubelet
-	stop kube-scheduler kube-controller-manager kube-apiserver
-	stop etcd
+	# Their state is deleted below: a graceful shutdown buys nothing.
+	grace=1 stop kube-scheduler kube-controller-manager kube-apiserver etcd
 
 	# Whatever is still running in containers: kill it, then containerd and
 	# its shims (found by our socket path, never by name).
