@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -111,21 +112,18 @@ func runBuild(ctx context.Context, o *buildOptions, stdout, stderr io.Writer) er
 	}
 
 	if !o.noVerify {
-		if verifyBuilt != nil {
-			spec := image.Spec.Verification
-			spec.Default()
-			report, err := verifyBuilt(ctx, res, spec)
-			if report != nil {
-				res.Manifest.Verification = report
-				if werr := res.Manifest.Write(res.ManifestPath); werr != nil {
-					return werr
-				}
+		vspec := image.Spec.Verification
+		vspec.Default()
+		report, err := verifyBuilt(ctx, o, res, *content, vspec, stdout, stderr)
+		if report != nil {
+			// The manifest records the outcome, passed or not.
+			res.Manifest.Verification = report
+			if werr := res.Manifest.Write(res.ManifestPath); werr != nil {
+				return werr
 			}
-			if err != nil {
-				return fmt.Errorf("verifying %s: %w", res.ImagePath, err)
-			}
-		} else {
-			fmt.Fprintln(stderr, "note: image verification is not available in this build of nodeforge; skipped")
+		}
+		if err != nil {
+			return fmt.Errorf("verifying %s: %w", res.ImagePath, err)
 		}
 	}
 	if o.progress != "json" {
@@ -139,14 +137,42 @@ func runBuild(ctx context.Context, o *buildOptions, stdout, stderr io.Writer) er
 	return nil
 }
 
-// verifyBuilt verifies a freshly built image and returns the report that
-// goes into its manifest. It is the hook for internal/verify: nil until that
-// package exposes its offline and boot checks (verify.Offline/verify.Boot),
-// in which case the build skips verification with a note.
-//
-// TODO(verify): set to a function calling verify's offline checks and, when
-// spec.verification.boot.enabled, its boot test.
-var verifyBuilt func(ctx context.Context, res *builder.Result, spec imagev1.VerificationSpec) (*verify.Report, error)
+// verifyBuilt runs internal/verify on a freshly built image: the offline
+// checks and, when spec.verification.boot.enabled, the QEMU boot test. It
+// returns the report for the manifest, and an error when a required check
+// failed.
+func verifyBuilt(ctx context.Context, o *buildOptions, res *builder.Result, content imagev1.ImageContent,
+	vspec imagev1.VerificationSpec, stdout, stderr io.Writer) (*verify.Report, error) {
+	opts := verify.OptionsFromSpec(vspec)
+	opts.WorkDir = o.workDir
+	if o.progress == "json" {
+		rep := &builder.JSONReporter{W: stdout}
+		opts.Progress = func(c verify.Check) {
+			rep.Report(builder.Event{Step: "verify", Percent: 100, State: builder.StateRunning,
+				Message: fmt.Sprintf("%s %s", status(c), c.Name), ElapsedSeconds: c.DurationSeconds})
+		}
+	} else {
+		fmt.Fprintf(stderr, "verifying %s (boot test: %t)\n", res.ImagePath, opts.Boot)
+		opts.Progress = func(c verify.Check) {
+			fmt.Fprintf(stderr, "  %-4s %s\n", status(c), c.Name)
+		}
+	}
+	r, err := verify.Verify(ctx, res.ImagePath, content, opts)
+	if err != nil {
+		return nil, err
+	}
+	if o.progress != "json" {
+		fmt.Fprintf(stderr, "verification: %d passed, %d failed, %d skipped\n", r.Summary.Passed, r.Summary.Failed, r.Summary.Skipped)
+	}
+	if fails := r.RequiredFailures(); len(fails) > 0 {
+		names := make([]string, 0, len(fails))
+		for _, c := range fails {
+			names = append(names, c.Name)
+		}
+		return r, fmt.Errorf("%d required check(s) failed: %s", len(fails), strings.Join(names, ", "))
+	}
+	return r, nil
+}
 
 // newReporter picks the progress output: a live step list on a terminal,
 // plain lines otherwise, or JSON lines.

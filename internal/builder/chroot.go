@@ -55,3 +55,9 @@ func (b *build) chroot(args ...string) Command {
 func shq(s string) string {
 	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }
+
+// tmpEnv points tools' temporary files (mmdebstrap's null-format chroot,
+// for one) into the build's work dir, so nothing is left elsewhere.
+func (b *build) tmpEnv() []string {
+	return []string{"TMPDIR=" + b.work}
+}

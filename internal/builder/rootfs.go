@@ -55,7 +55,7 @@ func (b *build) rootfs(ctx context.Context, p *RootfsParams) error {
 	args = append(args, p.Release, b.root)
 	args = append(args, mirrorArgs(p.Mirror, p.Release)...)
 
-	cmd := Command{Name: "mmdebstrap", Args: args, OnLine: func(line string) {
+	cmd := Command{Name: "mmdebstrap", Args: args, Env: b.tmpEnv(), OnLine: func(line string) {
 		for _, ph := range rootfsPhases {
 			if strings.HasPrefix(line, ph.prefix) {
 				b.progress(ph.frac, ph.msg)
