@@ -86,6 +86,7 @@ runtime_dir() {
 # is named here: whatever the host uses is used.
 derive_sources() {
 	local to=$1 from f
+	# shellcheck source=/dev/null
 	from=$(. /etc/os-release && echo "${VERSION_CODENAME:-}")
 	[ -n "$from" ] || die "cannot tell the host's Debian codename from /etc/os-release"
 	for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
@@ -214,7 +215,7 @@ alive() {
 start() {
 	local name=$1
 	shift
-	setsid "$@" </dev/null >>"$logs/$name.log" 2>&1 &
+	setsid "$@" </dev/null >>"$logs/$name.log" 2>&1 9>&- &
 	echo $! >"$(pidfile "$name")"
 	log "started $name (pid $!)"
 }
@@ -354,6 +355,7 @@ kubeconfig() {
 	chmod 600 "$out"
 }
 
+# shellcheck source=/dev/null
 load_ports() { [ -f "$state/ports.env" ] && . "$state/ports.env"; }
 
 # ---------------------------------------------------------------------------
@@ -534,7 +536,7 @@ up_exit() {
 	exit "$1"
 }
 
-# ours_under PATH: mount points at or below PATH, deepest first.
+# mounts_under PATH: mount points at or below PATH, deepest first.
 mounts_under() {
 	awk -v p="$1" '{ m = $5; gsub(/\\040/, " ", m); if (m == p || index(m, p "/") == 1) print m }' /proc/self/mountinfo |
 		awk '{ print length($0) " " $0 }' | sort -rn | cut -d' ' -f2-
@@ -694,9 +696,24 @@ status() {
 	return $ok
 }
 
+# lock: one up, down or import at a time (all clusters share the bridge and
+# subnet). The lock file lives in the cache, not in /tmp, so nothing is left
+# behind; components are started without the lock's descriptor.
+lock() {
+	mkdir -p "$cache_root"
+	exec 9>"$cache_root/local-cluster.lock"
+	flock -w 900 9 || die "another hack/local-cluster.sh is still running after 15 minutes"
+}
+
 case ${1:-} in
-up) up ;;
-down) down ;;
+up)
+	lock
+	up
+	;;
+down)
+	lock
+	down
+	;;
 env)
 	[ -f "$marker" ] || die "not running (start it with: $0 up)"
 	print_env
@@ -706,6 +723,7 @@ import)
 	shift
 	[ $# -gt 0 ] || die "usage: $0 import TARBALL..."
 	need_root
+	lock
 	alive containerd || die "the cluster's containerd is not running (start it with: $0 up)"
 	RUNTIME=$(runtime_dir)
 	import_images "$@"
