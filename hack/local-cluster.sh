@@ -13,10 +13,9 @@
 # Typical use:  eval "$(hack/local-cluster.sh up >/dev/null && hack/local-cluster.sh env)"
 #
 # All state lives in ${NODEFORGE_CLUSTER_DIR:-/tmp/nodeforge-cluster}; every
-# component listens on 127.0.0.1, except the kubelet, which serves on the node
-# address on the cluster's own bridge (kubelet refuses a loopback node IP).
-# Pods get addresses on that bridge and have no route beyond it. Must run as
-# root. stdout carries only results; progress goes to stderr. See
+# component listens on 127.0.0.1 only. The node address lives on the
+# cluster's own bridge, where Pods get their addresses; they have no route
+# beyond it. Must run as root. stdout carries only results; progress goes to stderr. See
 # docs/local-cluster.md.
 set -euo pipefail
 
@@ -35,7 +34,11 @@ RUNC_VERSION=1.1.5+ds1-1+deb12u1
 CNI_SUITE=bookworm
 CNI_VERSION=1.1.1+ds1-3+b5
 
-NODE_NAME=${NODEFORGE_NODE_NAME:-nodeforge-node}
+# The node is named localhost: the API server reaches the kubelet by the
+# node's Hostname address, which is the node name, so that the kubelet can
+# serve on 127.0.0.1 only (it refuses a loopback node IP, which is what the
+# API server would otherwise dial).
+NODE_NAME=localhost
 POD_SUBNET=${NODEFORGE_POD_SUBNET:-10.223.0.0/24}
 SERVICE_SUBNET=${NODEFORGE_SERVICE_SUBNET:-10.223.1.0/24}
 BRIDGE=${NODEFORGE_BRIDGE:-nodeforge0}
@@ -339,7 +342,7 @@ make_pki() {
 	cert controller-manager "/CN=system:kube-controller-manager"
 	cert scheduler "/CN=system:kube-scheduler"
 	cert kubelet "/O=system:nodes/CN=system:node:$NODE_NAME"
-	cert kubelet-serving "/O=system:nodes/CN=system:node:$NODE_NAME" "IP:$NODE_IP,DNS:$NODE_NAME"
+	cert kubelet-serving "/O=system:nodes/CN=system:node:$NODE_NAME" "DNS:$NODE_NAME,IP:127.0.0.1"
 	openssl ecparam -name prime256v1 -genkey -noout -out "$pki/sa.key" 2>/dev/null
 	openssl ec -in "$pki/sa.key" -pubout -out "$pki/sa.pub" 2>/dev/null
 }
@@ -462,8 +465,8 @@ EOF
 	kubeconfig system:kube-scheduler scheduler "$state/scheduler.kubeconfig"
 	kubeconfig "system:node:$NODE_NAME" kubelet "$state/kubelet.kubeconfig"
 
-	# The node address lives on the cluster's own bridge, created up front so
-	# the kubelet can bind to it before the first pod exists.
+	# The node address lives on the cluster's own bridge, created up front
+	# because the kubelet checks that its node IP is a local address.
 	ip link add "$BRIDGE" type bridge
 	ip addr add "$NODE_IP/${POD_SUBNET#*/}" dev "$BRIDGE"
 	ip link set "$BRIDGE" up
@@ -481,7 +484,7 @@ EOF
 		--cert-dir="$pki" --tls-cert-file="$pki/apiserver.crt" --tls-private-key-file="$pki/apiserver.key" \
 		--client-ca-file="$pki/ca.crt" \
 		--kubelet-client-certificate="$pki/apiserver-kubelet-client.crt" --kubelet-client-key="$pki/apiserver-kubelet-client.key" \
-		--kubelet-certificate-authority="$pki/ca.crt" --kubelet-preferred-address-types=InternalIP \
+		--kubelet-certificate-authority="$pki/ca.crt" --kubelet-preferred-address-types=Hostname \
 		--service-account-issuer=https://kubernetes.default.svc.cluster.local \
 		--service-account-key-file="$pki/sa.pub" --service-account-signing-key-file="$pki/sa.key" \
 		--service-cluster-ip-range="$SERVICE_SUBNET" \
@@ -591,7 +594,8 @@ down() {
 		return 0
 	fi
 	[ -f "$marker" ] || die "$state exists and is not a local-cluster state dir; refusing to touch it"
-	K8S_BIN=$(k8s_bin)
+	# Never build anything to tear down.
+	K8S_BIN=$("$here/tools.sh" path cluster)
 	RUNTIME=$(runtime_dir)
 	local t0=$SECONDS
 
@@ -626,7 +630,7 @@ down() {
 		for veth in $(ip -o link show master "$BRIDGE" 2>/dev/null | awk -F': ' '{print $2}' | cut -d@ -f1); do
 			ip link del "$veth" 2>/dev/null || true
 		done
-		ip link del "$BRIDGE"
+		ip link del "$BRIDGE" || log "warning: could not delete bridge $BRIDGE"
 	fi
 
 	local d
@@ -677,7 +681,7 @@ status() {
 		echo "not running ($state does not exist)"
 		return 1
 	fi
-	K8S_BIN=$(k8s_bin)
+	K8S_BIN=$("$here/tools.sh" path cluster)
 	for c in "${components[@]}"; do
 		if alive "$c"; then
 			printf '%-24s running (pid %s)\n' "$c" "$(cat "$(pidfile "$c")")"
