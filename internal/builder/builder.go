@@ -132,6 +132,10 @@ func Build(ctx context.Context, opts Options, content imagev1.ImageContent) (*Re
 	if err != nil {
 		return nil, &StepError{Step: "plan", Cause: err}
 	}
+	// MkdirTemp makes it 0700; apt's _apt user must reach the chroots in it.
+	if err := os.Chmod(work, 0o755); err != nil {
+		return nil, &StepError{Step: "plan", Cause: err}
+	}
 	b.work = work
 	b.root = filepath.Join(work, "rootfs")
 	b.raw = filepath.Join(work, "disk.raw")

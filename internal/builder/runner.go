@@ -41,6 +41,26 @@ func (c Command) String() string {
 	return strings.TrimSpace(c.Name + " " + strings.Join(c.Args, " "))
 }
 
+// Short renders the command for error messages: long or multi-line
+// arguments (mmdebstrap hooks) are abbreviated; the build log has them whole.
+func (c Command) Short() string {
+	parts := []string{c.Name}
+	for _, a := range c.Args {
+		if i := strings.IndexByte(a, '\n'); i >= 0 {
+			a = a[:i] + "…"
+		}
+		if r := []rune(a); len(r) > 80 {
+			a = string(r[:77]) + "…"
+		}
+		parts = append(parts, a)
+	}
+	s := strings.Join(parts, " ")
+	if r := []rune(s); len(r) > 400 {
+		s = string(r[:397]) + "…"
+	}
+	return s
+}
+
 // Runner runs external tools. The real one executes them; tests inject a
 // fake to exercise planning, failure reporting and cleanup without root.
 type Runner interface {
@@ -131,7 +151,7 @@ func (r *ExecRunner) Run(ctx context.Context, c Command) error {
 		if ctx.Err() != nil {
 			err = fmt.Errorf("%w (%v)", ctx.Err(), err)
 		}
-		return &CommandError{Command: c.String(), Err: err, Tail: tail.lines()}
+		return &CommandError{Command: c.Short(), Err: err, Tail: tail.lines()}
 	}
 	return nil
 }

@@ -195,3 +195,11 @@ func TestExecRunnerTail(t *testing.T) {
 		t.Errorf("output = %q, %v", out, err)
 	}
 }
+
+func TestCommandShort(t *testing.T) {
+	c := Command{Name: "mmdebstrap", Args: []string{"--mode=root", "--setup-hook=set -e\nmkdir -p x", strings.Repeat("p,", 100)}}
+	s := c.Short()
+	if strings.Contains(s, "\n") || !strings.Contains(s, "--setup-hook=set -e…") || len([]rune(s)) > 400 {
+		t.Errorf("Short() = %q", s)
+	}
+}
