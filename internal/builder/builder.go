@@ -8,6 +8,14 @@
 // The pipeline is an explicit plan (Plan) of named steps run in order by
 // Build, each timed and reported through a Reporter. The same code runs in
 // the builder Pod and on a workstation through `nodeforge build`.
+//
+// Privileges: the builder runs as root (mmdebstrap --mode=root; the builder
+// Pod and `make image` are root). Chroot commands get /proc, /sys and /dev
+// in a private mount namespace when CAP_SYS_ADMIN allows one, and run
+// without them otherwise (enough for the builder's own steps, not for every
+// provisioner). Rootless builds (mmdebstrap --mode=unshare) are not wired
+// up: they would need the tree's device nodes recreated after mkfs.ext4 -d
+// (an unprivileged mkfs.ext4 -d sees no device nodes in the tree).
 package builder
 
 import (
