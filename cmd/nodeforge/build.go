@@ -2,12 +2,11 @@ package main
 
 import (
 	"context"
-	"errors"
+	"encoding/json"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
-	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -16,7 +15,7 @@ import (
 	imagev1 "github.com/nodeforge/nodeforge/api/v1alpha1"
 	"github.com/nodeforge/nodeforge/internal/builder"
 	"github.com/nodeforge/nodeforge/internal/resolve"
-	"github.com/nodeforge/nodeforge/internal/verify"
+	"github.com/nodeforge/nodeforge/internal/storage"
 )
 
 type buildOptions struct {
@@ -27,6 +26,14 @@ type buildOptions struct {
 	noVerify bool
 	keepWork bool
 	progress string
+
+	// Publishing: --to overrides spec.destination; credentials come from
+	// --credentials-dir or the AWS_* environment.
+	to             string
+	createBucket   bool
+	credentialsDir string
+	noPublish      bool
+	presignExpiry  time.Duration
 }
 
 func newBuildCmd() *cobra.Command {
@@ -36,11 +43,20 @@ func newBuildCmd() *cobra.Command {
 		Short: "Build a node image from a NodeImage YAML file",
 		Long: `Build a node image from a NodeImage YAML file (optionally followed, in the
 same multi-document file, by the ConfigMaps it refers to). Writes
-DIR/<name>.qcow2 (or .raw) and DIR/<name>.json, the build manifest.
+DIR/<name>.qcow2 (or .raw) and DIR/<name>.json, the build manifest, then
+verifies the image and, when the spec has a destination (or --to is given),
+publishes it. A published artifact of the same spec digest is found first
+and nothing is built.
 
 Runs as root: mmdebstrap builds the root filesystem in root mode. Needs
 mmdebstrap, e2fsprogs, fdisk (sfdisk), dosfstools, mtools, grub-pc-bin,
 grub-efi-amd64-bin and qemu-utils (hack/image.sh installs them).
+
+Publishing reads the endpoint of --to and the credentials from the standard
+AWS_* variables (see nodeforge publish --help); with spec.destination.s3 the
+endpoint and bucket come from the spec and the credentials from
+--credentials-dir (a directory of accessKeyID/secretAccessKey files, as a
+mounted Secret) or the environment.
 
 --progress json writes one {"progress":{...}} object per line on stdout,
 which is what the builder Pod does for the controller to read.`,
@@ -57,6 +73,11 @@ which is what the builder Pod does for the controller to read.`,
 	f.BoolVar(&o.noVerify, "no-verify", false, "skip verification of the built image")
 	f.BoolVar(&o.keepWork, "keep-work", false, "keep the work directory (root filesystem tree, raw disk, build log)")
 	f.StringVar(&o.progress, "progress", "auto", "progress output: auto, tty, plain or json")
+	f.StringVar(&o.to, "to", "", "publish to s3://BUCKET[/PREFIX] (endpoint and credentials from AWS_*), overriding spec.destination")
+	f.BoolVar(&o.createBucket, "create-bucket", false, "with --to: create the bucket when it does not exist")
+	f.StringVar(&o.credentialsDir, "credentials-dir", "", "with spec.destination: read credentials from this directory instead of AWS_*")
+	f.BoolVar(&o.noPublish, "no-publish", false, "do not publish, even when the spec has a destination")
+	f.DurationVar(&o.presignExpiry, "presign-expiry", 0, "validity of the presigned URL (default: spec.destination.s3.presignExpiry, else 24h)")
 	_ = cmd.MarkFlagRequired("file")
 	return cmd
 }
@@ -85,93 +106,89 @@ func runBuild(ctx context.Context, o *buildOptions, stdout, stderr io.Writer) er
 	if err != nil {
 		return fmt.Errorf("resolving %s: %w", o.file, err)
 	}
-	if image.Name == "" {
-		return fmt.Errorf("%s: the NodeImage has no metadata.name", o.file)
-	}
-
-	rep, closeRep, err := newReporter(o.progress, stdout)
+	pub, expiry, err := o.publisher(image.Spec.Destination)
 	if err != nil {
 		return err
+	}
+	p := &pipeline{
+		Name:          image.Name,
+		Content:       *content,
+		Verification:  image.Spec.Verification,
+		SkipVerify:    o.noVerify,
+		Publisher:     pub,
+		PresignExpiry: expiry,
+		Builder:       builder.Options{WorkDir: o.workDir, OutDir: o.outDir, CacheDir: o.cacheDir, KeepWork: o.keepWork},
+		Progress:      o.progress,
+		Stdout:        stdout,
+		Stderr:        stderr,
 	}
 	start := time.Now()
-	res, err := builder.Build(ctx, builder.Options{
-		Name:     image.Name,
-		WorkDir:  o.workDir,
-		OutDir:   o.outDir,
-		CacheDir: o.cacheDir,
-		KeepWork: o.keepWork,
-		Reporter: rep,
-	}, *content)
-	closeRep()
+	res, err := p.run(ctx)
 	if err != nil {
-		var se *builder.StepError
-		if errors.As(err, &se) {
-			return fmt.Errorf("building %s: %w", image.Name, err)
-		}
 		return err
 	}
-
-	if !o.noVerify {
-		vspec := image.Spec.Verification
-		vspec.Default()
-		report, err := verifyBuilt(ctx, o, res, *content, vspec, stdout, stderr)
-		if report != nil {
-			// The manifest records the outcome, passed or not.
-			res.Manifest.Verification = report
-			if werr := res.Manifest.Write(res.ManifestPath); werr != nil {
-				return werr
-			}
-		}
-		if err != nil {
-			return fmt.Errorf("verifying %s: %w", res.ImagePath, err)
-		}
+	if o.progress == "json" {
+		return json.NewEncoder(stdout).Encode(map[string]any{"result": res.summary()})
 	}
-	if o.progress != "json" {
+	if res.Build != nil {
 		fmt.Fprintf(stdout, "built %s in %s\n  image:    %s (%.1f MiB, sha256 %s)\n  manifest: %s\n",
-			image.Name, time.Since(start).Round(time.Second), res.ImagePath,
-			float64(res.Manifest.Image.Size)/(1<<20), res.Manifest.Image.SHA256, res.ManifestPath)
-	} else {
-		fmt.Fprintf(stdout, `{"result":{"image":%q,"manifest":%q,"sha256":%q,"size":%d}}`+"\n",
-			res.ImagePath, res.ManifestPath, res.Manifest.Image.SHA256, res.Manifest.Image.Size)
+			image.Name, time.Since(start).Round(time.Second), res.Build.ImagePath,
+			float64(res.Manifest.Image.Size)/(1<<20), res.Manifest.Image.SHA256, res.Build.ManifestPath)
+	}
+	if a := res.Published; a != nil {
+		fmt.Fprintf(stdout, "  artifact:  %s\n  presigned: %s\n", a.URL, res.Presigned)
 	}
 	return nil
 }
 
-// verifyBuilt runs internal/verify on a freshly built image: the offline
-// checks and, when spec.verification.boot.enabled, the QEMU boot test. It
-// returns the report for the manifest, and an error when a required check
-// failed.
-func verifyBuilt(ctx context.Context, o *buildOptions, res *builder.Result, content imagev1.ImageContent,
-	vspec imagev1.VerificationSpec, stdout, stderr io.Writer) (*verify.Report, error) {
-	opts := verify.OptionsFromSpec(vspec)
-	opts.WorkDir = o.workDir
-	if o.progress == "json" {
-		rep := &builder.JSONReporter{W: stdout}
-		opts.Progress = func(c verify.Check) {
-			rep.Report(builder.Event{Step: "verify", Percent: 100, State: builder.StateRunning,
-				Message: fmt.Sprintf("%s %s", status(c), c.Name), ElapsedSeconds: c.DurationSeconds})
-		}
-	} else {
-		fmt.Fprintf(stderr, "verifying %s (boot test: %t)\n", res.ImagePath, opts.Boot)
-		opts.Progress = func(c verify.Check) {
-			fmt.Fprintf(stderr, "  %-4s %s\n", status(c), c.Name)
+// publisher returns where the build publishes: --to, else the spec's
+// destination, else nowhere.
+func (o *buildOptions) publisher(dst *imagev1.DestinationSpec) (*storage.Publisher, time.Duration, error) {
+	expiry := o.presignExpiry
+	if expiry == 0 {
+		expiry = imagev1.DefaultPresignExpiry
+		if dst != nil && dst.S3 != nil && dst.S3.PresignExpiry != nil {
+			expiry = dst.S3.PresignExpiry.Duration
 		}
 	}
-	r, err := verify.Verify(ctx, res.ImagePath, content, opts)
+	switch {
+	case o.noPublish:
+		return nil, 0, nil
+	case o.to != "":
+		pub, _, err := storage.OpenS3URL(o.to, o.createBucket, nil)
+		if err != nil {
+			return nil, 0, fmt.Errorf("--to %s: %w", o.to, err)
+		}
+		return pub, expiry, nil
+	case dst == nil || dst.S3 == nil:
+		return nil, 0, nil
+	}
+	creds, err := o.credentials()
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
-	if o.progress != "json" {
-		fmt.Fprintf(stderr, "verification: %d passed, %d failed, %d skipped\n", r.Summary.Passed, r.Summary.Failed, r.Summary.Skipped)
-	}
-	if fails := r.RequiredFailures(); len(fails) > 0 {
-		names := make([]string, 0, len(fails))
-		for _, c := range fails {
-			names = append(names, c.Name)
+	var ca []byte
+	if f := os.Getenv(storage.EnvCABundle); f != "" && dst.S3.CASecretRef != nil {
+		if ca, err = os.ReadFile(f); err != nil {
+			return nil, 0, fmt.Errorf("%s: %w", storage.EnvCABundle, err)
 		}
-		return r, fmt.Errorf("%d required check(s) failed: %s", len(fails), strings.Join(names, ", "))
 	}
-	return r, nil
+	pub, _, err := storage.OpenDestination(*dst.S3, creds, ca)
+	if err != nil {
+		return nil, 0, fmt.Errorf("spec.destination.s3: %w", err)
+	}
+	return pub, expiry, nil
+}
+
+func (o *buildOptions) credentials() (storage.Credentials, error) {
+	if o.credentialsDir != "" {
+		return storage.CredentialsFromDir(o.credentialsDir)
+	}
+	c, err := storage.CredentialsFromEnv(os.LookupEnv)
+	if err != nil {
+		return c, fmt.Errorf("spec.destination.s3 needs credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or --credentials-dir: %w", err)
+	}
+	return c, nil
 }
 
 // newReporter picks the progress output: a live step list on a terminal,

@@ -28,6 +28,6 @@ func newRootCmd() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newBuildCmd(), newVerifyCmd(), newPublishCmd(), newVersionCmd())
+	root.AddCommand(newBuildCmd(), newRunCmd(), newVerifyCmd(), newPublishCmd(), newVersionCmd())
 	return root
 }

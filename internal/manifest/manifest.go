@@ -7,6 +7,7 @@ package manifest
 import (
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"time"
 
@@ -83,16 +84,26 @@ func (m *Manifest) Write(path string) error {
 
 // Read loads a manifest written by Write.
 func Read(path string) (*Manifest, error) {
-	b, err := os.ReadFile(path)
+	f, err := os.Open(path)
 	if err != nil {
 		return nil, err
 	}
+	defer f.Close()
+	m, err := Decode(f)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return m, nil
+}
+
+// Decode reads a manifest from r and checks its schema version.
+func Decode(r io.Reader) (*Manifest, error) {
 	var m Manifest
-	if err := json.Unmarshal(b, &m); err != nil {
-		return nil, fmt.Errorf("decoding manifest %s: %w", path, err)
+	if err := json.NewDecoder(r).Decode(&m); err != nil {
+		return nil, fmt.Errorf("decoding manifest: %w", err)
 	}
 	if m.SchemaVersion != SchemaVersion {
-		return nil, fmt.Errorf("manifest %s: schemaVersion %q, want %q", path, m.SchemaVersion, SchemaVersion)
+		return nil, fmt.Errorf("manifest schemaVersion %q, want %q", m.SchemaVersion, SchemaVersion)
 	}
 	return &m, nil
 }

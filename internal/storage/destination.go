@@ -4,9 +4,13 @@ import (
 	"fmt"
 	"net/url"
 	"os"
+	"path"
+	"path/filepath"
 	"strings"
 
 	"github.com/minio/minio-go/v7/pkg/s3utils"
+
+	imagev1 "github.com/nodeforge/nodeforge/api/v1alpha1"
 )
 
 // Environment variables read by S3OptionsFromEnv besides the credentials.
@@ -121,4 +125,56 @@ func OpenS3URL(raw string, createBucket bool, lookup func(string) (string, bool)
 		return nil, nil, err
 	}
 	return &Publisher{Store: s, Prefix: dst.Prefix}, s, nil
+}
+
+// OptionsForDestination maps a NodeImage's S3 destination to S3Options,
+// after applying its defaults. creds and caPEM come from the Secrets the
+// destination names (read by the caller: the manager from the API, the
+// builder from the files they are mounted as).
+func OptionsForDestination(d imagev1.S3Destination, creds Credentials, caPEM []byte) S3Options {
+	d.Default()
+	return S3Options{
+		Endpoint:     d.Endpoint,
+		Bucket:       d.Bucket,
+		Region:       d.Region,
+		Credentials:  creds,
+		Addressing:   Addressing(d.BucketLookup),
+		PlainHTTP:    d.Insecure,
+		CACertPEM:    caPEM,
+		CreateBucket: d.CreateBucket,
+	}
+}
+
+// OpenDestination returns a Publisher on a NodeImage's S3 destination, with
+// the destination's key prefix.
+func OpenDestination(d imagev1.S3Destination, creds Credentials, caPEM []byte) (*Publisher, *S3, error) {
+	s, err := NewS3(OptionsForDestination(d, creds, caPEM))
+	if err != nil {
+		return nil, nil, err
+	}
+	return &Publisher{Store: s, Prefix: path.Clean("/" + d.Prefix)[1:]}, s, nil
+}
+
+// CredentialsFromDir reads credentials from a directory holding one file
+// per key, as a Kubernetes Secret is mounted (see CredentialsFromSecretData
+// for the key names).
+func CredentialsFromDir(dir string) (Credentials, error) {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return Credentials{}, fmt.Errorf("reading credentials: %w", err)
+	}
+	data := map[string][]byte{}
+	for _, e := range entries {
+		// Mounted Secrets hold the files in a ..data directory with
+		// symlinks next to it; skip the dot entries.
+		if strings.HasPrefix(e.Name(), ".") || e.IsDir() {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join(dir, e.Name()))
+		if err != nil {
+			return Credentials{}, fmt.Errorf("reading credentials: %w", err)
+		}
+		data[e.Name()] = b
+	}
+	return CredentialsFromSecretData(data)
 }

@@ -2,9 +2,15 @@ package storage
 
 import (
 	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 
 	. "github.com/onsi/gomega"
+
+	imagev1 "github.com/nodeforge/nodeforge/api/v1alpha1"
 )
 
 func TestParseS3URL(t *testing.T) {
@@ -96,5 +102,48 @@ func TestNewS3EndpointsAndURLs(t *testing.T) {
 			g.Expect(err).NotTo(HaveOccurred())
 			g.Expect(st.URL("a/b.qcow2")).To(Equal(tc.url))
 		})
+	}
+}
+
+func TestOpenDestinationAndCredentialsFromDir(t *testing.T) {
+	dir := t.TempDir()
+	// Shaped like a mounted Secret: the keys are symlinks into ..data.
+	data := filepath.Join(dir, "..data")
+	if err := os.Mkdir(data, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	for k, v := range map[string]string{"accessKeyID": "AKIDEXAMPLE", "secretAccessKey": "s3cr3t-value"} {
+		if err := os.WriteFile(filepath.Join(data, k), []byte(v), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Symlink(filepath.Join("..data", k), filepath.Join(dir, k)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	creds, err := CredentialsFromDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if creds.AccessKeyID() != "AKIDEXAMPLE" || creds.SecretAccessKey() != "s3cr3t-value" {
+		t.Fatalf("credentials not read: %v", creds)
+	}
+	if _, err := CredentialsFromDir(t.TempDir()); err == nil {
+		t.Fatal("an empty directory must not yield credentials")
+	}
+
+	d := imagev1.S3Destination{Endpoint: "http://127.0.0.1:9000", Bucket: "images", Prefix: "a//b/", Insecure: true}
+	opts := OptionsForDestination(d, creds, nil)
+	if opts.Region != imagev1.DefaultS3Region || opts.Addressing != AddressingAuto || !opts.PlainHTTP {
+		t.Fatalf("destination defaults not applied: %+v", opts)
+	}
+	pub, _, err := OpenDestination(d, creds, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pub.Prefix != "a/b" {
+		t.Fatalf("prefix %q, want a/b", pub.Prefix)
+	}
+	if strings.Contains(fmt.Sprintf("%v %+v", opts, opts), "s3cr3t-value") {
+		t.Fatal("options print the secret")
 	}
 }

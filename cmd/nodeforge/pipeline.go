@@ -1,0 +1,199 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	imagev1 "github.com/nodeforge/nodeforge/api/v1alpha1"
+	"github.com/nodeforge/nodeforge/internal/builder"
+	"github.com/nodeforge/nodeforge/internal/buildresult"
+	"github.com/nodeforge/nodeforge/internal/manifest"
+	"github.com/nodeforge/nodeforge/internal/storage"
+	"github.com/nodeforge/nodeforge/internal/verify"
+)
+
+// pipeline is one build → verify → publish run, shared by `nodeforge build`
+// on a workstation and `nodeforge run` in the builder Pod.
+type pipeline struct {
+	// Name of the image (the NodeImage's name).
+	Name string
+	// Content is resolved and defaulted.
+	Content imagev1.ImageContent
+	// Verification selects the checks; Skip disables them all.
+	Verification imagev1.VerificationSpec
+	SkipVerify   bool
+	// Publisher, when set, receives the verified image. A published
+	// artifact of the same spec digest is found before building, and the
+	// build is skipped.
+	Publisher     *storage.Publisher
+	PresignExpiry time.Duration
+
+	Builder  builder.Options
+	Progress string // auto, tty, plain or json
+	Stdout   io.Writer
+	Stderr   io.Writer
+}
+
+// pipelineResult is what a pipeline produced.
+type pipelineResult struct {
+	// Reused is true when a published artifact of the same digest was
+	// found and nothing was built.
+	Reused    bool
+	Build     *builder.Result
+	Report    *verify.Report
+	Published *storage.Artifact
+	Presigned string
+	// ManifestURL is the published manifest's URL.
+	ManifestURL string
+	Manifest    *manifest.Manifest
+}
+
+// stageError is a pipeline failure with the builder contract's reason.
+type stageError struct {
+	Reason string // buildresult.Reason*
+	Step   string
+	Err    error
+}
+
+func (e *stageError) Error() string { return e.Err.Error() }
+func (e *stageError) Unwrap() error { return e.Err }
+
+func (p *pipeline) run(ctx context.Context) (*pipelineResult, error) {
+	digest, err := p.Content.Digest()
+	if err != nil {
+		return nil, &stageError{Reason: buildresult.ReasonBuildFailed, Step: "resolve", Err: err}
+	}
+	if p.Publisher != nil {
+		art, err := p.Publisher.Lookup(ctx, p.Name, digest)
+		switch {
+		case err == nil:
+			fmt.Fprintf(p.Stderr, "%s is already published for spec digest %s: nothing to build\n", p.Name, digest)
+			return p.reuse(ctx, art)
+		case !errors.Is(err, storage.ErrNotFound):
+			return nil, &stageError{Reason: buildresult.ReasonPublishFailed, Step: "lookup", Err: fmt.Errorf("looking for a published artifact: %w", err)}
+		}
+	}
+
+	rep, closeRep, err := newReporter(p.Progress, p.Stdout)
+	if err != nil {
+		return nil, err
+	}
+	opts := p.Builder
+	opts.Name, opts.Reporter = p.Name, rep
+	res, err := builder.Build(ctx, opts, p.Content)
+	closeRep()
+	if err != nil {
+		step := "build"
+		var se *builder.StepError
+		if errors.As(err, &se) {
+			step = se.Step
+		}
+		return nil, &stageError{Reason: buildresult.ReasonBuildFailed, Step: step, Err: fmt.Errorf("building %s: %w", p.Name, err)}
+	}
+	out := &pipelineResult{Build: res, Manifest: res.Manifest}
+
+	if !p.SkipVerify {
+		report, err := p.verify(ctx, res)
+		if report != nil {
+			// The manifest records the outcome, passed or not.
+			res.Manifest.Verification = report
+			out.Report = report
+			if werr := res.Manifest.Write(res.ManifestPath); werr != nil {
+				return out, &stageError{Reason: buildresult.ReasonBuildFailed, Step: "manifest", Err: werr}
+			}
+		}
+		if err != nil {
+			return out, &stageError{Reason: buildresult.ReasonVerificationFailed, Step: "verify",
+				Err: fmt.Errorf("verifying %s: %w", res.ImagePath, err)}
+		}
+	}
+
+	if p.Publisher != nil {
+		m, raw, err := readManifest(res.ManifestPath)
+		if err != nil {
+			return out, &stageError{Reason: buildresult.ReasonPublishFailed, Step: "publish", Err: err}
+		}
+		art, presigned, err := publishImage(ctx, p.Publisher, res.ImagePath, m, raw, p.PresignExpiry, p.Stderr)
+		if err != nil {
+			return out, &stageError{Reason: buildresult.ReasonPublishFailed, Step: "publish", Err: err}
+		}
+		out.Published, out.Presigned = &art, presigned
+		out.ManifestURL = p.Publisher.Store.URL(art.ManifestKey)
+	}
+	return out, nil
+}
+
+// reuse loads the manifest of an already published artifact.
+func (p *pipeline) reuse(ctx context.Context, art storage.Artifact) (*pipelineResult, error) {
+	out := &pipelineResult{Reused: true, Published: &art, ManifestURL: p.Publisher.Store.URL(art.ManifestKey)}
+	rc, _, err := p.Publisher.Store.Get(ctx, art.ManifestKey)
+	if err != nil {
+		return nil, &stageError{Reason: buildresult.ReasonPublishFailed, Step: "lookup", Err: err}
+	}
+	defer rc.Close()
+	m, err := manifest.Decode(rc)
+	if err != nil {
+		return nil, &stageError{Reason: buildresult.ReasonPublishFailed, Step: "lookup", Err: err}
+	}
+	out.Manifest, out.Report = m, m.Verification
+	if out.Presigned, err = p.Publisher.Store.PresignGet(ctx, art.ImageKey, p.PresignExpiry); err != nil {
+		return nil, &stageError{Reason: buildresult.ReasonPublishFailed, Step: "lookup", Err: err}
+	}
+	return out, nil
+}
+
+// verify runs internal/verify on a freshly built image: the offline checks
+// and, when enabled, the QEMU boot test. It returns the report, and an
+// error when a required check failed.
+func (p *pipeline) verify(ctx context.Context, res *builder.Result) (*verify.Report, error) {
+	vspec := p.Verification
+	vspec.Default()
+	opts := verify.OptionsFromSpec(vspec)
+	opts.WorkDir = p.Builder.WorkDir
+	if p.Progress == "json" {
+		rep := &builder.JSONReporter{W: p.Stdout}
+		opts.Progress = func(c verify.Check) {
+			rep.Report(builder.Event{Step: "verify", Percent: 100, State: builder.StateRunning,
+				Message: fmt.Sprintf("%s %s", status(c), c.Name), ElapsedSeconds: c.DurationSeconds})
+		}
+	} else {
+		fmt.Fprintf(p.Stderr, "verifying %s (boot test: %t)\n", res.ImagePath, opts.Boot)
+		opts.Progress = func(c verify.Check) {
+			fmt.Fprintf(p.Stderr, "  %-4s %s\n", status(c), c.Name)
+		}
+	}
+	r, err := verify.Verify(ctx, res.ImagePath, p.Content, opts)
+	if err != nil {
+		return nil, err
+	}
+	if p.Progress != "json" {
+		fmt.Fprintf(p.Stderr, "verification: %d passed, %d failed, %d skipped\n", r.Summary.Passed, r.Summary.Failed, r.Summary.Skipped)
+	}
+	if fails := r.RequiredFailures(); len(fails) > 0 {
+		names := make([]string, 0, len(fails))
+		for _, c := range fails {
+			names = append(names, c.Name)
+		}
+		return r, fmt.Errorf("%d required check(s) failed: %s", len(fails), strings.Join(names, ", "))
+	}
+	return r, nil
+}
+
+// summary is the result line `nodeforge build --progress json` prints.
+func (r *pipelineResult) summary() map[string]any {
+	out := map[string]any{"reused": r.Reused}
+	if r.Build != nil {
+		out["image"], out["manifest"] = r.Build.ImagePath, r.Build.ManifestPath
+	}
+	if r.Manifest != nil {
+		out["sha256"], out["size"] = r.Manifest.Image.SHA256, r.Manifest.Image.Size
+	}
+	if r.Published != nil {
+		out["artifact"] = r.Published.URL
+	}
+	return out
+}

@@ -1,0 +1,199 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	imagev1 "github.com/nodeforge/nodeforge/api/v1alpha1"
+	"github.com/nodeforge/nodeforge/internal/builder"
+	"github.com/nodeforge/nodeforge/internal/buildresult"
+	"github.com/nodeforge/nodeforge/internal/storage"
+)
+
+type runOptions struct {
+	spec           string
+	result         string
+	scratch        string
+	credentialsDir string
+	caDir          string
+}
+
+// errRunFailed makes the process exit non-zero after the result was
+// written; the result says why.
+var errRunFailed = errors.New("build failed; see the result")
+
+func newRunCmd() *cobra.Command {
+	o := &runOptions{}
+	cmd := &cobra.Command{
+		Use:   "run",
+		Short: "Run one NodeImageBuild: the builder Pod's entrypoint",
+		Long: `Run builds, verifies and publishes the NodeImageBuild in --spec, prints
+progress as JSON lines on stdout, and writes the outcome to --result (the
+Pod's termination message). The contract with the manager is documented in
+internal/buildresult.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return runRun(cmd.Context(), o, cmd.OutOrStdout(), cmd.ErrOrStderr())
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&o.spec, "spec", buildresult.SpecPath, "the NodeImageBuild, as JSON")
+	f.StringVar(&o.result, "result", buildresult.ResultPath, "where the result is written")
+	f.StringVar(&o.scratch, "scratch", buildresult.ScratchDir, "work, package cache and output directory")
+	f.StringVar(&o.credentialsDir, "credentials-dir", buildresult.CredentialsDir, "the mounted credentials Secret")
+	f.StringVar(&o.caDir, "ca-dir", buildresult.CADir, "the mounted CA Secret")
+	return cmd
+}
+
+func runRun(ctx context.Context, o *runOptions, stdout, stderr io.Writer) error {
+	res := o.execute(ctx, stdout, stderr)
+	b, err := res.Encode()
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(o.result, b, 0o644); err != nil {
+		return fmt.Errorf("writing the result: %w", err)
+	}
+	fmt.Fprintf(stdout, "{\"result\":%s}\n", b)
+	if res.Outcome != buildresult.OutcomeSucceeded {
+		return errRunFailed
+	}
+	return nil
+}
+
+// execute runs the build and turns every outcome into a Result.
+func (o *runOptions) execute(ctx context.Context, stdout, stderr io.Writer) *buildresult.Result {
+	b, err := readBuild(o.spec)
+	if err != nil {
+		return failed(buildresult.ReasonBuildFailed, "spec", err)
+	}
+	digest, err := b.Spec.Image.Digest()
+	if err != nil {
+		return failed(buildresult.ReasonBuildFailed, "spec", err)
+	}
+	if digest != b.Spec.SpecDigest {
+		return failed(buildresult.ReasonBuildFailed, "spec", fmt.Errorf(
+			"spec digest %s does not match the content (%s): the manager and this builder (%s) disagree on %s",
+			b.Spec.SpecDigest, digest, imagev1.DigestSchema, "how content is addressed"))
+	}
+	pub, expiry, err := o.publisher(b.Spec.Destination)
+	if err != nil {
+		return failed(buildresult.ReasonPublishFailed, "publish", err)
+	}
+	p := &pipeline{
+		Name:          b.Spec.NodeImageName,
+		Content:       b.Spec.Image,
+		Verification:  b.Spec.Verification,
+		Publisher:     pub,
+		PresignExpiry: expiry,
+		Builder: builder.Options{
+			WorkDir:  filepath.Join(o.scratch, "work"),
+			OutDir:   filepath.Join(o.scratch, "out"),
+			CacheDir: filepath.Join(o.scratch, "cache"),
+		},
+		Progress: "json",
+		Stdout:   stdout,
+		Stderr:   stderr,
+	}
+	out, err := p.run(ctx)
+	res := resultOf(out)
+	if err != nil {
+		var se *stageError
+		if !errors.As(err, &se) {
+			se = &stageError{Reason: buildresult.ReasonBuildFailed, Step: "build", Err: err}
+		}
+		res.Outcome, res.Reason, res.Step, res.Message = buildresult.OutcomeFailed, se.Reason, se.Step, se.Err.Error()
+		return res
+	}
+	res.Outcome = buildresult.OutcomeSucceeded
+	if res.Artifact == nil {
+		// Without a destination the image stays on the scratch volume.
+		res.Artifact = &buildresult.Artifact{}
+	}
+	if res.Artifact.SHA256 == "" && out.Manifest != nil {
+		res.Artifact.SHA256 = out.Manifest.Image.SHA256
+	}
+	return res
+}
+
+func readBuild(path string) (*imagev1.NodeImageBuild, error) {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var b imagev1.NodeImageBuild
+	dec := json.NewDecoder(strings.NewReader(string(raw)))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&b); err != nil {
+		return nil, fmt.Errorf("decoding %s: %w", path, err)
+	}
+	if b.Spec.NodeImageName == "" {
+		return nil, fmt.Errorf("%s: spec.nodeImageName is empty", path)
+	}
+	if refs := b.Spec.Image.References(); len(refs) > 0 {
+		return nil, fmt.Errorf("%s: unresolved references: %s", path, strings.Join(refs, ", "))
+	}
+	return &b, nil
+}
+
+// publisher opens the build's destination with the mounted Secrets.
+func (o *runOptions) publisher(dst *imagev1.DestinationSpec) (*storage.Publisher, time.Duration, error) {
+	if dst == nil || dst.S3 == nil {
+		return nil, 0, nil
+	}
+	d := *dst.S3
+	d.Default()
+	creds, err := storage.CredentialsFromDir(o.credentialsDir)
+	if err != nil {
+		return nil, 0, fmt.Errorf("credentials Secret %s: %w", d.CredentialsSecretRef.Name, err)
+	}
+	var ca []byte
+	if d.CASecretRef != nil {
+		if ca, err = os.ReadFile(filepath.Join(o.caDir, "ca.crt")); err != nil {
+			return nil, 0, fmt.Errorf("CA Secret %s: %w", d.CASecretRef.Name, err)
+		}
+	}
+	pub, _, err := storage.OpenDestination(d, creds, ca)
+	if err != nil {
+		return nil, 0, err
+	}
+	return pub, d.PresignExpiry.Duration, nil
+}
+
+func failed(reason, step string, err error) *buildresult.Result {
+	return &buildresult.Result{Outcome: buildresult.OutcomeFailed, Reason: reason, Step: step, Message: err.Error()}
+}
+
+// resultOf fills a Result's artifact and verification from what the
+// pipeline produced so far.
+func resultOf(out *pipelineResult) *buildresult.Result {
+	res := &buildresult.Result{}
+	if out == nil {
+		return res
+	}
+	if m := out.Manifest; m != nil {
+		res.Artifact = &buildresult.Artifact{SHA256: m.Image.SHA256, Size: m.Image.Size,
+			VirtualSize: m.Image.VirtualSize, Format: string(m.Image.Format)}
+	}
+	if a := out.Published; a != nil && res.Artifact != nil {
+		res.Artifact.URL, res.Artifact.PresignedURL = a.URL, out.Presigned
+		res.Artifact.ManifestURL = out.ManifestURL
+	}
+	if r := out.Report; r != nil {
+		v := &buildresult.Verification{Passed: int32(r.Summary.Passed), Failed: int32(r.Summary.Failed), Skipped: int32(r.Summary.Skipped)}
+		for _, c := range r.RequiredFailures() {
+			v.FailedChecks = append(v.FailedChecks, c.Name)
+		}
+		res.Verification, res.Accelerator = v, r.Accelerator
+	}
+	return res
+}

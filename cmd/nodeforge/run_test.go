@@ -1,0 +1,149 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	. "github.com/onsi/gomega"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	imagev1 "github.com/nodeforge/nodeforge/api/v1alpha1"
+	"github.com/nodeforge/nodeforge/internal/buildresult"
+	"github.com/nodeforge/nodeforge/internal/manifest"
+	"github.com/nodeforge/nodeforge/internal/storage"
+	"github.com/nodeforge/nodeforge/internal/storage/miniotest"
+)
+
+// writeBuild writes a NodeImageBuild spec file as the manager mounts it.
+func writeBuild(t *testing.T, dir string, mutate func(*imagev1.NodeImageBuild)) string {
+	t.Helper()
+	content := imagev1.ImageContent{Packages: []string{"jq"}}
+	content.Default()
+	digest, err := content.Digest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := &imagev1.NodeImageBuild{
+		TypeMeta:   metav1.TypeMeta{APIVersion: imagev1.GroupVersion.String(), Kind: imagev1.NodeImageBuildKind},
+		ObjectMeta: metav1.ObjectMeta{Name: "demo-abc", Namespace: "default"},
+		Spec: imagev1.NodeImageBuildSpec{NodeImageName: "demo", SpecDigest: digest,
+			Reason: imagev1.BuildReasonFirstBuild, Image: content},
+	}
+	if mutate != nil {
+		mutate(b)
+	}
+	raw, err := json.Marshal(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(dir, "spec.json")
+	if err := os.WriteFile(p, raw, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func readResult(t *testing.T, path string) buildresult.Result {
+	t.Helper()
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var r buildresult.Result
+	if err := json.Unmarshal(raw, &r); err != nil {
+		t.Fatalf("result %s: %v", raw, err)
+	}
+	return r
+}
+
+func TestRunReportsBadSpecsInTheResult(t *testing.T) {
+	cases := map[string]struct {
+		mutate func(*imagev1.NodeImageBuild)
+		want   string
+	}{
+		"digest mismatch": {func(b *imagev1.NodeImageBuild) { b.Spec.SpecDigest = "sha256:" + strings.Repeat("0", 64) }, "does not match the content"},
+		"unresolved reference": {func(b *imagev1.NodeImageBuild) {
+			b.Spec.Image.Files = []imagev1.FileSpec{{Path: "/x", ConfigMapKeyRef: &corev1ConfigMapKeySelector}}
+		}, "unresolved references"},
+		"missing credentials": {func(b *imagev1.NodeImageBuild) {
+			b.Spec.Destination = &imagev1.DestinationSpec{S3: &imagev1.S3Destination{Endpoint: "http://127.0.0.1:1", Bucket: "images",
+				Insecure: true, CredentialsSecretRef: corev1LocalRef}}
+		}, "credentials Secret creds"},
+	}
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			g := NewWithT(t)
+			dir := t.TempDir()
+			o := &runOptions{spec: writeBuild(t, dir, tc.mutate), result: filepath.Join(dir, "result"), scratch: dir,
+				credentialsDir: filepath.Join(dir, "no-credentials"), caDir: dir}
+			var out bytes.Buffer
+			err := runRun(context.Background(), o, &out, &out)
+			g.Expect(err).To(MatchError(errRunFailed))
+			r := readResult(t, o.result)
+			g.Expect(r.Validate()).To(Succeed())
+			g.Expect(r.Outcome).To(Equal(buildresult.OutcomeFailed))
+			g.Expect(r.Message).To(ContainSubstring(tc.want))
+			g.Expect(out.String()).To(ContainSubstring(`{"result":`))
+		})
+	}
+}
+
+// TestRunReusesAPublishedArtifact publishes an artifact for a spec digest to
+// a real MinIO, then runs a build of the same digest: it must succeed from
+// the published artifact without building, with credentials read from a
+// mounted-Secret-shaped directory.
+func TestRunReusesAPublishedArtifact(t *testing.T) {
+	g := NewWithT(t)
+	srv := miniotest.Start(t, miniotest.Config{})
+	dir := t.TempDir()
+	spec := writeBuild(t, dir, func(b *imagev1.NodeImageBuild) {
+		b.Spec.Destination = &imagev1.DestinationSpec{S3: &imagev1.S3Destination{Endpoint: srv.Endpoint(), Bucket: "images",
+			Prefix: "nodes", Insecure: true, CreateBucket: true, CredentialsSecretRef: corev1LocalRef}}
+	})
+	b, err := readBuild(spec)
+	g.Expect(err).NotTo(HaveOccurred())
+
+	creds := filepath.Join(dir, "credentials")
+	g.Expect(os.Mkdir(creds, 0o700)).To(Succeed())
+	g.Expect(os.WriteFile(filepath.Join(creds, "accessKeyID"), []byte(srv.AccessKey), 0o600)).To(Succeed())
+	g.Expect(os.WriteFile(filepath.Join(creds, "secretAccessKey"), []byte(srv.SecretKey), 0o600)).To(Succeed())
+
+	// Publish an artifact of that digest, as an earlier build would have.
+	image, manPath := writeImage(t, t.TempDir(), "")
+	m, err := manifest.Read(manPath)
+	g.Expect(err).NotTo(HaveOccurred())
+	m.Name, m.SpecDigest = "demo", b.Spec.SpecDigest
+	g.Expect(m.Write(manPath)).To(Succeed())
+	pub, _, err := storage.OpenDestination(*b.Spec.Destination.S3, storage.NewCredentials(srv.AccessKey, srv.SecretKey, ""), nil)
+	g.Expect(err).NotTo(HaveOccurred())
+	m2, raw, err := readManifest(manPath)
+	g.Expect(err).NotTo(HaveOccurred())
+	published, _, err := publishImage(context.Background(), pub, image, m2, raw, time.Hour, &bytes.Buffer{})
+	g.Expect(err).NotTo(HaveOccurred())
+
+	o := &runOptions{spec: spec, result: filepath.Join(dir, "result"), scratch: filepath.Join(dir, "scratch"),
+		credentialsDir: creds, caDir: dir}
+	var out bytes.Buffer
+	g.Expect(runRun(context.Background(), o, &out, &out)).To(Succeed(), out.String())
+	r := readResult(t, o.result)
+	g.Expect(r.Outcome).To(Equal(buildresult.OutcomeSucceeded))
+	g.Expect(r.Artifact.URL).To(Equal(published.URL))
+	g.Expect(r.Artifact.SHA256).To(Equal(published.SHA256))
+	g.Expect(r.Artifact.ManifestURL).To(HaveSuffix("/manifest.json"))
+	g.Expect(r.Artifact.PresignedURL).To(ContainSubstring("X-Amz-Signature="))
+	g.Expect(out.String()).To(ContainSubstring("nothing to build"))
+	g.Expect(filepath.Join(dir, "scratch", "work")).NotTo(BeADirectory(), "nothing was built")
+	g.Expect(out.String()).NotTo(ContainSubstring(srv.SecretKey))
+}
+
+var (
+	corev1LocalRef             = corev1.LocalObjectReference{Name: "creds"}
+	corev1ConfigMapKeySelector = corev1.ConfigMapKeySelector{LocalObjectReference: corev1.LocalObjectReference{Name: "cm"}, Key: "k"}
+)
