@@ -378,19 +378,21 @@ func (r *NodeImageReconciler) mirror(ctx context.Context, st *imageState) error 
 		ni.Status.CurrentBuild = nil
 		r.settle(ni, imagev1.SucceededReason, fmt.Sprintf("build %s published %s", b.Name, b.Status.Artifact.URL))
 	case b.Status.CompletionTime != nil:
-		reason, msg := imagev1.BuildFailedReason, "build "+b.Name+" failed"
+		reason, detail := imagev1.BuildFailedReason, "failed"
 		if ready != nil {
-			reason, msg = ready.Reason, "build "+b.Name+": "+ready.Message
+			reason, detail = ready.Reason, ready.Message
 		}
 		stalled := reason
 		if s := getCondition(b, imagev1.StalledCondition); s != nil {
 			stalled = s.Reason
 		}
-		ni.Status.LastFailure = &imagev1.FailureSummary{Build: b.Name, Reason: reason, Message: msg, Time: *b.Status.CompletionTime}
+		msg := fmt.Sprintf("build %s failed (%s): %s", b.Name, reason, detail)
+		ni.Status.LastFailure = &imagev1.FailureSummary{Build: b.Name, Reason: reason, Message: detail, Time: *b.Status.CompletionTime}
 		ni.Status.CurrentBuild = ref
 		r.setArtifactAvailable(ni)
+		// Ready carries the Stalled reason; lastFailure has the build's.
 		markStalled(ni, stalled, msg)
-		setCondition(ni, imagev1.ReadyCondition, metav1.ConditionFalse, reason, msg)
+		setCondition(ni, imagev1.ReadyCondition, metav1.ConditionFalse, stalled, msg)
 		ni.Status.ObservedGeneration = ni.Generation
 	default:
 		reason, msg := imagev1.BuildPendingReason, "build "+b.Name+" created"
