@@ -1,0 +1,144 @@
+package controller_test
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+
+	. "github.com/onsi/gomega"
+	"k8s.io/apimachinery/pkg/apis/meta/v1"
+	kubevirtv1 "kubevirt.io/api/core/v1"
+	"sigs.k8s.io/cli-utils/pkg/kstatus/status"
+
+	imagev1 "github.com/nodeforge/nodeforge/api/v1alpha1"
+	"github.com/nodeforge/nodeforge/internal/backend"
+	"github.com/nodeforge/nodeforge/internal/backend/kubevirt"
+	"github.com/nodeforge/nodeforge/internal/controller"
+	"github.com/nodeforge/nodeforge/internal/storage"
+)
+
+func vmiKey(ns, name string) *kubevirtv1.VirtualMachineInstance {
+	return &kubevirtv1.VirtualMachineInstance{ObjectMeta: v1.ObjectMeta{Namespace: ns, Name: name}}
+}
+
+func playVMI(g Gomega, ns, name string, phase kubevirtv1.VirtualMachineInstancePhase, annotations map[string]string) {
+	vmi := get(g, vmiKey(ns, name))
+	vmi.Status.Phase = phase
+	if vmi.Annotations == nil {
+		vmi.Annotations = map[string]string{}
+	}
+	for k, v := range annotations {
+		vmi.Annotations[k] = v
+	}
+	g.Expect(k8s.Update(ctx, vmi)).To(Succeed())
+}
+
+func TestKubeVirtBackend(t *testing.T) {
+	needEnv(t)
+	for _, relayed := range []bool{true, false} {
+		name := "kv-relayed"
+		if !relayed {
+			name = "kv-manifest"
+		}
+		t.Run(name, func(t *testing.T) {
+			g := NewWithT(t)
+			ns := newNamespace(t)
+			ni := newNodeImage(ns, name)
+			ni.Spec.Builder.Backend = imagev1.BuilderBackendKubeVirt
+			digest := digestOf(g, ni)
+			g.Expect(k8s.Create(ctx, ni)).To(Succeed())
+			build := controller.BuildName(name, digest)
+			vmiName := backend.BuilderName(build, 1)
+
+			var vmi *kubevirtv1.VirtualMachineInstance
+			g.Eventually(func(g Gomega) { vmi = get(g, vmiKey(ns, vmiName)) }, testTimeout).Should(Succeed())
+			g.Expect(v1.IsControlledBy(vmi, get(g, buildKey(ns, build)))).To(BeTrue())
+			g.Expect(vmi.Labels).To(HaveKeyWithValue(backend.LabelBuild, build))
+			vols := map[string]kubevirtv1.Volume{}
+			for _, v := range vmi.Spec.Volumes {
+				vols[v.Name] = v
+			}
+			g.Expect(vols["appliance"].ContainerDisk.Image).To(Equal("nodeforge-appliance:test"))
+			g.Expect(vols["spec"].ConfigMap.Name).To(Equal(build + "-spec"))
+			g.Expect(vols["credentials"].Secret.SecretName).To(Equal("s3-creds"))
+			g.Expect(vols["scratch"].EmptyDisk).NotTo(BeNil())
+			serials := map[string]string{}
+			for _, d := range vmi.Spec.Domain.Devices.Disks {
+				serials[d.Name] = d.Serial
+			}
+			g.Expect(serials).To(HaveKeyWithValue("spec", "nfspec"))
+			g.Expect(serials).To(HaveKeyWithValue("credentials", "nfcreds"))
+
+			g.Eventually(func(g Gomega) {
+				b := get(g, buildKey(ns, build))
+				g.Expect(reasonOf(b, imagev1.ReadyCondition)).To(Equal("False/BuildPending"))
+				g.Expect(b.Status.BuilderRef.Kind).To(Equal("VirtualMachineInstance"))
+			}, testTimeout).Should(Succeed())
+
+			playVMI(g, ns, vmiName, kubevirtv1.Running, map[string]string{
+				kubevirt.ProgressAnnotation: `{"step":"image","percent":60}`,
+			})
+			g.Eventually(func(g Gomega) {
+				b := get(g, buildKey(ns, build))
+				g.Expect(reasonOf(b, imagev1.ReadyCondition)).To(Equal("False/Building"))
+				g.Expect(b.Status.Progress.Step).To(Equal("image"))
+				g.Expect(kstatusOf(g, get(g, ni))).To(Equal(status.InProgressStatus))
+			}, testTimeout).Should(Succeed())
+
+			ann := map[string]string{}
+			if relayed {
+				res, err := succeeded(ni, digest).Encode()
+				g.Expect(err).NotTo(HaveOccurred())
+				ann[kubevirt.ResultAnnotation] = string(res)
+			} else {
+				// The appliance uploaded the image and manifest; the
+				// controller finds them by the build's spec digest.
+				img := filepath.Join(t.TempDir(), "img.qcow2")
+				g.Expect(os.WriteFile(img, []byte("vm-built image"), 0o644)).To(Succeed())
+				_, err := (&storage.Publisher{Store: dirStore}).Publish(ctx, storage.PublishInput{
+					Name: name, SpecDigest: digest, ImagePath: img, Manifest: []byte(`{}`),
+				})
+				g.Expect(err).NotTo(HaveOccurred())
+			}
+			playVMI(g, ns, vmiName, kubevirtv1.Succeeded, ann)
+			g.Eventually(func(g Gomega) {
+				n := get(g, ni)
+				g.Expect(reasonOf(n, imagev1.ReadyCondition)).To(Equal("True/Succeeded"))
+				g.Expect(n.Status.Artifact.SpecDigest).To(Equal(digest))
+				g.Expect(kstatusOf(g, n)).To(Equal(status.CurrentStatus))
+				if !relayed {
+					g.Expect(n.Status.Artifact.Size).To(Equal(int64(len("vm-built image"))))
+				}
+			}, testTimeout).Should(Succeed())
+		})
+	}
+}
+
+func TestKubeVirtBuilderFailure(t *testing.T) {
+	needEnv(t)
+	g := NewWithT(t)
+	ns := newNamespace(t)
+	ni := newNodeImage(ns, "kv-fail")
+	ni.Spec.Builder.Backend = imagev1.BuilderBackendKubeVirt
+	g.Expect(k8s.Create(ctx, ni)).To(Succeed())
+	build := controller.BuildName("kv-fail", digestOf(g, ni))
+	vmiName := backend.BuilderName(build, 1)
+	g.Eventually(func(g Gomega) { get(g, vmiKey(ns, vmiName)) }, testTimeout).Should(Succeed())
+	playVMI(g, ns, vmiName, kubevirtv1.Failed, nil)
+	g.Eventually(func(g Gomega) {
+		b := get(g, buildKey(ns, build))
+		g.Expect(reasonOf(b, imagev1.ReadyCondition)).To(Equal("False/BuildFailed"))
+		g.Expect(kstatusOf(g, get(g, ni))).To(Equal(status.FailedStatus))
+	}, testTimeout).Should(Succeed())
+
+	// Deleting the NodeImage removes the build, the VMI and the ConfigMap.
+	g.Expect(k8s.Delete(ctx, get(g, ni))).To(Succeed())
+	g.Eventually(func(g Gomega) {
+		var l kubevirtv1.VirtualMachineInstanceList
+		g.Expect(k8s.List(ctx, &l)).To(Succeed())
+		for _, v := range l.Items {
+			g.Expect(v.Namespace).NotTo(Equal(ns))
+		}
+		g.Expect(listBuilds(g, ns)).To(BeEmpty())
+	}, testTimeout).Should(Succeed())
+}
