@@ -94,7 +94,7 @@ type imageState struct {
 type imageStep func(context.Context, *imageState) error
 
 // Reconcile drives one NodeImage.
-func (r *NodeImageReconciler) Reconcile(ctx context.Context, req ctrl.Request) (_ ctrl.Result, retErr error) {
+func (r *NodeImageReconciler) Reconcile(ctx context.Context, req ctrl.Request) (res ctrl.Result, retErr error) {
 	ni := &imagev1.NodeImage{}
 	if err := r.Get(ctx, req.NamespacedName, ni); err != nil {
 		return ctrl.Result{}, client.IgnoreNotFound(err)
@@ -108,6 +108,9 @@ func (r *NodeImageReconciler) Reconcile(ctx context.Context, req ctrl.Request) (
 	defer func() {
 		emitTransitions(r.Recorder, ni, before)
 		retErr = kerrors.NewAggregate([]error{retErr, patcher.patch(ctx, ni, imageStatus)})
+		if retErr != nil {
+			res = ctrl.Result{} // never a RequeueAfter together with an error
+		}
 	}()
 
 	if !ni.DeletionTimestamp.IsZero() {

@@ -99,7 +99,7 @@ func (r *NodeImageBuildReconciler) clock() clock.Clock {
 func buildStatus(o client.Object) any { return o.(*imagev1.NodeImageBuild).Status }
 
 // Reconcile drives one NodeImageBuild.
-func (r *NodeImageBuildReconciler) Reconcile(ctx context.Context, req ctrl.Request) (_ ctrl.Result, retErr error) {
+func (r *NodeImageBuildReconciler) Reconcile(ctx context.Context, req ctrl.Request) (res ctrl.Result, retErr error) {
 	build := &imagev1.NodeImageBuild{}
 	if err := r.Get(ctx, req.NamespacedName, build); err != nil {
 		return ctrl.Result{}, client.IgnoreNotFound(err)
@@ -113,6 +113,9 @@ func (r *NodeImageBuildReconciler) Reconcile(ctx context.Context, req ctrl.Reque
 	defer func() {
 		r.emitTransitions(build, before)
 		retErr = kerrors.NewAggregate([]error{retErr, patcher.patch(ctx, build, buildStatus)})
+		if retErr != nil {
+			res = ctrl.Result{} // never a RequeueAfter together with an error
+		}
 	}()
 
 	if !build.DeletionTimestamp.IsZero() {

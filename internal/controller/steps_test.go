@@ -1,0 +1,331 @@
+package controller
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	. "github.com/onsi/gomega"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/client-go/tools/events"
+	clocktesting "k8s.io/utils/clock/testing"
+	"k8s.io/utils/ptr"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/client/fake"
+	"sigs.k8s.io/controller-runtime/pkg/client/interceptor"
+
+	imagev1 "github.com/nodeforge/nodeforge/api/v1alpha1"
+	"github.com/nodeforge/nodeforge/internal/backend"
+	"github.com/nodeforge/nodeforge/internal/buildresult"
+	"github.com/nodeforge/nodeforge/internal/testenv"
+)
+
+var t0 = time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)
+
+// fakeBackend plays a backend from a table of observations.
+type fakeBackend struct {
+	obs       map[int32]backend.Observation
+	ensured   []int32
+	deleted   []int32
+	ensureErr error
+}
+
+func (f *fakeBackend) Kind() string { return "Pod" }
+func (f *fakeBackend) Ensure(_ context.Context, _ *imagev1.NodeImageBuild, n int32) error {
+	if f.ensureErr != nil {
+		return f.ensureErr
+	}
+	f.ensured = append(f.ensured, n)
+	return nil
+}
+func (f *fakeBackend) Observe(_ context.Context, _ *imagev1.NodeImageBuild, n int32) (backend.Observation, error) {
+	o, ok := f.obs[n]
+	if !ok {
+		return backend.Observation{Phase: backend.PhaseNotFound, Kind: "Pod", Name: "x"}, nil
+	}
+	o.Kind, o.Name = "Pod", backend.BuilderName("b", n)
+	return o, nil
+}
+func (f *fakeBackend) Delete(_ context.Context, _ *imagev1.NodeImageBuild, n int32) (bool, error) {
+	f.deleted = append(f.deleted, n)
+	return true, nil
+}
+
+func testBuild(mutate func(*imagev1.NodeImageBuild)) *imagev1.NodeImageBuild {
+	b := &imagev1.NodeImageBuild{
+		ObjectMeta: metav1.ObjectMeta{Name: "b", Namespace: "ns", Generation: 1, Finalizers: []string{BuildFinalizer}},
+		Spec: imagev1.NodeImageBuildSpec{
+			NodeImageName: "img", SpecDigest: "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+			Reason:  imagev1.BuildReasonFirstBuild,
+			Builder: imagev1.BuilderSpec{Retries: ptr.To[int32](1), Timeout: &metav1.Duration{Duration: time.Hour}},
+		},
+	}
+	if mutate != nil {
+		mutate(b)
+	}
+	return b
+}
+
+func newFakeClient(s *runtime.Scheme, funcs interceptor.Funcs, objs ...client.Object) client.Client {
+	return fake.NewClientBuilder().WithScheme(s).
+		WithStatusSubresource(&imagev1.NodeImage{}, &imagev1.NodeImageBuild{}).
+		WithObjects(objs...).WithInterceptorFuncs(funcs).Build()
+}
+
+func TestNodeImageBuildReconcile(t *testing.T) {
+	scheme := testenv.Scheme()
+	failedRes := &buildresult.Result{Outcome: buildresult.OutcomeFailed, Reason: buildresult.ReasonPublishFailed, Step: "publish", Message: "access denied"}
+	okRes := &buildresult.Result{Outcome: buildresult.OutcomeSucceeded, Artifact: &buildresult.Artifact{URL: "s3://b/k", SHA256: "ab", Size: 10, Format: "qcow2"}}
+	started := func(n int32) func(*imagev1.NodeImageBuild) {
+		return func(b *imagev1.NodeImageBuild) {
+			b.Status.Attempts = n
+			b.Status.StartTime = &metav1.Time{Time: t0}
+		}
+	}
+	tests := []struct {
+		name        string
+		build       *imagev1.NodeImageBuild
+		obs         map[int32]backend.Observation
+		ensureErr   error
+		funcs       interceptor.Funcs
+		wantErr     bool
+		wantRequeue bool
+		wantEnsured []int32
+		wantDeleted []int32
+		wantReady   string
+		wantStalled string
+		wantRecon   string
+		wantDone    bool
+	}{
+		{name: "new build creates attempt 1", build: testBuild(nil),
+			wantEnsured: []int32{1}, wantReady: "False/BuildPending", wantRecon: "True/BuildPending", wantRequeue: true},
+		{name: "create error is returned", build: testBuild(nil), ensureErr: errors.New("boom"),
+			wantErr: true},
+		{name: "pending builder waits", build: testBuild(started(1)),
+			obs:       map[int32]backend.Observation{1: {Phase: backend.PhasePending, CreatedAt: t0, Message: "Unschedulable: 0/3 nodes"}},
+			wantReady: "False/BuildPending", wantRecon: "True/BuildPending", wantRequeue: true},
+		{name: "pending past the deadline is deleted and retried", build: testBuild(started(1)),
+			obs:         map[int32]backend.Observation{1: {Phase: backend.PhasePending, CreatedAt: t0.Add(-2 * time.Hour)}},
+			wantDeleted: []int32{1}, wantEnsured: []int32{2}, wantReady: "False/BuildPending", wantRecon: "True/BuildPending", wantRequeue: true},
+		{name: "pending past the deadline on the last attempt stalls", build: testBuild(started(2)),
+			obs:         map[int32]backend.Observation{2: {Phase: backend.PhasePending, CreatedAt: t0.Add(-2 * time.Hour)}},
+			wantDeleted: []int32{2}, wantReady: "False/DeadlineExceeded", wantStalled: "True/RetriesExhausted", wantDone: true},
+		{name: "failure within backoff waits", build: testBuild(started(1)),
+			obs:       map[int32]backend.Observation{1: {Phase: backend.PhaseFailed, CreatedAt: t0, FinishedAt: t0.Add(-time.Second), Result: failedRes}},
+			wantReady: "False/PublishFailed", wantRecon: "True/PublishFailed", wantRequeue: true},
+		{name: "failure after backoff retries", build: testBuild(started(1)),
+			obs:         map[int32]backend.Observation{1: {Phase: backend.PhaseFailed, CreatedAt: t0, FinishedAt: t0.Add(-time.Minute), Result: failedRes}},
+			wantEnsured: []int32{2}, wantReady: "False/BuildPending", wantRecon: "True/BuildPending", wantRequeue: true},
+		{name: "vanished builder counts as failure", build: testBuild(started(2)),
+			wantReady: "False/BuildFailed", wantStalled: "True/RetriesExhausted", wantDone: true},
+		{name: "kubelet deadline", build: testBuild(func(b *imagev1.NodeImageBuild) { started(1)(b); b.Spec.Builder.Retries = ptr.To[int32](0) }),
+			obs:       map[int32]backend.Observation{1: {Phase: backend.PhaseFailed, DeadlineExceeded: true, Message: "Pod was active too long"}},
+			wantReady: "False/DeadlineExceeded", wantStalled: "True/DeadlineExceeded", wantDone: true},
+		{name: "success", build: testBuild(started(1)),
+			obs:       map[int32]backend.Observation{1: {Phase: backend.PhaseSucceeded, CreatedAt: t0, FinishedAt: t0, Result: okRes}},
+			wantReady: "True/Succeeded", wantDone: true},
+		{name: "exit 0 without result fails", build: testBuild(func(b *imagev1.NodeImageBuild) { started(1)(b); b.Spec.Builder.Retries = ptr.To[int32](0) }),
+			obs:       map[int32]backend.Observation{1: {Phase: backend.PhaseSucceeded, ResultError: errors.New("empty result")}},
+			wantReady: "False/BuildFailed", wantStalled: "True/BuildFailed", wantDone: true},
+		{name: "interrupt annotation", build: testBuild(func(b *imagev1.NodeImageBuild) {
+			started(1)(b)
+			b.Annotations = map[string]string{InterruptAnnotation: "superseded"}
+		}), wantDeleted: []int32{1}, wantReady: "False/Interrupted", wantStalled: "True/Interrupted", wantDone: true},
+		{name: "status patch error is returned", build: testBuild(nil),
+			funcs: interceptor.Funcs{SubResourcePatch: func(context.Context, client.Client, string, client.Object, client.Patch, ...client.SubResourcePatchOption) error {
+				return apierrors.NewServiceUnavailable("etcd down")
+			}},
+			wantErr: true, wantEnsured: []int32{1}},
+		{name: "get error is returned", build: testBuild(nil),
+			funcs: interceptor.Funcs{Get: func(context.Context, client.WithWatch, client.ObjectKey, client.Object, ...client.GetOption) error {
+				return apierrors.NewTooManyRequests("slow down", 1)
+			}},
+			wantErr: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			g := NewWithT(t)
+			be := &fakeBackend{obs: tt.obs, ensureErr: tt.ensureErr}
+			c := newFakeClient(scheme, tt.funcs, tt.build)
+			rec := events.NewFakeRecorder(20)
+			r := &NodeImageBuildReconciler{
+				Client: c, Recorder: rec, Clock: clocktesting.NewFakeClock(t0),
+				Backends: map[imagev1.BuilderBackend]backend.Backend{imagev1.BuilderBackendPod: be},
+			}
+			res, err := r.Reconcile(context.Background(), ctrl.Request{NamespacedName: client.ObjectKeyFromObject(tt.build)})
+			if tt.wantErr {
+				g.Expect(err).To(HaveOccurred())
+				g.Expect(res.RequeueAfter).To(BeZero(), "never a result together with an error")
+			} else {
+				g.Expect(err).NotTo(HaveOccurred())
+				g.Expect(res.RequeueAfter > 0).To(Equal(tt.wantRequeue))
+			}
+			g.Expect(be.ensured).To(Equal(tt.wantEnsured))
+			g.Expect(be.deleted).To(Equal(tt.wantDeleted))
+			if tt.wantErr {
+				return
+			}
+			got := &imagev1.NodeImageBuild{}
+			g.Expect(c.Get(context.Background(), client.ObjectKeyFromObject(tt.build), got)).To(Succeed())
+			g.Expect(key(got, imagev1.ReadyCondition)).To(Equal(tt.wantReady))
+			g.Expect(key(got, imagev1.StalledCondition)).To(Equal(tt.wantStalled))
+			g.Expect(key(got, imagev1.ReconcilingCondition)).To(Equal(tt.wantRecon))
+			g.Expect(got.Status.CompletionTime != nil).To(Equal(tt.wantDone))
+			if tt.wantDone {
+				g.Expect(got.Status.ObservedGeneration).To(Equal(got.Generation))
+			}
+			if tt.wantReady != "" && tt.wantReady != "False/BuildPending" || len(tt.wantEnsured) > 0 {
+				g.Expect(rec.Events).NotTo(BeEmpty(), "a transition emits an event")
+			}
+		})
+	}
+}
+
+func key(obj conditionsObject, typ string) string {
+	if c := getCondition(obj, typ); c != nil {
+		return string(c.Status) + "/" + c.Reason
+	}
+	return ""
+}
+
+// fakeArtifacts is an ArtifactStore with one optional artifact.
+type fakeArtifacts struct {
+	found   *imagev1.Artifact
+	err     error
+	deleted bool
+}
+
+func (f *fakeArtifacts) Lookup(context.Context, *imagev1.NodeImage, string) (*imagev1.Artifact, error) {
+	if f.err != nil {
+		return nil, f.err
+	}
+	if f.found == nil {
+		return nil, ErrArtifactNotFound
+	}
+	return f.found, nil
+}
+func (f *fakeArtifacts) Prune(context.Context, *imagev1.NodeImage, int) error { return nil }
+func (f *fakeArtifacts) DeleteAll(context.Context, *imagev1.NodeImage) error {
+	f.deleted = true
+	return f.err
+}
+
+func testImage(mutate func(*imagev1.NodeImage)) *imagev1.NodeImage {
+	ni := &imagev1.NodeImage{
+		ObjectMeta: metav1.ObjectMeta{Name: "img", Namespace: "ns", Generation: 2, UID: "uid-img", Finalizers: []string{ImageFinalizer}},
+		Spec: imagev1.NodeImageSpec{
+			ImageContent: imagev1.ImageContent{Packages: []string{"vim"}},
+			Destination: &imagev1.DestinationSpec{S3: &imagev1.S3Destination{
+				Endpoint: "https://s3.example.com", Bucket: "b", CredentialsSecretRef: corev1.LocalObjectReference{Name: "c"},
+			}},
+		},
+	}
+	if mutate != nil {
+		mutate(ni)
+	}
+	return ni
+}
+
+func TestNodeImageReconcile(t *testing.T) {
+	scheme := testenv.Scheme()
+	found := &imagev1.Artifact{URL: "s3://b/img/x/img.qcow2", SHA256: "ab", Size: 1, Format: imagev1.FormatQCOW2, SpecDigest: "sha256:x"}
+	alreadyExists := interceptor.Funcs{Create: func(ctx context.Context, c client.WithWatch, obj client.Object, opts ...client.CreateOption) error {
+		if _, ok := obj.(*imagev1.NodeImageBuild); ok {
+			_ = c.Create(ctx, obj, opts...) // a racing reconcile won
+			return apierrors.NewAlreadyExists(schema.GroupResource{Group: imagev1.GroupVersion.Group, Resource: "nodeimagebuilds"}, obj.GetName())
+		}
+		return c.Create(ctx, obj, opts...)
+	}}
+	createFails := interceptor.Funcs{Create: func(context.Context, client.WithWatch, client.Object, ...client.CreateOption) error {
+		return apierrors.NewForbidden(schema.GroupResource{Resource: "nodeimagebuilds"}, "x", errors.New("quota"))
+	}}
+	tests := []struct {
+		name        string
+		ni          *imagev1.NodeImage
+		artifacts   *fakeArtifacts
+		funcs       interceptor.Funcs
+		wantErr     bool
+		wantBuilds  int
+		wantReady   string
+		wantStalled string
+		wantRecon   string
+		wantObsGen  bool
+	}{
+		{name: "first build", ni: testImage(nil), artifacts: &fakeArtifacts{},
+			wantBuilds: 1, wantReady: "False/BuildPending", wantRecon: "True/BuildPending"},
+		{name: "cache hit starts no build", ni: testImage(nil), artifacts: &fakeArtifacts{found: found},
+			wantReady: "True/ArtifactFound", wantObsGen: true},
+		{name: "lookup error is retried", ni: testImage(nil), artifacts: &fakeArtifacts{err: errors.New("s3 unreachable")},
+			wantErr: true},
+		{name: "missing ConfigMap stalls", ni: testImage(func(ni *imagev1.NodeImage) {
+			ni.Spec.Files = []imagev1.FileSpec{{Path: "/etc/x", ConfigMapKeyRef: &corev1.ConfigMapKeySelector{
+				LocalObjectReference: corev1.LocalObjectReference{Name: "missing"}, Key: "k"}}}
+		}), artifacts: &fakeArtifacts{}, wantReady: "False/InvalidSpec", wantStalled: "True/InvalidSpec", wantObsGen: true},
+		{name: "arm64 stalls", ni: testImage(func(ni *imagev1.NodeImage) { ni.Spec.Base.Architecture = imagev1.ArchitectureARM64 }),
+			artifacts: &fakeArtifacts{}, wantReady: "False/UnsupportedArchitecture", wantStalled: "True/UnsupportedArchitecture", wantObsGen: true},
+		{name: "suspended starts nothing", ni: testImage(func(ni *imagev1.NodeImage) { ni.Spec.Suspend = true }),
+			artifacts: &fakeArtifacts{}, wantReady: "False/Suspended"},
+		{name: "AlreadyExists is success", ni: testImage(nil), artifacts: &fakeArtifacts{}, funcs: alreadyExists,
+			wantBuilds: 1, wantReady: "False/BuildPending", wantRecon: "True/BuildPending"},
+		{name: "create error is returned", ni: testImage(nil), artifacts: &fakeArtifacts{}, funcs: createFails,
+			wantErr: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			g := NewWithT(t)
+			c := newFakeClient(scheme, tt.funcs, tt.ni)
+			r := &NodeImageReconciler{Client: c, Recorder: events.NewFakeRecorder(20), Clock: clocktesting.NewFakeClock(t0), Artifacts: tt.artifacts}
+			res, err := r.Reconcile(context.Background(), ctrl.Request{NamespacedName: client.ObjectKeyFromObject(tt.ni)})
+			if tt.wantErr {
+				g.Expect(err).To(HaveOccurred())
+				g.Expect(res.RequeueAfter).To(BeZero())
+			} else {
+				g.Expect(err).NotTo(HaveOccurred())
+			}
+			var builds imagev1.NodeImageBuildList
+			g.Expect(c.List(context.Background(), &builds)).To(Succeed())
+			g.Expect(builds.Items).To(HaveLen(tt.wantBuilds))
+			got := &imagev1.NodeImage{}
+			g.Expect(c.Get(context.Background(), client.ObjectKeyFromObject(tt.ni), got)).To(Succeed())
+			if tt.wantErr {
+				g.Expect(key(got, imagev1.ReconcilingCondition)).To(Equal("True/Progressing"), "an error keeps the object InProgress")
+				return
+			}
+			g.Expect(key(got, imagev1.ReadyCondition)).To(Equal(tt.wantReady))
+			g.Expect(key(got, imagev1.StalledCondition)).To(Equal(tt.wantStalled))
+			g.Expect(key(got, imagev1.ReconcilingCondition)).To(Equal(tt.wantRecon))
+			g.Expect(got.Status.ObservedGeneration == got.Generation).To(Equal(tt.wantObsGen))
+			for _, b := range builds.Items {
+				g.Expect(b.Name).To(Equal(BuildName("img", got.Status.SpecDigest)))
+				g.Expect(metav1.IsControlledBy(&b, got)).To(BeTrue())
+			}
+		})
+	}
+}
+
+func TestNodeImageDeletion(t *testing.T) {
+	scheme := testenv.Scheme()
+	for _, policy := range []imagev1.DeletionPolicy{imagev1.DeletionPolicyRetain, imagev1.DeletionPolicyDelete} {
+		t.Run(string(policy), func(t *testing.T) {
+			g := NewWithT(t)
+			ni := testImage(func(ni *imagev1.NodeImage) {
+				ni.Spec.DeletionPolicy = policy
+				ni.DeletionTimestamp = &metav1.Time{Time: t0}
+			})
+			arts := &fakeArtifacts{}
+			c := newFakeClient(scheme, interceptor.Funcs{}, ni)
+			r := &NodeImageReconciler{Client: c, Artifacts: arts}
+			_, err := r.Reconcile(context.Background(), ctrl.Request{NamespacedName: client.ObjectKeyFromObject(ni)})
+			g.Expect(err).NotTo(HaveOccurred())
+			g.Expect(arts.deleted).To(Equal(policy == imagev1.DeletionPolicyDelete))
+			err = c.Get(context.Background(), client.ObjectKeyFromObject(ni), &imagev1.NodeImage{})
+			g.Expect(apierrors.IsNotFound(err)).To(BeTrue(), "finalizer removed, object gone")
+		})
+	}
+}
