@@ -99,3 +99,21 @@ dev: ## Bring up the local cluster and leave it running (see docs/local-cluster.
 .PHONY: dev-down
 dev-down: ## Stop the local cluster and remove everything it made.
 	hack/local-cluster.sh down
+
+##@ Deploy
+
+KUSTOMIZE ?= go run sigs.k8s.io/kustomize/kustomize/v5@v5.7.1
+KUBECTL ?= kubectl
+BUILDER_IMG ?= $(IMG)
+
+.PHONY: run
+run: ## Run the manager against the current kubeconfig (CRDs must be installed: make deploy, or kubectl apply -k config/crd).
+	go run ./cmd/manager --builder-image=$(BUILDER_IMG) --metrics-bind-address=0 --health-probe-bind-address=127.0.0.1:8081 --zap-devel
+
+.PHONY: deploy
+deploy: ## Install CRDs, RBAC and the manager (config/default) into the current cluster.
+	$(KUSTOMIZE) build config/default | $(KUBECTL) apply -f -
+
+.PHONY: undeploy
+undeploy: ## Remove what deploy installed (deleting the CRDs deletes every NodeImage).
+	$(KUSTOMIZE) build config/default | $(KUBECTL) delete --ignore-not-found -f -

@@ -53,7 +53,10 @@ var _ reconcile.Reconciler = &NodeImageReconciler{}
 // +kubebuilder:rbac:groups=image.nodeforge.dev,resources=nodeimages,verbs=get;list;watch;patch
 // +kubebuilder:rbac:groups=image.nodeforge.dev,resources=nodeimages/status,verbs=get;patch
 // +kubebuilder:rbac:groups=image.nodeforge.dev,resources=nodeimages/finalizers,verbs=update
-// +kubebuilder:rbac:groups="",resources=secrets,verbs=get
+//
+// Secrets (get only, through the uncached API reader) are granted per
+// managed namespace by config/rbac/secret_reader_role.yaml and a
+// RoleBinding, not by this ClusterRole.
 // +kubebuilder:rbac:groups="",resources=configmaps,verbs=get;list;watch
 
 // SetupWithManager registers the controller.

@@ -53,6 +53,8 @@ const (
 	DefaultScratch = "40Gi"
 )
 
+// +kubebuilder:rbac:groups=kubevirt.io,resources=virtualmachineinstances,verbs=get;list;watch;create;delete
+
 // Backend creates builder VMIs.
 type Backend struct {
 	Client client.Client
