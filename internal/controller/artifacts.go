@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"path"
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
@@ -50,6 +49,16 @@ func (s PublisherStore) Lookup(ctx context.Context, ni *imagev1.NodeImage, diges
 		return nil, err
 	}
 	a, err := p.Lookup(ctx, ni.Name, digest)
+	if errors.Is(err, storage.ErrBucketNotFound) {
+		// Nothing can be published in a bucket that does not exist. The
+		// builder creates it when the spec allows; otherwise no build
+		// could ever publish, so the user must act before one runs.
+		if d := ni.Spec.Destination; d != nil && d.S3 != nil && !d.S3.CreateBucket {
+			return nil, &StallingError{Reason: imagev1.InvalidSpecReason,
+				Err: fmt.Errorf("bucket %q does not exist and spec.destination.s3.createBucket is false", d.S3.Bucket)}
+		}
+		return nil, fmt.Errorf("%w: the bucket does not exist yet", ErrArtifactNotFound)
+	}
 	if errors.Is(err, storage.ErrNotFound) {
 		return nil, fmt.Errorf("%w: %v", ErrArtifactNotFound, err)
 	}
@@ -110,26 +119,19 @@ func S3Opener(r client.Reader) PublisherOpener {
 			return nil, &StallingError{Reason: imagev1.InvalidSpecReason,
 				Err: fmt.Errorf("secret %s: %w", d.CredentialsSecretRef.Name, err)}
 		}
-		opts := storage.S3Options{
-			Endpoint:    d.Endpoint,
-			Bucket:      d.Bucket,
-			Region:      d.Region,
-			Credentials: creds,
-			Addressing:  storage.Addressing(d.BucketLookup),
-			PlainHTTP:   d.Insecure,
-		}
+		var ca []byte
 		if d.CASecretRef != nil {
-			ca, err := secretData(ctx, r, ni.Namespace, d.CASecretRef.Name)
+			data, err := secretData(ctx, r, ni.Namespace, d.CASecretRef.Name)
 			if err != nil {
 				return nil, err
 			}
-			opts.CACertPEM = ca["ca.crt"]
+			ca = data["ca.crt"]
 		}
-		s3, err := storage.NewS3(opts)
+		pub, _, err := storage.OpenDestination(*d, creds, ca)
 		if err != nil {
 			return nil, &StallingError{Reason: imagev1.InvalidSpecReason, Err: err}
 		}
-		return &storage.Publisher{Store: s3, Prefix: path.Clean("/" + d.Prefix)[1:]}, nil
+		return pub, nil
 	}
 }
 

@@ -1,0 +1,85 @@
+package controller_test
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	. "github.com/onsi/gomega"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client/fake"
+
+	imagev1 "github.com/nodeforge/nodeforge/api/v1alpha1"
+	"github.com/nodeforge/nodeforge/internal/controller"
+	"github.com/nodeforge/nodeforge/internal/storage"
+	"github.com/nodeforge/nodeforge/internal/storage/miniotest"
+	"github.com/nodeforge/nodeforge/internal/testenv"
+)
+
+// TestS3ArtifactStore drives the manager's view of the object store
+// (controller.S3Opener, PublisherStore) against a real MinIO: credentials
+// from a Secret, cache lookups, a missing bucket, deletion.
+func TestS3ArtifactStore(t *testing.T) {
+	g := NewWithT(t)
+	ctx := context.Background()
+	srv := miniotest.Start(t, miniotest.Config{})
+	secret := &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{Name: "s3", Namespace: "images"},
+		Data:       map[string][]byte{"accessKeyID": []byte(srv.AccessKey), "secretAccessKey": []byte(srv.SecretKey)},
+	}
+	c := fake.NewClientBuilder().WithScheme(testenv.Scheme()).WithObjects(secret).Build()
+	store := controller.PublisherStore{Open: controller.S3Opener(c)}
+	digest := "sha256:" + strings.Repeat("ef", 32)
+	ni := func(bucket string, create bool, secretName string) *imagev1.NodeImage {
+		return &imagev1.NodeImage{
+			ObjectMeta: metav1.ObjectMeta{Name: "cloud-base", Namespace: "images"},
+			Spec: imagev1.NodeImageSpec{Destination: &imagev1.DestinationSpec{S3: &imagev1.S3Destination{
+				Endpoint: srv.Endpoint(), Bucket: bucket, Prefix: "nodes", Insecure: true, CreateBucket: create,
+				CredentialsSecretRef: corev1.LocalObjectReference{Name: secretName},
+			}}},
+		}
+	}
+	stalled := func(err error, want string) {
+		t.Helper()
+		var se *controller.StallingError
+		g.Expect(errors.As(err, &se)).To(BeTrue(), "want a StallingError, got %v", err)
+		g.Expect(se.Reason).To(Equal(imagev1.InvalidSpecReason))
+		g.Expect(err.Error()).To(ContainSubstring(want))
+		g.Expect(err.Error()).NotTo(ContainSubstring(srv.SecretKey))
+	}
+
+	_, err := store.Lookup(ctx, ni("images", true, "missing"), digest)
+	stalled(err, "secret images/missing does not exist")
+
+	_, err = store.Lookup(ctx, ni("absent", false, "s3"), digest)
+	stalled(err, `bucket "absent" does not exist and spec.destination.s3.createBucket is false`)
+
+	_, err = store.Lookup(ctx, ni("images", true, "s3"), digest)
+	g.Expect(err).To(MatchError(controller.ErrArtifactNotFound), "a bucket the builder will create holds nothing yet")
+
+	// A builder publishes; the manager finds it by digest.
+	pub, _, err := storage.OpenDestination(*ni("images", true, "s3").Spec.Destination.S3,
+		storage.NewCredentials(srv.AccessKey, srv.SecretKey, ""), nil)
+	g.Expect(err).NotTo(HaveOccurred())
+	img := filepath.Join(t.TempDir(), "cloud-base.qcow2")
+	g.Expect(os.WriteFile(img, []byte("qcow2 bytes"), 0o644)).To(Succeed())
+	published, err := pub.Publish(ctx, storage.PublishInput{Name: "cloud-base", SpecDigest: digest, ImagePath: img, Manifest: []byte(`{}`)})
+	g.Expect(err).NotTo(HaveOccurred())
+
+	a, err := store.Lookup(ctx, ni("images", true, "s3"), digest)
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(a.URL).To(Equal(published.URL))
+	g.Expect(a.SHA256).To(Equal(published.SHA256))
+	g.Expect(a.Size).To(Equal(int64(len("qcow2 bytes"))))
+	g.Expect(a.SpecDigest).To(Equal(digest))
+	g.Expect(a.Format).To(Equal(imagev1.FormatQCOW2))
+	g.Expect(a.ManifestURL).To(HaveSuffix("/nodes/cloud-base/" + strings.Repeat("ef", 32) + "/manifest.json"))
+
+	g.Expect(store.DeleteAll(ctx, ni("images", true, "s3"))).To(Succeed())
+	_, err = store.Lookup(ctx, ni("images", true, "s3"), digest)
+	g.Expect(err).To(MatchError(controller.ErrArtifactNotFound))
+}
