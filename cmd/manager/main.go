@@ -53,6 +53,7 @@ type options struct {
 	maxBuildsPerNode        int
 	maxConcurrentReconciles int
 	useKVMResource          bool
+	builderHostNetwork      bool
 	scratchSize             string
 	enableKubeVirt          string
 }
@@ -73,6 +74,7 @@ func run() error {
 	flag.IntVar(&o.maxBuildsPerNode, "max-builds-per-node", 1, "Builder Pods per node: 1 adds pod anti-affinity; 0 means no limit. Other values are not enforced yet.")
 	flag.IntVar(&o.maxConcurrentReconciles, "max-concurrent-reconciles", 2, "Parallel reconciles per controller.")
 	flag.BoolVar(&o.useKVMResource, "kvm-device-resource", false, "Request the devices.kubevirt.io/kvm extended resource instead of mounting /dev/kvm from the host.")
+	flag.BoolVar(&o.builderHostNetwork, "builder-host-network", false, "Run builder Pods with hostNetwork (dnsPolicy ClusterFirstWithHostNet). For single-node development clusters such as hack/local-cluster.sh, whose Pods have no default route: the builder then reaches the package mirror and services on the node's 127.0.0.1 (a local S3 server or apt repository).")
 	flag.StringVar(&o.scratchSize, "scratch-size", pod.DefaultScratchSize, "Size limit of the builder's emptyDir scratch volume.")
 	flag.StringVar(&o.enableKubeVirt, "kubevirt", "auto", "KubeVirt backend: auto (when the VirtualMachineInstance API exists), true or false.")
 	zapOpts := zap.Options{Development: false}
@@ -135,6 +137,7 @@ func run() error {
 		Image: o.builderImage, ServiceAccount: o.builderServiceAccount,
 		UseKVMResource: o.useKVMResource, ScratchSize: o.scratchSize,
 		OneBuildPerNode: o.maxBuildsPerNode == 1,
+		HostNetwork:     o.builderHostNetwork,
 	}
 	backends := map[imagev1.BuilderBackend]backend.Backend{imagev1.BuilderBackendPod: podBackend}
 	var owned []client.Object
@@ -154,7 +157,7 @@ func run() error {
 		}
 		owned = append(owned, &kubevirtv1.VirtualMachineInstance{})
 	}
-	setupLog.Info("starting", "builderImage", o.builderImage, "kubevirt", kubevirtOn,
+	setupLog.Info("starting", "builderImage", o.builderImage, "builderHostNetwork", o.builderHostNetwork, "kubevirt", kubevirtOn,
 		"maxConcurrentBuilds", o.maxConcurrentBuilds, "maxBuildsPerNode", o.maxBuildsPerNode)
 
 	ctrlOpts := crcontroller.Options{MaxConcurrentReconciles: o.maxConcurrentReconciles}

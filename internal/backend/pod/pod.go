@@ -90,6 +90,12 @@ type Backend struct {
 	ScratchSize string
 	// OneBuildPerNode adds anti-affinity so that no two builders share a node.
 	OneBuildPerNode bool
+	// HostNetwork runs builder Pods in the node's network namespace (with
+	// dnsPolicy ClusterFirstWithHostNet), so they reach services listening
+	// on the node's loopback address and whatever the node can reach. Meant
+	// for single-node development clusters such as hack/local-cluster.sh,
+	// whose Pods have no default route; leave it off elsewhere.
+	HostNetwork bool
 }
 
 var _ backend.Backend = &Backend{}
@@ -242,6 +248,10 @@ func (p *Backend) PodFor(b *imagev1.NodeImageBuild, attempt int32) (*corev1.Pod,
 				},
 			}},
 		},
+	}
+	if p.HostNetwork {
+		pod.Spec.HostNetwork = true
+		pod.Spec.DNSPolicy = corev1.DNSClusterFirstWithHostNet
 	}
 	if p.OneBuildPerNode {
 		pod.Spec.Affinity = &corev1.Affinity{PodAntiAffinity: &corev1.PodAntiAffinity{
