@@ -69,6 +69,10 @@ envtest-assets: ## Build (once) kube-apiserver, etcd and kubectl for envtest.
 test: ## Run all tests: unit, envtest against a real API server, integration.
 	hack/test.sh
 
+.PHONY: bench
+bench: ## Measure build time, image size, boot verification and upload speed (docs/benchmarks.md).
+	hack/bench.sh
+
 .PHONY: test-unit
 test-unit: ## Run unit tests only (no API server, no network).
 	go test ./... -short

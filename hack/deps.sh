@@ -7,6 +7,8 @@ set -euo pipefail
 packages=(
 	# image build (internal/builder)
 	mmdebstrap e2fsprogs dosfstools fdisk mtools grub-pc-bin grub-efi-amd64-bin zstd
+	# the Ansible provisioner (community.general.chroot connection)
+	ansible
 	# verification and boot tests (internal/verify)
 	qemu-utils qemu-system-x86 ovmf cloud-image-utils openssh-client
 	# the offline Kubernetes apt repository (hack/k8s-apt-repo.sh)

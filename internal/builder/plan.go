@@ -98,6 +98,9 @@ type ResolveParams struct {
 	Mirror   string
 	Sources  []AptSource
 	Packages []PackageRequest
+	// NeedsAnsible: an Ansible provisioner follows, so ansible-playbook
+	// must be on the build host; checked before anything is downloaded.
+	NeedsAnsible bool
 }
 
 // RootfsParams builds the root filesystem tree with mmdebstrap.
@@ -156,9 +159,6 @@ type ProvisionerParams struct {
 	Shell string
 	// Ansible is set for an Ansible provisioner.
 	Ansible *imagev1.AnsibleProvisioner
-	// InstallAnsible installs ansible-core on the build host when
-	// ansible-playbook is missing.
-	InstallAnsible bool
 }
 
 // HygieneParams removes machine-specific and build-time state.
@@ -238,6 +238,7 @@ func Plan(content imagev1.ImageContent) ([]Step, error) {
 		{Name: StepResolve, Weight: 4, Resolve: &ResolveParams{
 			Release: string(c.Base.Release), Architecture: string(c.Base.Architecture),
 			Mirror: c.Base.Mirror, Sources: sources, Packages: reqs,
+			NeedsAnsible: slices.ContainsFunc(c.Provisioners, func(p imagev1.Provisioner) bool { return p.Ansible != nil }),
 		}},
 		{Name: StepRootfs, Weight: 55, Rootfs: &RootfsParams{
 			Release: string(c.Base.Release), Architecture: string(c.Base.Architecture),
@@ -251,7 +252,6 @@ func Plan(content imagev1.ImageContent) ([]Step, error) {
 		}},
 		{Name: StepProvision, Weight: 8, Provision: provisionParams(c, kube, hold)},
 	}
-	ansibleInstalled := false
 	for _, p := range c.Provisioners {
 		pp := &ProvisionerParams{Name: p.Name}
 		switch {
@@ -259,8 +259,6 @@ func Plan(content imagev1.ImageContent) ([]Step, error) {
 			pp.Shell = p.Shell.Inline
 		case p.Ansible != nil:
 			pp.Ansible = p.Ansible.DeepCopy()
-			pp.InstallAnsible = !ansibleInstalled
-			ansibleInstalled = true
 		default:
 			return nil, inputErrorf("provisioner %q has neither shell nor ansible", p.Name)
 		}

@@ -214,17 +214,17 @@ func TestPlan(t *testing.T) {
 			if s := steps[3].Provisioner; s.Shell != "echo hi > /etc/motd" || s.Ansible != nil {
 				t.Errorf("shell step = %+v", s)
 			}
-			if s := steps[4].Provisioner; s.Ansible == nil || !s.InstallAnsible || s.Ansible.ExtraVars[0].Name != "x" {
+			if s := steps[4].Provisioner; s.Ansible == nil || s.Ansible.ExtraVars[0].Name != "x" {
 				t.Errorf("first ansible step = %+v", s)
 			}
-			if s := steps[5].Provisioner; s.InstallAnsible {
-				t.Error("ansible-core installed twice")
+			if !steps[0].Resolve.NeedsAnsible {
+				t.Error("the resolve step does not check for ansible-playbook")
 			}
 			if _, ok := request(steps[1].Rootfs.Packages, "python3"); !ok {
 				t.Error("python3 not requested for the ansible chroot connection")
 			}
 			got := ansibleArgs("/w/rootfs", "/w/p.yml", "/w/v.json")
-			want := []string{"ansible-playbook", "-i", "/w/rootfs,", "-c", "chroot", "-e", "@/w/v.json", "/w/p.yml"}
+			want := []string{"ansible-playbook", "-i", "/w/rootfs,", "-c", "community.general.chroot", "-e", "@/w/v.json", "/w/p.yml"}
 			if !slices.Equal(got, want) {
 				t.Errorf("ansible args = %v; want %v", got, want)
 			}

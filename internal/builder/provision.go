@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path"
 	"path/filepath"
 	"regexp"
@@ -385,15 +384,6 @@ func (b *build) provisioner(ctx context.Context, p *ProvisionerParams) error {
 // ansible runs a playbook against the tree through Ansible's chroot
 // connection (the inventory host is the tree's path), from the build host.
 func (b *build) ansible(ctx context.Context, p *ProvisionerParams) error {
-	if p.InstallAnsible {
-		if _, err := exec.LookPath("ansible-playbook"); err != nil {
-			b.progress(0.05, "installing ansible-core on the build host")
-			c := Command{Name: "apt-get", Args: []string{"install", "-y", "--no-install-recommends", "ansible-core"}, Env: []string{"DEBIAN_FRONTEND=noninteractive"}}
-			if err := b.runner.Run(ctx, c); err != nil {
-				return fmt.Errorf("installing ansible-core: %w", err)
-			}
-		}
-	}
 	dir := filepath.Join(b.work, "ansible", p.Name)
 	for _, d := range []string{dir, filepath.Join(dir, "home"), filepath.Join(dir, "tmp")} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
@@ -430,7 +420,12 @@ func (b *build) ansible(ctx context.Context, p *ProvisionerParams) error {
 	return b.removeTree("/tmp/.ansible")
 }
 
+// errNoAnsible: an Ansible provisioner needs ansible-playbook on the build
+// host. The builder never installs software on its host; the builder image
+// and hack/deps.sh provide it.
+var errNoAnsible = errors.New("ansible-playbook is not installed on the build host (Debian package ansible, which ships the community.general chroot connection; the builder image and hack/deps.sh install it)")
+
 // ansibleArgs is the ansible-playbook command line for a chroot target.
 func ansibleArgs(root, playbook, varsFile string) []string {
-	return []string{"ansible-playbook", "-i", root + ",", "-c", "chroot", "-e", "@" + varsFile, playbook}
+	return []string{"ansible-playbook", "-i", root + ",", "-c", "community.general.chroot", "-e", "@" + varsFile, playbook}
 }

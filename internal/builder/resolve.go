@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -30,6 +31,11 @@ import (
 // the rootfs step's apt-get update downloads nothing new.
 
 func (b *build) resolve(ctx context.Context, p *ResolveParams) error {
+	if p.NeedsAnsible {
+		if _, err := exec.LookPath("ansible-playbook"); err != nil {
+			return errNoAnsible
+		}
+	}
 	if err := os.MkdirAll(b.aptDir, 0o755); err != nil {
 		return err
 	}

@@ -1,9 +1,9 @@
 package integration
 
-// TestBuildCloudBaseImage builds the cloud-base sample for real: Debian's
-// packages from the default mirror, kubeadm/kubelet/kubectl from the offline
-// Kubernetes apt repository (hack/k8s-apt-repo.sh, served on 127.0.0.1 from
-// a private state dir), through internal/builder. It then inspects the image
+// TestBuildCloudBaseImage takes the shared cloud-base image (fixture_test.go:
+// Debian's packages from the default mirror, kubeadm/kubelet/kubectl from the
+// offline Kubernetes apt repository served on 127.0.0.1 from a private state
+// dir, built through internal/builder). It inspects the image
 // offline (qemu-img info, sfdisk, debugfs on the raw root partition) and
 // asserts every item of the seed image's contents, and boots it under QEMU
 // TCG (BIOS, then UEFI when OVMF is installed) until the kernel hands over to
@@ -35,10 +35,8 @@ import (
 
 	. "github.com/onsi/gomega"
 
-	imagev1 "github.com/nodeforge/nodeforge/api/v1alpha1"
 	"github.com/nodeforge/nodeforge/internal/builder"
 	"github.com/nodeforge/nodeforge/internal/manifest"
-	"github.com/nodeforge/nodeforge/internal/resolve"
 )
 
 const buildSample = "config/samples/image_v1alpha1_nodeimage_cloudbase.yaml"
@@ -210,53 +208,13 @@ func dpkgStatus(s string) map[string][2]string {
 }
 
 func TestBuildCloudBaseImage(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds a real image (minutes); not with -short")
-	}
-	if os.Geteuid() != 0 {
-		buildUnavailable(t, "building an image needs root (mmdebstrap --mode=root)")
-	}
-	for _, tool := range []string{"mmdebstrap", "sfdisk", "mkfs.ext4", "mkfs.fat", "mmd", "mcopy", "grub-mkimage", "qemu-img", "qemu-system-x86_64", "debugfs", "unshare"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			buildUnavailable(t, "%s is not installed (hack/image.sh installs the builder's tools)", tool)
-		}
-	}
-	if _, err := os.Stat("/usr/lib/grub/i386-pc/boot.img"); err != nil {
-		buildUnavailable(t, "GRUB's i386-pc images are missing (package grub-pc-bin)")
-	}
 	g := NewWithT(t)
-	root := buildRepoRoot(t)
-	url, keyFile := startOfflineRepo(t, root)
-
-	// The sample, pointed at the offline repository, plus one of each
-	// customisation so those paths run for real too.
-	img, get, err := resolve.LoadFile(filepath.Join(root, buildSample))
-	g.Expect(err).NotTo(HaveOccurred())
-	content, err := resolve.Content(context.Background(), &img.Spec.ImageContent, get)
-	g.Expect(err).NotTo(HaveOccurred())
-	key, err := os.ReadFile(keyFile)
-	g.Expect(err).NotTo(HaveOccurred())
-	content.Kubernetes.AptRepository.URL = url
-	content.Kubernetes.AptRepository.SigningKey = imagev1.KeySource{Armored: string(key)}
-	content.Files = append(content.Files, imagev1.FileSpec{Path: "/etc/nodeforge/test.conf", Content: "hello\n", Mode: "0640", Owner: "root:root"})
-	content.Units = append(content.Units, imagev1.UnitSpec{Name: "nodeforge-test.service", Content: "[Unit]\nDescription=test\n[Service]\nType=oneshot\nExecStart=/bin/true\n[Install]\nWantedBy=multi-user.target\n"})
-	content.Provisioners = append(content.Provisioners, imagev1.Provisioner{Name: "marker", Shell: &imagev1.ShellProvisioner{Inline: "test -x /usr/bin/kubeadm\necho provisioned > /etc/nodeforge/marker\n"}})
-	content.Default()
-
-	work := t.TempDir()
-	out := t.TempDir()
-	ctx, cancel := context.WithTimeout(context.Background(), 25*time.Minute)
+	img := builtCloudBase(t)
+	res, content, url := img.Result, &img.Content, img.RepoURL
+	t.Logf("build took %s:\n%s", img.BuildTime.Round(time.Second), img.BuildLog)
+	g.Expect(os.ReadDir(img.WorkDir)).To(BeEmpty(), "work dir not cleaned up")
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	start := time.Now()
-	var log bytes.Buffer
-	res, err := builder.Build(ctx, builder.Options{
-		Name: "cloud-base", WorkDir: work, OutDir: out,
-		CacheDir: filepath.Join(buildCacheRoot(), "apt-archives"),
-		Reporter: &builder.PlainReporter{W: &log},
-	}, *content)
-	t.Logf("build took %s:\n%s", time.Since(start).Round(time.Second), log.String())
-	g.Expect(err).NotTo(HaveOccurred())
-	g.Expect(os.ReadDir(work)).To(BeEmpty(), "work dir not cleaned up")
 
 	// The manifest describes the file next to it.
 	m, err := manifest.Read(res.ManifestPath)
@@ -271,7 +229,7 @@ func TestBuildCloudBaseImage(t *testing.T) {
 	g.Expect(m.Image.SHA256).To(Equal(hex.EncodeToString(h.Sum(nil))))
 	g.Expect(m.Image.Size).To(Equal(n))
 	g.Expect(m.Image.Size).To(BeNumerically("<=", 350<<20), "compressed image over the 350 MiB goal")
-	g.Expect(m.Steps).To(HaveLen(8))
+	g.Expect(m.Steps).To(HaveLen(9), "resolve, rootfs, provision, two provisioners, hygiene, disk, convert, manifest")
 	names := map[string]string{}
 	for _, p := range m.Packages {
 		names[p.Name] = p.Version
@@ -424,6 +382,8 @@ func checkSeedContents(t *testing.T, fs rootFS, repoURL string) {
 	// Customisations from the spec.
 	g.Expect(fs.cat("/etc/nodeforge/test.conf")).To(Equal("hello\n"))
 	g.Expect(fs.cat("/etc/nodeforge/marker")).To(Equal("provisioned\n"))
+	g.Expect(fs.cat("/etc/nodeforge/role")).To(Equal("worker\n"), "the Ansible provisioner ran")
+	g.Expect(fs.exists("/tmp/.ansible")).To(BeFalse(), "Ansible temp files left in the image")
 
 	// Hygiene.
 	for _, k := range fs.ls("/etc/ssh") {

@@ -1,15 +1,9 @@
 package integration
 
-// Integration tests of internal/verify against a real Debian trixie image.
-//
-// The image is the one the builder produced when NODEFORGE_VERIFY_IMAGE
-// (a qcow2) and NODEFORGE_VERIFY_NODEIMAGE (its NodeImage YAML) are set;
-// otherwise a small test image is built once with mmdebstrap (about 2
-// minutes with a warm mirror, as root) by verifyTestImageScript and cached in
-// ${NODEFORGE_CACHE:-~/.cache/nodeforge}/verify-testimage/, keyed by the
-// script's hash. When the offline Kubernetes apt repository
-// (hack/k8s-apt-repo.sh build) is in the cache, its kubeadm, kubelet and
-// kubectl are installed and the Kubernetes checks run too.
+// Integration tests of internal/verify against a real Debian trixie image:
+// the cloud-base image the builder makes for the whole package
+// (fixture_test.go), or the qcow2 in NODEFORGE_VERIFY_IMAGE with its
+// NodeImage YAML in NODEFORGE_VERIFY_NODEIMAGE.
 //
 // Cost: one TCG boot of the good image (about 2 minutes here), one short
 // boot of an unbootable image, and offline runs (about 10 s each) on
@@ -18,8 +12,6 @@ package integration
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -30,8 +22,6 @@ import (
 	"testing"
 	"time"
 
-	"k8s.io/apimachinery/pkg/api/resource"
-
 	imagev1 "github.com/nodeforge/nodeforge/api/v1alpha1"
 	"github.com/nodeforge/nodeforge/internal/resolve"
 	"github.com/nodeforge/nodeforge/internal/verify"
@@ -39,8 +29,6 @@ import (
 
 const (
 	verifyRequireEnv  = "NODEFORGE_REQUIRE_INTEGRATION"
-	verifyK8sVersion  = "v1.37.2"
-	verifyK8sRepoURL  = "http://127.0.0.1:8080/k8s/"
 	verifyBootTimeout = 8 * time.Minute
 )
 
@@ -52,17 +40,6 @@ func verifyUnavailable(t *testing.T, format string, args ...any) {
 		t.Fatalf("%s (%s=1)", msg, verifyRequireEnv)
 	}
 	t.Skip(msg + "; set " + verifyRequireEnv + "=1 to make this a failure")
-}
-
-func verifyCacheDir() string {
-	if d := os.Getenv("NODEFORGE_CACHE"); d != "" {
-		return d
-	}
-	if d := os.Getenv("XDG_CACHE_HOME"); d != "" {
-		return filepath.Join(d, "nodeforge")
-	}
-	home, _ := os.UserHomeDir()
-	return filepath.Join(home, ".cache", "nodeforge")
 }
 
 func verifyNeedTools(t *testing.T, tools ...string) {
@@ -78,103 +55,39 @@ func verifyNeedTools(t *testing.T, tools ...string) {
 type verifyFixture struct {
 	path    string
 	content imagev1.ImageContent
-	err     error
-	skip    string
 }
 
 var (
-	verifyOnce    sync.Once
-	verifyFixt    verifyFixture
 	verifyRawOnce sync.Once
 	verifyRaw     string
 	verifyRawErr  error
 )
 
-// verifyImage returns the image under test, building the test image once.
+// verifyImage returns the image under test: NODEFORGE_VERIFY_IMAGE (a qcow2)
+// with the NodeImage YAML in NODEFORGE_VERIFY_NODEIMAGE when set, else the
+// shared cloud-base image the builder makes (fixture_test.go).
 func verifyImage(t *testing.T) verifyFixture {
 	t.Helper()
 	verifyNeedTools(t, "qemu-img", "debugfs", "e2fsck", "mcopy")
-	verifyOnce.Do(func() { verifyFixt = loadVerifyImage() })
-	if verifyFixt.skip != "" {
-		verifyUnavailable(t, "%s", verifyFixt.skip)
+	p := os.Getenv("NODEFORGE_VERIFY_IMAGE")
+	if p == "" {
+		img := builtCloudBase(t)
+		return verifyFixture{path: img.Result.ImagePath, content: img.Content}
 	}
-	if verifyFixt.err != nil {
-		t.Fatal(verifyFixt.err)
-	}
-	return verifyFixt
-}
-
-func loadVerifyImage() verifyFixture {
-	if p := os.Getenv("NODEFORGE_VERIFY_IMAGE"); p != "" {
-		f := verifyFixture{path: p}
-		if y := os.Getenv("NODEFORGE_VERIFY_NODEIMAGE"); y != "" {
-			img, get, err := resolve.LoadFile(y)
-			if err != nil {
-				return verifyFixture{err: err}
-			}
-			c, err := resolve.Content(context.Background(), &img.Spec.ImageContent, get)
-			if err != nil {
-				return verifyFixture{err: err}
-			}
-			f.content = *c
+	f := verifyFixture{path: p}
+	if y := os.Getenv("NODEFORGE_VERIFY_NODEIMAGE"); y != "" {
+		img, get, err := resolve.LoadFile(y)
+		if err != nil {
+			t.Fatal(err)
 		}
-		f.content.Default()
-		return f
-	}
-	for _, tool := range []string{"mmdebstrap", "sfdisk", "mkfs.ext4", "mkfs.fat", "mmd", "grub-mkimage", "python3"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			return verifyFixture{skip: tool + " is not installed (needed to build the test image)"}
+		c, err := resolve.Content(context.Background(), &img.Spec.ImageContent, get)
+		if err != nil {
+			t.Fatal(err)
 		}
+		f.content = *c
 	}
-	if _, err := os.Stat("/usr/lib/grub/i386-pc/boot.img"); err != nil {
-		return verifyFixture{skip: "GRUB's i386-pc images are not installed (package grub-pc-bin)"}
-	}
-	kubeDir := filepath.Join(verifyCacheDir(), "k8s-apt-repo-"+verifyK8sVersion)
-	if _, err := os.Stat(filepath.Join(kubeDir, ".stamp")); err != nil {
-		kubeDir = ""
-	}
-	sum := sha256.Sum256([]byte(verifyTestImageScript + kubeDir))
-	dir := filepath.Join(verifyCacheDir(), "verify-testimage")
-	path := filepath.Join(dir, hex.EncodeToString(sum[:8])+".qcow2")
-	f := verifyFixture{path: path, content: verifyTestContent(kubeDir != "")}
-	if _, err := os.Stat(path); err == nil {
-		return f
-	}
-	if os.Geteuid() != 0 {
-		return verifyFixture{skip: "building the test image needs root (mmdebstrap --mode=root); or set NODEFORGE_VERIFY_IMAGE"}
-	}
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return verifyFixture{err: err}
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, "bash", "-c", verifyTestImageScript, "mkimage", path, kubeDir)
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		s := string(out)
-		if len(s) > 3000 {
-			s = s[len(s)-3000:]
-		}
-		return verifyFixture{err: fmt.Errorf("building the test image: %v\n%s", err, s)}
-	}
+	f.content.Default()
 	return f
-}
-
-// verifyTestContent is the content the test image is built with.
-func verifyTestContent(kube bool) imagev1.ImageContent {
-	size := resource.MustParse("8Gi")
-	c := imagev1.ImageContent{
-		Disk:     imagev1.DiskSpec{Size: &size, BootMode: imagev1.BootModeHybrid},
-		Packages: []string{"vim-tiny", "htop", "tmux", "net-tools", "iptables", "nftables", "curl", "ca-certificates"},
-	}
-	if kube {
-		c.Kubernetes = &imagev1.KubernetesSpec{
-			Version:       verifyK8sVersion,
-			AptRepository: imagev1.AptRepository{URL: verifyK8sRepoURL, SigningKey: imagev1.KeySource{URL: verifyK8sRepoURL + "Release.key"}},
-		}
-	}
-	c.Default()
-	return c
 }
 
 func verifyLogReport(t *testing.T, r *verify.Report) {
@@ -284,9 +197,8 @@ func verifyNoLeftovers(t *testing.T, work string) {
 func verifyRawCopy(t *testing.T, f verifyFixture) string {
 	t.Helper()
 	verifyRawOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "nodeforge-verify-broken-")
-		if err != nil {
-			verifyRawErr = err
+		dir := filepath.Join(fixtureDir, "broken")
+		if verifyRawErr = os.MkdirAll(dir, 0o755); verifyRawErr != nil {
 			return
 		}
 		verifyRaw = filepath.Join(dir, "good.raw")
@@ -483,123 +395,3 @@ func TestVerifyUnbootableImage(t *testing.T) {
 	}
 	verifyNoLeftovers(t, work)
 }
-
-// verifyTestImageScript builds the test image: bash -c SCRIPT mkimage OUT.qcow2 [KUBE_REPO_DIR].
-const verifyTestImageScript = `# Builds a small Debian trixie node image for verify's integration tests.
-# usage: mkimage.sh OUT.qcow2 [K8S_DEB_DIR]
-set -euo pipefail
-out=$1
-kdir=${2:-}
-work=$(mktemp -d "${TMPDIR:-/tmp}/nodeforge-testimage.XXXXXX")
-trap 'rm -rf "$work"' EXIT
-root=$work/rootfs
-size_mib=8192
-bios_start=2048; bios_sectors=2048
-esp_start=4096; esp_sectors=131072   # 64 MiB
-root_start=$((esp_start + esp_sectors))
-root_uuid=$(cat /proc/sys/kernel/random/uuid)
-esp_id=$(od -An -N4 -tx4 /dev/urandom | tr -d ' ' | tr a-f A-F)
-esp_uuid="${esp_id:0:4}-${esp_id:4:4}"
-
-pkgs=linux-image-cloud-amd64,systemd-sysv,udev,dbus,kmod,procps,iproute2,cloud-init,cloud-guest-utils,fdisk,openssh-server,sudo,ca-certificates,curl,containerd,runc,containernetworking-plugins,prometheus-node-exporter,iptables,nftables,conntrack,ethtool,socat,ebtables,vim-tiny,htop,tmux,net-tools,e2fsprogs
-debs=()
-if [ -n "$kdir" ]; then
-  debs+=("--customize-hook=copy-in $(ls "$kdir"/amd64/kube*_*.deb | tr '\n' ' ') /tmp" "--customize-hook=chroot \"\$1\" sh -c 'dpkg -i /tmp/kube*.deb && rm -f /tmp/kube*.deb'")
-fi
-
-mmdebstrap --variant=minbase --mode=root --format=directory \
-  --include="$pkgs" \
-  --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/doc/*' \
-  --dpkgopt='path-exclude=/usr/share/locale/*' --dpkgopt='path-exclude=/usr/share/info/*' \
-  "${debs[@]}" \
-  --customize-hook='set -e
-r=$1
-printf "br_netfilter\noverlay\n" > $r/etc/modules-load.d/kubernetes.conf
-printf "net.ipv4.ip_forward = 1\nnet.bridge.bridge-nf-call-iptables = 1\nnet.bridge.bridge-nf-call-ip6tables = 1\n" > $r/etc/sysctl.d/90-kubernetes.conf
-mkdir -p $r/etc/containerd
-chroot $r containerd config default > $r/etc/containerd/config.toml
-sed -i "s/SystemdCgroup = false/SystemdCgroup = true/" $r/etc/containerd/config.toml
-mkdir -p $r/opt/cni
-ln -s /usr/lib/cni $r/opt/cni/bin
-mkdir -p $r/etc/ssh/sshd_config.d
-printf "PasswordAuthentication no\nKbdInteractiveAuthentication no\nPermitRootLogin no\n" > $r/etc/ssh/sshd_config.d/10-nodeforge.conf
-printf "datasource_list: [ NoCloud, ConfigDrive, OpenStack, Ec2, None ]\n" > $r/etc/cloud/cloud.cfg.d/90-nodeforge-datasources.cfg
-for u in containerd.service prometheus-node-exporter.service ssh.service systemd-networkd.service; do chroot $r systemctl enable $u || true; done
-if chroot $r dpkg -s kubelet >/dev/null 2>&1; then
-  echo "deb [trusted=yes] http://127.0.0.1:8080/k8s/ /" > $r/etc/apt/sources.list.d/kubernetes.list
-  for p in kubeadm kubelet kubectl; do echo "$p hold" | chroot $r dpkg --set-selections; done
-  chroot $r systemctl enable kubelet.service || true
-fi
-chroot $r systemctl mask swap.target || true
-chroot $r usermod -p "*" root
-' \
-  --customize-hook='set -e
-r=$1
-rm -f $r/etc/ssh/ssh_host_*
-: > $r/etc/machine-id
-rm -f $r/var/lib/dbus/machine-id
-rm -rf $r/var/lib/cloud/instance $r/var/lib/cloud/instances
-rm -rf $r/var/lib/apt/lists/* $r/var/cache/apt/*.bin $r/var/cache/apt/archives/*.deb
-find $r/var/log -type f -delete
-' \
-  trixie "$root"
-
-kver=$(ls "$root"/boot | sed -n 's/^vmlinuz-//p' | sort -V | tail -1)
-cat > "$root/etc/fstab" <<FSTAB
-UUID=$root_uuid / ext4 errors=remount-ro 0 1
-UUID=$esp_uuid /boot/efi vfat umask=0077,nofail 0 2
-FSTAB
-mkdir -p "$root/boot/efi" "$root/boot/grub"
-cat > "$root/boot/grub/grub.cfg" <<CFG
-set timeout=0
-search --no-floppy --fs-uuid --set=root $root_uuid
-linux /boot/vmlinuz-$kver root=UUID=$root_uuid ro console=tty0 console=ttyS0,115200n8
-initrd /boot/initrd.img-$kver
-boot
-CFG
-cat > "$work/early.cfg" <<CFG
-search --no-floppy --fs-uuid --set=root $root_uuid
-set prefix=(\$root)/boot/grub
-configfile (\$root)/boot/grub/grub.cfg
-CFG
-
-disk=$work/disk.raw
-truncate -s ${size_mib}M "$disk"
-total=$((size_mib * 2048))
-root_sectors=$((total - 34 - root_start))
-sfdisk -q --no-reread --no-tell-kernel "$disk" <<SF
-label: gpt
-start=$bios_start, size=$bios_sectors, type=21686148-6449-6E6F-744E-656564454649, name=bios
-start=$esp_start, size=$esp_sectors, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B, name=esp
-start=$root_start, size=$root_sectors, type=4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709, name=root
-SF
-mkfs.ext4 -q -F -d "$root" -U "$root_uuid" -L root -E offset=$((root_start * 512)) "$disk" $((root_sectors / 2))k
-
-mods="part_gpt ext2 fat search search_fs_uuid normal linux configfile echo test boot"
-grub-mkimage -O x86_64-efi -p /boot/grub -c "$work/early.cfg" -o "$work/BOOTX64.EFI" $mods efi_gop efi_uga all_video
-mkfs.fat -F 16 -n ESP -i "${esp_id}" -C "$work/esp.img" $((esp_sectors / 2)) >/dev/null
-mmd -i "$work/esp.img" ::/EFI ::/EFI/BOOT
-mcopy -i "$work/esp.img" "$work/BOOTX64.EFI" ::/EFI/BOOT/BOOTX64.EFI
-dd if="$work/esp.img" of="$disk" bs=512 seek=$esp_start conv=notrunc,sparse status=none
-
-grub-mkimage -O i386-pc -p /boot/grub -c "$work/early.cfg" -o "$work/core.img" biosdisk $mods
-core_sectors=$(( ($(stat -c %s "$work/core.img") + 511) / 512 ))
-[ "$core_sectors" -le "$bios_sectors" ] || { echo "core.img too big" >&2; exit 1; }
-python3 - "$disk" "$work/core.img" /usr/lib/grub/i386-pc/boot.img $bios_start <<'PY'
-import struct, sys
-disk, core, boot, start = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
-c = bytearray(open(core, 'rb').read())
-n = (len(c) + 511) // 512
-c += b'\0' * (n * 512 - len(c))
-struct.pack_into('<QH', c, 0x200 - 12, start + 1, n - 1)
-b = bytearray(open(boot, 'rb').read())
-struct.pack_into('<Q', b, 0x5c, start)
-b[0x66:0x68] = b'\x90\x90'
-with open(disk, 'r+b') as f:
-    f.seek(0); f.write(b[:440])
-    f.seek(start * 512); f.write(c)
-PY
-qemu-img convert -f raw -O qcow2 -c -o compression_type=zstd "$disk" "$out.tmp"
-mv "$out.tmp" "$out"
-echo "built $out (kernel $kver, root $root_uuid)" >&2
-`

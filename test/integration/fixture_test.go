@@ -1,0 +1,135 @@
+package integration
+
+// The cloud-base image that the build and verify tests share. It is built
+// once per test run, through internal/builder, from Debian's packages and
+// the offline Kubernetes apt repository, with one of each customisation
+// (file, unit, shell provisioner) added so those paths run for real too.
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	imagev1 "github.com/nodeforge/nodeforge/api/v1alpha1"
+	"github.com/nodeforge/nodeforge/internal/builder"
+	"github.com/nodeforge/nodeforge/internal/resolve"
+)
+
+// ansiblePlaybook is the seed pipeline's customisation path: a playbook run
+// against the image, here through Ansible's chroot connection.
+const ansiblePlaybook = `- hosts: all
+  gather_facts: false
+  tasks:
+    - name: Record the node role
+      ansible.builtin.copy:
+        dest: /etc/nodeforge/role
+        content: "{{ node_role }}\n"
+        mode: "0644"
+`
+
+// fixtureDir outlives single tests: the shared image lives there.
+var fixtureDir string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "nodeforge-integration-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	fixtureDir = dir
+	code := m.Run()
+	_ = os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// cloudBase is the built image and what it was built from.
+type cloudBase struct {
+	Result    *builder.Result
+	Content   imagev1.ImageContent
+	RepoURL   string
+	BuildLog  string
+	BuildTime time.Duration
+	WorkDir   string
+}
+
+var (
+	cloudBaseOnce sync.Once
+	cloudBaseImg  *cloudBase
+	cloudBaseErr  error
+)
+
+// builtCloudBase returns the shared image, building it on first use. The
+// offline repository server it needs is stopped when the calling test ends;
+// the image keeps the repository's URL in its apt sources, as a user's would.
+func builtCloudBase(t *testing.T) *cloudBase {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("builds a real image (minutes); not with -short")
+	}
+	if os.Geteuid() != 0 {
+		buildUnavailable(t, "building an image needs root (mmdebstrap --mode=root)")
+	}
+	for _, tool := range []string{"mmdebstrap", "sfdisk", "mkfs.ext4", "mkfs.fat", "mmd", "mcopy", "grub-mkimage", "qemu-img", "qemu-system-x86_64", "debugfs", "unshare"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			buildUnavailable(t, "%s is not installed (hack/image.sh installs the builder's tools)", tool)
+		}
+	}
+	if _, err := os.Stat("/usr/lib/grub/i386-pc/boot.img"); err != nil {
+		buildUnavailable(t, "GRUB's i386-pc images are missing (package grub-pc-bin)")
+	}
+	cloudBaseOnce.Do(func() { cloudBaseImg, cloudBaseErr = buildCloudBase(t) })
+	if cloudBaseErr != nil {
+		t.Fatalf("building the shared cloud-base image: %v", cloudBaseErr)
+	}
+	return cloudBaseImg
+}
+
+func buildCloudBase(t *testing.T) (*cloudBase, error) {
+	root := buildRepoRoot(t)
+	url, keyFile := startOfflineRepo(t, root)
+	img, get, err := resolve.LoadFile(filepath.Join(root, buildSample))
+	if err != nil {
+		return nil, err
+	}
+	content, err := resolve.Content(context.Background(), &img.Spec.ImageContent, get)
+	if err != nil {
+		return nil, err
+	}
+	key, err := os.ReadFile(keyFile)
+	if err != nil {
+		return nil, err
+	}
+	content.Kubernetes.AptRepository.URL = url
+	content.Kubernetes.AptRepository.SigningKey = imagev1.KeySource{Armored: string(key)}
+	content.Files = append(content.Files, imagev1.FileSpec{Path: "/etc/nodeforge/test.conf", Content: "hello\n", Mode: "0640", Owner: "root:root"})
+	content.Units = append(content.Units, imagev1.UnitSpec{Name: "nodeforge-test.service", Content: "[Unit]\nDescription=test\n[Service]\nType=oneshot\nExecStart=/bin/true\n[Install]\nWantedBy=multi-user.target\n"})
+	content.Provisioners = append(content.Provisioners,
+		imagev1.Provisioner{Name: "marker", Shell: &imagev1.ShellProvisioner{Inline: "test -x /usr/bin/kubeadm\necho provisioned > /etc/nodeforge/marker\n"}},
+		imagev1.Provisioner{Name: "site", Ansible: &imagev1.AnsibleProvisioner{
+			Playbook:  ansiblePlaybook,
+			ExtraVars: []imagev1.AnsibleVar{{Name: "node_role", Value: "worker"}},
+		}})
+	content.Default()
+
+	work := filepath.Join(fixtureDir, "work")
+	ctx, cancel := context.WithTimeout(context.Background(), 25*time.Minute)
+	defer cancel()
+	start := time.Now()
+	var log bytes.Buffer
+	res, err := builder.Build(ctx, builder.Options{
+		Name: "cloud-base", WorkDir: work, OutDir: filepath.Join(fixtureDir, "out"),
+		CacheDir: filepath.Join(buildCacheRoot(), "apt-archives"),
+		Reporter: &builder.PlainReporter{W: &log},
+	}, *content)
+	if err != nil {
+		return nil, fmt.Errorf("%w\n%s", err, log.String())
+	}
+	return &cloudBase{Result: res, Content: *content, RepoURL: url, BuildLog: log.String(),
+		BuildTime: time.Since(start), WorkDir: work}, nil
+}
