@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"regexp"
 	"strings"
+	"sync"
 	"time"
 
 	imagev1 "github.com/nodeforge/nodeforge/api/v1alpha1"
@@ -230,6 +231,14 @@ func newSelector(o Options) selector {
 
 // run executes one planned check (or records it as skipped) into the report.
 func (s selector) run(ctx context.Context, r *Report, pc plannedCheck, progress func(Check)) Check {
+	c := s.exec(ctx, pc)
+	record(r, c, progress)
+	return c
+}
+
+// exec runs one planned check (unless it is skipped) and returns its result
+// without recording it, so independent checks can run concurrently.
+func (s selector) exec(ctx context.Context, pc plannedCheck) Check {
 	c := Check{Name: pc.name, Category: pc.category, Required: !s.optional[pc.name]}
 	switch {
 	case s.skip[pc.name]:
@@ -247,11 +256,36 @@ func (s selector) run(ctx context.Context, r *Report, pc plannedCheck, progress 
 			c.Passed, c.Message = true, msg
 		}
 	}
+	return c
+}
+
+// runAll runs independent checks, at most limit at a time, and records
+// their results in plan order. It returns whether any (not skipped) failed.
+func (s selector) runAll(ctx context.Context, r *Report, pcs []plannedCheck, limit int, progress func(Check)) (failed bool) {
+	results := make([]Check, len(pcs))
+	sem := make(chan struct{}, limit)
+	var wg sync.WaitGroup
+	for i, pc := range pcs {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			results[i] = s.exec(ctx, pc)
+		}()
+	}
+	wg.Wait()
+	for _, c := range results {
+		record(r, c, progress)
+		failed = failed || (!c.Passed && !c.Skipped)
+	}
+	return failed
+}
+
+func record(r *Report, c Check, progress func(Check)) {
 	r.Add(c)
 	if progress != nil {
 		progress(c)
 	}
-	return c
 }
 
 // failWith records a check as failed without running it (for example when

@@ -5,7 +5,10 @@ import (
 	"encoding/json"
 	"errors"
 	"slices"
+	"strings"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"k8s.io/utils/ptr"
 
@@ -195,5 +198,47 @@ func TestOptionsFromSpec(t *testing.T) {
 	o := OptionsFromSpec(v)
 	if !o.Boot || o.BootTimeout != imagev1.DefaultBootTimeout || o.Optional[0] != "boot-node-exporter" || o.Skip[0] != "hygiene-logs" {
 		t.Errorf("options = %+v", o)
+	}
+}
+
+// TestRunAllKeepsPlanOrderAndRunsConcurrently runs checks that finish in
+// reverse order and overlap: the report keeps the plan's order, and the
+// limit bounds how many run at once.
+func TestRunAllKeepsPlanOrderAndRunsConcurrently(t *testing.T) {
+	var running, peak atomic.Int32
+	mk := func(name string, d time.Duration, fail bool) plannedCheck {
+		return plannedCheck{name: name, category: Boot, run: func(context.Context) (string, error) {
+			n := running.Add(1)
+			for {
+				p := peak.Load()
+				if n <= p || peak.CompareAndSwap(p, n) {
+					break
+				}
+			}
+			time.Sleep(d)
+			running.Add(-1)
+			if fail {
+				return "", errors.New("broken")
+			}
+			return "fine", nil
+		}}
+	}
+	pcs := []plannedCheck{mk("a", 80*time.Millisecond, false), mk("b", 60*time.Millisecond, true),
+		mk("c", 40*time.Millisecond, false), mk("d", 20*time.Millisecond, false), mk("e", time.Millisecond, false)}
+	sel := newSelector(Options{Skip: []string{"e"}})
+	var r Report
+	var seen []string
+	failed := sel.runAll(context.Background(), &r, pcs, 3, func(c Check) { seen = append(seen, c.Name) })
+	if !failed {
+		t.Error("a failed check was not reported")
+	}
+	if got := strings.Join(seen, ","); got != "a,b,c,d,e" {
+		t.Errorf("order %s, want a,b,c,d,e", got)
+	}
+	if p := peak.Load(); p < 2 || p > 3 {
+		t.Errorf("peak concurrency %d, want 2..3", p)
+	}
+	if r.Summary != (Summary{Passed: 3, Failed: 1, Skipped: 1}) {
+		t.Errorf("summary %+v", r.Summary)
 	}
 }
