@@ -230,9 +230,11 @@ type ContainerdSpec struct {
 	// +kubebuilder:default=true
 	Enabled *bool `json:"enabled,omitempty"`
 
-	// version is a constraint the installed containerd must satisfy, such
-	// as ">=1.7.23" or "=1.7.24". The build fails when the archive has no
-	// matching version.
+	// version is a constraint the installed containerd must satisfy, on
+	// its upstream version: ">=1.7.23" (at least), "<=1.7.30" (at most),
+	// "=1.7" or a bare "1.7" (that version or its patch releases), "~1.7.23"
+	// (1.7.x from 1.7.23 on). The build fails when the archive has no
+	// matching version; verification checks the installed one.
 	// +optional
 	// +kubebuilder:default=">=1.7.23"
 	// +kubebuilder:validation:MaxLength=64

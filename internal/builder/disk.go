@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	imagev1 "github.com/nodeforge/nodeforge/api/v1alpha1"
+	"github.com/nodeforge/nodeforge/internal/debian"
 )
 
 // GPT partition type GUIDs.
@@ -188,7 +189,7 @@ func (b *build) findKernel() (kernel, initrd, version string, err error) {
 	}
 	latest := matches[len(matches)-1]
 	for _, m := range matches {
-		if compareDebVersions(strings.TrimPrefix(filepath.Base(m), "vmlinuz-"), strings.TrimPrefix(filepath.Base(latest), "vmlinuz-")) > 0 {
+		if debian.Compare(strings.TrimPrefix(filepath.Base(m), "vmlinuz-"), strings.TrimPrefix(filepath.Base(latest), "vmlinuz-")) > 0 {
 			latest = m
 		}
 	}

@@ -1,8 +1,6 @@
 package builder
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -11,10 +9,10 @@ import (
 	"io"
 	"os"
 	"slices"
-	"strconv"
 	"strings"
 
 	imagev1 "github.com/nodeforge/nodeforge/api/v1alpha1"
+	"github.com/nodeforge/nodeforge/internal/debian"
 	"github.com/nodeforge/nodeforge/internal/manifest"
 )
 
@@ -62,6 +60,10 @@ func (b *build) writeManifest(ctx context.Context, _ *ManifestParams) error {
 	if err != nil {
 		return err
 	}
+	packages, err := installedPackages(status)
+	if err != nil {
+		return fmt.Errorf("the image's dpkg status: %w", err)
+	}
 	digest, err := b.content.Digest()
 	if err != nil {
 		return err
@@ -92,7 +94,7 @@ func (b *build) writeManifest(ctx context.Context, _ *ManifestParams) error {
 			KernelVersion: b.kernelVersion,
 		},
 		InstalledSizeBytes: b.treeBytes,
-		Packages:           parseDpkgStatus(status),
+		Packages:           packages,
 		Content:            *b.content,
 	}
 	b.progress(1, fmt.Sprintf("%d packages, %.1f MiB image", len(b.manifest.Packages), float64(size)/(1<<20)))
@@ -113,48 +115,19 @@ func sha256File(p string) (string, int64, error) {
 	return hex.EncodeToString(h.Sum(nil)), n, nil
 }
 
-// parseDpkgStatus lists the installed packages of a dpkg status file,
-// sorted by name.
-func parseDpkgStatus(b []byte) []manifest.Package {
-	var out []manifest.Package
-	var cur manifest.Package
-	installed := false
-	flush := func() {
-		if installed && cur.Name != "" {
-			out = append(out, cur)
-		}
-		cur, installed = manifest.Package{}, false
+// installedPackages lists the installed packages of a dpkg status file,
+// sorted by name: the image's SBOM in the manifest.
+func installedPackages(b []byte) ([]manifest.Package, error) {
+	status, err := debian.ParseStatus(b)
+	if err != nil {
+		return nil, err
 	}
-	sc := bufio.NewScanner(bytes.NewReader(b))
-	sc.Buffer(make([]byte, 1024*1024), 1024*1024)
-	for sc.Scan() {
-		l := sc.Text()
-		if l == "" {
-			flush()
-			continue
-		}
-		if l[0] == ' ' || l[0] == '\t' {
-			continue
-		}
-		k, v, ok := strings.Cut(l, ":")
-		if !ok {
-			continue
-		}
-		v = strings.TrimSpace(v)
-		switch k {
-		case "Package":
-			cur.Name = v
-		case "Version":
-			cur.Version = v
-		case "Architecture":
-			cur.Architecture = v
-		case "Installed-Size":
-			cur.InstalledSizeKiB, _ = strconv.ParseInt(v, 10, 64)
-		case "Status":
-			installed = strings.HasSuffix(v, " installed")
+	out := make([]manifest.Package, 0, len(status))
+	for _, p := range status {
+		if p.Installed() {
+			out = append(out, manifest.Package{Name: p.Name, Version: p.Version, Architecture: p.Architecture, InstalledSizeKiB: p.InstalledSizeKiB})
 		}
 	}
-	flush()
 	slices.SortFunc(out, func(a, b manifest.Package) int { return strings.Compare(a.Name, b.Name) })
-	return out
+	return out, nil
 }

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	imagev1 "github.com/nodeforge/nodeforge/api/v1alpha1"
+	"github.com/nodeforge/nodeforge/internal/debian"
 )
 
 // The resolution pass runs mmdebstrap with the custom variant and no
@@ -139,7 +140,7 @@ func parseMadison(b []byte) madison {
 		m[name] = append(m[name], ver)
 	}
 	for _, vs := range m {
-		slices.SortFunc(vs, func(a, b string) int { return compareDebVersions(b, a) })
+		slices.SortFunc(vs, func(a, b string) int { return debian.Compare(b, a) })
 	}
 	return m
 }
@@ -174,7 +175,7 @@ func pickVersions(reqs []PackageRequest, m madison) (map[string]string, error) {
 		case MatchConstraint:
 			var bad error
 			i := slices.IndexFunc(vs, func(v string) bool {
-				ok, err := satisfies(v, r.Version)
+				ok, err := debian.Satisfies(v, r.Version)
 				if err != nil {
 					bad = err
 				}

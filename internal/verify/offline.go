@@ -16,6 +16,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	imagev1 "github.com/nodeforge/nodeforge/api/v1alpha1"
+	"github.com/nodeforge/nodeforge/internal/debian"
 )
 
 // offlineImage holds what the offline checks read, loaded once.
@@ -32,7 +33,7 @@ type offlineImage struct {
 	rootSB  *Ext4Super
 	rootErr error
 	fs      *Ext4FS
-	dpkg    map[string]DpkgPackage
+	dpkg    map[string]debian.Package
 	dpkgErr error
 }
 
@@ -63,7 +64,7 @@ func (o *offlineImage) load(ctx context.Context) {
 		o.dpkgErr = fmt.Errorf("reading /var/lib/dpkg/status: %w", err)
 		return
 	}
-	o.dpkg, o.dpkgErr = ParseDpkgStatus(b)
+	o.dpkg, o.dpkgErr = debian.ParseStatus(b)
 }
 
 // findRoot picks the root partition: the partition typed x86-64 root that
@@ -591,11 +592,11 @@ func (o *offlineImage) checkPackage(req packageReq) checkFunc {
 		}
 		switch {
 		case req.exact != "":
-			if CompareDebianVersions(p.Version, req.exact) != 0 {
+			if debian.Compare(p.Version, req.exact) != 0 {
 				return "", fmt.Errorf("%s %s installed, want exactly %s", req.name, p.Version, req.exact)
 			}
 		case req.constraint != "":
-			ok, err := SatisfiesConstraint(p.Version, req.constraint)
+			ok, err := debian.Satisfies(p.Version, req.constraint)
 			if err != nil {
 				return "", err
 			}
