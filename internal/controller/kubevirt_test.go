@@ -22,15 +22,15 @@ func vmiKey(ns, name string) *kubevirtv1.VirtualMachineInstance {
 }
 
 func playVMI(g Gomega, ns, name string, phase kubevirtv1.VirtualMachineInstancePhase, annotations map[string]string) {
-	vmi := get(g, vmiKey(ns, name))
-	vmi.Status.Phase = phase
-	if vmi.Annotations == nil {
-		vmi.Annotations = map[string]string{}
-	}
-	for k, v := range annotations {
-		vmi.Annotations[k] = v
-	}
-	g.Expect(k8s.Update(ctx, vmi)).To(Succeed())
+	update(g, vmiKey(ns, name), func(vmi *kubevirtv1.VirtualMachineInstance) {
+		vmi.Status.Phase = phase
+		if vmi.Annotations == nil {
+			vmi.Annotations = map[string]string{}
+		}
+		for k, v := range annotations {
+			vmi.Annotations[k] = v
+		}
+	})
 }
 
 func TestKubeVirtBackend(t *testing.T) {

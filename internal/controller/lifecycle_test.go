@@ -163,9 +163,7 @@ func TestSpecChangeSupersedesRunningBuild(t *testing.T) {
 	oldBuild, oldPod := startBuild(t, g, ni)
 	playPod(g, ns, oldPod, corev1.PodRunning, nil)
 
-	n := get(g, ni)
-	n.Spec.Packages = append(n.Spec.Packages, "curl")
-	g.Expect(k8s.Update(ctx, n)).To(Succeed())
+	n := update(g, ni.DeepCopy(), func(n *imagev1.NodeImage) { n.Spec.Packages = append(n.Spec.Packages, "curl") })
 	newDigest := digestOf(g, n)
 	newBuild := controller.BuildName("change", newDigest)
 
@@ -197,9 +195,9 @@ func TestManualRebuild(t *testing.T) {
 		g.Expect(reasonOf(get(g, ni), imagev1.ReadyCondition)).To(Equal("True/Succeeded"))
 	}, testTimeout).Should(Succeed())
 
-	n := get(g, ni)
-	n.Annotations = map[string]string{imagev1.RebuildAnnotation: "2026-01-02T03:04:05Z"}
-	g.Expect(k8s.Update(ctx, n)).To(Succeed())
+	update(g, ni.DeepCopy(), func(n *imagev1.NodeImage) {
+		n.Annotations = map[string]string{imagev1.RebuildAnnotation: "2026-01-02T03:04:05Z"}
+	})
 	var rebuild imagev1.NodeImageBuild
 	g.Eventually(func(g Gomega) {
 		n := get(g, ni)
@@ -309,9 +307,7 @@ func TestHistoryPruning(t *testing.T) {
 		g.Expect(reasonOf(get(g, ni), imagev1.ReadyCondition)).To(Equal("True/Succeeded"))
 	}, testTimeout).Should(Succeed())
 
-	n := get(g, ni)
-	n.Spec.Packages = []string{"vim", "jq"}
-	g.Expect(k8s.Update(ctx, n)).To(Succeed())
+	n := update(g, ni.DeepCopy(), func(n *imagev1.NodeImage) { n.Spec.Packages = []string{"vim", "jq"} })
 	second := controller.BuildName("history", digestOf(g, n))
 	pod2 := backend.BuilderName(second, 1)
 	g.Eventually(func(g Gomega) { get(g, podKey(ns, pod2)) }, testTimeout).Should(Succeed())
@@ -341,9 +337,7 @@ func TestSuspend(t *testing.T) {
 	}, testTimeout).Should(Succeed())
 	g.Consistently(func(g Gomega) { g.Expect(listBuilds(g, ns)).To(BeEmpty()) }, time.Second).Should(Succeed())
 
-	n := get(g, ni)
-	n.Spec.Suspend = false
-	g.Expect(k8s.Update(ctx, n)).To(Succeed())
+	update(g, ni.DeepCopy(), func(n *imagev1.NodeImage) { n.Spec.Suspend = false })
 	g.Eventually(func(g Gomega) { g.Expect(listBuilds(g, ns)).To(HaveLen(1)) }, testTimeout).Should(Succeed())
 }
 

@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"k8s.io/client-go/util/retry"
+
 	. "github.com/onsi/gomega"
 	"go.uber.org/zap/zapcore"
 	corev1 "k8s.io/api/core/v1"
@@ -221,6 +223,21 @@ func digestOf(g Gomega, ni *imagev1.NodeImage) string {
 
 func get[T client.Object](g Gomega, obj T) T {
 	g.Expect(k8s.Get(context.Background(), client.ObjectKeyFromObject(obj), obj)).To(Succeed())
+	return obj
+}
+
+// update applies mutate to the latest version of obj and writes it,
+// retrying on conflicts: the controllers under test write the same object
+// (finalizers, annotations) while the test changes its spec, as a user's
+// kubectl apply would race them too.
+func update[T client.Object](g Gomega, obj T, mutate func(T)) T {
+	g.Expect(retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		if err := k8s.Get(context.Background(), client.ObjectKeyFromObject(obj), obj); err != nil {
+			return err
+		}
+		mutate(obj)
+		return k8s.Update(context.Background(), obj)
+	})).To(Succeed())
 	return obj
 }
 
