@@ -352,7 +352,7 @@ func (b *bootRun) waitSSH(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 		case <-b.exited:
-		case <-time.After(2 * time.Second):
+		case <-time.After(500 * time.Millisecond):
 		}
 	}
 }

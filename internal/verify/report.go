@@ -44,6 +44,9 @@ type Report struct {
 	// BootSeconds is the boot test's duration from QEMU start to the last
 	// in-guest check.
 	BootSeconds float64 `json:"bootSeconds,omitempty"`
+	// BootAnalysis is systemd-analyze's summary, critical chain and the
+	// slowest units of the booted image: where its boot time goes.
+	BootAnalysis string `json:"bootAnalysis,omitempty"`
 	// ConsoleTail is the end of the serial console when a boot check failed.
 	ConsoleTail string `json:"consoleTail,omitempty"`
 }

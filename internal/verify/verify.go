@@ -161,6 +161,10 @@ func bootTest(ctx context.Context, r *Report, sel selector, image string, c *ima
 		failed = true
 	}
 	r.BootSeconds = roundSeconds(time.Since(b.started))
+	// Where the boot's time went, for the report (not a check).
+	if out, code, err := b.run(bctx, "systemd-analyze --no-pager; systemd-analyze critical-chain --no-pager; systemd-analyze blame --no-pager | head -n 15", 30*time.Second); err == nil && code == 0 {
+		r.BootAnalysis = out
+	}
 	if failed {
 		r.ConsoleTail = b.consoleTail(4000)
 	}
