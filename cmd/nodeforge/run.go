@@ -193,6 +193,11 @@ func resultOf(out *pipelineResult) *buildresult.Result {
 		for _, c := range r.RequiredFailures() {
 			v.FailedChecks = append(v.FailedChecks, c.Name)
 		}
+		for _, c := range r.Checks {
+			v.Checks = append(v.Checks, buildresult.EncodeCheck(buildresult.CheckEntry{
+				Name: c.Name, Category: string(c.Category), Passed: c.Passed, Skipped: c.Skipped, Required: c.Required,
+			}))
+		}
 		res.Verification, res.Accelerator = v, r.Accelerator
 	}
 	return res

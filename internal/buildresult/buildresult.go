@@ -141,6 +141,67 @@ type Verification struct {
 	Skipped int32 `json:"skipped"`
 	// FailedChecks names the checks that failed (required ones first).
 	FailedChecks []string `json:"failedChecks,omitempty"`
+	// Checks lists every check in the order it ran, compactly (see
+	// EncodeCheck) so that the whole list fits in the termination message;
+	// Encode drops it when it does not.
+	Checks []string `json:"checks,omitempty"`
+}
+
+// CheckEntry is one check of Verification.Checks.
+type CheckEntry struct {
+	Name string
+	// Category is offline or boot.
+	Category string
+	Passed   bool
+	Skipped  bool
+	Required bool
+}
+
+// EncodeCheck writes a check as two flag characters and its name: the
+// category's initial (o for offline, b for boot), upper case when the
+// check is required, then + (passed), - (failed) or ~ (skipped).
+func EncodeCheck(c CheckEntry) string {
+	cat := "o"
+	if c.Category == "boot" {
+		cat = "b"
+	}
+	if c.Required {
+		cat = strings.ToUpper(cat)
+	}
+	outcome := "-"
+	switch {
+	case c.Skipped:
+		outcome = "~"
+	case c.Passed:
+		outcome = "+"
+	}
+	return cat + outcome + c.Name
+}
+
+// DecodeCheck parses what EncodeCheck wrote.
+func DecodeCheck(s string) (CheckEntry, error) {
+	if len(s) < 3 {
+		return CheckEntry{}, fmt.Errorf("buildresult: check %q is too short", s)
+	}
+	c := CheckEntry{Name: s[2:], Required: s[0] == 'O' || s[0] == 'B'}
+	switch s[0] {
+	case 'o', 'O':
+		c.Category = "offline"
+	case 'b', 'B':
+		c.Category = "boot"
+	default:
+		return CheckEntry{}, fmt.Errorf("buildresult: check %q has an unknown category", s)
+	}
+	switch s[1] {
+	case '+':
+		c.Passed = true
+	case '~':
+		c.Skipped = true
+	case '-':
+	default:
+		return CheckEntry{}, fmt.Errorf("buildresult: check %q has an unknown outcome", s)
+	}
+	return c, nil
 }
 
 // Progress is one progress report of a builder.
@@ -170,12 +231,14 @@ func (r *Result) Validate() error {
 }
 
 // Encode returns the JSON form of r, at most MaxResultSize bytes: the
-// message and the failed check names are shortened when needed.
+// message is shortened, the check list dropped and the failed check names
+// shortened, in that order, when needed.
 func (r *Result) Encode() ([]byte, error) {
 	c := *r
 	if r.Verification != nil {
 		v := *r.Verification
 		v.FailedChecks = append([]string(nil), v.FailedChecks...)
+		v.Checks = append([]string(nil), v.Checks...)
 		c.Verification = &v
 	}
 	for {
@@ -189,6 +252,9 @@ func (r *Result) Encode() ([]byte, error) {
 		switch {
 		case len(c.Message) > 256:
 			c.Message = Truncate(c.Message, len(c.Message)-(len(b)-MaxResultSize)-16)
+		case c.Verification != nil && len(c.Verification.Checks) > 0:
+			// The counts and the failed checks stay.
+			c.Verification.Checks = nil
 		case c.Verification != nil && len(c.Verification.FailedChecks) > 0:
 			c.Verification.FailedChecks = c.Verification.FailedChecks[:len(c.Verification.FailedChecks)-1]
 		case c.Message != "":

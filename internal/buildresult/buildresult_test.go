@@ -89,3 +89,69 @@ func TestTruncate(t *testing.T) {
 		t.Fatalf("got %q", got)
 	}
 }
+
+func TestCheckEncoding(t *testing.T) {
+	for _, tc := range []struct {
+		c    CheckEntry
+		want string
+	}{
+		{CheckEntry{Name: "boot-ssh", Category: "boot", Passed: true, Required: true}, "B+boot-ssh"},
+		{CheckEntry{Name: "hygiene-logs", Category: "offline", Passed: false}, "o-hygiene-logs"},
+		{CheckEntry{Name: "package-vim", Category: "offline", Skipped: true, Required: true}, "O~package-vim"},
+	} {
+		got := EncodeCheck(tc.c)
+		if got != tc.want {
+			t.Errorf("EncodeCheck(%+v) = %q, want %q", tc.c, got, tc.want)
+		}
+		back, err := DecodeCheck(got)
+		if err != nil || back != tc.c {
+			t.Errorf("DecodeCheck(%q) = %+v, %v; want %+v", got, back, err, tc.c)
+		}
+	}
+	for _, bad := range []string{"", "B+", "x+name", "B?name"} {
+		if _, err := DecodeCheck(bad); err == nil {
+			t.Errorf("DecodeCheck(%q) succeeded", bad)
+		}
+	}
+}
+
+// A successful result with the whole check list fits; when it cannot, the
+// list is dropped before the counts or the failed checks are touched.
+func TestEncodeCheckList(t *testing.T) {
+	r := &Result{
+		Outcome:      OutcomeSucceeded,
+		Artifact:     &Artifact{URL: "s3://b/k", PresignedURL: strings.Repeat("p", 700), SHA256: strings.Repeat("a", 64), Size: 1, Format: "qcow2"},
+		Verification: &Verification{Passed: 80},
+	}
+	for i := 0; i < 80; i++ {
+		r.Verification.Checks = append(r.Verification.Checks, EncodeCheck(CheckEntry{Name: "hygiene-cloud-init-state", Category: "offline", Passed: true, Required: true}))
+	}
+	b, err := r.Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := Decode(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got.Verification.Checks) != 80 {
+		t.Fatalf("%d checks survived Encode, want 80 (%d bytes)", len(got.Verification.Checks), len(b))
+	}
+
+	r.Verification.Failed, r.Verification.FailedChecks = 1, []string{"boot-ssh"}
+	for i := 0; i < 100; i++ {
+		r.Verification.Checks = append(r.Verification.Checks, EncodeCheck(CheckEntry{Name: "hygiene-cloud-init-state", Category: "offline"}))
+	}
+	r.Outcome, r.Reason, r.Step = OutcomeFailed, ReasonVerificationFailed, "verify"
+	b, err = r.Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err = Decode(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got.Verification.Checks) != 0 || len(got.Verification.FailedChecks) != 1 || got.Verification.Passed != 80 {
+		t.Fatalf("over-long check list: got %+v", got.Verification)
+	}
+}

@@ -428,7 +428,19 @@ func (r *NodeImageBuildReconciler) setStepConditions(b *imagev1.NodeImageBuild, 
 
 func verificationOf(res *buildresult.Result) *imagev1.VerificationResults {
 	v := res.Verification
-	return &imagev1.VerificationResults{Accelerator: res.Accelerator, Passed: v.Passed, Failed: v.Failed, Skipped: v.Skipped}
+	out := &imagev1.VerificationResults{Accelerator: res.Accelerator, Passed: v.Passed, Failed: v.Failed, Skipped: v.Skipped}
+	for _, s := range v.Checks {
+		c, err := buildresult.DecodeCheck(s)
+		if err != nil {
+			continue // a newer builder's format; the counts still hold
+		}
+		r := imagev1.CheckResult{Name: c.Name, Category: imagev1.CheckCategory(c.Category), Passed: c.Passed, Required: c.Required}
+		if c.Skipped {
+			r.Message = "skipped"
+		}
+		out.Checks = append(out.Checks, r)
+	}
+	return out
 }
 
 // finish ends the build without an artifact.
