@@ -27,9 +27,14 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/kubernetes"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	imagev1 "github.com/nodeforge/nodeforge/api/v1alpha1"
 )
 
 var (
@@ -38,6 +43,8 @@ var (
 	// restConfig and clientset talk to the cluster under test.
 	restConfig *rest.Config
 	clientset  *kubernetes.Clientset
+	// k8sClient reads and writes nodeforge's kinds too.
+	k8sClient client.Client
 )
 
 func TestE2E(t *testing.T) {
@@ -59,6 +66,12 @@ var _ = BeforeSuite(func() {
 	restConfig, err = clientcmd.BuildConfigFromFlags("", kubeconfig)
 	Expect(err).NotTo(HaveOccurred())
 	clientset, err = kubernetes.NewForConfig(restConfig)
+	Expect(err).NotTo(HaveOccurred())
+
+	scheme := runtime.NewScheme()
+	Expect(clientgoscheme.AddToScheme(scheme)).To(Succeed())
+	Expect(imagev1.AddToScheme(scheme)).To(Succeed())
+	k8sClient, err = client.New(restConfig, client.Options{Scheme: scheme})
 	Expect(err).NotTo(HaveOccurred())
 
 	version, err := clientset.Discovery().ServerVersion()
@@ -131,6 +144,12 @@ func run(name string, args ...string) string {
 	return stdout.String()
 }
 
+// kubectl runs kubectl against the cluster under test and returns its stdout.
+func kubectl(args ...string) string {
+	GinkgoHelper()
+	return run("kubectl", args...)
+}
+
 // describePod is a one-line account of a Pod for failure messages.
 func describePod(p *corev1.Pod) string {
 	var b strings.Builder
@@ -150,4 +169,13 @@ func describePod(p *corev1.Pod) string {
 		}
 	}
 	return b.String()
+}
+
+// runOutput executes a command from the repository root and returns its
+// combined output, without failing the spec (for diagnostics).
+func runOutput(name string, args ...string) (string, error) {
+	cmd := exec.Command(name, args...)
+	cmd.Dir = repoRoot
+	out, err := cmd.CombinedOutput()
+	return string(out), err
 }

@@ -1,0 +1,657 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+	"time"
+
+	. "github.com/onsi/ginkgo/v2"
+	. "github.com/onsi/gomega"
+	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/yaml"
+
+	imagev1 "github.com/nodeforge/nodeforge/api/v1alpha1"
+	"github.com/nodeforge/nodeforge/internal/backend"
+	"github.com/nodeforge/nodeforge/internal/manifest"
+	"github.com/nodeforge/nodeforge/internal/storage"
+)
+
+// The NodeImage specs drive the whole product: the real manager (started by
+// test/e2e/run.sh on this host as its ServiceAccount, with
+// --builder-host-network), the builder image in a privileged Pod, a Debian
+// build, QEMU boot verification and MinIO. Each build takes minutes on a
+// small machine, so there are only three: the cloud-base sample, the same
+// with one more package, and a spec that cannot be built.
+
+const (
+	// buildTimeout bounds one build (about 1 min of building plus 1.5 min
+	// of boot verification under TCG on 2 cores; generous on purpose).
+	buildTimeout = 15 * time.Minute
+	// credentialsSecret holds the S3 credentials in the test namespace.
+	credentialsSecret = "s3-credentials"
+	// cacheClaim is the PersistentVolumeClaim of the package cache.
+	cacheClaim = "build-cache"
+	// s3Prefix is the key prefix of every artifact the suite publishes.
+	s3Prefix = "e2e"
+	// missingPackage is a package no Debian release has.
+	missingPackage = "nodeforge-e2e-no-such-package"
+	// addedPackage is the one package the second build adds (small, with
+	// dependencies of its own, none of them in the first image).
+	addedPackage = "jq"
+)
+
+// stack is what test/e2e/run.sh started for the suite.
+type stack struct {
+	s3Endpoint, region string
+	creds              storage.Credentials
+	aptURL, aptKey     string
+	// stateDir is run.sh's temp dir, removed when it ends; the cache volume
+	// lives there.
+	stateDir   string
+	managerLog string
+}
+
+// localStack returns the stack from the environment, or skips the spec when
+// it was not started (NODEFORGE_E2E_CLUSTER=existing).
+func localStack() stack {
+	GinkgoHelper()
+	st := stack{
+		s3Endpoint: os.Getenv("AWS_ENDPOINT_URL"),
+		region:     os.Getenv("AWS_REGION"),
+		creds:      storage.NewCredentials(os.Getenv("AWS_ACCESS_KEY_ID"), os.Getenv("AWS_SECRET_ACCESS_KEY"), ""),
+		aptURL:     os.Getenv("NODEFORGE_K8S_APT_URL"),
+		aptKey:     os.Getenv("NODEFORGE_K8S_APT_KEY"),
+		stateDir:   os.Getenv("NODEFORGE_E2E_STATE"),
+		managerLog: os.Getenv("NODEFORGE_E2E_MANAGER_LOG"),
+	}
+	if st.s3Endpoint == "" || st.aptURL == "" || st.stateDir == "" || st.managerLog == "" {
+		Skip("needs the manager, MinIO and the offline apt repository that test/e2e/run.sh starts with the local cluster")
+	}
+	return st
+}
+
+// destination is an S3 destination in bucket on the suite's MinIO.
+func (st stack) destination(bucket string) *imagev1.S3Destination {
+	return &imagev1.S3Destination{
+		Endpoint:             st.s3Endpoint,
+		Bucket:               bucket,
+		Prefix:               s3Prefix,
+		Region:               st.region,
+		BucketLookup:         imagev1.BucketLookupPath,
+		CredentialsSecretRef: corev1.LocalObjectReference{Name: credentialsSecret},
+		Insecure:             true,
+		CreateBucket:         true,
+	}
+}
+
+// store opens bucket with the MinIO credentials, creating the bucket.
+func (st stack) store(ctx context.Context, bucket string) (*storage.Publisher, *storage.S3) {
+	GinkgoHelper()
+	d := *st.destination(bucket)
+	d.Default()
+	pub, s3, err := storage.OpenDestination(d, st.creds, nil)
+	Expect(err).NotTo(HaveOccurred())
+	Expect(s3.EnsureBucket(ctx)).To(Succeed())
+	return pub, s3
+}
+
+// prepareNamespace makes a namespace ready for NodeImages the way a user
+// would (docs/spec): the builder ServiceAccount, the RoleBinding that lets
+// the manager read Secrets there, and the S3 credentials Secret.
+func prepareNamespace(ctx context.Context, st stack, prefix string) string {
+	GinkgoHelper()
+	ns := newNamespace(ctx, prefix)
+	objs := []client.Object{
+		&corev1.ServiceAccount{
+			ObjectMeta:                   metav1.ObjectMeta{Name: "nodeforge-builder", Namespace: ns},
+			AutomountServiceAccountToken: ptr.To(false),
+		},
+		&rbacv1.RoleBinding{
+			ObjectMeta: metav1.ObjectMeta{Name: "nodeforge-secret-reader", Namespace: ns},
+			RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: "nodeforge-secret-reader"},
+			Subjects: []rbacv1.Subject{{
+				Kind: rbacv1.ServiceAccountKind, Name: "nodeforge-manager", Namespace: "nodeforge-system",
+			}},
+		},
+		&corev1.Secret{
+			ObjectMeta: metav1.ObjectMeta{Name: credentialsSecret, Namespace: ns},
+			StringData: map[string]string{
+				"accessKeyID":     st.creds.AccessKeyID(),
+				"secretAccessKey": st.creds.SecretAccessKey(),
+			},
+		},
+	}
+	for _, o := range objs {
+		Expect(k8sClient.Create(ctx, o)).To(Succeed())
+	}
+	// Delete the NodeImages before the namespace (cleanups run last in,
+	// first out): deleting the namespace removes the RoleBinding and the
+	// Secret too, and a NodeImage with deletionPolicy Delete then cannot
+	// reach S3 to delete its artifacts, so its finalizer would hold the
+	// namespace in Terminating.
+	DeferCleanup(func(ctx SpecContext) {
+		if os.Getenv("NODEFORGE_E2E_KEEP") != "" {
+			return
+		}
+		Expect(k8sClient.DeleteAllOf(ctx, &imagev1.NodeImage{}, client.InNamespace(ns))).To(Succeed())
+		Eventually(func(g Gomega, ctx context.Context) {
+			var list imagev1.NodeImageList
+			g.Expect(k8sClient.List(ctx, &list, client.InNamespace(ns))).To(Succeed())
+			g.Expect(list.Items).To(BeEmpty())
+		}).WithContext(ctx).WithTimeout(3 * time.Minute).Should(Succeed())
+	})
+	return ns
+}
+
+// cloudBaseOffline is the cloud-base sample's offline variant (as
+// hack/image.sh makes it: the Kubernetes apt repository replaced by the
+// local one and its armored key), published to bucket, deleted with its
+// artifacts.
+func cloudBaseOffline(st stack, ns, name, bucket string) *imagev1.NodeImage {
+	GinkgoHelper()
+	raw, err := os.ReadFile(filepath.Join(repoRoot, "config", "samples", "image_v1alpha1_nodeimage_cloudbase.yaml"))
+	Expect(err).NotTo(HaveOccurred())
+	ni := &imagev1.NodeImage{}
+	Expect(yaml.UnmarshalStrict(raw, ni)).To(Succeed())
+	key, err := os.ReadFile(st.aptKey)
+	Expect(err).NotTo(HaveOccurred())
+
+	ni.Namespace, ni.Name = ns, name
+	Expect(ni.Spec.Kubernetes).NotTo(BeNil(), "the cloud-base sample installs Kubernetes")
+	ni.Spec.Kubernetes.AptRepository.URL = st.aptURL
+	ni.Spec.Kubernetes.AptRepository.SigningKey = imagev1.KeySource{Armored: string(key)}
+	ni.Spec.Destination = &imagev1.DestinationSpec{S3: st.destination(bucket)}
+	ni.Spec.DeletionPolicy = imagev1.DeletionPolicyDelete
+	ni.Spec.Builder.Timeout = &metav1.Duration{Duration: buildTimeout}
+	return ni
+}
+
+// apply writes ni as YAML and applies it with kubectl, as a user would.
+func apply(ni *imagev1.NodeImage) {
+	GinkgoHelper()
+	ni.APIVersion, ni.Kind = imagev1.GroupVersion.String(), imagev1.NodeImageKind
+	raw, err := json.Marshal(ni)
+	Expect(err).NotTo(HaveOccurred())
+	var obj map[string]any
+	Expect(json.Unmarshal(raw, &obj)).To(Succeed())
+	delete(obj, "status")
+	if md, ok := obj["metadata"].(map[string]any); ok {
+		delete(md, "creationTimestamp")
+	}
+	out, err := yaml.Marshal(obj)
+	Expect(err).NotTo(HaveOccurred())
+	path := filepath.Join(GinkgoT().TempDir(), ni.Name+".yaml")
+	Expect(os.WriteFile(path, out, 0o600)).To(Succeed())
+	kubectl("apply", "-f", path)
+}
+
+func getNodeImage(ctx context.Context, ns, name string) *imagev1.NodeImage {
+	GinkgoHelper()
+	ni := &imagev1.NodeImage{}
+	Expect(k8sClient.Get(ctx, client.ObjectKey{Namespace: ns, Name: name}, ni)).To(Succeed())
+	return ni
+}
+
+// builds lists the NodeImageBuilds of a NodeImage, oldest first.
+func builds(ctx context.Context, ns, name string) ([]imagev1.NodeImageBuild, error) {
+	var list imagev1.NodeImageBuildList
+	if err := k8sClient.List(ctx, &list, client.InNamespace(ns), client.MatchingLabels{backend.LabelNodeImage: name}); err != nil {
+		return nil, err
+	}
+	slices.SortFunc(list.Items, func(a, b imagev1.NodeImageBuild) int {
+		return a.CreationTimestamp.Compare(b.CreationTimestamp.Time)
+	})
+	return list.Items, nil
+}
+
+func builderPods(ctx context.Context, ns, name string) ([]corev1.Pod, error) {
+	var list corev1.PodList
+	err := k8sClient.List(ctx, &list, client.InNamespace(ns), client.MatchingLabels{backend.LabelNodeImage: name})
+	return list.Items, err
+}
+
+// watched is what waitFor saw while a build ran.
+type watched struct {
+	// pods by name, as last seen.
+	pods map[string]corev1.Pod
+	// buildProgress and imageProgress are the distinct progress reports
+	// seen in NodeImageBuild status and in NodeImage status.currentBuild.
+	buildProgress, imageProgress []string
+}
+
+func progressString(p *imagev1.Progress) string {
+	return fmt.Sprintf("%s %d%% %s", p.Step, p.Percent, p.Message)
+}
+
+// waitFor polls a NodeImage every 2 s until done returns true, recording
+// its builder Pods and the progress in status; it gives up at once when
+// abort returns a message.
+func waitFor(ctx context.Context, ns, name string, done func(*imagev1.NodeImage) bool, abort func(*imagev1.NodeImage) string) *watched {
+	GinkgoHelper()
+	w := &watched{pods: map[string]corev1.Pod{}}
+	record := func(list *[]string, p *imagev1.Progress) {
+		if p == nil {
+			return
+		}
+		if s := progressString(p); len(*list) == 0 || (*list)[len(*list)-1] != s {
+			*list = append(*list, s)
+			GinkgoWriter.Printf("%s progress: %s\n", time.Now().Format(time.TimeOnly), s)
+		}
+	}
+	Eventually(func(g Gomega, ctx context.Context) {
+		ni := &imagev1.NodeImage{}
+		g.Expect(k8sClient.Get(ctx, client.ObjectKey{Namespace: ns, Name: name}, ni)).To(Succeed())
+		if ni.Status.CurrentBuild != nil {
+			record(&w.imageProgress, ni.Status.CurrentBuild.Progress)
+		}
+		bs, err := builds(ctx, ns, name)
+		g.Expect(err).NotTo(HaveOccurred())
+		for i := range bs {
+			record(&w.buildProgress, bs[i].Status.Progress)
+		}
+		pods, err := builderPods(ctx, ns, name)
+		g.Expect(err).NotTo(HaveOccurred())
+		for _, p := range pods {
+			w.pods[p.Name] = p
+		}
+		if msg := abort(ni); msg != "" {
+			StopTrying(msg).Now()
+		}
+		g.Expect(done(ni)).To(BeTrue(), "NodeImage %s/%s: %s", ns, name, conditionsString(ni.Status.Conditions))
+	}).WithContext(ctx).WithTimeout(buildTimeout).WithPolling(2 * time.Second).Should(Succeed())
+	return w
+}
+
+// readyAtGeneration: Ready=True for the current generation.
+func readyAtGeneration(ni *imagev1.NodeImage) bool {
+	return ni.Status.ObservedGeneration == ni.Generation && meta.IsStatusConditionTrue(ni.Status.Conditions, imagev1.ReadyCondition)
+}
+
+func stalledMessage(ni *imagev1.NodeImage) string {
+	if c := meta.FindStatusCondition(ni.Status.Conditions, imagev1.StalledCondition); c != nil && c.Status == metav1.ConditionTrue {
+		return "NodeImage stalled: " + c.Reason + ": " + c.Message
+	}
+	return ""
+}
+
+func conditionsString(cs []metav1.Condition) string {
+	var parts []string
+	for _, c := range cs {
+		parts = append(parts, fmt.Sprintf("%s=%s %s %q", c.Type, c.Status, c.Reason, c.Message))
+	}
+	return strings.Join(parts, "; ")
+}
+
+// cacheArchives maps the .debs in the package cache (dir is the cache
+// volume's root) to their inode numbers.
+func cacheArchives(dir string) map[string]uint64 {
+	GinkgoHelper()
+	files, err := filepath.Glob(filepath.Join(dir, "cache", "archives", "*.deb"))
+	Expect(err).NotTo(HaveOccurred())
+	m := map[string]uint64{}
+	for _, f := range files {
+		fi, err := os.Stat(f)
+		Expect(err).NotTo(HaveOccurred())
+		m[filepath.Base(f)] = fi.Sys().(*syscall.Stat_t).Ino
+	}
+	return m
+}
+
+// createCache makes the package cache volume: a hostPath PersistentVolume
+// under the run's state dir, bound to claim cacheClaim in ns (the cluster
+// has no storage provisioner). It returns the directory.
+func createCache(ctx context.Context, st stack, ns string) string {
+	GinkgoHelper()
+	dir := filepath.Join(st.stateDir, "cache-"+ns)
+	Expect(os.MkdirAll(dir, 0o755)).To(Succeed())
+	size := resource.MustParse("40Gi")
+	pv := &corev1.PersistentVolume{
+		ObjectMeta: metav1.ObjectMeta{Name: "nodeforge-e2e-" + ns, Labels: map[string]string{"app.kubernetes.io/part-of": "nodeforge-e2e"}},
+		Spec: corev1.PersistentVolumeSpec{
+			Capacity:                      corev1.ResourceList{corev1.ResourceStorage: size},
+			AccessModes:                   []corev1.PersistentVolumeAccessMode{corev1.ReadWriteOnce},
+			PersistentVolumeReclaimPolicy: corev1.PersistentVolumeReclaimRetain,
+			StorageClassName:              "",
+			ClaimRef:                      &corev1.ObjectReference{Namespace: ns, Name: cacheClaim},
+			PersistentVolumeSource: corev1.PersistentVolumeSource{HostPath: &corev1.HostPathVolumeSource{
+				Path: dir, Type: ptr.To(corev1.HostPathDirectory),
+			}},
+		},
+	}
+	Expect(k8sClient.Create(ctx, pv)).To(Succeed())
+	DeferCleanup(func(ctx SpecContext) {
+		Expect(client.IgnoreNotFound(k8sClient.Delete(ctx, pv))).To(Succeed())
+	})
+	pvc := &corev1.PersistentVolumeClaim{
+		ObjectMeta: metav1.ObjectMeta{Name: cacheClaim, Namespace: ns},
+		Spec: corev1.PersistentVolumeClaimSpec{
+			AccessModes:      []corev1.PersistentVolumeAccessMode{corev1.ReadWriteOnce},
+			StorageClassName: ptr.To(""),
+			VolumeName:       pv.Name,
+			Resources:        corev1.VolumeResourceRequirements{Requests: corev1.ResourceList{corev1.ResourceStorage: size}},
+		},
+	}
+	Expect(k8sClient.Create(ctx, pvc)).To(Succeed())
+	Eventually(func(g Gomega, ctx context.Context) {
+		g.Expect(k8sClient.Get(ctx, client.ObjectKeyFromObject(pvc), pvc)).To(Succeed())
+		g.Expect(pvc.Status.Phase).To(Equal(corev1.ClaimBound))
+	}).WithContext(ctx).Should(Succeed(), "the cache claim binds to its hostPath volume")
+	return dir
+}
+
+// dumpOnFailure prints the NodeImage's objects and the manager's log when
+// the spec failed.
+func dumpOnFailure(st stack, ns string) {
+	if !CurrentSpecReport().Failed() {
+		return
+	}
+	cmd := func(args ...string) {
+		out, _ := runOutput("kubectl", args...)
+		GinkgoWriter.Printf("$ kubectl %s\n%s\n", strings.Join(args, " "), out)
+	}
+	cmd("-n", ns, "get", "nodeimages,nodeimagebuilds,pods,pvc", "-o", "wide")
+	cmd("-n", ns, "get", "nodeimages,nodeimagebuilds", "-o", "yaml")
+	if b, err := os.ReadFile(st.managerLog); err == nil {
+		lines := strings.Split(string(b), "\n")
+		GinkgoWriter.Printf("manager log (last 80 lines):\n%s\n", strings.Join(lines[max(0, len(lines)-80):], "\n"))
+	}
+}
+
+var _ = Describe("A NodeImage", Ordered, Label("nodeimage"), func() {
+	const name = "cloud-base"
+	var (
+		st       stack
+		ns       string
+		bucket   string
+		cacheDir string
+		ni       *imagev1.NodeImage
+		pub      *storage.Publisher
+		s3       *storage.S3
+		first    imagev1.NodeImageBuild
+	)
+
+	BeforeAll(func(ctx SpecContext) {
+		st = localStack()
+		ns = prepareNamespace(ctx, st, "e2e-nodeimage")
+		bucket = "nodeforge-" + ns
+		pub, s3 = st.store(ctx, bucket)
+		cacheDir = createCache(ctx, st, ns)
+		ni = cloudBaseOffline(st, ns, name, bucket)
+		ni.Spec.Builder.Cache = &corev1.LocalObjectReference{Name: cacheClaim}
+	})
+	AfterEach(func() { dumpOnFailure(st, ns) })
+
+	It("is built in a privileged builder Pod, verified, published and Ready", func(ctx SpecContext) {
+		apply(ni)
+		w := waitFor(ctx, ns, name, readyAtGeneration, stalledMessage)
+		kubectl("-n", ns, "wait", "--for=condition=Ready", "nodeimage/"+name, "--timeout=60s")
+
+		By("one build, Ready with every domain condition")
+		bs, err := builds(ctx, ns, name)
+		Expect(err).NotTo(HaveOccurred())
+		Expect(bs).To(HaveLen(1))
+		first = bs[0]
+		Expect(first.Spec.Reason).To(Equal(imagev1.BuildReasonFirstBuild))
+		for _, c := range []string{imagev1.ReadyCondition, imagev1.BuiltCondition, imagev1.VerifiedCondition, imagev1.PublishedCondition} {
+			Expect(meta.IsStatusConditionTrue(first.Status.Conditions, c)).To(BeTrue(), "%s: %s", c, conditionsString(first.Status.Conditions))
+		}
+
+		By("the builder Pod was scheduled and ran privileged with /dev/kvm on the node's network")
+		Expect(first.Status.BuilderRef).NotTo(BeNil())
+		pod, ok := w.pods[first.Status.BuilderRef.Name]
+		Expect(ok).To(BeTrue(), "builder Pod %s was never seen; saw %v", first.Status.BuilderRef.Name, w.pods)
+		assertBuilderPod(&pod)
+		Expect(pod.Spec.Containers[0].Image).To(Equal(os.Getenv("NODEFORGE_E2E_BUILDER_IMAGE")))
+		Expect(pod.Status.Phase).To(Equal(corev1.PodSucceeded), describePod(&pod))
+
+		By("progress appeared in status while it ran")
+		GinkgoWriter.Printf("build progress: %q\nNodeImage progress: %q\n", w.buildProgress, w.imageProgress)
+		Expect(w.buildProgress).NotTo(BeEmpty(), "no progress in NodeImageBuild status")
+		Expect(w.imageProgress).NotTo(BeEmpty(), "no progress in NodeImage status.currentBuild")
+		Expect(len(w.buildProgress)+len(w.imageProgress)).To(BeNumerically(">=", 3), "progress should move")
+
+		By("every verification check passed and is listed, with the accelerator")
+		assertVerified(&first)
+
+		By("the image, its .sha256 and its manifest are in S3 and match status")
+		got := getNodeImage(ctx, ns, name)
+		Expect(got.Status.Artifact).NotTo(BeNil())
+		Expect(*got.Status.Artifact).To(Equal(*first.Status.Artifact))
+		Expect(got.Status.Artifact.SpecDigest).To(Equal(got.Status.SpecDigest))
+		assertPublished(ctx, pub, s3, name, got.Status.Artifact)
+	})
+
+	It("starts no build when the same spec is applied again", func(ctx SpecContext) {
+		before := getNodeImage(ctx, ns, name)
+		apply(ni)
+		Consistently(func(g Gomega, ctx context.Context) {
+			bs, err := builds(ctx, ns, name)
+			g.Expect(err).NotTo(HaveOccurred())
+			g.Expect(bs).To(HaveLen(1))
+			now := &imagev1.NodeImage{}
+			g.Expect(k8sClient.Get(ctx, client.ObjectKeyFromObject(before), now)).To(Succeed())
+			g.Expect(now.Generation).To(Equal(before.Generation))
+			g.Expect(readyAtGeneration(now)).To(BeTrue())
+		}).WithContext(ctx).WithTimeout(20 * time.Second).WithPolling(2 * time.Second).Should(Succeed())
+	})
+
+	It("starts exactly one build when a package is added, superseding nothing and reusing the package cache", func(ctx SpecContext) {
+		cached := cacheArchives(cacheDir)
+		Expect(cached).NotTo(BeEmpty(), "the first build left no packages in the cache volume %s", cacheDir)
+		GinkgoWriter.Printf("%d packages in the cache after the first build\n", len(cached))
+
+		ni.Spec.Packages = append(ni.Spec.Packages, addedPackage)
+		apply(ni)
+		w := waitFor(ctx, ns, name, readyAtGeneration, stalledMessage)
+
+		bs, err := builds(ctx, ns, name)
+		Expect(err).NotTo(HaveOccurred())
+		Expect(bs).To(HaveLen(2), "exactly one new build")
+		second := bs[1]
+		Expect(second.Spec.Reason).To(Equal(imagev1.BuildReasonSpecChanged))
+		Expect(meta.IsStatusConditionTrue(second.Status.Conditions, imagev1.ReadyCondition)).To(BeTrue(), conditionsString(second.Status.Conditions))
+		Expect(second.Status.Attempts).To(Equal(int32(1)))
+		assertVerified(&second)
+
+		By("the first build was not superseded: it is still the succeeded build it was")
+		Expect(bs[0].Name).To(Equal(first.Name))
+		ready := meta.FindStatusCondition(bs[0].Status.Conditions, imagev1.ReadyCondition)
+		Expect(ready).NotTo(BeNil())
+		Expect(ready.Status).To(Equal(metav1.ConditionTrue))
+		Expect(ready.Reason).To(Equal(imagev1.SucceededReason))
+		Expect(bs[0].Status.CompletionTime).To(Equal(first.Status.CompletionTime))
+
+		By("the new build's Pod mounted the same cache volume")
+		pod, ok := w.pods[second.Status.BuilderRef.Name]
+		Expect(ok).To(BeTrue())
+		assertBuilderPod(&pod)
+		Expect(pod.Spec.Volumes).To(ContainElement(HaveField("VolumeSource.PersistentVolumeClaim.ClaimName", cacheClaim)))
+
+		By("every cached package was reused (still the same file) and the new ones were added")
+		after := cacheArchives(cacheDir)
+		for deb, ino := range cached {
+			Expect(after).To(HaveKeyWithValue(deb, ino), "%s was replaced or removed", deb)
+		}
+		Expect(slices.ContainsFunc(keys(after), func(k string) bool { return strings.HasPrefix(k, addedPackage+"_") })).
+			To(BeTrue(), "no %s .deb in the cache", addedPackage)
+		GinkgoWriter.Printf("%d packages in the cache after the second build (%d new)\n", len(after), len(after)-len(cached))
+
+		By("the NodeImage now points at the new artifact, which is in S3")
+		got := getNodeImage(ctx, ns, name)
+		Expect(got.Status.Artifact.SpecDigest).To(Equal(second.Spec.SpecDigest))
+		Expect(got.Status.Artifact.SpecDigest).NotTo(Equal(first.Spec.SpecDigest))
+		assertPublished(ctx, pub, s3, name, got.Status.Artifact)
+	})
+
+	It("removes its Pods, builds and objects when deleted with deletionPolicy Delete", func(ctx SpecContext) {
+		kubectl("-n", ns, "delete", "nodeimage", name, "--timeout=5m")
+		Eventually(func(g Gomega, ctx context.Context) {
+			bs, err := builds(ctx, ns, name)
+			g.Expect(err).NotTo(HaveOccurred())
+			g.Expect(bs).To(BeEmpty())
+			pods, err := builderPods(ctx, ns, name)
+			g.Expect(err).NotTo(HaveOccurred())
+			g.Expect(pods).To(BeEmpty())
+			var cms corev1.ConfigMapList
+			g.Expect(k8sClient.List(ctx, &cms, client.InNamespace(ns), client.MatchingLabels{backend.LabelNodeImage: name})).To(Succeed())
+			g.Expect(cms.Items).To(BeEmpty())
+		}).WithContext(ctx).WithTimeout(3 * time.Minute).Should(Succeed())
+		objs, err := s3.List(ctx, s3Prefix+"/")
+		Expect(err).NotTo(HaveOccurred())
+		Expect(objs).To(BeEmpty())
+	})
+})
+
+var _ = Describe("A NodeImage that cannot be built", Label("nodeimage"), func() {
+	It("ends Stalled, naming the missing package, with the builder's log in status and nothing in S3", func(ctx SpecContext) {
+		const name = "missing-package"
+		st := localStack()
+		ns := prepareNamespace(ctx, st, "e2e-failure")
+		DeferCleanup(func() { dumpOnFailure(st, ns) })
+		bucket := "nodeforge-" + ns
+		_, s3 := st.store(ctx, bucket)
+
+		ni := cloudBaseOffline(st, ns, name, bucket)
+		ni.Spec.Packages = append(ni.Spec.Packages, missingPackage)
+		ni.Spec.Builder.Retries = ptr.To[int32](0)
+		apply(ni)
+		waitFor(ctx, ns, name, func(ni *imagev1.NodeImage) bool { return stalledMessage(ni) != "" },
+			func(ni *imagev1.NodeImage) string {
+				if meta.IsStatusConditionTrue(ni.Status.Conditions, imagev1.ReadyCondition) {
+					return "the NodeImage became Ready with a package that does not exist"
+				}
+				return ""
+			})
+
+		got := getNodeImage(ctx, ns, name)
+		stalled := meta.FindStatusCondition(got.Status.Conditions, imagev1.StalledCondition)
+		GinkgoWriter.Printf("Stalled: %s: %s\n", stalled.Reason, stalled.Message)
+		Expect(stalled.Message).To(ContainSubstring(missingPackage))
+		Expect(meta.IsStatusConditionFalse(got.Status.Conditions, imagev1.ReadyCondition)).To(BeTrue())
+		Expect(got.Status.Artifact).To(BeNil())
+		Expect(got.Status.LastFailure).NotTo(BeNil())
+		Expect(got.Status.LastFailure.Message).To(ContainSubstring(missingPackage))
+
+		bs, err := builds(ctx, ns, name)
+		Expect(err).NotTo(HaveOccurred())
+		Expect(bs).To(HaveLen(1))
+		b := bs[0]
+		Expect(b.Status.Attempts).To(Equal(int32(1)), "retries: 0 means one attempt")
+		Expect(meta.IsStatusConditionTrue(b.Status.Conditions, imagev1.StalledCondition)).To(BeTrue(), conditionsString(b.Status.Conditions))
+		Expect(b.Status.LogExcerpt).NotTo(BeEmpty())
+		Expect(b.Status.LogExcerpt).To(ContainSubstring(missingPackage))
+		GinkgoWriter.Printf("log excerpt in status (%d bytes), last lines:\n%s\n", len(b.Status.LogExcerpt), lastLines(b.Status.LogExcerpt, 8))
+
+		objs, err := s3.List(ctx, s3Prefix+"/")
+		Expect(err).NotTo(HaveOccurred())
+		Expect(objs).To(BeEmpty(), "a failed build published nothing")
+	})
+})
+
+// assertBuilderPod checks the builder Pod was scheduled and ran privileged
+// with the node's /dev/kvm.
+func assertBuilderPod(p *corev1.Pod) {
+	GinkgoHelper()
+	Expect(p.Spec.NodeName).NotTo(BeEmpty(), describePod(p))
+	Expect(p.Status.Conditions).To(ContainElement(And(
+		HaveField("Type", corev1.PodScheduled), HaveField("Status", corev1.ConditionTrue))), describePod(p))
+	Expect(p.Spec.HostNetwork).To(BeTrue(), "the manager runs with --builder-host-network")
+	Expect(p.Spec.Containers).To(HaveLen(1))
+	c := p.Spec.Containers[0]
+	Expect(c.SecurityContext).NotTo(BeNil())
+	Expect(c.SecurityContext.Privileged).To(HaveValue(BeTrue()))
+	Expect(c.VolumeMounts).To(ContainElement(And(HaveField("Name", "kvm"), HaveField("MountPath", "/dev/kvm"))))
+	Expect(p.Spec.Volumes).To(ContainElement(And(
+		HaveField("Name", "kvm"), HaveField("VolumeSource.HostPath.Path", "/dev/kvm"))))
+	Expect(p.Status.ContainerStatuses).To(ContainElement(HaveField("State.Terminated.ExitCode", int32(0))), describePod(p))
+}
+
+// assertVerified checks every verification check passed and is listed.
+func assertVerified(b *imagev1.NodeImageBuild) {
+	GinkgoHelper()
+	v := b.Status.Verification
+	Expect(v).NotTo(BeNil(), "no verification in %s status", b.Name)
+	GinkgoWriter.Printf("%s: accelerator %s, %d passed, %d failed, %d skipped, %d listed\n",
+		b.Name, v.Accelerator, v.Passed, v.Failed, v.Skipped, len(v.Checks))
+	Expect(v.Accelerator).To(BeElementOf("kvm", "tcg"))
+	if want := os.Getenv("NODEFORGE_E2E_ACCELERATOR"); want != "" {
+		Expect(v.Accelerator).To(Equal(want))
+	}
+	Expect(v.Failed).To(BeZero())
+	Expect(v.Checks).NotTo(BeEmpty())
+	Expect(v.Checks).To(HaveEach(HaveField("Passed", BeTrue())))
+	Expect(int(v.Passed)).To(Equal(len(v.Checks)))
+	Expect(v.Checks).To(ContainElement(HaveField("Category", imagev1.CheckCategoryOffline)))
+	Expect(v.Checks).To(ContainElement(HaveField("Category", imagev1.CheckCategoryBoot)))
+}
+
+// assertPublished checks the image, its checksum file and its manifest are
+// in S3 and agree with the artifact in status, down to the image's bytes.
+func assertPublished(ctx context.Context, pub *storage.Publisher, s3 *storage.S3, name string, a *imagev1.Artifact) {
+	GinkgoHelper()
+	found, err := pub.Lookup(ctx, name, a.SpecDigest)
+	Expect(err).NotTo(HaveOccurred())
+	Expect(found.URL).To(Equal(a.URL))
+	Expect(found.SHA256).To(Equal(a.SHA256))
+	Expect(found.Size).To(Equal(a.Size))
+	Expect(found.ChecksumKey).To(Equal(found.ImageKey + ".sha256"))
+	Expect(a.ManifestURL).To(HaveSuffix(found.ManifestKey))
+
+	info, err := s3.Stat(ctx, found.ImageKey)
+	Expect(err).NotTo(HaveOccurred())
+	Expect(info.Size).To(Equal(a.Size))
+	rc, _, err := s3.Get(ctx, found.ImageKey)
+	Expect(err).NotTo(HaveOccurred())
+	h := sha256.New()
+	_, err = io.Copy(h, rc)
+	_ = rc.Close()
+	Expect(err).NotTo(HaveOccurred())
+	Expect(hex.EncodeToString(h.Sum(nil))).To(Equal(a.SHA256), "the bytes in S3 hash to status.artifact.sha256")
+
+	sum := readObject(ctx, s3, found.ChecksumKey)
+	Expect(strings.Fields(string(sum))).To(HaveExactElements(a.SHA256, HaveSuffix(filepath.Base(found.ImageKey))))
+
+	var m manifest.Manifest
+	Expect(json.Unmarshal(readObject(ctx, s3, found.ManifestKey), &m)).To(Succeed())
+	Expect(m.Image.SHA256).To(Equal(a.SHA256))
+}
+
+func readObject(ctx context.Context, s3 *storage.S3, key string) []byte {
+	GinkgoHelper()
+	rc, _, err := s3.Get(ctx, key)
+	Expect(err).NotTo(HaveOccurred())
+	defer func() { _ = rc.Close() }()
+	b, err := io.ReadAll(rc)
+	Expect(err).NotTo(HaveOccurred())
+	return b
+}
+
+func keys[V any](m map[string]V) []string {
+	var ks []string
+	for k := range m {
+		ks = append(ks, k)
+	}
+	return ks
+}
+
+func lastLines(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	return strings.Join(lines[max(0, len(lines)-n):], "\n")
+}
