@@ -21,9 +21,11 @@
 // Every put is verified: afterwards a HEAD (Stat) must report the uploaded
 // size and the content's sha256, stored as the user metadata
 // x-amz-meta-sha256; otherwise the object is removed and the put fails with
-// ErrChecksumMismatch. The sha256 is taken from PutOptions.SHA256 when the
-// caller computed it while writing the image, or computed in one sequential
-// read of the file before the upload.
+// ErrChecksumMismatch. A single PUT sends PutOptions.SHA256 (when the caller
+// computed it while writing the image) as the signed content sha256, which
+// the server checks; a multipart upload always hashes the file in one
+// sequential read first and fails with ErrChecksumMismatch, before any
+// upload starts, when the file differs from PutOptions.SHA256.
 //
 // Files up to the part size (DefaultPartSize, 64 MiB) go in one PUT whose
 // signed x-amz-content-sha256 makes the server check the content. Larger

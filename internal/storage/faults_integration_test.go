@@ -274,3 +274,40 @@ func TestS3CredentialsNeverLeak(t *testing.T) {
 	}
 	g.Expect(strings.Join(texts[:len(texts)-1], "\n")).NotTo(ContainSubstring(srv.accessKey))
 }
+
+// A multipart upload hashes the file even when the caller gives a sha256,
+// and refuses a file that does not match it before any upload starts.
+func TestS3WrongCallerChecksumMultipart(t *testing.T) {
+	g := NewWithT(t)
+	srv := startMinio(t, minioConfig{})
+	var mu sync.Mutex
+	var requests []string
+	tr := &tamperTransport{base: newBaseTransport(t), request: func(r *http.Request) {
+		mu.Lock()
+		defer mu.Unlock()
+		requests = append(requests, r.Method+" "+r.URL.RawQuery)
+	}}
+	st := srv.bucketStore(t, func(o *S3Options) { o.Transport = tr; o.PartSize = 5 << 20 })
+	path, sum := writeTestFile(t, t.TempDir(), 12<<20, 23) // three parts
+	wrong := strings.Repeat("1", 64)
+	mu.Lock()
+	requests = nil
+	mu.Unlock()
+
+	_, err := st.PutFile(context.Background(), "img/changed.qcow2", path, PutOptions{SHA256: wrong})
+	g.Expect(errors.Is(err, ErrChecksumMismatch)).To(BeTrue(), "%v", err)
+	g.Expect(err.Error()).To(ContainSubstring(sum), "names the file's sha256")
+	mu.Lock()
+	g.Expect(requests).To(BeEmpty(), "no upload is started")
+	mu.Unlock()
+	_, err = st.Stat(context.Background(), "img/changed.qcow2")
+	g.Expect(errors.Is(err, ErrNotFound)).To(BeTrue(), "no object: %v", err)
+	for u := range st.client.ListIncompleteUploads(context.Background(), st.Bucket(), "img/", true) {
+		t.Errorf("a multipart upload was left: %+v", u)
+	}
+
+	// The right sha256 still uploads.
+	info, err := st.PutFile(context.Background(), "img/changed.qcow2", path, PutOptions{SHA256: sum})
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(info.SHA256).To(Equal(sum))
+}

@@ -39,14 +39,17 @@ func (s *S3) partSizeFor(size int64) int64 {
 // no object appears; on success the object is verified with HEAD.
 func (s *S3) putMultipart(ctx context.Context, key string, f *os.File, size, partSize int64, opts PutOptions) (info ObjectInfo, err error) {
 	nParts := int((size + partSize - 1) / partSize)
-	sum := opts.SHA256
-	var crcs []uint32
-	if sum == "" {
-		// One sequential pass computes the sha256 (stored as metadata, so
-		// it must be known before the upload starts) and the part CRCs.
-		if sum, crcs, err = hashParts(f, size, partSize); err != nil {
-			return ObjectInfo{}, &OpError{Op: "put", Bucket: s.bucket, Key: key, Err: fmt.Errorf("hash: %w", err)}
-		}
+	// One sequential pass computes the sha256 (stored as metadata, so it
+	// must be known before the upload starts) and the part CRCs. It runs
+	// even when the caller gives the sha256: the parts are not signed with
+	// it, so nothing else would catch a file that changed since.
+	sum, crcs, err := hashParts(f, size, partSize)
+	if err != nil {
+		return ObjectInfo{}, &OpError{Op: "put", Bucket: s.bucket, Key: key, Err: fmt.Errorf("hash: %w", err)}
+	}
+	if opts.SHA256 != "" && opts.SHA256 != sum {
+		return ObjectInfo{}, &OpError{Op: "put", Bucket: s.bucket, Key: key, Kind: ErrChecksumMismatch,
+			Err: fmt.Errorf("file has sha256 %s, caller expected %s", sum, opts.SHA256)}
 	}
 
 	meta := map[string]string{metaSHA256: sum}

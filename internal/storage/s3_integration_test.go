@@ -53,7 +53,7 @@ func TestS3RoundTripLargeFile(t *testing.T) {
 	g.Expect(n).To(BeEquivalentTo(size))
 	g.Expect(gotSum).To(Equal(sum), "downloaded content matches the file")
 
-	// A caller-supplied sha256 skips the hashing pass and is what gets stored.
+	// A caller-supplied sha256 that matches the file is what gets stored.
 	info, err = st.PutFile(ctx, "images/big2.qcow2", path, PutOptions{SHA256: sum})
 	g.Expect(err).NotTo(HaveOccurred())
 	g.Expect(info.SHA256).To(Equal(sum))

@@ -49,7 +49,8 @@ type ObjectInfo struct {
 type PutOptions struct {
 	// SHA256 is the content's lowercase hex sha256 when the caller already
 	// knows it (the builder computes it while writing the image). Empty:
-	// the store computes it while reading the content.
+	// the store computes it while reading the content. When set, a content
+	// with another sha256 fails with ErrChecksumMismatch.
 	SHA256 string
 	// ContentType defaults to application/octet-stream.
 	ContentType string
