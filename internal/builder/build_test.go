@@ -31,6 +31,7 @@ type fakeRunner struct {
 
 	mu       sync.Mutex
 	commands []string
+	cmds     []Command
 }
 
 var madisonOut = regexp.MustCompile(`> '([^']+/madison)'`)
@@ -38,6 +39,7 @@ var madisonOut = regexp.MustCompile(`> '([^']+/madison)'`)
 func (f *fakeRunner) Run(_ context.Context, c Command) error {
 	f.mu.Lock()
 	f.commands = append(f.commands, c.String())
+	f.cmds = append(f.cmds, c)
 	f.mu.Unlock()
 	if f.failOn != "" && strings.Contains(c.String(), f.failOn) {
 		if f.afterFail != nil {

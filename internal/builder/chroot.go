@@ -5,7 +5,8 @@ import (
 	"strings"
 )
 
-// chrootEnv is the environment of commands run inside the image.
+// chrootEnv is the environment of commands run inside the image: all of
+// it, with the proxy variables (Command.Clean), nothing from the host.
 var chrootEnv = []string{
 	"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
 	"DEBIAN_FRONTEND=noninteractive",
@@ -48,7 +49,9 @@ func (b *build) inTree(env []string, args ...string) Command {
 
 // chroot returns a command running args inside the image.
 func (b *build) chroot(args ...string) Command {
-	return b.inTree(chrootEnv, append([]string{"chroot", b.root}, args...)...)
+	c := b.inTree(chrootEnv, append([]string{"chroot", b.root}, args...)...)
+	c.Clean = true
+	return c
 }
 
 // shq quotes s for a POSIX shell.

@@ -411,6 +411,10 @@ func (b *build) ansible(ctx context.Context, p *ProvisionerParams) error {
 		"ANSIBLE_RETRY_FILES_ENABLED=0",
 		"ANSIBLE_PYTHON_INTERPRETER=/usr/bin/python3",
 		"DEBIAN_FRONTEND=noninteractive",
+		// The chroot connection runs modules in the image with
+		// ansible-playbook's environment: the host's TMPDIR does not
+		// exist there, /tmp exists on both sides.
+		"TMPDIR=/tmp",
 	}
 	b.progress(0.1, "ansible-playbook (chroot connection)")
 	c := b.inTree(env, ansibleArgs(b.root, playbook, varsFile)...)

@@ -23,8 +23,14 @@ type Command struct {
 	// Name is the program, looked up in PATH.
 	Name string
 	Args []string
-	// Env is added to the builder's environment.
+	// Env is added to the command's environment: the builder's own (see
+	// hostEnv), or none when Clean is set.
 	Env []string
+	// Clean runs the command with Env and the proxy variables only, none
+	// of the builder's environment: for commands that run inside the
+	// image, where host paths (TMPDIR) do not exist and host secrets
+	// have no business.
+	Clean bool
 	// Dir is the working directory; empty means the builder's.
 	Dir string
 	// Stdin is the standard input; nil means none.
@@ -98,7 +104,7 @@ var _ Runner = &ExecRunner{}
 // Run implements Runner.
 func (r *ExecRunner) Run(ctx context.Context, c Command) error {
 	cmd := exec.CommandContext(ctx, c.Name, c.Args...)
-	cmd.Env = append(os.Environ(), c.Env...)
+	cmd.Env = commandEnv(c)
 	cmd.Dir = c.Dir
 	cmd.Stdin = c.Stdin
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
@@ -163,6 +169,56 @@ func (r *ExecRunner) logf(format string, args ...any) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	fmt.Fprintf(r.Log, format, args...)
+}
+
+// proxyVars are passed to every command, Clean ones included, so that apt
+// in the image reaches the mirror the way the host does.
+var proxyVars = []string{"http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY"}
+
+// commandEnv is the environment c runs with.
+func commandEnv(c Command) []string {
+	var env []string
+	if c.Clean {
+		for _, k := range proxyVars {
+			if v, ok := os.LookupEnv(k); ok {
+				env = append(env, k+"="+v)
+			}
+		}
+	} else {
+		env = hostEnv()
+	}
+	return append(env, c.Env...)
+}
+
+// hostEnv is the builder's environment without credentials: no AWS_*
+// variable (nodeforge build's S3 credentials) and no NODEFORGE_* variable
+// whose name looks like a secret. No child process needs them, and spec
+// provisioners, package maintainer scripts and Ansible run as children.
+func hostEnv() []string {
+	var out []string
+	for _, kv := range os.Environ() {
+		k, _, _ := strings.Cut(kv, "=")
+		if !secretVar(k) {
+			out = append(out, kv)
+		}
+	}
+	return out
+}
+
+func secretVar(name string) bool {
+	u := strings.ToUpper(name)
+	if strings.HasPrefix(u, "AWS_") {
+		return true
+	}
+	if !strings.HasPrefix(u, "NODEFORGE_") {
+		return false
+	}
+	for _, w := range []string{"SECRET", "TOKEN", "PASSWORD", "PASSWD", "CREDENTIAL", "KEY", "AUTH"} {
+		if strings.Contains(u, w) {
+			return true
+		}
+	}
+	return false
 }
 
 // tailBuffer keeps the last n lines written to it.
