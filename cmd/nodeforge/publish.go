@@ -33,7 +33,7 @@ with a NAME.qcow2.sha256 file and the build manifest, verifies size and
 checksum of the upload, and only then moves the NAME/latest pointer.
 
 The endpoint and credentials come from the standard environment variables:
-AWS_ENDPOINT_URL (an http:// URL allows plain HTTP), AWS_REGION,
+AWS_ENDPOINT_URL (required; an http:// URL allows plain HTTP), AWS_REGION,
 AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_CA_BUNDLE.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {

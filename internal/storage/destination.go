@@ -68,7 +68,7 @@ func ParseS3URL(raw string) (S3URL, error) {
 }
 
 // S3OptionsFromEnv builds options for bucket from the standard variables:
-// AWS_ENDPOINT_URL (empty: AWS S3; an http:// URL enables plain HTTP),
+// AWS_ENDPOINT_URL (required; an http:// URL enables plain HTTP),
 // AWS_REGION or AWS_DEFAULT_REGION, AWS_ACCESS_KEY_ID,
 // AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_CA_BUNDLE, and
 // NODEFORGE_S3_ADDRESSING. lookup is os.LookupEnv in production.

@@ -67,6 +67,14 @@ func TestS3OptionsFromEnvAndOpenS3URL(t *testing.T) {
 	delete(env, EnvSecretAccessKey)
 	_, _, err = OpenS3URL("s3://bkt1", false, lookup)
 	g.Expect(err).To(MatchError(ContainSubstring("AWS_SECRET_ACCESS_KEY")))
+
+	// No endpoint is an error: there is no default server to send the
+	// credentials and the image to.
+	env[EnvSecretAccessKey] = testSecret
+	delete(env, EnvEndpointURL)
+	_, _, err = OpenS3URL("s3://bkt1", false, lookup)
+	g.Expect(errors.Is(err, ErrInvalidArgument)).To(BeTrue(), "%v", err)
+	g.Expect(err).To(MatchError(And(ContainSubstring("AWS_ENDPOINT_URL"), ContainSubstring("spec.destination.s3.endpoint"))))
 }
 
 func TestNewS3EndpointsAndURLs(t *testing.T) {
@@ -82,6 +90,7 @@ func TestNewS3EndpointsAndURLs(t *testing.T) {
 		{name: "auto on an IP is path style", opts: S3Options{Endpoint: "http://127.0.0.1:9000", PlainHTTP: true}, url: "http://127.0.0.1:9000/bkt/a/b.qcow2"},
 		{name: "bare host means https", opts: S3Options{Endpoint: "minio.local:9000", Addressing: AddressingPath}, url: "https://minio.local:9000/bkt/a/b.qcow2"},
 		{name: "bare host plain http", opts: S3Options{Endpoint: "minio.local:9000", PlainHTTP: true, Addressing: AddressingPath}, url: "http://minio.local:9000/bkt/a/b.qcow2"},
+		{name: "no endpoint", opts: S3Options{}, wantErrSub: "AWS_ENDPOINT_URL"},
 		{name: "http needs opt-in", opts: S3Options{Endpoint: "http://127.0.0.1:9000"}, wantErrSub: "plain HTTP"},
 		{name: "no path", opts: S3Options{Endpoint: "https://h/sub"}, wantErrSub: "path or query"},
 		{name: "no userinfo", opts: S3Options{Endpoint: "https://" + testAccessKey + ":" + testSecret + "@h"}, wantErrSub: "must not carry credentials"},

@@ -49,7 +49,8 @@ const (
 type S3Options struct {
 	// Endpoint is the server URL, for example http://127.0.0.1:9000 or
 	// https://s3.example.com. A bare host[:port] means HTTPS unless
-	// PlainHTTP is set. Empty means AWS S3.
+	// PlainHTTP is set. Required: there is no default server, so nothing
+	// (credentials, images) goes to a provider the caller did not name.
 	Endpoint string
 	// Bucket is required.
 	Bucket string
@@ -185,8 +186,8 @@ func NewS3(opts S3Options) (*S3, error) {
 // parseEndpoint turns an endpoint setting into a scheme://host URL. Errors
 // show the endpoint with any userinfo redacted.
 func parseEndpoint(raw string, plainHTTP bool) (*url.URL, error) {
-	if raw == "" {
-		raw = "https://s3.amazonaws.com"
+	if strings.TrimSpace(raw) == "" {
+		return nil, errorf(ErrInvalidArgument, "no S3 endpoint: set %s (CLI) or spec.destination.s3.endpoint to the server's URL", EnvEndpointURL)
 	}
 	if !strings.Contains(raw, "://") {
 		scheme := "https"
