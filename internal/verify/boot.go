@@ -106,7 +106,7 @@ type bootRun struct {
 	cmd     *exec.Cmd
 	exited  chan struct{}
 	exitErr error
-	stderr  bytes.Buffer
+	stderr  lockedBuffer // written by exec's copy goroutine while QEMU runs
 	started time.Time
 	client  *ssh.Client
 }
@@ -187,8 +187,9 @@ users:
 }
 
 // qemuArgs builds the command line. Only 127.0.0.1 ports are forwarded and
-// restrict=on keeps the guest off every other network.
-func (b *bootRun) qemuArgs() []string {
+// restrict=on keeps the guest off every other network. For UEFI it copies
+// the OVMF vars template into the run directory (the guest writes to it).
+func (b *bootRun) qemuArgs() ([]string, error) {
 	args := []string{"-name", b.hostname, "-nodefaults", "-no-user-config", "-display", "none",
 		"-smp", "2", "-m", "2048", "-no-reboot"}
 	if b.accel == AccelKVM {
@@ -197,14 +198,21 @@ func (b *bootRun) qemuArgs() []string {
 		args = append(args, "-machine", "q35,accel=tcg", "-cpu", "max")
 	}
 	if b.content.Disk.BootMode == imagev1.BootModeUEFI {
-		code, vars := ovmfPaths()
-		varsCopy := filepath.Join(b.dir, "OVMF_VARS.fd")
-		if in, err := os.ReadFile(vars); err == nil {
-			_ = os.WriteFile(varsCopy, in, 0o600)
+		code, vars := findOVMF()
+		args = append(args, "-drive", "if=pflash,format=raw,unit=0,readonly=on,file="+code)
+		// A firmware image without a separate vars template (OVMF.fd)
+		// gets no vars drive.
+		if vars != "" {
+			varsCopy := filepath.Join(b.dir, "OVMF_VARS.fd")
+			in, err := os.ReadFile(vars)
+			if err != nil {
+				return nil, fmt.Errorf("reading the UEFI vars template: %w", err)
+			}
+			if err := os.WriteFile(varsCopy, in, 0o600); err != nil {
+				return nil, fmt.Errorf("copying the UEFI vars template: %w", err)
+			}
+			args = append(args, "-drive", "if=pflash,format=raw,unit=1,file="+varsCopy)
 		}
-		args = append(args,
-			"-drive", "if=pflash,format=raw,unit=0,readonly=on,file="+code,
-			"-drive", "if=pflash,format=raw,unit=1,file="+varsCopy)
 	}
 	fwd := fmt.Sprintf("hostfwd=tcp:127.0.0.1:%d-:22", b.sshPort)
 	if boolOf(b.content.Monitoring.NodeExporter.Enabled) {
@@ -220,9 +228,14 @@ func (b *bootRun) qemuArgs() []string {
 		"-chardev", "file,id=fw,path="+b.firmware,
 		"-device", "isa-debugcon,iobase=0x402,chardev=fw",
 	)
-	return args
+	return args, nil
 }
 
+// findOVMF is ovmfPaths; tests replace it.
+var findOVMF = ovmfPaths
+
+// ovmfPaths returns the OVMF code image and its vars template ("" when the
+// image has none).
 func ovmfPaths() (string, string) {
 	for _, p := range [][2]string{
 		{"/usr/share/OVMF/OVMF_CODE_4M.fd", "/usr/share/OVMF/OVMF_VARS_4M.fd"},
@@ -238,7 +251,11 @@ func ovmfPaths() (string, string) {
 
 // start launches QEMU in its own process group.
 func (b *bootRun) start() error {
-	b.cmd = exec.Command("qemu-system-x86_64", b.qemuArgs()...)
+	args, err := b.qemuArgs()
+	if err != nil {
+		return err
+	}
+	b.cmd = exec.Command("qemu-system-x86_64", args...)
 	b.cmd.Stderr = &b.stderr
 	b.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	b.started = time.Now()
