@@ -8,11 +8,15 @@ import (
 )
 
 // StallingError means the user must act (fix the spec, create a Secret);
-// the reconcile is not retried until the object changes.
+// the reconcile is not retried until the object (or a watched object it
+// refers to) changes, or after RequeueAfter when that is set.
 type StallingError struct {
 	// Reason is the Stalled condition's reason.
 	Reason string
 	Err    error
+	// RequeueAfter, when set, rechecks a stall whose cause is not watched
+	// (a Secret, a bucket).
+	RequeueAfter time.Duration
 }
 
 func (e *StallingError) Error() string { return e.Err.Error() }
@@ -39,7 +43,7 @@ func resultOf(err error) (ctrl.Result, error) {
 	}
 	var stall *StallingError
 	if errors.As(err, &stall) {
-		return ctrl.Result{}, nil
+		return ctrl.Result{RequeueAfter: stall.RequeueAfter}, nil
 	}
 	var wait *WaitingError
 	if errors.As(err, &wait) {

@@ -409,3 +409,38 @@ func TestManagerRestartAdoptsRunningBuild(t *testing.T) {
 	}, testTimeout).Should(Succeed())
 	g.Expect(listBuilds(g, ns)).To(HaveLen(1))
 }
+
+// A NodeImage stalled on a missing ConfigMap recovers when the ConfigMap is
+// created, and editing it (a content change) starts a build of the new
+// digest.
+func TestConfigMapReferenceWatched(t *testing.T) {
+	needEnv(t)
+	g := NewWithT(t)
+	ns := newNamespace(t)
+	ni := newNodeImage(ns, "cmref")
+	ni.Spec.Files = []imagev1.FileSpec{{Path: "/etc/motd", ConfigMapKeyRef: &corev1.ConfigMapKeySelector{
+		LocalObjectReference: corev1.LocalObjectReference{Name: "motd"}, Key: "motd"}}}
+	g.Expect(k8s.Create(ctx, ni)).To(Succeed())
+	g.Eventually(func(g Gomega) {
+		g.Expect(reasonOf(get(g, ni), imagev1.StalledCondition)).To(Equal("True/InvalidSpec"))
+	}, testTimeout).Should(Succeed())
+	g.Expect(listBuilds(g, ns)).To(BeEmpty())
+
+	cm := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "motd"}, Data: map[string]string{"motd": "hello"}}
+	g.Expect(k8s.Create(ctx, cm)).To(Succeed())
+	var first string
+	g.Eventually(func(g Gomega) {
+		n := get(g, ni)
+		g.Expect(condition(n, imagev1.StalledCondition)).To(BeNil())
+		g.Expect(n.Status.CurrentBuild).NotTo(BeNil())
+		first = n.Status.CurrentBuild.Name
+	}, testTimeout).Should(Succeed())
+
+	update(g, cm, func(cm *corev1.ConfigMap) { cm.Data["motd"] = "hello again" })
+	g.Eventually(func(g Gomega) {
+		n := get(g, ni)
+		g.Expect(n.Status.CurrentBuild).NotTo(BeNil())
+		g.Expect(n.Status.CurrentBuild.Name).NotTo(Equal(first))
+		g.Expect(listBuilds(g, ns)).To(HaveLen(2))
+	}, testTimeout).Should(Succeed())
+}

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"time"
 
@@ -21,6 +22,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
@@ -59,15 +61,68 @@ var _ reconcile.Reconciler = &NodeImageReconciler{}
 // RoleBinding, not by this ClusterRole.
 // +kubebuilder:rbac:groups="",resources=configmaps,verbs=get;list;watch
 
-// SetupWithManager registers the controller.
+// SetupWithManager registers the controller. It watches the ConfigMaps
+// NodeImages refer to (a missing one stalls the NodeImage, an edited one
+// changes its digest); Secrets and buckets are not watched, see
+// StalledRecheckInterval.
 func (r *NodeImageReconciler) SetupWithManager(mgr ctrl.Manager, opts controller.Options) error {
+	if err := mgr.GetFieldIndexer().IndexField(context.Background(), &imagev1.NodeImage{}, configMapRefsIndex,
+		func(o client.Object) []string { return configMapRefs(o.(*imagev1.NodeImage)) }); err != nil {
+		return fmt.Errorf("indexing NodeImages by ConfigMap: %w", err)
+	}
 	return ctrl.NewControllerManagedBy(mgr).
 		Named("nodeimage").
 		For(&imagev1.NodeImage{}, builder.WithPredicates(
 			predicate.Or(predicate.GenerationChangedPredicate{}, predicate.AnnotationChangedPredicate{}))).
 		Owns(&imagev1.NodeImageBuild{}).
+		Watches(&corev1.ConfigMap{}, handler.EnqueueRequestsFromMapFunc(r.imagesForConfigMap)).
 		WithOptions(opts).
 		Complete(r)
+}
+
+// configMapRefsIndex indexes NodeImages by the names of the ConfigMaps
+// their spec refers to.
+const configMapRefsIndex = ".spec.configMapRefs"
+
+// StalledRecheckInterval is how often a NodeImage stalled on something the
+// manager does not watch (the credentials Secret, which it reads uncached,
+// or the bucket) is reconciled again, so that fixing the cause is noticed.
+const StalledRecheckInterval = 5 * time.Minute
+
+// configMapRefs returns the ConfigMaps a NodeImage's spec refers to.
+func configMapRefs(ni *imagev1.NodeImage) []string {
+	var names []string
+	add := func(ref *corev1.ConfigMapKeySelector) {
+		if ref != nil && ref.Name != "" && !slices.Contains(names, ref.Name) {
+			names = append(names, ref.Name)
+		}
+	}
+	if k := ni.Spec.Kubernetes; k != nil {
+		add(k.AptRepository.SigningKey.ConfigMapKeyRef)
+	}
+	for i := range ni.Spec.Files {
+		add(ni.Spec.Files[i].ConfigMapKeyRef)
+	}
+	for i := range ni.Spec.Provisioners {
+		if a := ni.Spec.Provisioners[i].Ansible; a != nil {
+			add(a.PlaybookRef)
+		}
+	}
+	return names
+}
+
+// imagesForConfigMap maps a ConfigMap to the NodeImages that refer to it.
+func (r *NodeImageReconciler) imagesForConfigMap(ctx context.Context, cm client.Object) []reconcile.Request {
+	var list imagev1.NodeImageList
+	if err := r.List(ctx, &list, client.InNamespace(cm.GetNamespace()), client.MatchingFields{configMapRefsIndex: cm.GetName()}); err != nil {
+		log.FromContext(ctx).Error(err, "listing NodeImages that refer to a ConfigMap", "configMap", klog.KObj(cm))
+		return nil
+	}
+	reqs := make([]reconcile.Request, 0, len(list.Items))
+	for i := range list.Items {
+		reqs = append(reqs, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(&list.Items[i])})
+	}
+	return reqs
 }
 
 func (r *NodeImageReconciler) clock() clock.Clock {
@@ -244,6 +299,12 @@ func (r *NodeImageReconciler) findArtifact(ctx context.Context, st *imageState) 
 	a, err := r.Artifacts.Lookup(ctx, st.ni, st.digest)
 	if errors.Is(err, ErrArtifactNotFound) {
 		return nil
+	}
+	if stall := (*StallingError)(nil); errors.As(err, &stall) {
+		// A missing Secret or bucket: neither is watched, so look again
+		// now and then.
+		stall.RequeueAfter = StalledRecheckInterval
+		return stall
 	}
 	if err != nil {
 		return err

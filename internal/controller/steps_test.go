@@ -19,6 +19,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/client/fake"
 	"sigs.k8s.io/controller-runtime/pkg/client/interceptor"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	imagev1 "github.com/nodeforge/nodeforge/api/v1alpha1"
 	"github.com/nodeforge/nodeforge/internal/backend"
@@ -256,6 +257,7 @@ func TestNodeImageReconcile(t *testing.T) {
 		wantStalled string
 		wantRecon   string
 		wantObsGen  bool
+		wantRequeue time.Duration
 	}{
 		{name: "first build", ni: testImage(nil), artifacts: &fakeArtifacts{},
 			wantBuilds: 1, wantReady: "False/BuildPending", wantRecon: "True/BuildPending"},
@@ -267,6 +269,9 @@ func TestNodeImageReconcile(t *testing.T) {
 			ni.Spec.Files = []imagev1.FileSpec{{Path: "/etc/x", ConfigMapKeyRef: &corev1.ConfigMapKeySelector{
 				LocalObjectReference: corev1.LocalObjectReference{Name: "missing"}, Key: "k"}}}
 		}), artifacts: &fakeArtifacts{}, wantReady: "False/InvalidSpec", wantStalled: "True/InvalidSpec", wantObsGen: true},
+		{name: "missing Secret stalls and is rechecked", ni: testImage(nil),
+			artifacts: &fakeArtifacts{err: &StallingError{Reason: imagev1.InvalidSpecReason, Err: errors.New("secret ns/c does not exist")}},
+			wantReady: "False/InvalidSpec", wantStalled: "True/InvalidSpec", wantObsGen: true, wantRequeue: StalledRecheckInterval},
 		{name: "arm64 stalls", ni: testImage(func(ni *imagev1.NodeImage) { ni.Spec.Base.Architecture = imagev1.ArchitectureARM64 }),
 			artifacts: &fakeArtifacts{}, wantReady: "False/UnsupportedArchitecture", wantStalled: "True/UnsupportedArchitecture", wantObsGen: true},
 		{name: "suspended starts nothing", ni: testImage(func(ni *imagev1.NodeImage) { ni.Spec.Suspend = true }),
@@ -287,6 +292,9 @@ func TestNodeImageReconcile(t *testing.T) {
 				g.Expect(res.RequeueAfter).To(BeZero())
 			} else {
 				g.Expect(err).NotTo(HaveOccurred())
+				if tt.wantStalled != "" {
+					g.Expect(res.RequeueAfter).To(Equal(tt.wantRequeue))
+				}
 			}
 			var builds imagev1.NodeImageBuildList
 			g.Expect(c.List(context.Background(), &builds)).To(Succeed())
@@ -328,4 +336,45 @@ func TestNodeImageDeletion(t *testing.T) {
 			g.Expect(apierrors.IsNotFound(err)).To(BeTrue(), "finalizer removed, object gone")
 		})
 	}
+}
+
+func TestImagesForConfigMap(t *testing.T) {
+	g := NewWithT(t)
+	ref := func(name string) *corev1.ConfigMapKeySelector {
+		return &corev1.ConfigMapKeySelector{LocalObjectReference: corev1.LocalObjectReference{Name: name}, Key: "k"}
+	}
+	files := testImage(func(ni *imagev1.NodeImage) {
+		ni.Name = "files"
+		ni.Spec.Files = []imagev1.FileSpec{{Path: "/etc/a", ConfigMapKeyRef: ref("shared")}, {Path: "/etc/b", ConfigMapKeyRef: ref("shared")}}
+	})
+	playbook := testImage(func(ni *imagev1.NodeImage) {
+		ni.Name = "playbook"
+		ni.Spec.Provisioners = []imagev1.Provisioner{{Ansible: &imagev1.AnsibleProvisioner{PlaybookRef: ref("shared")}}}
+	})
+	key := testImage(func(ni *imagev1.NodeImage) {
+		ni.Name = "key"
+		ni.Spec.Kubernetes = &imagev1.KubernetesSpec{AptRepository: imagev1.AptRepository{SigningKey: imagev1.KeySource{ConfigMapKeyRef: ref("gpg")}}}
+	})
+	other := testImage(func(ni *imagev1.NodeImage) { ni.Name = "other"; ni.Namespace = "elsewhere" })
+	other.Spec.Files = files.Spec.Files
+	g.Expect(configMapRefs(files)).To(Equal([]string{"shared"}))
+	g.Expect(configMapRefs(key)).To(Equal([]string{"gpg"}))
+
+	c := fake.NewClientBuilder().WithScheme(testenv.Scheme()).
+		WithIndex(&imagev1.NodeImage{}, configMapRefsIndex, func(o client.Object) []string { return configMapRefs(o.(*imagev1.NodeImage)) }).
+		WithObjects(files, playbook, key, other).Build()
+	r := &NodeImageReconciler{Client: c}
+	cm := func(name string) *corev1.ConfigMap {
+		return &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: name}}
+	}
+	names := func(reqs []reconcile.Request) []string {
+		var out []string
+		for _, r := range reqs {
+			out = append(out, r.Name)
+		}
+		return out
+	}
+	g.Expect(names(r.imagesForConfigMap(context.Background(), cm("shared")))).To(ConsistOf("files", "playbook"))
+	g.Expect(names(r.imagesForConfigMap(context.Background(), cm("gpg")))).To(ConsistOf("key"))
+	g.Expect(r.imagesForConfigMap(context.Background(), cm("unrelated"))).To(BeEmpty())
 }
