@@ -107,9 +107,10 @@ type build struct {
 }
 
 // Build runs the whole pipeline for content and writes the image and its
-// manifest into opts.OutDir. On failure it returns a *StepError, removes
-// the partial output, and leaves nothing mounted.
-func Build(ctx context.Context, opts Options, content imagev1.ImageContent) (*Result, error) {
+// manifest into opts.OutDir. On failure it returns a *StepError (joined
+// with a "cleanup" one when the work dir could not be removed either),
+// removes the partial output, and leaves nothing mounted.
+func Build(ctx context.Context, opts Options, content imagev1.ImageContent) (res *Result, err error) {
 	if opts.Name == "" || strings.ContainsAny(opts.Name, "/\x00") || strings.HasPrefix(opts.Name, ".") {
 		return nil, fmt.Errorf("invalid image name %q", opts.Name)
 	}
@@ -140,11 +141,30 @@ func Build(ctx context.Context, opts Options, content imagev1.ImageContent) (*Re
 	if err != nil {
 		return nil, &StepError{Step: "plan", Cause: err}
 	}
+	b.work = work
+	// Cleanup runs however Build returns, even when ctx is cancelled.
+	defer func() {
+		if b.cacheLock != nil {
+			b.cacheLock.Close()
+		}
+		if err != nil {
+			b.removePartial()
+		}
+		if !opts.KeepWork {
+			if cerr := b.cleanupWork(); cerr != nil {
+				cleanup := &StepError{Step: "cleanup", Cause: cerr}
+				if err == nil {
+					err = cleanup
+				} else {
+					err = errors.Join(err, cleanup)
+				}
+			}
+		}
+	}()
 	// MkdirTemp makes it 0700; apt's _apt user must reach the chroots in it.
 	if err := os.Chmod(work, 0o755); err != nil {
 		return nil, &StepError{Step: "plan", Cause: err}
 	}
-	b.work = work
 	b.root = filepath.Join(work, "rootfs")
 	b.raw = filepath.Join(work, "disk.raw")
 	b.aptDir = filepath.Join(work, "apt")
@@ -168,20 +188,7 @@ func Build(ctx context.Context, opts Options, content imagev1.ImageContent) (*Re
 	b.partImage = filepath.Join(opts.OutDir, "."+opts.Name+"."+format+".partial")
 	b.partManifest = filepath.Join(opts.OutDir, "."+opts.Name+".json.partial")
 
-	res, err := b.run(ctx, steps)
-	if b.cacheLock != nil {
-		b.cacheLock.Close()
-	}
-	// Cleanup runs even when ctx is cancelled.
-	if err != nil {
-		b.removePartial()
-	}
-	if !opts.KeepWork {
-		if cerr := b.cleanupWork(); cerr != nil && err == nil {
-			err = &StepError{Step: "cleanup", Cause: cerr}
-		}
-	}
-	return res, err
+	return b.run(ctx, steps)
 }
 
 func (b *build) run(ctx context.Context, steps []Step) (*Result, error) {
@@ -209,15 +216,18 @@ func (b *build) run(ctx context.Context, steps []Step) (*Result, error) {
 		b.doneWeight += s.Weight
 		b.rep.Report(Event{Step: s.Name, Percent: b.percent(0), State: StateDone, ElapsedSeconds: elapsed})
 	}
-	// Publish atomically: the image first, then the manifest that names it.
-	if err := os.Rename(b.partImage, b.imagePath); err != nil {
-		return nil, stepError(StepManifest, err)
-	}
+	// Publish: write the manifest beside the partial image, then rename
+	// the image and the manifest that names it. Once the image has its
+	// final name, a failure removes it again: no partial output.
 	b.manifest.Steps = b.timings
 	if err := b.manifest.Write(b.partManifest); err != nil {
 		return nil, stepError(StepManifest, err)
 	}
+	if err := os.Rename(b.partImage, b.imagePath); err != nil {
+		return nil, stepError(StepManifest, err)
+	}
 	if err := os.Rename(b.partManifest, b.manifestPath); err != nil {
+		_ = os.Remove(b.imagePath)
 		return nil, stepError(StepManifest, err)
 	}
 	return &Result{Manifest: b.manifest, ImagePath: b.imagePath, ManifestPath: b.manifestPath}, nil
@@ -286,9 +296,12 @@ func (b *build) cleanupWork() error {
 	return os.RemoveAll(b.work)
 }
 
+// mountInfoPath is the mount table cleanupWork checks (a test sets a fake).
+var mountInfoPath = "/proc/self/mountinfo"
+
 // mountsBelow lists mount points at or below dir.
 func mountsBelow(dir string) ([]string, error) {
-	f, err := os.Open("/proc/self/mountinfo")
+	f, err := os.Open(mountInfoPath)
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
 			return nil, nil
