@@ -3,6 +3,7 @@ package builder
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -61,7 +62,7 @@ func (b *build) hygiene(_ context.Context, p *HygieneParams) error {
 	for i, s := range steps {
 		b.progress(float64(i)/float64(len(steps)), s.name)
 		if err := s.run(); err != nil {
-			return errors.Join(errors.New(s.name), err)
+			return fmt.Errorf("%s: %w", s.name, err)
 		}
 	}
 	return nil
