@@ -67,6 +67,14 @@ func (p *pipeline) run(ctx context.Context) (*pipelineResult, error) {
 	if err != nil {
 		return nil, &stageError{Reason: buildresult.ReasonBuildFailed, Step: "resolve", Err: err}
 	}
+	if !p.SkipVerify {
+		// A misspelt optional/skip name fails now, not after the build.
+		vspec := p.Verification
+		vspec.Default()
+		if err := verify.CheckSelection(p.Content, verify.OptionsFromSpec(vspec)); err != nil {
+			return nil, &stageError{Reason: buildresult.ReasonVerificationFailed, Step: "verify", Err: err}
+		}
+	}
 	if p.Publisher != nil {
 		art, err := p.Publisher.Lookup(ctx, p.Name, digest)
 		switch {

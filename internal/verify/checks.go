@@ -316,3 +316,43 @@ func roundSeconds(d time.Duration) float64 {
 
 // checkNameRE is the CheckName pattern of the API.
 var checkNameRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]*[a-z0-9])?$`)
+
+// plannedNames lists every check a defaulted content implies, offline and
+// boot (whether or not the boot test runs), in plan order.
+func plannedNames(c *imagev1.ImageContent) []string {
+	var names []string
+	for _, pc := range planOffline(&offlineImage{content: c}) {
+		names = append(names, pc.name)
+	}
+	names = append(names, CheckBootSSH, CheckBootCloudInit)
+	return append(names, bootNames(c)...)
+}
+
+// CheckSelection returns an error naming every check in o.Optional or
+// o.Skip (verification.optional / verification.skip, the CLI's --optional /
+// --skip) that is malformed or that the content does not imply, so a typo
+// does not silently leave a check required or running.
+func CheckSelection(content imagev1.ImageContent, o Options) error {
+	c := content.DeepCopy()
+	c.Default()
+	planned := plannedNames(c)
+	known := map[string]bool{}
+	for _, n := range planned {
+		known[n] = true
+	}
+	var bad []string
+	seen := map[string]bool{}
+	for _, list := range [][]string{o.Optional, o.Skip} {
+		for _, n := range list {
+			if !seen[n] && (!checkNameRE.MatchString(n) || !known[n]) {
+				bad = append(bad, fmt.Sprintf("%q", n))
+			}
+			seen[n] = true
+		}
+	}
+	if len(bad) == 0 {
+		return nil
+	}
+	return fmt.Errorf("unknown check name(s) in verification optional/skip (--optional/--skip): %s; this image's checks are %s (see docs/verification.md)",
+		strings.Join(bad, ", "), strings.Join(planned, ", "))
+}

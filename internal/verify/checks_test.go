@@ -242,3 +242,59 @@ func TestRunAllKeepsPlanOrderAndRunsConcurrently(t *testing.T) {
 		t.Errorf("summary %+v", r.Summary)
 	}
 }
+
+func TestCheckSelectionRejectsUnknownNames(t *testing.T) {
+	kube := &imagev1.KubernetesSpec{Version: "v1.37.2", AptRepository: imagev1.AptRepository{URL: "http://127.0.0.1:8080/"}}
+	tests := []struct {
+		name              string
+		content           imagev1.ImageContent
+		optional, skip    []string
+		wantErr, notInErr []string
+	}{
+		{name: "none"},
+		{name: "planned offline and boot names", optional: []string{CheckQemuImgCompression, CheckBootFailedUnits}, skip: []string{CheckBootSSH, CheckBootCloudInit}},
+		{name: "typo in skip", skip: []string{CheckBootSSH, "boot-shh"}, wantErr: []string{`"boot-shh"`, CheckBootSSH, "docs/verification.md"}},
+		{name: "typo in optional", optional: []string{"qemu-img-formt"}, wantErr: []string{`"qemu-img-formt"`}},
+		{name: "malformed", skip: []string{"Boot SSH"}, wantErr: []string{`"Boot SSH"`}},
+		{name: "check of another content", skip: []string{CheckKubeAptRepository}, wantErr: []string{`"` + CheckKubeAptRepository + `"`}},
+		{name: "check this content implies", content: imagev1.ImageContent{Kubernetes: kube}, skip: []string{CheckKubeAptRepository}},
+		{name: "all unknown names listed once", optional: []string{"a1", "b2"}, skip: []string{"a1", CheckBootSSH},
+			wantErr: []string{`"a1", "b2";`}, notInErr: []string{`"a1", "b2", "a1"`}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := CheckSelection(tt.content, Options{Optional: tt.optional, Skip: tt.skip})
+			if len(tt.wantErr) == 0 {
+				if err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			if err == nil {
+				t.Fatal("no error")
+			}
+			for _, s := range tt.wantErr {
+				if !strings.Contains(err.Error(), s) {
+					t.Errorf("error %q lacks %q", err, s)
+				}
+			}
+			for _, s := range tt.notInErr {
+				if strings.Contains(err.Error(), s) {
+					t.Errorf("error %q has %q", err, s)
+				}
+			}
+		})
+	}
+}
+
+func TestVerifyRejectsUnknownNamesBeforeRunning(t *testing.T) {
+	var ran atomic.Int32
+	_, err := Verify(context.Background(), "/nonexistent/image.qcow2", imagev1.ImageContent{}, Options{
+		Skip: []string{"boot-shh"}, Progress: func(Check) { ran.Add(1) }})
+	if err == nil || !strings.Contains(err.Error(), `"boot-shh"`) {
+		t.Fatalf("want an error naming boot-shh, got %v", err)
+	}
+	if ran.Load() != 0 {
+		t.Fatalf("%d checks ran", ran.Load())
+	}
+}

@@ -24,10 +24,14 @@ const guestCheckConcurrency = 4
 // Verify checks the image at imagePath against content (defaulted here; a
 // defaulted content is left as is). Check failures are recorded in the
 // report; the error is only for problems that stop verification itself,
-// such as an unusable work directory. The image file is never modified.
+// such as an unusable work directory or an optional/skip name that matches
+// no check (CheckSelection). The image file is never modified.
 func Verify(ctx context.Context, imagePath string, content imagev1.ImageContent, opts Options) (*Report, error) {
 	c := content.DeepCopy()
 	c.Default()
+	if err := CheckSelection(*c, opts); err != nil {
+		return nil, err
+	}
 	if _, err := os.Stat(imagePath); err != nil {
 		return nil, fmt.Errorf("image: %w", err)
 	}
