@@ -584,7 +584,8 @@ type Provisioner struct {
 
 	// ansible runs a playbook against the image's root filesystem through
 	// Ansible's chroot connection: the seed pipeline's customisation path,
-	// without a VM or SSH.
+	// without a VM or SSH. Plays for localhost match no host; delegate_to,
+	// local_action and lookups still run on the build host.
 	// +optional
 	Ansible *AnsibleProvisioner `json:"ansible,omitempty"`
 }
@@ -600,6 +601,13 @@ type ShellProvisioner struct {
 
 // AnsibleProvisioner runs an Ansible playbook. Exactly one of playbook or
 // playbookRef is set.
+//
+// The inventory is the image's root filesystem alone, and ansible-playbook
+// runs with --limit set to it, so a play for localhost (Ansible's implicit
+// localhost) or for all matches only the image, never the build host.
+// Tasks delegated to the build host (delegate_to: localhost,
+// local_action), lookups and templating still run on the build host, as
+// root in the builder: run only playbooks you trust with the builder.
 // +kubebuilder:validation:XValidation:rule="has(self.playbook) != has(self.playbookRef)",message="exactly one of playbook or playbookRef must be set"
 type AnsibleProvisioner struct {
 	// playbook is the playbook YAML itself.

@@ -224,7 +224,7 @@ func TestPlan(t *testing.T) {
 				t.Error("python3 not requested for the ansible chroot connection")
 			}
 			got := ansibleArgs("/w/rootfs", "/w/p.yml", "/w/v.json")
-			want := []string{"ansible-playbook", "-i", "/w/rootfs,", "-c", "community.general.chroot", "-e", "@/w/v.json", "/w/p.yml"}
+			want := []string{"ansible-playbook", "-i", "/w/rootfs,", "-l", "/w/rootfs", "-c", "community.general.chroot", "-e", "@/w/v.json", "/w/p.yml"}
 			if !slices.Equal(got, want) {
 				t.Errorf("ansible args = %v; want %v", got, want)
 			}

@@ -430,6 +430,10 @@ func (b *build) ansible(ctx context.Context, p *ProvisionerParams) error {
 var errNoAnsible = errors.New("ansible-playbook is not installed on the build host (Debian package ansible, which ships the community.general chroot connection; the builder image and hack/deps.sh install it)")
 
 // ansibleArgs is the ansible-playbook command line for a chroot target.
+// The inventory is the tree alone, and --limit keeps it so: Ansible always
+// has an implicit localhost, and a play for localhost would otherwise run
+// on the build host. With the limit it matches no host. (delegate_to and
+// lookups still run on the build host; the API documents it.)
 func ansibleArgs(root, playbook, varsFile string) []string {
-	return []string{"ansible-playbook", "-i", root + ",", "-c", "community.general.chroot", "-e", "@" + varsFile, playbook}
+	return []string{"ansible-playbook", "-i", root + ",", "-l", root, "-c", "community.general.chroot", "-e", "@" + varsFile, playbook}
 }
