@@ -246,7 +246,10 @@ func (r *NodeImageReconciler) suspended(st *imageState) {
 
 // listBuilds lists the NodeImage's builds and picks the one that stands
 // for the current digest: the build of a pending rebuild request, else the
-// newest build of the digest that was not interrupted.
+// newest build of the digest that was not superseded. A build someone
+// cancelled with the interrupt annotation still stands for its digest: its
+// Interrupted outcome is mirrored and nothing is rebuilt until the spec
+// changes or a rebuild is requested.
 func (r *NodeImageReconciler) listBuilds(ctx context.Context, st *imageState) error {
 	ni := st.ni
 	var list imagev1.NodeImageBuildList
@@ -273,7 +276,7 @@ func (r *NodeImageReconciler) listBuilds(ctx context.Context, st *imageState) er
 	}
 	for i := range st.builds {
 		b := &st.builds[i]
-		if b.Spec.SpecDigest == st.digest && !interrupted(b) && b.DeletionTimestamp.IsZero() {
+		if b.Spec.SpecDigest == st.digest && !superseded(b) && b.DeletionTimestamp.IsZero() {
 			st.desired = b
 			return nil
 		}
@@ -343,14 +346,14 @@ func (r *NodeImageReconciler) ensureBuild(ctx context.Context, st *imageState) e
 		reason = imagev1.BuildReasonFirstBuild
 	}
 	if old := st.byName(name); old != nil {
-		// An interrupted build of this digest holds the name: replace it.
+		// A superseded build of this digest holds the name: replace it.
 		if old.DeletionTimestamp.IsZero() {
 			if err := r.Delete(ctx, old, client.PropagationPolicy(metav1.DeletePropagationBackground)); client.IgnoreNotFound(err) != nil {
 				return fmt.Errorf("deleting interrupted build %s: %w", name, err)
 			}
 		}
-		markReconciling(ni, imagev1.BuildPendingReason, "replacing interrupted build "+name)
-		return &WaitingError{RequeueAfter: 2 * time.Second, Err: errors.New("waiting for the interrupted build to be deleted")}
+		markReconciling(ni, imagev1.BuildPendingReason, "replacing superseded build "+name)
+		return &WaitingError{RequeueAfter: 2 * time.Second, Err: errors.New("waiting for the superseded build to be deleted")}
 	}
 	b := &imagev1.NodeImageBuild{
 		ObjectMeta: metav1.ObjectMeta{
@@ -393,13 +396,18 @@ func (r *NodeImageReconciler) ensureBuild(ctx context.Context, st *imageState) e
 	return nil
 }
 
-// supersede interrupts every unfinished build other than the desired one.
+// supersede interrupts every unfinished build other than the desired one
+// and marks it superseded; a cancelled build no longer desired is marked
+// too, so that returning to its digest builds again.
 func (r *NodeImageReconciler) supersede(ctx context.Context, st *imageState) error {
 	for i := range st.builds {
 		b := &st.builds[i]
-		if (st.desired != nil && b.Name == st.desired.Name) || b.Status.CompletionTime != nil ||
-			!b.DeletionTimestamp.IsZero() || b.Annotations[InterruptAnnotation] != "" {
+		if (st.desired != nil && b.Name == st.desired.Name) || superseded(b) || !b.DeletionTimestamp.IsZero() {
 			continue
+		}
+		_, cancelled := b.Annotations[InterruptAnnotation]
+		if b.Status.CompletionTime != nil && !(cancelled && readyReason(b) == imagev1.InterruptedReason) {
+			continue // finished builds stay as they are
 		}
 		why := fmt.Sprintf("superseded by generation %d of NodeImage %s", st.ni.Generation, st.ni.Name)
 		if st.desired != nil {
@@ -411,11 +419,16 @@ func (r *NodeImageReconciler) supersede(ctx context.Context, st *imageState) err
 		if b.Annotations == nil {
 			b.Annotations = map[string]string{}
 		}
-		b.Annotations[InterruptAnnotation] = why
+		b.Annotations[SupersededAnnotation] = why
+		if !cancelled {
+			b.Annotations[InterruptAnnotation] = why
+		}
 		if err := r.Patch(ctx, b, client.MergeFrom(base)); client.IgnoreNotFound(err) != nil {
 			return fmt.Errorf("interrupting build %s: %w", b.Name, err)
 		}
-		r.event(st.ni, corev1.EventTypeNormal, imagev1.InterruptedReason, "build "+b.Name+" "+why)
+		if !cancelled {
+			r.event(st.ni, corev1.EventTypeNormal, imagev1.InterruptedReason, "build "+b.Name+" "+why)
+		}
 	}
 	return nil
 }
@@ -588,13 +601,11 @@ func (r *NodeImageReconciler) event(obj conditionsObject, typ, reason, note stri
 	}
 }
 
-// interrupted reports whether a build was, or is being, interrupted.
-func interrupted(b *imagev1.NodeImageBuild) bool {
-	if b.Status.CompletionTime == nil {
-		_, asked := b.Annotations[InterruptAnnotation]
-		return asked
-	}
-	return readyReason(b) == imagev1.InterruptedReason
+// superseded reports whether the NodeImage controller interrupted a build
+// for a newer spec or rebuild request (not a person cancelling it).
+func superseded(b *imagev1.NodeImageBuild) bool {
+	_, ok := b.Annotations[SupersededAnnotation]
+	return ok
 }
 
 func shortDigest(d string) string {

@@ -37,6 +37,12 @@ const BuildFinalizer = "image.nodeforge.dev/build"
 // may set it to cancel a build.
 const InterruptAnnotation = "image.nodeforge.dev/interrupt"
 
+// SupersededAnnotation marks a build the NodeImage controller superseded
+// (value: by what); it sets it together with InterruptAnnotation. A build
+// of the current digest that is superseded is replaced by a new build; one
+// cancelled by a person (InterruptAnnotation alone) is not.
+const SupersededAnnotation = "image.nodeforge.dev/superseded"
+
 // Defaults of the build controller.
 const (
 	DefaultRetryBackoff    = 10 * time.Second

@@ -378,3 +378,65 @@ func TestImagesForConfigMap(t *testing.T) {
 	g.Expect(names(r.imagesForConfigMap(context.Background(), cm("gpg")))).To(ConsistOf("key"))
 	g.Expect(r.imagesForConfigMap(context.Background(), cm("unrelated"))).To(BeEmpty())
 }
+
+// A build of the current digest cancelled with the interrupt annotation
+// stands: its outcome is mirrored and nothing is rebuilt. A superseded one
+// is replaced.
+func TestCancelledBuildIsNotRebuilt(t *testing.T) {
+	for _, tc := range []struct {
+		name        string
+		annotations map[string]string
+		finished    bool
+		wantDeleted bool
+		wantReady   string
+		wantStalled string
+	}{
+		{name: "cancelled, not finished yet", annotations: map[string]string{InterruptAnnotation: "not needed"},
+			wantReady: "False/BuildPending"},
+		{name: "cancelled and finished", annotations: map[string]string{InterruptAnnotation: "not needed"}, finished: true,
+			wantReady: "False/Interrupted", wantStalled: "True/Interrupted"},
+		{name: "superseded", annotations: map[string]string{InterruptAnnotation: "superseded", SupersededAnnotation: "superseded"}, finished: true,
+			wantDeleted: true, wantReady: "False/BuildPending"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			g := NewWithT(t)
+			ni := testImage(nil)
+			c := newFakeClient(testenv.Scheme(), interceptor.Funcs{}, ni)
+			r := &NodeImageReconciler{Client: c, Recorder: events.NewFakeRecorder(20), Clock: clocktesting.NewFakeClock(t0), Artifacts: &fakeArtifacts{}}
+			req := ctrl.Request{NamespacedName: client.ObjectKeyFromObject(ni)}
+			_, err := r.Reconcile(context.Background(), req)
+			g.Expect(err).NotTo(HaveOccurred())
+			var builds imagev1.NodeImageBuildList
+			g.Expect(c.List(context.Background(), &builds)).To(Succeed())
+			g.Expect(builds.Items).To(HaveLen(1))
+			b := &builds.Items[0]
+			b.Annotations = tc.annotations
+			g.Expect(c.Update(context.Background(), b)).To(Succeed())
+			if tc.finished {
+				b.Status.CompletionTime = &metav1.Time{Time: t0}
+				setCondition(b, imagev1.ReadyCondition, metav1.ConditionFalse, imagev1.InterruptedReason, "not needed")
+				markStalled(b, imagev1.InterruptedReason, "not needed")
+				g.Expect(c.Status().Update(context.Background(), b)).To(Succeed())
+			}
+
+			_, err = r.Reconcile(context.Background(), req)
+			g.Expect(err).NotTo(HaveOccurred())
+			builds = imagev1.NodeImageBuildList{}
+			g.Expect(c.List(context.Background(), &builds)).To(Succeed())
+			if tc.wantDeleted {
+				g.Expect(builds.Items).To(BeEmpty(), "the superseded build is deleted to be replaced")
+			} else {
+				g.Expect(builds.Items).To(HaveLen(1))
+				g.Expect(builds.Items[0].Name).To(Equal(b.Name))
+			}
+			got := &imagev1.NodeImage{}
+			g.Expect(c.Get(context.Background(), req.NamespacedName, got)).To(Succeed())
+			g.Expect(key(got, imagev1.ReadyCondition)).To(Equal(tc.wantReady))
+			g.Expect(key(got, imagev1.StalledCondition)).To(Equal(tc.wantStalled))
+			if tc.finished && !tc.wantDeleted {
+				g.Expect(got.Status.LastFailure.Reason).To(Equal(imagev1.InterruptedReason))
+				g.Expect(got.Status.ObservedGeneration).To(Equal(got.Generation))
+			}
+		})
+	}
+}
