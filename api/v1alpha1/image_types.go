@@ -352,6 +352,8 @@ type AptRepository struct {
 // +kubebuilder:validation:XValidation:rule="[has(self.url), has(self.armored), has(self.configMapKeyRef)].filter(x, x).size() == 1",message="exactly one of url, armored or configMapKeyRef must be set"
 type KeySource struct {
 	// url to fetch the (ASCII-armored or binary) key from at build time.
+	// https:// (redirects included); plain http:// only on a loopback host
+	// (127.0.0.0/8, ::1, localhost); keys are at most 1 MiB.
 	// +optional
 	// +kubebuilder:validation:MaxLength=2048
 	// +kubebuilder:validation:Pattern=`^(https?|file)://[^\s]+$`

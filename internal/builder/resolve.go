@@ -5,8 +5,10 @@ import (
 	"bytes"
 	"context"
 	"encoding/base64"
+	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -228,25 +230,73 @@ func fetchKey(ctx context.Context, k imagev1.KeySource) ([]byte, error) {
 		if u.Scheme == "file" {
 			return os.ReadFile(u.Path)
 		}
+		// The key decides what apt trusts: fetch it over TLS only (the
+		// offline repository on loopback excepted), redirects included.
+		if err := checkKeyURL(u); err != nil {
+			return nil, err
+		}
 		ctx, cancel := context.WithTimeout(ctx, time.Minute)
 		defer cancel()
 		req, err := http.NewRequestWithContext(ctx, http.MethodGet, k.URL, nil)
 		if err != nil {
 			return nil, err
 		}
-		resp, err := http.DefaultClient.Do(req)
+		client := &http.Client{Transport: keyTransport, CheckRedirect: func(req *http.Request, via []*http.Request) error {
+			if len(via) >= 10 {
+				return errors.New("stopped after 10 redirects")
+			}
+			return checkKeyURL(req.URL)
+		}}
+		resp, err := client.Do(req)
 		if err != nil {
 			return nil, err
 		}
 		defer resp.Body.Close()
 		if resp.StatusCode != http.StatusOK {
-			return nil, fmt.Errorf("GET %s: %s", k.URL, resp.Status)
+			return nil, fmt.Errorf("GET %s: %s", u.Redacted(), resp.Status)
 		}
-		return io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+		key, err := io.ReadAll(io.LimitReader(resp.Body, maxKeySize+1))
+		if err != nil {
+			return nil, err
+		}
+		if len(key) > maxKeySize {
+			return nil, inputErrorf("the key at %s is larger than %d bytes", u.Redacted(), maxKeySize)
+		}
+		return key, nil
 	case k.ConfigMapKeyRef != nil:
 		return nil, fmt.Errorf("configMapKeyRef %s/%s is not resolved", k.ConfigMapKeyRef.Name, k.ConfigMapKeyRef.Key)
 	}
 	return nil, fmt.Errorf("no key source set")
+}
+
+// maxKeySize bounds a fetched signing key.
+const maxKeySize = 1 << 20
+
+// keyTransport fetches signing keys (a test guards its dialing).
+var keyTransport http.RoundTripper = http.DefaultTransport
+
+// checkKeyURL accepts https:// anywhere and plain http:// only on a
+// loopback host (where the offline repository is served), before any
+// connection is made.
+func checkKeyURL(u *url.URL) error {
+	switch u.Scheme {
+	case "https":
+		return nil
+	case "http":
+		if isLoopback(u.Hostname()) {
+			return nil
+		}
+		return inputErrorf("signing key URL %s: plain http:// is allowed for loopback hosts only (127.0.0.0/8, ::1, localhost); use https://", u.Redacted())
+	}
+	return inputErrorf("signing key URL %s: scheme %q is not supported (https://, http:// on loopback, file://)", u.Redacted(), u.Scheme)
+}
+
+func isLoopback(host string) bool {
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 func isArmored(key []byte) bool {
