@@ -11,6 +11,7 @@ package backend
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"time"
 
@@ -38,6 +39,11 @@ const (
 	// LabelManagedBy is "nodeforge".
 	LabelManagedBy = "app.kubernetes.io/managed-by"
 )
+
+// ErrInvalidConfig marks an error in the builder configuration (the
+// manager's flags or spec.builder) that retrying cannot fix; the build
+// controller stalls the build with reason InvalidSpec.
+var ErrInvalidConfig = errors.New("invalid builder configuration")
 
 // Phase is where a builder stands.
 type Phase string

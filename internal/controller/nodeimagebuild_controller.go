@@ -7,6 +7,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	kerrors "k8s.io/apimachinery/pkg/util/errors"
 	"k8s.io/client-go/tools/events"
@@ -317,7 +318,16 @@ func (r *NodeImageBuildReconciler) startAttempt(ctx context.Context, b *imagev1.
 		}
 	}
 	if err := be.Ensure(ctx, b, n); err != nil {
-		return err
+		if !apierrors.IsInvalid(err) && !apierrors.IsForbidden(err) && !errors.Is(err, backend.ErrInvalidConfig) {
+			return err
+		}
+		// Retrying cannot fix a rejected builder or a builder
+		// configuration error: the build ends Stalled.
+		msg := fmt.Sprintf("attempt %d: cannot create the builder: %v", n, err)
+		metrics.BuildsFailed.WithLabelValues(imagev1.InvalidSpecReason, "true").Inc()
+		r.finish(b, imagev1.InvalidSpecReason, msg)
+		markStalled(b, imagev1.InvalidSpecReason, msg)
+		return &StallingError{Reason: imagev1.InvalidSpecReason, Err: errors.New(msg)}
 	}
 	now := metav1.NewTime(r.clock().Now())
 	if b.Status.StartTime == nil {

@@ -3,6 +3,7 @@ package controller
 import (
 	"context"
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
@@ -108,6 +109,15 @@ func TestNodeImageBuildReconcile(t *testing.T) {
 			wantEnsured: []int32{1}, wantReady: "False/BuildPending", wantRecon: "True/BuildPending", wantRequeue: true},
 		{name: "create error is returned", build: testBuild(nil), ensureErr: errors.New("boom"),
 			wantErr: true},
+		{name: "invalid builder stalls", build: testBuild(nil),
+			ensureErr: fmt.Errorf("creating builder Pod b-1: %w", apierrors.NewInvalid(schema.GroupKind{Kind: "Pod"}, "b-1", nil)),
+			wantReady: "False/InvalidSpec", wantStalled: "True/InvalidSpec", wantDone: true},
+		{name: "forbidden builder stalls", build: testBuild(nil),
+			ensureErr: apierrors.NewForbidden(schema.GroupResource{Resource: "pods"}, "b-1", errors.New("violates PodSecurity")),
+			wantReady: "False/InvalidSpec", wantStalled: "True/InvalidSpec", wantDone: true},
+		{name: "builder configuration error stalls", build: testBuild(nil),
+			ensureErr: fmt.Errorf("%w: no builder image", backend.ErrInvalidConfig),
+			wantReady: "False/InvalidSpec", wantStalled: "True/InvalidSpec", wantDone: true},
 		{name: "pending builder waits", build: testBuild(started(1)),
 			obs:       map[int32]backend.Observation{1: {Phase: backend.PhasePending, CreatedAt: t0, Message: "Unschedulable: 0/3 nodes"}},
 			wantReady: "False/BuildPending", wantRecon: "True/BuildPending", wantRequeue: true},

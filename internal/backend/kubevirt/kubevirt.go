@@ -110,7 +110,7 @@ func (k *Backend) VMIFor(b *imagev1.NodeImageBuild, attempt int32) (*kubevirtv1.
 		image = spec.Image
 	}
 	if image == "" {
-		return nil, errors.New("no builder appliance image: set --builder-appliance-image or spec.builder.image")
+		return nil, fmt.Errorf("%w: no builder appliance image: set --builder-appliance-image or spec.builder.image", backend.ErrInvalidConfig)
 	}
 	requests := corev1.ResourceList{corev1.ResourceMemory: resource.MustParse(DefaultMemory)}
 	if m, ok := spec.Resources.Requests[corev1.ResourceMemory]; ok {
