@@ -76,6 +76,9 @@ func TestRunReportsBadSpecsInTheResult(t *testing.T) {
 			b.Spec.Destination = &imagev1.DestinationSpec{S3: &imagev1.S3Destination{Endpoint: "http://127.0.0.1:1", Bucket: "images",
 				Insecure: true, CredentialsSecretRef: corev1LocalRef}}
 		}, "credentials Secret creds"},
+		"unknown check name": {func(b *imagev1.NodeImageBuild) {
+			b.Spec.Verification.Skip = []imagev1.CheckName{"boot-shh"}
+		}, `unknown check name(s) in verification optional/skip (--optional/--skip): "boot-shh"`},
 	}
 	for name, tc := range cases {
 		t.Run(name, func(t *testing.T) {
