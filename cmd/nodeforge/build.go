@@ -3,10 +3,12 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -56,7 +58,9 @@ Publishing reads the endpoint of --to and the credentials from the standard
 AWS_* variables (see nodeforge publish --help); with spec.destination.s3 the
 endpoint and bucket come from the spec and the credentials from
 --credentials-dir (a directory of accessKeyID/secretAccessKey files, as a
-mounted Secret) or the environment.
+mounted Secret) or the environment. An https endpoint trusts the CA in
+AWS_CA_BUNDLE when it is set (required when the spec has caSecretRef); a
+plain-HTTP one (insecure: true) ignores it.
 
 --progress json writes one {"progress":{...}} object per line on stdout,
 which is what the builder Pod does for the controller to read.`,
@@ -144,40 +148,73 @@ func runBuild(ctx context.Context, o *buildOptions, stdout, stderr io.Writer) er
 // publisher returns where the build publishes: --to, else the spec's
 // destination, else nowhere.
 func (o *buildOptions) publisher(dst *imagev1.DestinationSpec) (*storage.Publisher, time.Duration, error) {
-	expiry := o.presignExpiry
+	switch {
+	case o.credentialsDir != "" && o.to != "":
+		return nil, 0, fmt.Errorf("--credentials-dir applies to spec.destination only: with --to the credentials come from %s and %s",
+			storage.EnvAccessKeyID, storage.EnvSecretAccessKey)
+	case o.createBucket && o.to == "":
+		return nil, 0, errors.New("--create-bucket needs --to (for spec.destination, set spec.destination.s3.createBucket)")
+	}
+	expiry, expiryFrom := o.presignExpiry, "--presign-expiry"
 	if expiry == 0 {
-		expiry = imagev1.DefaultPresignExpiry
+		expiry, expiryFrom = imagev1.DefaultPresignExpiry, "default presign expiry"
 		if dst != nil && dst.S3 != nil && dst.S3.PresignExpiry != nil {
-			expiry = dst.S3.PresignExpiry.Duration
+			expiry, expiryFrom = dst.S3.PresignExpiry.Duration, "spec.destination.s3.presignExpiry"
 		}
 	}
-	switch {
-	case o.noPublish:
+	if o.noPublish || (o.to == "" && (dst == nil || dst.S3 == nil)) {
 		return nil, 0, nil
-	case o.to != "":
+	}
+	// Checked before building: PresignGet runs after the upload.
+	if err := checkPresignExpiry(expiryFrom, expiry); err != nil {
+		return nil, 0, err
+	}
+	if o.to != "" {
 		pub, _, err := storage.OpenS3URL(o.to, o.createBucket, nil)
 		if err != nil {
 			return nil, 0, fmt.Errorf("--to %s: %w", o.to, err)
 		}
 		return pub, expiry, nil
-	case dst == nil || dst.S3 == nil:
-		return nil, 0, nil
 	}
 	creds, err := o.credentials()
 	if err != nil {
 		return nil, 0, err
 	}
-	var ca []byte
-	if f := os.Getenv(storage.EnvCABundle); f != "" && dst.S3.CASecretRef != nil {
-		if ca, err = os.ReadFile(f); err != nil {
-			return nil, 0, fmt.Errorf("%s: %w", storage.EnvCABundle, err)
-		}
+	ca, err := destinationCA(*dst.S3)
+	if err != nil {
+		return nil, 0, err
 	}
 	pub, _, err := storage.OpenDestination(*dst.S3, creds, ca)
 	if err != nil {
 		return nil, 0, fmt.Errorf("spec.destination.s3: %w", err)
 	}
 	return pub, expiry, nil
+}
+
+// destinationCA returns the CA bundle for a spec destination on the CLI,
+// which has no Secrets to read caSecretRef from: AWS_CA_BUNDLE, whenever it
+// is set and the endpoint is https. A plain-HTTP endpoint (insecure: true)
+// uses none, so a globally set AWS_CA_BUNDLE does not break it; an https
+// endpoint with caSecretRef fails without AWS_CA_BUNDLE instead of
+// silently trusting only the system pool.
+func destinationCA(d imagev1.S3Destination) ([]byte, error) {
+	ep := strings.ToLower(d.Endpoint)
+	if strings.HasPrefix(ep, "http://") || (!strings.Contains(ep, "://") && d.Insecure) {
+		return nil, nil
+	}
+	f := os.Getenv(storage.EnvCABundle)
+	if f == "" {
+		if d.CASecretRef != nil {
+			return nil, fmt.Errorf("spec.destination.s3.caSecretRef (%s) is set, but the CLI reads the CA from %s: set it to the PEM file of that CA",
+				d.CASecretRef.Name, storage.EnvCABundle)
+		}
+		return nil, nil
+	}
+	ca, err := os.ReadFile(f)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", storage.EnvCABundle, err)
+	}
+	return ca, nil
 }
 
 func (o *buildOptions) credentials() (storage.Credentials, error) {

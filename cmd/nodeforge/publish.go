@@ -53,8 +53,8 @@ func runPublish(ctx context.Context, image string, o publishOptions, stdout, std
 	if o.manifestPath == "" {
 		o.manifestPath = strings.TrimSuffix(image, filepath.Ext(image)) + ".json"
 	}
-	if o.presignExpiry <= 0 || o.presignExpiry > 7*24*time.Hour {
-		return fmt.Errorf("--presign-expiry %s: must be between 1s and 168h", o.presignExpiry)
+	if err := checkPresignExpiry("--presign-expiry", o.presignExpiry); err != nil {
+		return err
 	}
 	if _, err := os.Stat(image); err != nil {
 		return err
@@ -73,6 +73,16 @@ func runPublish(ctx context.Context, image string, o publishOptions, stdout, std
 	}
 	fmt.Fprintf(stdout, "artifact:  %s\nsha256:    %s\nsize:      %d\nmanifest:  %s\npresigned: %s\n",
 		art.URL, art.SHA256, art.Size, pub.Store.URL(art.ManifestKey), presigned)
+	return nil
+}
+
+// checkPresignExpiry rejects an expiry S3 cannot presign (1s to 7 days),
+// so that it fails before anything is built or uploaded; what names the
+// setting.
+func checkPresignExpiry(what string, d time.Duration) error {
+	if d < time.Second || d > 7*24*time.Hour {
+		return fmt.Errorf("%s %s: must be between 1s and 168h", what, d)
+	}
 	return nil
 }
 

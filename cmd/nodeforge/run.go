@@ -152,6 +152,10 @@ func (o *runOptions) publisher(dst *imagev1.DestinationSpec) (*storage.Publisher
 	}
 	d := *dst.S3
 	d.Default()
+	// The API sets no maximum; PresignGet would fail after the upload.
+	if err := checkPresignExpiry("spec.destination.s3.presignExpiry", d.PresignExpiry.Duration); err != nil {
+		return nil, 0, err
+	}
 	creds, err := storage.CredentialsFromDir(o.credentialsDir)
 	if err != nil {
 		return nil, 0, fmt.Errorf("credentials Secret %s: %w", d.CredentialsSecretRef.Name, err)

@@ -70,7 +70,7 @@ func ParseS3URL(raw string) (S3URL, error) {
 // S3OptionsFromEnv builds options for bucket from the standard variables:
 // AWS_ENDPOINT_URL (required; an http:// URL enables plain HTTP),
 // AWS_REGION or AWS_DEFAULT_REGION, AWS_ACCESS_KEY_ID,
-// AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_CA_BUNDLE, and
+// AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_CA_BUNDLE (https only), and
 // NODEFORGE_S3_ADDRESSING. lookup is os.LookupEnv in production.
 func S3OptionsFromEnv(bucket string, lookup func(string) (string, bool)) (S3Options, error) {
 	get := func(k string) string {
@@ -93,7 +93,9 @@ func S3OptionsFromEnv(bucket string, lookup func(string) (string, bool)) (S3Opti
 	}
 	// The user wrote http:// on purpose: that is the explicit opt-in.
 	opts.PlainHTTP = strings.HasPrefix(strings.ToLower(opts.Endpoint), "http://")
-	if f := get(EnvCABundle); f != "" {
+	// A CA bundle means nothing to plain HTTP; it may be set for every
+	// tool on the machine, so it does not make an http:// endpoint fail.
+	if f := get(EnvCABundle); f != "" && !opts.PlainHTTP {
 		pem, err := os.ReadFile(f)
 		if err != nil {
 			return S3Options{}, fmt.Errorf("%s: %w", EnvCABundle, err)

@@ -57,6 +57,17 @@ func TestS3OptionsFromEnvAndOpenS3URL(t *testing.T) {
 	g.Expect(opts.Region).To(Equal("eu-west-1"))
 	g.Expect(opts.Credentials.SecretAccessKey()).To(Equal(testSecret))
 
+	// AWS_CA_BUNDLE (often set machine-wide) is for https endpoints only.
+	env[EnvCABundle] = "/nonexistent/ca.pem"
+	opts, err = S3OptionsFromEnv("bkt1", lookup)
+	g.Expect(err).NotTo(HaveOccurred(), "an http:// endpoint ignores AWS_CA_BUNDLE")
+	g.Expect(opts.CACertPEM).To(BeNil())
+	env[EnvEndpointURL] = "https://127.0.0.1:9000"
+	_, err = S3OptionsFromEnv("bkt1", lookup)
+	g.Expect(err).To(MatchError(ContainSubstring(EnvCABundle)), "an https endpoint reads it")
+	env[EnvEndpointURL] = "http://127.0.0.1:9000"
+	delete(env, EnvCABundle)
+
 	pub, st, err := OpenS3URL("s3://bkt1/nodes/prod", true, lookup)
 	g.Expect(err).NotTo(HaveOccurred())
 	g.Expect(pub.Prefix).To(Equal("nodes/prod"))
