@@ -97,7 +97,11 @@ func (f *fakeRunner) mmdebstrap(c Command) error {
 		}
 		return errors.New("no madison output path in the resolution hook")
 	}
+	// TARGET is the last argument before the MIRROR ones ("deb ...").
 	root := c.Args[len(c.Args)-1]
+	for i := len(c.Args) - 1; i > 0 && strings.HasPrefix(c.Args[i], "deb "); i-- {
+		root = c.Args[i-1]
+	}
 	files := map[string]string{
 		"var/lib/dpkg/status":                    "Package: base-files\nStatus: install ok installed\nArchitecture: amd64\nVersion: 13.8\nInstalled-Size: 400\n\nPackage: gone\nStatus: deinstall ok config-files\nVersion: 1\n",
 		"boot/vmlinuz-6.12.0-cloud-amd64":        "kernel",

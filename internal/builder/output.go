@@ -90,15 +90,59 @@ func (b *build) writeManifest(ctx context.Context, _ *ManifestParams) error {
 			Distribution:  string(b.content.Base.Distribution),
 			Release:       string(b.content.Base.Release),
 			Architecture:  string(b.content.Base.Architecture),
-			Mirror:        b.mirror,
+			Mirror:        stripUserinfo(b.mirror),
 			KernelVersion: b.kernelVersion,
 		},
 		InstalledSizeBytes: b.treeBytes,
 		Packages:           packages,
-		Content:            *b.content,
+		Content:            manifestContent(b.content),
 	}
 	b.progress(1, fmt.Sprintf("%d packages, %.1f MiB image", len(b.manifest.Packages), float64(size)/(1<<20)))
 	return nil
+}
+
+// redacted replaces a secret value in the published manifest.
+const redacted = "<redacted>"
+
+// manifestContent is the content as the manifest publishes it, without
+// what was needed only during the build and may be secret: Ansible
+// extraVars values and credentials (user:password@) in the mirror and key
+// URLs. The manifest's specDigest still addresses the real content.
+func manifestContent(c *imagev1.ImageContent) imagev1.ImageContent {
+	m := c.DeepCopy()
+	m.Base.Mirror = stripUserinfo(m.Base.Mirror)
+	if k := m.Kubernetes; k != nil {
+		k.AptRepository.URL = stripUserinfo(k.AptRepository.URL)
+		k.AptRepository.SigningKey.URL = stripUserinfo(k.AptRepository.SigningKey.URL)
+	}
+	for _, p := range m.Provisioners {
+		if p.Ansible == nil {
+			continue
+		}
+		for i := range p.Ansible.ExtraVars {
+			p.Ansible.ExtraVars[i].Value = redacted
+		}
+	}
+	return *m
+}
+
+// stripUserinfo removes user[:password]@ from a URL, leaving the rest as
+// written (no re-encoding, and no url.Parse that could fail and keep it).
+func stripUserinfo(s string) string {
+	i := strings.Index(s, "://")
+	if i < 0 {
+		return s
+	}
+	rest := s[i+3:]
+	end := strings.IndexAny(rest, "/?#")
+	if end < 0 {
+		end = len(rest)
+	}
+	at := strings.LastIndex(rest[:end], "@")
+	if at < 0 {
+		return s
+	}
+	return s[:i+3] + rest[at+1:]
 }
 
 func sha256File(p string) (string, int64, error) {

@@ -46,10 +46,10 @@ func (b *build) resolve(ctx context.Context, p *ResolveParams) error {
 		return err
 	}
 	for _, s := range p.Sources {
-		b.progress(0.05, "fetching the signing key of "+s.URL)
+		b.progress(0.05, "fetching the signing key of "+stripUserinfo(s.URL))
 		key, err := fetchKey(ctx, s.Key)
 		if err != nil {
-			return fmt.Errorf("signing key for %s: %w", s.URL, err)
+			return fmt.Errorf("signing key for %s: %w", stripUserinfo(s.URL), err)
 		}
 		if err := os.WriteFile(filepath.Join(b.aptDir, s.Name+".key"), key, 0o644); err != nil {
 			return err
