@@ -18,6 +18,8 @@
 #   NODEFORGE_APT_CACHE   package cache for the build (default $NODEFORGE_CACHE/apt-archives)
 #   NODEFORGE_BUILD_FLAGS extra flags for `nodeforge build` (e.g. --no-verify --progress plain)
 #   NODEFORGE_SAMPLE      NodeImage file to build (default: the cloud-base sample)
+#   NODEFORGE_APT_STATE   state dir of the repository server (hack/k8s-apt-repo.sh;
+#                         default /tmp/nodeforge-apt)
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)

@@ -11,13 +11,16 @@
 # The repo lives in $NODEFORGE_CACHE/k8s-apt-repo-v1.37.2 (NODEFORGE_CACHE defaults
 # to ${XDG_CACHE_HOME:-~/.cache}/nodeforge) and is rebuilt only when the version
 # or this script changes. The server's state (pid, port, log) lives in
-# $NODEFORGE_STATE (default /tmp/nodeforge-apt). Progress goes to stderr.
+# $NODEFORGE_APT_STATE (default /tmp/nodeforge-apt; its own variable, not
+# hack/s3.sh's NODEFORGE_STATE). serve and stop remove that dir only when it
+# carries this script's marker file (or is empty). Progress goes to stderr.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/.." && pwd)
 cache_root=${NODEFORGE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/nodeforge}
-state_dir=${NODEFORGE_STATE:-/tmp/nodeforge-apt}
+state_dir=${NODEFORGE_APT_STATE:-/tmp/nodeforge-apt}
+state_marker=$state_dir/.nodeforge-apt
 
 K8S_VERSION=v1.37.2
 # Debian revision in the same shape as the official repository's (1.37.2-1.1).
@@ -275,6 +278,16 @@ cmd_path() {
 
 # ---------------------------------------------------------------- serving
 
+# remove_state removes the state dir, but only one this script made (its
+# marker is there) or an empty one: never another tool's state.
+remove_state() {
+	[ -e "$state_dir" ] || return 0
+	if [ ! -f "$state_marker" ] && [ -n "$(ls -A "$state_dir" 2>/dev/null)" ]; then
+		die "$state_dir is not a k8s-apt-repo state dir (no $(basename "$state_marker")); refusing to remove it (check NODEFORGE_APT_STATE, or remove it by hand)"
+	fi
+	rm -rf "$state_dir"
+}
+
 server_pid() {
 	local pid
 	[ -f "$state_dir/pid" ] || return 1
@@ -337,8 +350,9 @@ cmd_serve() {
 
 	local bin
 	bin=$(fileserver_bin)
-	rm -rf "$state_dir"
+	remove_state
 	mkdir -p "$state_dir"
+	: >"$state_marker"
 	echo "$repo_dir" >"$state_dir/dir"
 	# setsid + nohup: the server outlives this shell and its terminal.
 	# The server writes its own pid file (the pid to stop), then its port
@@ -385,7 +399,7 @@ cmd_stop() {
 	else
 		log "no server running"
 	fi
-	rm -rf "$state_dir"
+	remove_state
 }
 
 case ${1:-} in

@@ -90,7 +90,7 @@ func buildExec(ctx context.Context, env []string, name string, args ...string) (
 func startOfflineRepo(t *testing.T, root string) (url, keyFile string) {
 	t.Helper()
 	script := filepath.Join(root, "hack", "k8s-apt-repo.sh")
-	env := []string{"NODEFORGE_CACHE=" + buildCacheRoot(), "NODEFORGE_STATE=" + filepath.Join(t.TempDir(), "apt-state")}
+	env := []string{"NODEFORGE_CACHE=" + buildCacheRoot(), "NODEFORGE_APT_STATE=" + filepath.Join(t.TempDir(), "apt-state")}
 	ctx := context.Background()
 	if out, err := buildExec(ctx, env, script, "path"); err != nil {
 		if os.Getenv("NODEFORGE_REQUIRE_INTEGRATION") != "1" {
