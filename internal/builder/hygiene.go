@@ -42,7 +42,7 @@ func (b *build) hygiene(_ context.Context, p *HygieneParams) error {
 		{"hostname", func() error { return b.writeTreeFile("/etc/hostname", []byte("localhost\n"), 0o644) }},
 		{"cloud-init state", func() error { return b.emptyDir("/var/lib/cloud") }},
 		{"apt lists and caches", func() error {
-			for _, g := range []string{"/var/lib/apt/lists/*", "/var/cache/apt/*.bin", "/var/cache/apt/archives/*.deb", "/var/cache/apt/archives/partial/*", "/var/cache/debconf/*-old", "/var/lib/dpkg/*-old"} {
+			for _, g := range aptCacheGlobs {
 				if err := b.removeGlob(g); err != nil {
 					return err
 				}
@@ -51,7 +51,7 @@ func (b *build) hygiene(_ context.Context, p *HygieneParams) error {
 		}},
 		{"logs", b.removeLogs},
 		{"temporary files", func() error {
-			for _, g := range []string{"/tmp/*", "/tmp/.[!.]*", "/var/tmp/*", "/var/tmp/.[!.]*", "/root/.bash_history", "/root/.ansible", "/root/.cache", "/var/cache/ldconfig/aux-cache", "/var/lib/systemd/random-seed", "/var/lib/systemd/credential.secret", "/var/lib/dhcp/*.leases"} {
+			for _, g := range tempGlobs {
 				if err := b.removeGlob(g); err != nil {
 					return err
 				}
@@ -67,6 +67,13 @@ func (b *build) hygiene(_ context.Context, p *HygieneParams) error {
 	}
 	return nil
 }
+
+// What hygiene removes (globs in the image; a match is removed whole).
+// Plan refuses spec.files below them.
+var (
+	aptCacheGlobs = []string{"/var/lib/apt/lists/*", "/var/cache/apt/*.bin", "/var/cache/apt/archives/*.deb", "/var/cache/apt/archives/partial/*", "/var/cache/debconf/*-old", "/var/lib/dpkg/*-old"}
+	tempGlobs     = []string{"/tmp/*", "/tmp/.[!.]*", "/var/tmp/*", "/var/tmp/.[!.]*", "/root/.bash_history", "/root/.ansible", "/root/.cache", "/var/cache/ldconfig/aux-cache", "/var/lib/systemd/random-seed", "/var/lib/systemd/credential.secret", "/var/lib/dhcp/*.leases"}
+)
 
 // restoreResolvConf puts back the image's resolv.conf: the symlink a
 // package installed (systemd-resolved's stub), else a link to the stub when

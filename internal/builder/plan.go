@@ -2,6 +2,7 @@ package builder
 
 import (
 	"fmt"
+	"path"
 	"slices"
 	"strings"
 
@@ -212,6 +213,10 @@ func Plan(content imagev1.ImageContent) ([]Step, error) {
 		return nil, inputErrorf("filesystem %s is not supported (ext4 only)", c.Disk.Filesystem)
 	}
 
+	if err := checkFiles(c); err != nil {
+		return nil, err
+	}
+
 	reqs := packageRequests(c)
 	var sources []AptSource
 	var hold []string
@@ -275,6 +280,61 @@ func Plan(content imagev1.ImageContent) ([]Step, error) {
 		Step{Name: StepManifest, Weight: 3, Manifest: &ManifestParams{}},
 	)
 	return steps, nil
+}
+
+// builderOwned are the image paths the builder writes, replaces or
+// removes after spec.files are applied (globs; a path below a match is
+// covered too), and why: a spec file there would be silently lost.
+func builderOwned(c *imagev1.ImageContent) [][2]string {
+	out := [][2]string{
+		{"/etc/fstab", "the disk step writes it (the root and EFI partitions by UUID)"},
+		{"/boot/grub/grub.cfg", "the disk step writes it"},
+		{"/etc/hostname", "hygiene writes it (localhost; cloud-init sets the hostname at boot)"},
+		{"/etc/machine-id", "hygiene empties it (every VM gets its own at first boot)"},
+		{"/var/lib/dbus/machine-id", "hygiene removes it (every VM gets its own at first boot)"},
+		{"/etc/resolv.conf", "hygiene restores the image's own (systemd-resolved's stub)"},
+		{savedResolvConf, "the builder keeps the image's resolv.conf there during the build"},
+		{PolicyRCPath, "hygiene removes it (it only stops services starting during the build)"},
+		{"/etc/ssh/ssh_host_*", "hygiene removes SSH host keys (every VM generates its own at first boot)"},
+		{"/var/lib/cloud/*", "hygiene removes cloud-init state"},
+		{"/var/log/*", "hygiene removes log files"},
+	}
+	for _, g := range aptCacheGlobs {
+		out = append(out, [2]string{g, "hygiene removes apt lists and caches"})
+	}
+	for _, g := range tempGlobs {
+		out = append(out, [2]string{g, "hygiene removes temporary and per-machine files"})
+	}
+	if *c.SSH.Enabled {
+		out = append(out, [2]string{SSHDConfigPath, "it holds the builder's key-only sshd settings (ssh.enabled); put other settings in a later drop-in"})
+	}
+	for _, u := range c.Units {
+		out = append(out, [2]string{"/etc/systemd/system/" + u.Name, "spec.units writes it"})
+	}
+	return out
+}
+
+// checkFiles refuses spec.files entries the builder would overwrite or
+// remove later.
+func checkFiles(c *imagev1.ImageContent) error {
+	owned := builderOwned(c)
+	var problems []string
+	for i, f := range c.Files {
+		p := path.Clean(f.Path)
+	paths:
+		for q := p; q != "/" && q != "."; q = path.Dir(q) {
+			for _, o := range owned {
+				if ok, _ := path.Match(o[0], q); ok {
+					problems = append(problems, fmt.Sprintf("spec.files[%d].path %s: the builder owns this file: %s", i, f.Path, o[1]))
+					break paths
+				}
+			}
+		}
+	}
+	if len(problems) > 0 {
+		return inputErrorf("%s", strings.Join(problems, "; "))
+	}
+	return nil
 }
 
 // packageRequests derives the package list from the spec: the seed set,

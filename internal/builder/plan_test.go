@@ -311,3 +311,37 @@ func TestPlanLayout(t *testing.T) {
 		t.Errorf("tiny disk: err = %v; want an input error", err)
 	}
 }
+
+func TestPlanRefusesFilesTheBuilderOwns(t *testing.T) {
+	for _, p := range []string{
+		"/etc/fstab", "/etc//fstab", "/etc/hostname", "/etc/machine-id", "/etc/resolv.conf",
+		SSHDConfigPath, "/etc/ssh/ssh_host_ed25519_key", "/boot/grub/grub.cfg", PolicyRCPath,
+		"/var/lib/cloud/seed/nocloud/user-data", "/var/log/app/app.log", "/tmp/x", "/root/.cache/pip/x",
+		"/etc/systemd/system/app.service",
+	} {
+		c := kubeContent()
+		c.Units = []imagev1.UnitSpec{{Name: "app.service", Content: "[Service]\nExecStart=/bin/true\n"}}
+		c.Files = []imagev1.FileSpec{{Path: "/etc/motd", Content: "hi\n"}, {Path: p, Content: "x\n"}}
+		_, err := Plan(c)
+		if !IsInputError(err) || !strings.Contains(err.Error(), "spec.files[1].path "+p+": ") {
+			t.Errorf("Plan with spec.files %s: err = %v; want an input error naming spec.files[1].path", p, err)
+		}
+	}
+	// Files the builder leaves alone, or writes before spec.files (which
+	// then win), are fine; so is the sshd drop-in without ssh.
+	c := kubeContent()
+	c.Files = []imagev1.FileSpec{
+		{Path: "/etc/motd", Content: "hi\n"},
+		{Path: "/etc/ssh/sshd_config.d/50-site.conf", Content: "X11Forwarding no\n"},
+		{Path: ContainerdConfig, Content: "version = 2\n"},
+		{Path: "/var/lib/cloudy", Content: "x\n"},
+	}
+	if _, err := Plan(c); err != nil {
+		t.Errorf("Plan: %v", err)
+	}
+	c.SSH.Enabled = ptr.To(false)
+	c.Files = []imagev1.FileSpec{{Path: SSHDConfigPath, Content: "PasswordAuthentication no\n"}}
+	if _, err := Plan(c); err != nil {
+		t.Errorf("Plan without ssh: %v", err)
+	}
+}
