@@ -148,7 +148,11 @@ type BaseSpec struct {
 
 	// mirror is the Debian archive URL packages are installed from. When
 	// empty the builder uses mmdebstrap's default mirror for the release,
-	// including its -updates and -security suites.
+	// including its -updates and -security suites. A custom mirror
+	// serves the release and its -updates suite only: Debian's security
+	// updates are a separate archive, so no -security suite is configured,
+	// neither for the build nor in the image's sources.list. The
+	// manifest's base.suites records the suites used.
 	// +optional
 	// +kubebuilder:validation:MaxLength=2048
 	// +kubebuilder:validation:Pattern=`^(https?|file)://[^\s]+$`

@@ -90,6 +90,7 @@ type build struct {
 	// Set by steps.
 	pins          map[string]string // package -> exact version (from resolve)
 	mirror        string
+	suites        []string // the suites installed from mirror
 	kernelVersion string
 	treeBytes     int64
 	downloaded    int64

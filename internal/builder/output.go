@@ -91,6 +91,7 @@ func (b *build) writeManifest(ctx context.Context, _ *ManifestParams) error {
 			Release:       string(b.content.Base.Release),
 			Architecture:  string(b.content.Base.Architecture),
 			Mirror:        stripUserinfo(b.mirror),
+			Suites:        b.suites,
 			KernelVersion: b.kernelVersion,
 		},
 		InstalledSizeBytes: b.treeBytes,

@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -82,5 +83,45 @@ func TestManifestRedactsSecrets(t *testing.T) {
 	}
 	if !sawMirror {
 		t.Error("mmdebstrap did not get the mirror with its credentials")
+	}
+}
+
+// The manifest records the suites the image came from: a custom mirror
+// gives the release and -updates, no -security.
+func TestManifestRecordsSuites(t *testing.T) {
+	e := newBuildEnv(t)
+	c := kubeContent()
+	c.Base.Mirror = "http://127.0.0.1/debian"
+	res, err := Build(context.Background(), e.opts, c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := manifest.Read(res.ManifestPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{"trixie", "trixie-updates"}; !slices.Equal(m.Base.Suites, want) {
+		t.Errorf("base.suites = %q; want %q", m.Base.Suites, want)
+	}
+	var lines []string
+	for _, cmd := range e.run.cmds {
+		if cmd.Name == "mmdebstrap" {
+			lines = append(lines, strings.Join(cmd.Args, "\n"))
+		}
+	}
+	if got := strings.Join(lines, "\n"); !strings.Contains(got, "deb http://127.0.0.1/debian trixie-updates main") || strings.Contains(got, "-security") {
+		t.Errorf("mmdebstrap MIRROR arguments do not match the recorded suites:\n%s", got)
+	}
+}
+
+func TestSourcesSuites(t *testing.T) {
+	sl := "deb http://deb.example.test/debian trixie main\n" +
+		"deb [arch=amd64 signed-by=/k.gpg] http://deb.example.test/debian trixie-updates main\n" +
+		"# deb http://deb.example.test/debian trixie-backports main\n" +
+		"deb-src http://deb.example.test/debian trixie main\n" +
+		"deb http://security.example.test/debian-security trixie-security main\n" +
+		"deb http://other.example.test/debian trixie main\n"
+	if got, want := sourcesSuites([]byte(sl)), []string{"trixie", "trixie-updates", "trixie-security"}; !slices.Equal(got, want) {
+		t.Errorf("sourcesSuites = %q; want %q", got, want)
 	}
 }

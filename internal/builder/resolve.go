@@ -93,24 +93,60 @@ cat "$1"/etc/apt/sources.list > %s 2>/dev/null || true
 	b.pins = pins
 	if p.Mirror != "" {
 		b.mirror = p.Mirror
+		b.suites = mirrorSuites(p.Release)
 	} else if sl, err := os.ReadFile(filepath.Join(out, "sources.list")); err == nil {
 		b.mirror = firstMirror(sl)
+		b.suites = sourcesSuites(sl)
 	}
 	b.progress(1, fmt.Sprintf("%d packages resolved, %d pinned", len(p.Packages), len(pins)))
 	return nil
 }
 
 // mirrorArgs are mmdebstrap's MIRROR arguments: none for its default
-// mirror (with -updates and -security), else the release and its -updates
-// suite from spec.base.mirror.
+// mirror (with -updates and -security), else mirrorSuites from
+// spec.base.mirror.
 func mirrorArgs(mirror, release string) []string {
 	if mirror == "" {
 		return nil
 	}
-	return []string{
-		fmt.Sprintf("deb %s %s main", mirror, release),
-		fmt.Sprintf("deb %s %s-updates main", mirror, release),
+	var out []string
+	for _, s := range mirrorSuites(release) {
+		out = append(out, fmt.Sprintf("deb %s %s main", mirror, s))
 	}
+	return out
+}
+
+// mirrorSuites are the suites used from spec.base.mirror: the release and
+// its -updates. Not -security: Debian's security updates are a separate
+// archive (debian-security), not a suite of a mirror of the main one.
+func mirrorSuites(release string) []string {
+	return []string{release, release + "-updates"}
+}
+
+// sourcesSuites lists the suites of a sources.list's deb lines, in order.
+func sourcesSuites(sl []byte) []string {
+	var out []string
+	sc := bufio.NewScanner(bytes.NewReader(sl))
+	for sc.Scan() {
+		f := strings.Fields(sc.Text())
+		if len(f) < 3 || f[0] != "deb" {
+			continue
+		}
+		f = f[1:]
+		if strings.HasPrefix(f[0], "[") {
+			// Options: [arch=amd64 signed-by=...]
+			for len(f) > 0 && !strings.HasSuffix(f[0], "]") {
+				f = f[1:]
+			}
+			if len(f) > 0 {
+				f = f[1:]
+			}
+		}
+		if len(f) >= 2 && !slices.Contains(out, f[1]) {
+			out = append(out, f[1])
+		}
+	}
+	return out
 }
 
 // sourceHooks copy the build-time sources files (with their keys inline)

@@ -52,11 +52,16 @@ type Image struct {
 
 // Base records what the image was installed from.
 type Base struct {
-	Distribution  string `json:"distribution"`
-	Release       string `json:"release"`
-	Architecture  string `json:"architecture"`
-	Mirror        string `json:"mirror,omitempty"`
-	KernelVersion string `json:"kernelVersion,omitempty"`
+	Distribution string `json:"distribution"`
+	Release      string `json:"release"`
+	Architecture string `json:"architecture"`
+	Mirror       string `json:"mirror,omitempty"`
+	// Suites are the suites the image was installed from: for
+	// spec.base.mirror the release and <release>-updates (no -security),
+	// for the default mirror those of mmdebstrap's sources.list (the
+	// release, -updates and -security).
+	Suites        []string `json:"suites,omitempty"`
+	KernelVersion string   `json:"kernelVersion,omitempty"`
 }
 
 // Package is one installed Debian package.
