@@ -180,7 +180,7 @@ func TestOfflineKubernetesAptRepo(t *testing.T) {
 	// Serve it with the script, as the demo and tests do, in a private state
 	// dir so a server someone else started is left alone.
 	state := filepath.Join(t.TempDir(), "state")
-	stateEnv := []string{"NODEFORGE_STATE=" + state}
+	stateEnv := []string{"NODEFORGE_APT_STATE=" + state}
 	out, err := run(t, root, stateEnv, script, "serve")
 	g.Expect(err).NotTo(HaveOccurred(), "serve: %s", out)
 	t.Cleanup(func() {
