@@ -102,6 +102,40 @@ type Backend interface {
 	Delete(ctx context.Context, b *imagev1.NodeImageBuild, attempt int32) (gone bool, err error)
 }
 
+// ActiveLister is implemented by backends that can list, cluster-wide and
+// from the API server (not a cache), the builds whose builder is live: not
+// terminated and not being deleted. The build controller counts them
+// against --max-concurrent-builds.
+type ActiveLister interface {
+	ActiveBuilds(ctx context.Context) ([]client.ObjectKey, error)
+}
+
+// BuilderSelector selects every builder object nodeforge made.
+var BuilderSelector = client.MatchingLabels{LabelComponent: "builder", LabelManagedBy: "nodeforge"}
+
+// BuildOf returns the key of the build a builder object belongs to.
+func BuildOf(o metav1.Object) client.ObjectKey {
+	return client.ObjectKey{Namespace: o.GetNamespace(), Name: o.GetLabels()[LabelBuild]}
+}
+
+// ActivePodBuilds lists the builds with a live builder Pod through r (the
+// manager's API reader).
+func ActivePodBuilds(ctx context.Context, r client.Reader) ([]client.ObjectKey, error) {
+	var pods corev1.PodList
+	if err := r.List(ctx, &pods, BuilderSelector); err != nil {
+		return nil, fmt.Errorf("listing builder Pods: %w", err)
+	}
+	var keys []client.ObjectKey
+	for i := range pods.Items {
+		p := &pods.Items[i]
+		if p.DeletionTimestamp != nil || p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed {
+			continue
+		}
+		keys = append(keys, BuildOf(p))
+	}
+	return keys, nil
+}
+
 // BuilderName is the name of the builder of attempt.
 func BuilderName(build string, attempt int32) string { return fmt.Sprintf("%s-%d", build, attempt) }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -69,6 +70,14 @@ type NodeImageBuildReconciler struct {
 	PollInterval time.Duration
 	// MaxConcurrentBuilds limits running builds cluster-wide (0: no limit).
 	MaxConcurrentBuilds int
+	// APIReader reads live builders uncached for the build limit; the
+	// manager's API reader by default (SetupWithManager), else Client.
+	APIReader client.Reader
+
+	// slots is held from counting the running builds to creating a
+	// builder, so that concurrent reconciles cannot both take the last
+	// slot.
+	slots sync.Mutex
 }
 
 var _ reconcile.Reconciler = &NodeImageBuildReconciler{}
@@ -84,6 +93,9 @@ var _ reconcile.Reconciler = &NodeImageBuildReconciler{}
 // SetupWithManager registers the controller; it watches the builder kinds
 // of the configured backends.
 func (r *NodeImageBuildReconciler) SetupWithManager(mgr ctrl.Manager, owned []client.Object, opts controller.Options) error {
+	if r.APIReader == nil {
+		r.APIReader = mgr.GetAPIReader()
+	}
 	b := ctrl.NewControllerManagedBy(mgr).
 		Named("nodeimagebuild").
 		For(&imagev1.NodeImageBuild{}, builder.WithPredicates(
@@ -305,6 +317,10 @@ func failureOf(obs backend.Observation) (reason, message string) {
 // startAttempt creates the builder of attempt n, unless the build must
 // wait for a slot.
 func (r *NodeImageBuildReconciler) startAttempt(ctx context.Context, b *imagev1.NodeImageBuild, be backend.Backend, n int32) error {
+	if r.MaxConcurrentBuilds > 0 {
+		r.slots.Lock()
+		defer r.slots.Unlock()
+	}
 	if n == 1 && r.MaxConcurrentBuilds > 0 {
 		running, queued, err := r.countBuilds(ctx, b)
 		if err != nil {
@@ -344,9 +360,20 @@ func (r *NodeImageBuildReconciler) startAttempt(ctx context.Context, b *imagev1.
 	return &WaitingError{Reason: imagev1.BuildPendingReason, RequeueAfter: r.pollInterval(), Err: errors.New(msg)}
 }
 
-// countBuilds counts builds that have a builder (running) and builds that
-// wait for their first one (queued), other than b.
+// countBuilds counts the builds other than b that hold a slot (running)
+// and the builds that wait for their first builder (queued, b included).
+// A build holds a slot when the API server shows a live builder of it, or
+// while it is unfinished after its first attempt (between attempts); the
+// cache alone lags behind a builder just created by another reconcile.
 func (r *NodeImageBuildReconciler) countBuilds(ctx context.Context, b *imagev1.NodeImageBuild) (running, queued int, err error) {
+	holding := map[client.ObjectKey]bool{}
+	live, err := r.liveBuilds(ctx)
+	if err != nil {
+		return 0, 0, err
+	}
+	for _, k := range live {
+		holding[k] = true
+	}
 	var list imagev1.NodeImageBuildList
 	if err := r.List(ctx, &list); err != nil {
 		return 0, 0, fmt.Errorf("listing builds: %w", err)
@@ -356,15 +383,48 @@ func (r *NodeImageBuildReconciler) countBuilds(ctx context.Context, b *imagev1.N
 		if o.Status.CompletionTime != nil || !o.DeletionTimestamp.IsZero() {
 			continue
 		}
+		k := client.ObjectKeyFromObject(o)
 		switch {
-		case o.UID == b.UID:
 		case o.Status.Attempts > 0:
-			running++
-		default:
+			holding[k] = true
+		case !holding[k] && o.UID != b.UID:
 			queued++
 		}
 	}
-	return running, queued + 1, nil
+	delete(holding, client.ObjectKeyFromObject(b))
+	return len(holding), queued + 1, nil
+}
+
+// liveBuilds lists the builds with a live builder, from every backend.
+func (r *NodeImageBuildReconciler) liveBuilds(ctx context.Context) ([]client.ObjectKey, error) {
+	reader := r.APIReader
+	if reader == nil {
+		reader = r.Client
+	}
+	var keys []client.ObjectKey
+	seen := map[backend.Backend]bool{}
+	for _, be := range r.Backends {
+		if seen[be] {
+			continue
+		}
+		seen[be] = true
+		var k []client.ObjectKey
+		var err error
+		switch l := be.(type) {
+		case backend.ActiveLister:
+			k, err = l.ActiveBuilds(ctx)
+		default:
+			if be.Kind() != "Pod" {
+				continue
+			}
+			k, err = backend.ActivePodBuilds(ctx, reader)
+		}
+		if err != nil {
+			return nil, err
+		}
+		keys = append(keys, k...)
+	}
+	return keys, nil
 }
 
 // attemptFailed retries attempt n after a backoff, or ends the build.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"testing"
 	"time"
 
@@ -449,4 +450,66 @@ func TestCancelledBuildIsNotRebuilt(t *testing.T) {
 			}
 		})
 	}
+}
+
+// podBackend is a fakeBackend whose Ensure creates a live builder Pod,
+// slowly, as an API round trip would.
+type podBackend struct {
+	fakeBackend
+	c       client.Client
+	mu      sync.Mutex
+	ensures int
+}
+
+func (p *podBackend) Ensure(ctx context.Context, b *imagev1.NodeImageBuild, n int32) error {
+	time.Sleep(50 * time.Millisecond)
+	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: b.Namespace, Name: backend.BuilderName(b.Name, n), Labels: backend.Labels(b, "builder", n)}}
+	p.mu.Lock()
+	p.ensures++
+	p.mu.Unlock()
+	return p.c.Create(ctx, pod)
+}
+
+// --max-concurrent-builds counts live builders as the API server shows
+// them, and two reconciles cannot both take the last slot.
+func TestMaxConcurrentBuilds(t *testing.T) {
+	scheme := testenv.Scheme()
+	t.Run("a live builder the cache does not show holds a slot", func(t *testing.T) {
+		g := NewWithT(t)
+		b := testBuild(func(b *imagev1.NodeImageBuild) { b.UID = "uid-b" })
+		other := testBuild(func(b *imagev1.NodeImageBuild) { b.Name, b.UID = "other", "uid-other" }) // attempts 0 in the cache
+		live := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "other-1", Labels: backend.Labels(other, "builder", 1)},
+			Status: corev1.PodStatus{Phase: corev1.PodPending}}
+		c := newFakeClient(scheme, interceptor.Funcs{}, b, other, live)
+		be := &fakeBackend{}
+		r := &NodeImageBuildReconciler{Client: c, Clock: clocktesting.NewFakeClock(t0), MaxConcurrentBuilds: 1,
+			Backends: map[imagev1.BuilderBackend]backend.Backend{imagev1.BuilderBackendPod: be}}
+		res, err := r.Reconcile(context.Background(), ctrl.Request{NamespacedName: client.ObjectKeyFromObject(b)})
+		g.Expect(err).NotTo(HaveOccurred())
+		g.Expect(res.RequeueAfter).To(Equal(DefaultQueueRecheck))
+		g.Expect(be.ensured).To(BeEmpty())
+		got := &imagev1.NodeImageBuild{}
+		g.Expect(c.Get(context.Background(), client.ObjectKeyFromObject(b), got)).To(Succeed())
+		g.Expect(getCondition(got, imagev1.ReadyCondition).Message).To(ContainSubstring("waiting for a build slot"))
+	})
+	t.Run("concurrent reconciles", func(t *testing.T) {
+		g := NewWithT(t)
+		b1 := testBuild(func(b *imagev1.NodeImageBuild) { b.Name, b.UID = "b1", "uid-1" })
+		b2 := testBuild(func(b *imagev1.NodeImageBuild) { b.Name, b.UID = "b2", "uid-2" })
+		c := newFakeClient(scheme, interceptor.Funcs{}, b1, b2)
+		be := &podBackend{c: c}
+		r := &NodeImageBuildReconciler{Client: c, Clock: clocktesting.NewFakeClock(t0), MaxConcurrentBuilds: 1,
+			Backends: map[imagev1.BuilderBackend]backend.Backend{imagev1.BuilderBackendPod: be}}
+		var wg sync.WaitGroup
+		for _, b := range []*imagev1.NodeImageBuild{b1, b2} {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				_, err := r.Reconcile(context.Background(), ctrl.Request{NamespacedName: client.ObjectKeyFromObject(b)})
+				g.Expect(err).NotTo(HaveOccurred())
+			}()
+		}
+		wg.Wait()
+		g.Expect(be.ensures).To(Equal(1), "only one build may start")
+	})
 }

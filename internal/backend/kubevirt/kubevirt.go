@@ -238,6 +238,25 @@ func (k *Backend) resultFromArtifact(ctx context.Context, b *imagev1.NodeImageBu
 	return &buildresult.Result{Outcome: buildresult.OutcomeSucceeded, Artifact: a}, nil
 }
 
+var _ backend.ActiveLister = &Backend{}
+
+// ActiveBuilds implements backend.ActiveLister.
+func (k *Backend) ActiveBuilds(ctx context.Context) ([]client.ObjectKey, error) {
+	var list kubevirtv1.VirtualMachineInstanceList
+	if err := k.reader().List(ctx, &list, backend.BuilderSelector); err != nil {
+		return nil, fmt.Errorf("listing builder VirtualMachineInstances: %w", err)
+	}
+	var keys []client.ObjectKey
+	for i := range list.Items {
+		v := &list.Items[i]
+		if v.DeletionTimestamp != nil || v.Status.Phase == kubevirtv1.Succeeded || v.Status.Phase == kubevirtv1.Failed {
+			continue
+		}
+		keys = append(keys, backend.BuildOf(v))
+	}
+	return keys, nil
+}
+
 // Delete implements backend.Backend.
 func (k *Backend) Delete(ctx context.Context, b *imagev1.NodeImageBuild, attempt int32) (bool, error) {
 	if attempt > 0 {
