@@ -566,12 +566,12 @@ func shortHex(s string) string {
 	return s
 }
 
-// interrupt deletes the builders and ends the build as Interrupted.
+// interrupt deletes the builders and ends the build as Interrupted. Every
+// labelled builder goes (attempt 0), not only the one status records: a
+// builder may have been created by a reconcile whose status patch failed.
 func (r *NodeImageBuildReconciler) interrupt(ctx context.Context, b *imagev1.NodeImageBuild, be backend.Backend, why string) error {
-	if b.Status.Attempts > 0 {
-		if _, err := be.Delete(ctx, b, b.Status.Attempts); err != nil {
-			return err
-		}
+	if _, err := be.Delete(ctx, b, 0); err != nil {
+		return err
 	}
 	if why == "" {
 		why = "interrupted by the " + InterruptAnnotation + " annotation"

@@ -148,7 +148,10 @@ func TestNodeImageBuildReconcile(t *testing.T) {
 		{name: "interrupt annotation", build: testBuild(func(b *imagev1.NodeImageBuild) {
 			started(1)(b)
 			b.Annotations = map[string]string{InterruptAnnotation: "superseded"}
-		}), wantDeleted: []int32{1}, wantReady: "False/Interrupted", wantStalled: "True/Interrupted", wantDone: true},
+		}), wantDeleted: []int32{0}, wantReady: "False/Interrupted", wantStalled: "True/Interrupted", wantDone: true},
+		{name: "interrupt before any recorded attempt deletes every builder", build: testBuild(func(b *imagev1.NodeImageBuild) {
+			b.Annotations = map[string]string{InterruptAnnotation: "cancelled"}
+		}), wantDeleted: []int32{0}, wantReady: "False/Interrupted", wantStalled: "True/Interrupted", wantDone: true},
 		{name: "status patch error is returned", build: testBuild(nil),
 			funcs: interceptor.Funcs{SubResourcePatch: func(context.Context, client.Client, string, client.Object, client.Patch, ...client.SubResourcePatchOption) error {
 				return apierrors.NewServiceUnavailable("etcd down")
