@@ -139,7 +139,9 @@ func secretData(ctx context.Context, r client.Reader, ns, name string) (map[stri
 	var s corev1.Secret
 	if err := r.Get(ctx, client.ObjectKey{Namespace: ns, Name: name}, &s); err != nil {
 		if apierrors.IsNotFound(err) {
-			return nil, &StallingError{Reason: imagev1.InvalidSpecReason, Err: fmt.Errorf("secret %s/%s does not exist", ns, name)}
+			// The NotFound stays in the chain (apierrors.IsNotFound): a
+			// finalizer gives up when the Secret is gone.
+			return nil, &StallingError{Reason: imagev1.InvalidSpecReason, Err: fmt.Errorf("secret %s/%s does not exist: %w", ns, name, err)}
 		}
 		return nil, fmt.Errorf("reading Secret %s/%s: %w", ns, name, err)
 	}

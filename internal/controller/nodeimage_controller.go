@@ -581,6 +581,14 @@ func (r *NodeImageReconciler) reconcileDelete(ctx context.Context, ni *imagev1.N
 	}
 	if ni.Spec.DeletionPolicy == imagev1.DeletionPolicyDelete && ni.Spec.Destination != nil && r.Artifacts != nil {
 		if err := r.Artifacts.DeleteAll(ctx, ni); err != nil {
+			if apierrors.IsNotFound(err) {
+				// The credentials Secret is gone (typically the namespace
+				// is being deleted): nothing can be deleted, ever. Leave
+				// the artifacts and let the NodeImage go.
+				r.event(ni, corev1.EventTypeWarning, "DeleteFailed",
+					"published artifacts are left in place, the credentials are gone: "+err.Error())
+				return removeFinalizer(ctx, r.Client, ni, ImageFinalizer)
+			}
 			r.event(ni, corev1.EventTypeWarning, "DeleteFailed", "deleting published artifacts: "+err.Error())
 			var stall *StallingError
 			if errors.As(err, &stall) {

@@ -516,3 +516,24 @@ func TestMaxConcurrentBuilds(t *testing.T) {
 		g.Expect(be.ensures).To(Equal(1), "only one build may start")
 	})
 }
+
+// With deletionPolicy Delete, a credentials Secret that is gone (the
+// namespace is being deleted) does not hold the finalizer forever.
+func TestNodeImageDeletionWithoutSecret(t *testing.T) {
+	g := NewWithT(t)
+	ni := testImage(func(ni *imagev1.NodeImage) {
+		ni.Spec.DeletionPolicy = imagev1.DeletionPolicyDelete
+		ni.DeletionTimestamp = &metav1.Time{Time: t0}
+	})
+	c := newFakeClient(testenv.Scheme(), interceptor.Funcs{}, ni)
+	// The real opener, reading a Secret that does not exist.
+	_, openErr := S3Opener(c)(context.Background(), ni)
+	g.Expect(apierrors.IsNotFound(openErr)).To(BeTrue(), "the missing Secret is recognisable: %v", openErr)
+	rec := events.NewFakeRecorder(5)
+	r := &NodeImageReconciler{Client: c, Recorder: rec, Artifacts: &fakeArtifacts{err: openErr}}
+	_, err := r.Reconcile(context.Background(), ctrl.Request{NamespacedName: client.ObjectKeyFromObject(ni)})
+	g.Expect(err).NotTo(HaveOccurred())
+	err = c.Get(context.Background(), client.ObjectKeyFromObject(ni), &imagev1.NodeImage{})
+	g.Expect(apierrors.IsNotFound(err)).To(BeTrue(), "finalizer removed, object gone")
+	g.Expect(rec.Events).To(Receive(ContainSubstring("Warning DeleteFailed")))
+}
