@@ -98,7 +98,9 @@ type Backend interface {
 	// Observe reports the builder of attempt.
 	Observe(ctx context.Context, b *imagev1.NodeImageBuild, attempt int32) (Observation, error)
 	// Delete deletes the builder of attempt, or with attempt 0 every builder
-	// and the spec ConfigMap of the build. It reports whether they are gone.
+	// and the spec ConfigMap of the build. It reports whether they are gone
+	// or being deleted: a builder on a NotReady node may stay Terminating
+	// forever, and the garbage collector finishes after the build.
 	Delete(ctx context.Context, b *imagev1.NodeImageBuild, attempt int32) (gone bool, err error)
 }
 

@@ -290,6 +290,12 @@ func (k *Backend) deleteVMI(ctx context.Context, ns, name string) (bool, error) 
 	if err != nil {
 		return false, fmt.Errorf("deleting builder VirtualMachineInstance %s: %w", name, err)
 	}
+	// A VMI being deleted counts as gone: on a NotReady node it may stay
+	// Terminating forever; the garbage collector finishes once the build
+	// is gone.
 	err = k.reader().Get(ctx, client.ObjectKeyFromObject(vmi), vmi)
+	if err == nil {
+		return vmi.DeletionTimestamp != nil, nil
+	}
 	return apierrors.IsNotFound(err), client.IgnoreNotFound(err)
 }

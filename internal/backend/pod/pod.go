@@ -395,7 +395,12 @@ func (p *Backend) deletePod(ctx context.Context, ns, name string) (bool, error) 
 	if err != nil {
 		return false, fmt.Errorf("deleting builder Pod %s: %w", name, err)
 	}
-	// A Pod on a node goes away when the kubelet confirms; check.
+	// A Pod on a node goes away when the kubelet confirms, which a NotReady
+	// node never does: a Pod being deleted counts as gone, and the
+	// garbage collector finishes once the build is gone.
 	err = p.reader().Get(ctx, client.ObjectKeyFromObject(pod), pod)
+	if err == nil {
+		return pod.DeletionTimestamp != nil, nil
+	}
 	return apierrors.IsNotFound(err), client.IgnoreNotFound(err)
 }
