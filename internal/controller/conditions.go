@@ -46,8 +46,10 @@ func isTrue(obj conditionsObject, typ string) bool {
 	return apimeta.IsStatusConditionTrue(obj.GetConditions(), typ)
 }
 
-// markReconciling sets Reconciling=True (kstatus InProgress).
+// markReconciling sets Reconciling=True (kstatus InProgress) and drops
+// Stalled: the two are never True together.
 func markReconciling(obj conditionsObject, reason, message string) {
+	removeCondition(obj, imagev1.StalledCondition)
 	setCondition(obj, imagev1.ReconcilingCondition, metav1.ConditionTrue, reason, message)
 }
 
