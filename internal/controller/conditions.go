@@ -18,6 +18,17 @@ type conditionsObject interface {
 
 const maxConditionMessage = 1024
 
+// ReconcileErrorReason is Ready's reason when a reconcile failed with an
+// error that is retried with backoff (an API or object-store error).
+const ReconcileErrorReason = "ReconcileError"
+
+// markReconcileError records a retried error in Ready, so that Ready is
+// present and says why from the first reconcile on. Errors carry no secret
+// values (see S3Opener).
+func markReconcileError(obj conditionsObject, err error) {
+	setCondition(obj, imagev1.ReadyCondition, metav1.ConditionFalse, ReconcileErrorReason, err.Error())
+}
+
 // setCondition sets a condition, keeping its transition time when only the
 // reason or message change.
 func setCondition(obj conditionsObject, typ string, status metav1.ConditionStatus, reason, message string) {
@@ -78,7 +89,7 @@ func isFailureReason(reason string) bool {
 	switch reason {
 	case imagev1.BuildFailedReason, imagev1.VerificationFailedReason, imagev1.PublishFailedReason,
 		imagev1.DeadlineExceededReason, imagev1.RetriesExhaustedReason, imagev1.InvalidSpecReason,
-		imagev1.UnsupportedArchitectureReason, imagev1.InterruptedReason:
+		imagev1.UnsupportedArchitectureReason, imagev1.InterruptedReason, ReconcileErrorReason:
 		return true
 	}
 	return false

@@ -164,6 +164,9 @@ func (r *NodeImageReconciler) Reconcile(ctx context.Context, req ctrl.Request) (
 	}
 	before := snapshotTransitions(ni)
 	defer func() {
+		if retErr != nil {
+			markReconcileError(ni, retErr)
+		}
 		emitTransitions(r.Recorder, ni, before)
 		retErr = kerrors.NewAggregate([]error{retErr, patcher.patch(ctx, ni, imageStatus)})
 		if retErr != nil {

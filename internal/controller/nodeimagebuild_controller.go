@@ -130,6 +130,9 @@ func (r *NodeImageBuildReconciler) Reconcile(ctx context.Context, req ctrl.Reque
 	}
 	before := snapshotTransitions(build)
 	defer func() {
+		if retErr != nil {
+			markReconcileError(build, retErr)
+		}
 		r.emitTransitions(build, before)
 		retErr = kerrors.NewAggregate([]error{retErr, patcher.patch(ctx, build, buildStatus)})
 		if retErr != nil {

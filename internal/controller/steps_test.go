@@ -26,6 +26,7 @@ import (
 	imagev1 "github.com/nodeforge/nodeforge/api/v1alpha1"
 	"github.com/nodeforge/nodeforge/internal/backend"
 	"github.com/nodeforge/nodeforge/internal/buildresult"
+	"github.com/nodeforge/nodeforge/internal/resolve"
 	"github.com/nodeforge/nodeforge/internal/testenv"
 )
 
@@ -272,13 +273,17 @@ func TestNodeImageReconcile(t *testing.T) {
 		wantRecon   string
 		wantObsGen  bool
 		wantRequeue time.Duration
+		wantMsg     string
 	}{
 		{name: "first build", ni: testImage(nil), artifacts: &fakeArtifacts{},
 			wantBuilds: 1, wantReady: "False/BuildPending", wantRecon: "True/BuildPending"},
 		{name: "cache hit starts no build", ni: testImage(nil), artifacts: &fakeArtifacts{found: found},
 			wantReady: "True/ArtifactFound", wantObsGen: true},
 		{name: "lookup error is retried", ni: testImage(nil), artifacts: &fakeArtifacts{err: errors.New("s3 unreachable")},
-			wantErr: true},
+			wantErr: true, wantMsg: "s3 unreachable"},
+		{name: "forbidden Secret read is retried", ni: testImage(nil),
+			artifacts: &fakeArtifacts{err: fmt.Errorf("reading Secret ns/c: %w", apierrors.NewForbidden(schema.GroupResource{Resource: "secrets"}, "c", errors.New("no RBAC")))},
+			wantErr: true, wantMsg: `reading Secret ns/c: secrets "c" is forbidden: no RBAC`},
 		{name: "missing ConfigMap stalls", ni: testImage(func(ni *imagev1.NodeImage) {
 			ni.Spec.Files = []imagev1.FileSpec{{Path: "/etc/x", ConfigMapKeyRef: &corev1.ConfigMapKeySelector{
 				LocalObjectReference: corev1.LocalObjectReference{Name: "missing"}, Key: "k"}}}
@@ -293,7 +298,7 @@ func TestNodeImageReconcile(t *testing.T) {
 		{name: "AlreadyExists is success", ni: testImage(nil), artifacts: &fakeArtifacts{}, funcs: alreadyExists,
 			wantBuilds: 1, wantReady: "False/BuildPending", wantRecon: "True/BuildPending"},
 		{name: "create error is returned", ni: testImage(nil), artifacts: &fakeArtifacts{}, funcs: createFails,
-			wantErr: true},
+			wantErr: true, wantMsg: "creating build img-" + imagev1.DigestHex(digestOfImage(testImage(nil)))[:10] + `: nodeimagebuilds "x" is forbidden: quota`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -317,6 +322,8 @@ func TestNodeImageReconcile(t *testing.T) {
 			g.Expect(c.Get(context.Background(), client.ObjectKeyFromObject(tt.ni), got)).To(Succeed())
 			if tt.wantErr {
 				g.Expect(key(got, imagev1.ReconcilingCondition)).To(Equal("True/Progressing"), "an error keeps the object InProgress")
+				g.Expect(key(got, imagev1.ReadyCondition)).To(Equal("False/ReconcileError"), "Ready is present and says why")
+				g.Expect(getCondition(got, imagev1.ReadyCondition).Message).To(Equal(tt.wantMsg))
 				return
 			}
 			g.Expect(key(got, imagev1.ReadyCondition)).To(Equal(tt.wantReady))
@@ -536,4 +543,16 @@ func TestNodeImageDeletionWithoutSecret(t *testing.T) {
 	err = c.Get(context.Background(), client.ObjectKeyFromObject(ni), &imagev1.NodeImage{})
 	g.Expect(apierrors.IsNotFound(err)).To(BeTrue(), "finalizer removed, object gone")
 	g.Expect(rec.Events).To(Receive(ContainSubstring("Warning DeleteFailed")))
+}
+
+func digestOfImage(ni *imagev1.NodeImage) string {
+	c, err := resolve.Content(context.Background(), &ni.Spec.ImageContent, resolve.FromConfigMaps(nil))
+	if err != nil {
+		panic(err)
+	}
+	d, err := c.Digest()
+	if err != nil {
+		panic(err)
+	}
+	return d
 }
