@@ -283,7 +283,7 @@ func TestNodeImageReconcile(t *testing.T) {
 			wantErr: true, wantMsg: "s3 unreachable"},
 		{name: "forbidden Secret read is retried", ni: testImage(nil),
 			artifacts: &fakeArtifacts{err: fmt.Errorf("reading Secret ns/c: %w", apierrors.NewForbidden(schema.GroupResource{Resource: "secrets"}, "c", errors.New("no RBAC")))},
-			wantErr: true, wantMsg: `reading Secret ns/c: secrets "c" is forbidden: no RBAC`},
+			wantErr:   true, wantMsg: `reading Secret ns/c: secrets "c" is forbidden: no RBAC`},
 		{name: "missing ConfigMap stalls", ni: testImage(func(ni *imagev1.NodeImage) {
 			ni.Spec.Files = []imagev1.FileSpec{{Path: "/etc/x", ConfigMapKeyRef: &corev1.ConfigMapKeySelector{
 				LocalObjectReference: corev1.LocalObjectReference{Name: "missing"}, Key: "k"}}}
