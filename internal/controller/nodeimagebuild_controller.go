@@ -358,6 +358,13 @@ func (r *NodeImageBuildReconciler) startAttempt(ctx context.Context, b *imagev1.
 	}
 	b.Status.BuilderRef = &imagev1.BuilderReference{Kind: be.Kind(), Name: backend.BuilderName(b.Name, n)}
 	b.Status.Progress = nil
+	if n > 1 {
+		// The step conditions describe one attempt; the new one has
+		// reached none of the steps yet.
+		for _, c := range []string{imagev1.BuiltCondition, imagev1.VerifiedCondition, imagev1.PublishedCondition} {
+			removeCondition(b, c)
+		}
+	}
 	msg := fmt.Sprintf("attempt %d of %d: created %s %s", n, buildRetries(b)+1, be.Kind(), backend.BuilderName(b.Name, n))
 	r.markInProgress(b, imagev1.BuildPendingReason, msg)
 	return &WaitingError{Reason: imagev1.BuildPendingReason, RequeueAfter: r.pollInterval(), Err: errors.New(msg)}

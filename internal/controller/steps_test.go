@@ -556,3 +556,26 @@ func digestOfImage(ni *imagev1.NodeImage) string {
 	}
 	return d
 }
+
+// A new attempt starts without the step conditions of the previous one.
+func TestRetryResetsStepConditions(t *testing.T) {
+	g := NewWithT(t)
+	b := testBuild(func(b *imagev1.NodeImageBuild) {
+		b.Status.Attempts = 1
+		b.Status.StartTime = &metav1.Time{Time: t0}
+	})
+	res := &buildresult.Result{Outcome: buildresult.OutcomeFailed, Reason: buildresult.ReasonPublishFailed, Step: "publish", Message: "access denied"}
+	be := &fakeBackend{obs: map[int32]backend.Observation{1: {Phase: backend.PhaseFailed, CreatedAt: t0, FinishedAt: t0.Add(-time.Minute), Result: res}}}
+	c := newFakeClient(testenv.Scheme(), interceptor.Funcs{}, b)
+	r := &NodeImageBuildReconciler{Client: c, Clock: clocktesting.NewFakeClock(t0),
+		Backends: map[imagev1.BuilderBackend]backend.Backend{imagev1.BuilderBackendPod: be}}
+	_, err := r.Reconcile(context.Background(), ctrl.Request{NamespacedName: client.ObjectKeyFromObject(b)})
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(be.ensured).To(Equal([]int32{2}))
+	got := &imagev1.NodeImageBuild{}
+	g.Expect(c.Get(context.Background(), client.ObjectKeyFromObject(b), got)).To(Succeed())
+	for _, typ := range []string{imagev1.BuiltCondition, imagev1.VerifiedCondition, imagev1.PublishedCondition} {
+		g.Expect(getCondition(got, typ)).To(BeNil(), typ)
+	}
+	g.Expect(key(got, imagev1.ReadyCondition)).To(Equal("False/BuildPending"))
+}
