@@ -211,7 +211,22 @@ type Progress struct {
 	Message string `json:"message,omitempty"`
 }
 
-// Validate checks the fields the manager relies on.
+// ValidateFor is Validate for a build that has (or has not) a
+// destination: a succeeded build with a destination must name the
+// published image's URL; one without keeps the image on its scratch volume
+// and has no URL.
+func (r *Result) ValidateFor(hasDestination bool) error {
+	if err := r.Validate(); err != nil {
+		return err
+	}
+	if hasDestination && r.Outcome == OutcomeSucceeded && r.Artifact.URL == "" {
+		return errors.New("buildresult: a succeeded result of a build with a destination needs the artifact's url")
+	}
+	return nil
+}
+
+// Validate checks the fields the manager relies on whatever the build's
+// destination (see ValidateFor).
 func (r *Result) Validate() error {
 	switch r.Outcome {
 	case OutcomeSucceeded:

@@ -155,3 +155,27 @@ func TestEncodeCheckList(t *testing.T) {
 		t.Fatalf("over-long check list: got %+v", got.Verification)
 	}
 }
+
+func TestValidateFor(t *testing.T) {
+	noURL := &Result{Outcome: OutcomeSucceeded, Artifact: &Artifact{SHA256: "ab", Size: 1, Format: "qcow2"}}
+	withURL := &Result{Outcome: OutcomeSucceeded, Artifact: &Artifact{URL: "s3://b/k", SHA256: "ab", Size: 1, Format: "qcow2"}}
+	failed := &Result{Outcome: OutcomeFailed, Reason: ReasonVerificationFailed, Artifact: &Artifact{SHA256: "ab"}}
+	for _, tc := range []struct {
+		name           string
+		r              *Result
+		hasDestination bool
+		wantErr        bool
+	}{
+		{"destination, url", withURL, true, false},
+		{"destination, no url", noURL, true, true},
+		{"no destination, no url", noURL, false, false},
+		{"failed without url", failed, true, false},
+		{"invalid", &Result{Outcome: OutcomeSucceeded}, false, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if err := tc.r.ValidateFor(tc.hasDestination); (err != nil) != tc.wantErr {
+				t.Fatalf("err = %v, wantErr %v", err, tc.wantErr)
+			}
+		})
+	}
+}

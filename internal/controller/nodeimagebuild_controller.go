@@ -244,6 +244,10 @@ func (r *NodeImageBuildReconciler) reconcileBuild(ctx context.Context, b *imagev
 			return r.attemptFailed(ctx, b, be, n, obs, imagev1.BuildFailedReason,
 				fmt.Sprintf("builder exited successfully without a valid result: %v", obs.ResultError))
 		}
+		if err := obs.Result.ValidateFor(b.Spec.Destination != nil); err != nil {
+			return r.attemptFailed(ctx, b, be, n, obs, imagev1.BuildFailedReason,
+				fmt.Sprintf("builder exited successfully without a valid result: %v", err))
+		}
 		r.succeed(ctx, b, obs)
 		return nil
 	default: // PhaseFailed

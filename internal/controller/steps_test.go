@@ -86,6 +86,7 @@ func TestNodeImageBuildReconcile(t *testing.T) {
 	scheme := testenv.Scheme()
 	failedRes := &buildresult.Result{Outcome: buildresult.OutcomeFailed, Reason: buildresult.ReasonPublishFailed, Step: "publish", Message: "access denied"}
 	okRes := &buildresult.Result{Outcome: buildresult.OutcomeSucceeded, Artifact: &buildresult.Artifact{URL: "s3://b/k", SHA256: "ab", Size: 10, Format: "qcow2"}}
+	noURLRes := &buildresult.Result{Outcome: buildresult.OutcomeSucceeded, Artifact: &buildresult.Artifact{SHA256: "ab", Size: 10, Format: "qcow2"}}
 	started := func(n int32) func(*imagev1.NodeImageBuild) {
 		return func(b *imagev1.NodeImageBuild) {
 			b.Status.Attempts = n
@@ -142,6 +143,16 @@ func TestNodeImageBuildReconcile(t *testing.T) {
 			wantReady: "False/DeadlineExceeded", wantStalled: "True/DeadlineExceeded", wantDone: true},
 		{name: "success", build: testBuild(started(1)),
 			obs:       map[int32]backend.Observation{1: {Phase: backend.PhaseSucceeded, CreatedAt: t0, FinishedAt: t0, Result: okRes}},
+			wantReady: "True/Succeeded", wantDone: true},
+		{name: "success without url of a build with a destination fails", build: testBuild(func(b *imagev1.NodeImageBuild) {
+			started(1)(b)
+			b.Spec.Builder.Retries = ptr.To[int32](0)
+			b.Spec.Destination = &imagev1.DestinationSpec{S3: &imagev1.S3Destination{Bucket: "b"}}
+		}),
+			obs:       map[int32]backend.Observation{1: {Phase: backend.PhaseSucceeded, CreatedAt: t0, FinishedAt: t0, Result: noURLRes}},
+			wantReady: "False/BuildFailed", wantStalled: "True/BuildFailed", wantDone: true},
+		{name: "success without url of a build without destination", build: testBuild(started(1)),
+			obs:       map[int32]backend.Observation{1: {Phase: backend.PhaseSucceeded, CreatedAt: t0, FinishedAt: t0, Result: noURLRes}},
 			wantReady: "True/Succeeded", wantDone: true},
 		{name: "exit 0 without result fails", build: testBuild(func(b *imagev1.NodeImageBuild) { started(1)(b); b.Spec.Builder.Retries = ptr.To[int32](0) }),
 			obs:       map[int32]backend.Observation{1: {Phase: backend.PhaseSucceeded, ResultError: errors.New("empty result")}},
