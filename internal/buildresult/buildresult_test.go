@@ -82,8 +82,20 @@ func TestResultLine(t *testing.T) {
 }
 
 func TestTruncate(t *testing.T) {
-	if got := Truncate("ééé", 4); got != "…" && len(got) > 4 {
-		t.Fatalf("got %q", got)
+	for _, tc := range []struct {
+		in   string
+		n    int
+		want string
+	}{
+		{"ééé", 4, "…"},        // never a cut rune
+		{"abcdef", 5, "ab…"},   // the mark counts
+		{"ab  cdef", 7, "ab…"}, // no space before the mark
+		{"abc", 3, "abc"},
+		{"abcd", 3, ""},
+	} {
+		if got := Truncate(tc.in, tc.n); got != tc.want {
+			t.Errorf("Truncate(%q, %d) = %q, want %q", tc.in, tc.n, got, tc.want)
+		}
 	}
 	if got := TailBytes("line1\nline2\nline3", 8); got != "line3" {
 		t.Fatalf("got %q", got)

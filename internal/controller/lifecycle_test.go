@@ -322,6 +322,8 @@ func TestHistoryPruning(t *testing.T) {
 		for _, p := range listPods(g, ns) {
 			g.Expect(p.Labels[backend.LabelBuild]).NotTo(Equal(first))
 		}
+		err := k8s.Get(ctx, client.ObjectKey{Namespace: ns, Name: backend.SpecConfigMapName(first)}, &corev1.ConfigMap{})
+		g.Expect(apierrors.IsNotFound(err)).To(BeTrue(), "spec ConfigMap of the pruned build deleted")
 	}, testTimeout).Should(Succeed())
 }
 
@@ -350,7 +352,6 @@ func TestDeletionPolicies(t *testing.T) {
 			name := "del-" + strings.ToLower(string(policy))
 			ni := newNodeImage(ns, name)
 			ni.Spec.DeletionPolicy = policy
-			digest := digestOf(g, ni)
 			img := filepath.Join(t.TempDir(), "img.qcow2")
 			g.Expect(os.WriteFile(img, []byte("image"), 0o644)).To(Succeed())
 			pub := &storage.Publisher{Store: dirStore}
@@ -376,7 +377,6 @@ func TestDeletionPolicies(t *testing.T) {
 			} else {
 				g.Expect(published).To(HaveLen(1))
 			}
-			_ = digest
 		})
 	}
 }
