@@ -25,13 +25,20 @@ func snapshotTransitions(obj conditionsObject) transitions {
 	return transitions{ready: conditionKey(obj, imagev1.ReadyCondition), stalled: conditionKey(obj, imagev1.StalledCondition)}
 }
 
+// maxEventNote is the longest note events.k8s.io accepts.
+const maxEventNote = 1024
+
+// event records one event, its note cut to what the API accepts.
+func event(rec events.EventRecorder, obj conditionsObject, typ, reason, note string) {
+	if rec != nil {
+		rec.Eventf(obj, nil, typ, reason, "Reconcile", "%s", buildresult.Truncate(note, maxEventNote))
+	}
+}
+
 // emitTransitions emits one event per transition of Ready (reason = the
 // new Ready reason) and of Stalled (reason = the Stalled reason). Failure
 // reasons are Warnings.
 func emitTransitions(rec events.EventRecorder, obj conditionsObject, before transitions) {
-	if rec == nil {
-		return
-	}
 	after := snapshotTransitions(obj)
 	if after.ready != before.ready && after.ready != "" {
 		c := getCondition(obj, imagev1.ReadyCondition)
@@ -39,12 +46,12 @@ func emitTransitions(rec events.EventRecorder, obj conditionsObject, before tran
 		if isFailureReason(c.Reason) {
 			typ = corev1.EventTypeWarning
 		}
-		rec.Eventf(obj, nil, typ, c.Reason, "Reconcile", "%s", buildresult.Truncate(c.Message, 1024))
+		event(rec, obj, typ, c.Reason, c.Message)
 	}
 	if after.stalled != before.stalled && after.stalled != "" {
 		c := getCondition(obj, imagev1.StalledCondition)
 		if after.ready != "False/"+c.Reason { // not the same event twice
-			rec.Eventf(obj, nil, corev1.EventTypeWarning, c.Reason, "Reconcile", "%s", buildresult.Truncate(c.Message, 1024))
+			event(rec, obj, corev1.EventTypeWarning, c.Reason, c.Message)
 		}
 	}
 }

@@ -607,9 +607,7 @@ func (r *NodeImageReconciler) reconcileDelete(ctx context.Context, ni *imagev1.N
 }
 
 func (r *NodeImageReconciler) event(obj conditionsObject, typ, reason, note string) {
-	if r.Recorder != nil {
-		r.Recorder.Eventf(obj, nil, typ, reason, "Reconcile", "%s", note)
-	}
+	event(r.Recorder, obj, typ, reason, note)
 }
 
 // superseded reports whether the NodeImage controller interrupted a build

@@ -133,7 +133,7 @@ func (r *NodeImageBuildReconciler) Reconcile(ctx context.Context, req ctrl.Reque
 		if retErr != nil {
 			markReconcileError(build, retErr)
 		}
-		r.emitTransitions(build, before)
+		emitTransitions(r.Recorder, build, before)
 		retErr = kerrors.NewAggregate([]error{retErr, patcher.patch(ctx, build, buildStatus)})
 		if retErr != nil {
 			res = ctrl.Result{} // never a RequeueAfter together with an error
@@ -603,12 +603,5 @@ func (r *NodeImageBuildReconciler) markInProgress(b *imagev1.NodeImageBuild, rea
 }
 
 func (r *NodeImageBuildReconciler) event(obj conditionsObject, typ, reason, note string) {
-	if r.Recorder != nil {
-		r.Recorder.Eventf(obj, nil, typ, reason, "Reconcile", "%s", buildresult.Truncate(note, 1024))
-	}
-}
-
-// emitTransitions emits an event when Ready or Stalled changed.
-func (r *NodeImageBuildReconciler) emitTransitions(obj conditionsObject, before transitions) {
-	emitTransitions(r.Recorder, obj, before)
+	event(r.Recorder, obj, typ, reason, note)
 }
