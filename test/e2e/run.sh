@@ -58,12 +58,18 @@ chmod 700 "$state"
 export NODEFORGE_E2E_STATE=$state
 bimg_pid=
 manager_pid=
+s3_pid=
+apt_pid=
 cluster_started=false
 
-# stop_pid PID NAME: SIGTERM, up to 15 s, then SIGKILL; only that process.
+# stop_pid PID NAME [MATCH]: SIGTERM, up to 15 s, then SIGKILL; only that
+# process, and only while its command line contains MATCH (when given).
 stop_pid() {
-	local pid=$1 name=$2
+	local pid=$1 name=$2 match=${3:-}
 	kill -0 "$pid" 2>/dev/null || return 0
+	if [ -n "$match" ] && ! tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$match"; then
+		return 0
+	fi
 	kill "$pid" 2>/dev/null || true
 	for _ in $(seq 1 75); do
 		kill -0 "$pid" 2>/dev/null || break
@@ -95,8 +101,11 @@ cleanup() {
 	if $cluster_started && [ -z "${NODEFORGE_E2E_KEEP_CLUSTER:-}" ]; then
 		hack/local-cluster.sh down
 	fi
-	[ -d "$state/apt" ] && NODEFORGE_STATE=$state/apt hack/k8s-apt-repo.sh stop
+	[ -d "$state/apt" ] && NODEFORGE_APT_STATE=$state/apt hack/k8s-apt-repo.sh stop
 	[ -d "$state/s3" ] && NODEFORGE_STATE=$state/s3 hack/s3.sh down
+	# Whatever the scripts did, the servers started here end here.
+	[ -n "$apt_pid" ] && stop_pid "$apt_pid" "apt repository server" "$state/apt/"
+	[ -n "$s3_pid" ] && stop_pid "$s3_pid" MinIO "$state/s3/"
 	rm -rf "$state"
 	exit "$rc"
 }
@@ -129,9 +138,11 @@ eval "$(hack/local-cluster.sh env)"
 # 3. S3 and the apt repository, each with its own state dir.
 t0=$SECONDS
 s3_env=$(NODEFORGE_STATE=$state/s3 hack/s3.sh up)
+s3_pid=$(cat "$state/s3/minio.pid")
 eval "$s3_env"
 hack/k8s-apt-repo.sh build >/dev/null
-apt_env=$(NODEFORGE_STATE=$state/apt hack/k8s-apt-repo.sh serve)
+apt_env=$(NODEFORGE_APT_STATE=$state/apt hack/k8s-apt-repo.sh serve)
+apt_pid=$(cat "$state/apt/pid")
 eval "$apt_env"
 export AWS_ENDPOINT_URL AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY AWS_REGION NODEFORGE_K8S_APT_URL NODEFORGE_K8S_APT_KEY
 log "MinIO at $AWS_ENDPOINT_URL, apt repository at $NODEFORGE_K8S_APT_URL ($((SECONDS - t0))s)"
