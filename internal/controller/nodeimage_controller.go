@@ -48,6 +48,8 @@ type NodeImageReconciler struct {
 	// Artifacts finds, prunes and deletes published artifacts of NodeImages
 	// with a destination. Nil disables the lookup (every digest is built).
 	Artifacts ArtifactStore
+	// APIReader reads Namespaces uncached; SetupWithManager sets it.
+	APIReader client.Reader
 }
 
 var _ reconcile.Reconciler = &NodeImageReconciler{}
@@ -60,12 +62,16 @@ var _ reconcile.Reconciler = &NodeImageReconciler{}
 // managed namespace by config/rbac/secret_reader_role.yaml and a
 // RoleBinding, not by this ClusterRole.
 // +kubebuilder:rbac:groups="",resources=configmaps,verbs=get;list;watch
+// +kubebuilder:rbac:groups="",resources=namespaces,verbs=get
 
 // SetupWithManager registers the controller. It watches the ConfigMaps
 // NodeImages refer to (a missing one stalls the NodeImage, an edited one
 // changes its digest); Secrets and buckets are not watched, see
 // StalledRecheckInterval.
 func (r *NodeImageReconciler) SetupWithManager(mgr ctrl.Manager, opts controller.Options) error {
+	if r.APIReader == nil {
+		r.APIReader = mgr.GetAPIReader()
+	}
 	if err := mgr.GetFieldIndexer().IndexField(context.Background(), &imagev1.NodeImage{}, configMapRefsIndex,
 		func(o client.Object) []string { return configMapRefs(o.(*imagev1.NodeImage)) }); err != nil {
 		return fmt.Errorf("indexing NodeImages by ConfigMap: %w", err)
@@ -584,12 +590,14 @@ func (r *NodeImageReconciler) reconcileDelete(ctx context.Context, ni *imagev1.N
 	}
 	if ni.Spec.DeletionPolicy == imagev1.DeletionPolicyDelete && ni.Spec.Destination != nil && r.Artifacts != nil {
 		if err := r.Artifacts.DeleteAll(ctx, ni); err != nil {
-			if apierrors.IsNotFound(err) {
-				// The credentials Secret is gone (typically the namespace
-				// is being deleted): nothing can be deleted, ever. Leave
-				// the artifacts and let the NodeImage go.
+			if apierrors.IsNotFound(err) || r.namespaceTerminating(ctx, ni.Namespace) {
+				// The credentials Secret is gone, or the namespace is being
+				// deleted and with it the Secret and the RoleBinding that
+				// lets the manager read it: nothing can be deleted, ever.
+				// Leave the artifacts and let the NodeImage (and the
+				// namespace) go.
 				r.event(ni, corev1.EventTypeWarning, "DeleteFailed",
-					"published artifacts are left in place, the credentials are gone: "+err.Error())
+					"published artifacts are left in place, the credentials cannot be read: "+err.Error())
 				return removeFinalizer(ctx, r.Client, ni, ImageFinalizer)
 			}
 			r.event(ni, corev1.EventTypeWarning, "DeleteFailed", "deleting published artifacts: "+err.Error())
@@ -604,6 +612,19 @@ func (r *NodeImageReconciler) reconcileDelete(ctx context.Context, ni *imagev1.N
 		r.event(ni, corev1.EventTypeNormal, "ArtifactsDeleted", "deleted every published artifact of "+ni.Name)
 	}
 	return removeFinalizer(ctx, r.Client, ni, ImageFinalizer)
+}
+
+// namespaceTerminating reports whether ns is being deleted.
+func (r *NodeImageReconciler) namespaceTerminating(ctx context.Context, ns string) bool {
+	reader := r.APIReader
+	if reader == nil {
+		reader = r.Client
+	}
+	var n corev1.Namespace
+	if err := reader.Get(ctx, client.ObjectKey{Name: ns}, &n); err != nil {
+		return false
+	}
+	return !n.DeletionTimestamp.IsZero()
 }
 
 func (r *NodeImageReconciler) event(obj conditionsObject, typ, reason, note string) {

@@ -590,3 +590,32 @@ func TestRetryResetsStepConditions(t *testing.T) {
 	}
 	g.Expect(key(got, imagev1.ReadyCondition)).To(Equal("False/BuildPending"))
 }
+
+// With deletionPolicy Delete, deleting the namespace removes the RoleBinding
+// that lets the manager read the credentials before the NodeImage goes: the
+// read is Forbidden. The finalizer must not hold the namespace forever.
+func TestNodeImageDeletionInTerminatingNamespace(t *testing.T) {
+	ni := testImage(func(ni *imagev1.NodeImage) {
+		ni.Spec.DeletionPolicy = imagev1.DeletionPolicyDelete
+		ni.DeletionTimestamp = &metav1.Time{Time: t0}
+	})
+	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ni.Namespace, Finalizers: []string{"kubernetes"}, DeletionTimestamp: &metav1.Time{Time: t0}}}
+	forbidden := apierrors.NewForbidden(corev1.Resource("secrets"), "s3", errors.New("no RoleBinding"))
+	for _, tc := range []struct {
+		name        string
+		objs        []client.Object
+		wantRemoved bool
+	}{
+		{"namespace terminating", []client.Object{ni.DeepCopy(), ns.DeepCopy()}, true},
+		{"namespace live", []client.Object{ni.DeepCopy()}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			g := NewWithT(t)
+			c := newFakeClient(testenv.Scheme(), interceptor.Funcs{}, tc.objs...)
+			r := &NodeImageReconciler{Client: c, Recorder: events.NewFakeRecorder(5), Artifacts: &fakeArtifacts{err: forbidden}}
+			_, _ = r.Reconcile(context.Background(), ctrl.Request{NamespacedName: client.ObjectKeyFromObject(ni)})
+			err := c.Get(context.Background(), client.ObjectKeyFromObject(ni), &imagev1.NodeImage{})
+			g.Expect(apierrors.IsNotFound(err)).To(Equal(tc.wantRemoved), "finalizer removed: %v", err)
+		})
+	}
+}
