@@ -88,6 +88,7 @@ type S3Destination struct {
 	// status stays valid (at most 7 days, S3's limit).
 	// +optional
 	// +kubebuilder:default="24h"
+	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('1s') && duration(self) <= duration('168h')",message="presignExpiry must be between 1s and 168h"
 	PresignExpiry *metav1.Duration `json:"presignExpiry,omitempty"`
 }
 
@@ -131,6 +132,7 @@ type BootVerificationSpec struct {
 	// check.
 	// +optional
 	// +kubebuilder:default="10m"
+	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('1m') && duration(self) <= duration('2h')",message="verification.boot.timeout must be between 1m and 2h"
 	Timeout *metav1.Duration `json:"timeout,omitempty"`
 }
 
@@ -176,6 +178,7 @@ type BuilderSpec struct {
 	// timeout bounds one build attempt, including time spent Pending.
 	// +optional
 	// +kubebuilder:default="45m"
+	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('1m') && duration(self) <= duration('24h')",message="builder.timeout must be between 1m and 24h"
 	Timeout *metav1.Duration `json:"timeout,omitempty"`
 
 	// retries is how many times a failed build attempt is retried (with

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	. "github.com/onsi/gomega"
 	corev1 "k8s.io/api/core/v1"
@@ -189,6 +190,13 @@ func TestInvalidObjectsAreRejected(t *testing.T) {
 		{"destination without s3", func(n *imagev1.NodeImage) { n.Spec.Destination.S3 = nil }, "spec.destination"},
 		{"unknown builder backend", func(n *imagev1.NodeImage) { n.Spec.Builder.Backend = "Docker" }, "spec.builder.backend"},
 		{"too many retries", func(n *imagev1.NodeImage) { n.Spec.Builder.Retries = ptr.To[int32](50) }, "spec.builder.retries"},
+		{"builder timeout zero", func(n *imagev1.NodeImage) { n.Spec.Builder.Timeout = &metav1.Duration{} }, "spec.builder.timeout"},
+		{"boot timeout too long", func(n *imagev1.NodeImage) {
+			n.Spec.Verification.Boot.Timeout = &metav1.Duration{Duration: 3 * time.Hour}
+		}, "spec.verification.boot.timeout"},
+		{"presign expiry over S3's limit", func(n *imagev1.NodeImage) {
+			n.Spec.Destination.S3.PresignExpiry = &metav1.Duration{Duration: 8 * 24 * time.Hour}
+		}, "spec.destination.s3.presignExpiry"},
 		{"history limit zero", func(n *imagev1.NodeImage) { n.Spec.SuccessfulBuildsHistoryLimit = ptr.To[int32](0) }, "spec.successfulBuildsHistoryLimit"},
 		{"unknown deletion policy", func(n *imagev1.NodeImage) { n.Spec.DeletionPolicy = "Orphan" }, "spec.deletionPolicy"},
 		{"check name invalid", func(n *imagev1.NodeImage) {

@@ -11,6 +11,7 @@ import (
 	"strings"
 
 	"k8s.io/apimachinery/pkg/api/meta"
+	"k8s.io/apimachinery/pkg/api/resource"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/kubernetes"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
@@ -71,7 +72,7 @@ func run() error {
 	flag.StringVar(&o.builderServiceAccount, "builder-service-account", pod.DefaultServiceAccount, "ServiceAccount of builder Pods; it must exist in every namespace with NodeImages and have no API rights.")
 	flag.StringVar(&o.namespaces, "build-namespace", os.Getenv("NODEFORGE_BUILD_NAMESPACE"), "Comma-separated namespaces whose NodeImages this manager builds (builds, builder Pods and Secrets stay in the NodeImage's namespace); empty means all.")
 	flag.IntVar(&o.maxConcurrentBuilds, "max-concurrent-builds", 4, "Builds running at once, cluster-wide (0: no limit).")
-	flag.IntVar(&o.maxBuildsPerNode, "max-builds-per-node", 1, "Builder Pods per node: 1 adds pod anti-affinity; 0 means no limit. Other values are not enforced yet.")
+	flag.IntVar(&o.maxBuildsPerNode, "max-builds-per-node", 1, "Builder Pods per node: 1 (pod anti-affinity) or 0 (no limit); other values are refused until they can be enforced.")
 	flag.IntVar(&o.maxConcurrentReconciles, "max-concurrent-reconciles", 2, "Parallel reconciles per controller.")
 	flag.BoolVar(&o.useKVMResource, "kvm-device-resource", false, "Request the devices.kubevirt.io/kvm extended resource instead of mounting /dev/kvm from the host.")
 	flag.BoolVar(&o.builderHostNetwork, "builder-host-network", false, "Run builder Pods with hostNetwork (dnsPolicy ClusterFirstWithHostNet). For single-node development clusters such as hack/local-cluster.sh, whose Pods have no default route: the builder then reaches the package mirror and services on the node's 127.0.0.1 (a local S3 server or apt repository).")
@@ -83,8 +84,8 @@ func run() error {
 	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&zapOpts)))
 	setupLog := ctrl.Log.WithName("setup")
 
-	if o.builderImage == "" {
-		return errors.New("--builder-image (or NODEFORGE_BUILDER_IMAGE) is required")
+	if err := o.validate(); err != nil {
+		return err
 	}
 
 	scheme := runtime.NewScheme()
@@ -184,4 +185,35 @@ func run() error {
 		return err
 	}
 	return mgr.Start(ctrl.SetupSignalHandler())
+}
+
+// validate refuses flag values the manager cannot honour, instead of
+// running with a silent substitute.
+func (o *options) validate() error {
+	var errs []error
+	if o.builderImage == "" {
+		errs = append(errs, errors.New("--builder-image (or NODEFORGE_BUILDER_IMAGE) is required"))
+	}
+	if o.maxConcurrentBuilds < 0 {
+		errs = append(errs, fmt.Errorf("--max-concurrent-builds=%d: must be 0 (no limit) or more", o.maxConcurrentBuilds))
+	}
+	if o.maxBuildsPerNode != 0 && o.maxBuildsPerNode != 1 {
+		errs = append(errs, fmt.Errorf("--max-builds-per-node=%d: only 0 (no limit) and 1 are supported", o.maxBuildsPerNode))
+	}
+	if o.maxConcurrentReconciles < 1 {
+		errs = append(errs, fmt.Errorf("--max-concurrent-reconciles=%d: must be at least 1", o.maxConcurrentReconciles))
+	}
+	switch o.enableKubeVirt {
+	case "auto", "false":
+	case "true":
+		if o.applianceImage == "" {
+			errs = append(errs, errors.New("--kubevirt=true needs --builder-appliance-image (or NODEFORGE_APPLIANCE_IMAGE)"))
+		}
+	default:
+		errs = append(errs, fmt.Errorf("--kubevirt=%q: want auto, true or false", o.enableKubeVirt))
+	}
+	if q, err := resource.ParseQuantity(o.scratchSize); err != nil || q.Sign() <= 0 {
+		errs = append(errs, fmt.Errorf("--scratch-size=%q: want a positive quantity such as 40Gi", o.scratchSize))
+	}
+	return errors.Join(errs...)
 }

@@ -9,7 +9,6 @@ package pod
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"strings"
@@ -133,7 +132,7 @@ func (p *Backend) PodFor(b *imagev1.NodeImageBuild, attempt int32) (*corev1.Pod,
 		image = spec.Image
 	}
 	if image == "" {
-		return nil, errors.New("no builder image: set --builder-image or spec.builder.image")
+		return nil, fmt.Errorf("%w: no builder image: set --builder-image or spec.builder.image", backend.ErrInvalidConfig)
 	}
 	timeout := imagev1.DefaultBuildTimeout
 	if spec.Timeout != nil {
@@ -149,7 +148,7 @@ func (p *Backend) PodFor(b *imagev1.NodeImageBuild, attempt int32) (*corev1.Pod,
 	}
 	scratchSize, err := resource.ParseQuantity(scratch)
 	if err != nil {
-		return nil, fmt.Errorf("scratch size %q: %w", scratch, err)
+		return nil, fmt.Errorf("%w: scratch size %q: %v", backend.ErrInvalidConfig, scratch, err)
 	}
 
 	resources := *spec.Resources.DeepCopy()
