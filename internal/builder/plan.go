@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	imagev1 "github.com/nodeforge/nodeforge/api/v1alpha1"
+	"github.com/nodeforge/nodeforge/internal/contents"
 )
 
 // Step names, in pipeline order. Provisioners are named
@@ -41,43 +42,16 @@ type Step struct {
 	Manifest    *ManifestParams
 }
 
-// VersionMatch is how a requested package's version is chosen.
-type VersionMatch string
+// PackageRequest is one package the image needs (see contents.Packages).
+type PackageRequest = contents.PackageRequest
 
-// Version matches.
+// Version matches of a PackageRequest.
 const (
-	// MatchAny takes the archive's candidate.
-	MatchAny VersionMatch = ""
-	// MatchExact takes exactly Version.
-	MatchExact VersionMatch = "exact"
-	// MatchPrefix takes the newest version starting with Version (the
-	// Kubernetes packages: 1.37.2-*).
-	MatchPrefix VersionMatch = "prefix"
-	// MatchConstraint takes the newest version whose upstream part
-	// satisfies Version, a constraint such as ">=1.7.23".
-	MatchConstraint VersionMatch = "constraint"
+	MatchAny        = contents.MatchAny
+	MatchExact      = contents.MatchExact
+	MatchPrefix     = contents.MatchPrefix
+	MatchConstraint = contents.MatchConstraint
 )
-
-// PackageRequest is one package the image needs.
-type PackageRequest struct {
-	Name    string
-	Match   VersionMatch
-	Version string
-	// Why names the spec field the request comes from, for errors.
-	Why string
-}
-
-func (p PackageRequest) String() string {
-	switch p.Match {
-	case MatchExact:
-		return p.Name + "=" + p.Version
-	case MatchPrefix:
-		return p.Name + "=" + p.Version + "*"
-	case MatchConstraint:
-		return p.Name + " (" + p.Version + ")"
-	}
-	return p.Name
-}
 
 // AptSource is an extra apt repository (the Kubernetes one).
 type AptSource struct {
@@ -189,15 +163,6 @@ type ManifestParams struct{}
 // DpkgUnsafeIO is the dpkg option used during the build only.
 const DpkgUnsafeIO = "force-unsafe-io"
 
-// Seed packages every image gets: boot, init, networking through
-// cloud-init, growing the root partition at first boot.
-var basePackages = []string{
-	"systemd-sysv", "udev", "dbus", "initramfs-tools", "zstd",
-	"cloud-init", "cloud-guest-utils", "fdisk", "e2fsprogs",
-	"netplan.io", "systemd-resolved", "systemd-timesyncd",
-	"iproute2", "sudo", "less", "procps", "kmod", "ca-certificates",
-}
-
 // Plan turns resolved, defaulted image content into the ordered steps that
 // build it. It is pure: no I/O, same content, same plan.
 func Plan(content imagev1.ImageContent) ([]Step, error) {
@@ -217,7 +182,7 @@ func Plan(content imagev1.ImageContent) ([]Step, error) {
 		return nil, err
 	}
 
-	reqs := packageRequests(c)
+	reqs := contents.Packages(c)
 	var sources []AptSource
 	var hold []string
 	var kube *AptSource
@@ -335,75 +300,6 @@ func checkFiles(c *imagev1.ImageContent) error {
 		return inputErrorf("%s", strings.Join(problems, "; "))
 	}
 	return nil
-}
-
-// packageRequests derives the package list from the spec: the seed set,
-// the kernel, what each enabled feature needs, then spec.packages. A name
-// requested twice keeps its most specific version request.
-func packageRequests(c *imagev1.ImageContent) []PackageRequest {
-	var reqs []PackageRequest
-	add := func(r PackageRequest) {
-		for i := range reqs {
-			if reqs[i].Name == r.Name {
-				if r.Match != MatchAny {
-					reqs[i] = r
-				}
-				return
-			}
-		}
-		reqs = append(reqs, r)
-	}
-	for _, p := range basePackages {
-		add(PackageRequest{Name: p, Why: "seed"})
-	}
-	add(PackageRequest{Name: c.Base.KernelPackage, Why: "base.kernelPackage"})
-	cr := c.ContainerRuntime
-	if *cr.Containerd.Enabled {
-		r := PackageRequest{Name: "containerd", Why: "containerRuntime.containerd.version"}
-		if v := cr.Containerd.Version; v != "" {
-			r.Match, r.Version = MatchConstraint, v
-		}
-		add(r)
-	}
-	if *cr.Runc.Enabled {
-		add(PackageRequest{Name: "runc", Why: "containerRuntime.runc"})
-	}
-	if *cr.CNIPlugins.Enabled {
-		add(PackageRequest{Name: "containernetworking-plugins", Why: "containerRuntime.cniPlugins"})
-	}
-	if k := c.Kubernetes; k != nil {
-		ver := strings.TrimPrefix(k.Version, "v") + "-"
-		for _, comp := range k.Components {
-			add(PackageRequest{Name: string(comp), Match: MatchPrefix, Version: ver, Why: "kubernetes.version"})
-		}
-		// The kubelet's own recommends (installs run without recommends).
-		if slices.Contains(k.Components, imagev1.ComponentKubelet) {
-			for _, p := range []string{"conntrack", "ethtool", "iptables", "socat"} {
-				add(PackageRequest{Name: p, Why: "kubernetes (kubelet)"})
-			}
-		}
-	}
-	if *c.SSH.Enabled {
-		add(PackageRequest{Name: "openssh-server", Why: "ssh.enabled"})
-	}
-	if *c.Monitoring.NodeExporter.Enabled {
-		add(PackageRequest{Name: "prometheus-node-exporter", Why: "monitoring.nodeExporter"})
-	}
-	for _, p := range c.Provisioners {
-		if p.Ansible != nil {
-			// Ansible's chroot connection runs modules with the image's python3.
-			add(PackageRequest{Name: "python3", Why: fmt.Sprintf("provisioners[%s].ansible", p.Name)})
-		}
-	}
-	for _, p := range c.Packages {
-		name, ver, pinned := strings.Cut(p, "=")
-		r := PackageRequest{Name: name, Why: "packages"}
-		if pinned {
-			r.Match, r.Version = MatchExact, ver
-		}
-		add(r)
-	}
-	return reqs
 }
 
 func provisionParams(c *imagev1.ImageContent, kube *AptSource, hold []string) *ProvisionParams {

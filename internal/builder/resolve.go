@@ -195,38 +195,23 @@ func pickVersions(reqs []PackageRequest, m madison) (map[string]string, error) {
 			problems = append(problems, fmt.Sprintf("package %q (from %s) is not in any configured repository", r.Name, r.Why))
 			continue
 		}
-		switch r.Match {
-		case MatchAny:
-		case MatchExact:
-			if !slices.Contains(vs, r.Version) {
-				problems = append(problems, fmt.Sprintf("package %s has no version %s (from %s); available: %s", r.Name, r.Version, r.Why, strings.Join(vs, ", ")))
-				continue
+		if r.Match == MatchAny {
+			continue
+		}
+		var bad error
+		i := slices.IndexFunc(vs, func(v string) bool {
+			ok, err := r.Matches(v)
+			if err != nil {
+				bad = err
 			}
-			pins[r.Name] = r.Version
-		case MatchPrefix:
-			i := slices.IndexFunc(vs, func(v string) bool { return strings.HasPrefix(v, r.Version) })
-			if i < 0 {
-				problems = append(problems, fmt.Sprintf("package %s has no version %s* (from %s); available: %s", r.Name, r.Version, r.Why, strings.Join(vs, ", ")))
-				continue
-			}
-			pins[r.Name] = vs[i]
-		case MatchConstraint:
-			var bad error
-			i := slices.IndexFunc(vs, func(v string) bool {
-				ok, err := debian.Satisfies(v, r.Version)
-				if err != nil {
-					bad = err
-				}
-				return ok
-			})
-			if bad != nil {
-				problems = append(problems, fmt.Sprintf("%s: %v", r.Why, bad))
-				continue
-			}
-			if i < 0 {
-				problems = append(problems, fmt.Sprintf("package %s has no version satisfying %s (from %s); available: %s", r.Name, r.Version, r.Why, strings.Join(vs, ", ")))
-				continue
-			}
+			return ok
+		})
+		switch {
+		case bad != nil:
+			problems = append(problems, fmt.Sprintf("%s: %v", r.Why, bad))
+		case i < 0:
+			problems = append(problems, fmt.Sprintf("package %s has no version %s (from %s); available: %s", r.Name, r.Want(), r.Why, strings.Join(vs, ", ")))
+		default:
 			pins[r.Name] = vs[i]
 		}
 	}

@@ -16,6 +16,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	imagev1 "github.com/nodeforge/nodeforge/api/v1alpha1"
+	"github.com/nodeforge/nodeforge/internal/contents"
 	"github.com/nodeforge/nodeforge/internal/debian"
 )
 
@@ -142,8 +143,9 @@ func planOffline(o *offlineImage) []plannedCheck {
 		p = append(p, off(CheckBootloaderUEFI, o.checkUEFI))
 	}
 	p = append(p, off(CheckKernelInitrd, o.checkKernel), off(CheckPackagesConsistent, o.checkPackagesConsistent))
-	for _, req := range requiredPackages(c) {
-		p = append(p, off(PackageCheckName(req.name), o.checkPackage(req)))
+	// The same list the builder installs, so the two cannot disagree.
+	for _, req := range contents.Packages(c) {
+		p = append(p, off(PackageCheckName(req.Name), o.checkPackage(req)))
 	}
 	if k := c.Kubernetes; k != nil {
 		if boolOf(k.Hold) {
@@ -195,50 +197,6 @@ func planOffline(o *offlineImage) []plannedCheck {
 		off(CheckHygieneLogs, o.checkLogs),
 	)
 	return p
-}
-
-// packageReq is a package the content requires, with a version constraint.
-type packageReq struct {
-	name string
-	// constraint is a spec constraint (">=1.7.23"); exact is a full Debian
-	// version from "name=version".
-	constraint, exact string
-}
-
-func requiredPackages(c *imagev1.ImageContent) []packageReq {
-	var out []packageReq
-	seen := map[string]bool{}
-	add := func(r packageReq) {
-		if !seen[r.name] {
-			seen[r.name] = true
-			out = append(out, r)
-		}
-	}
-	add(packageReq{name: c.Base.KernelPackage})
-	add(packageReq{name: "cloud-init"})
-	if boolOf(c.SSH.Enabled) {
-		add(packageReq{name: "openssh-server"})
-	}
-	cr := c.ContainerRuntime
-	if boolOf(cr.Containerd.Enabled) {
-		add(packageReq{name: "containerd", constraint: cr.Containerd.Version})
-	}
-	if boolOf(cr.Runc.Enabled) {
-		add(packageReq{name: "runc"})
-	}
-	if boolOf(c.Monitoring.NodeExporter.Enabled) {
-		add(packageReq{name: "prometheus-node-exporter"})
-	}
-	if k := c.Kubernetes; k != nil {
-		for _, comp := range k.Components {
-			add(packageReq{name: string(comp), constraint: "=" + strings.TrimPrefix(k.Version, "v")})
-		}
-	}
-	for _, s := range c.Packages {
-		name, ver, _ := strings.Cut(s, "=")
-		add(packageReq{name: name, exact: ver})
-	}
-	return out
 }
 
 func enabledUnits(c *imagev1.ImageContent) []string {
@@ -577,34 +535,27 @@ func (o *offlineImage) checkPackagesConsistent(context.Context) (string, error) 
 	return fmt.Sprintf("%d packages installed", n), nil
 }
 
-func (o *offlineImage) checkPackage(req packageReq) checkFunc {
+func (o *offlineImage) checkPackage(req contents.PackageRequest) checkFunc {
 	return func(context.Context) (string, error) {
 		if o.dpkgErr != nil {
 			return "", o.dpkgErr
 		}
-		p, ok := o.dpkg[req.name]
+		p, ok := o.dpkg[req.Name]
 		if !ok || !p.Installed() {
 			state := "absent from the dpkg database"
 			if ok {
 				state = fmt.Sprintf("in state %q", p.Want+" "+p.Flag+" "+p.State)
 			}
-			return "", fmt.Errorf("package %s is not installed (%s)", req.name, state)
+			return "", fmt.Errorf("package %s (from %s) is not installed (%s)", req.Name, req.Why, state)
 		}
-		switch {
-		case req.exact != "":
-			if debian.Compare(p.Version, req.exact) != 0 {
-				return "", fmt.Errorf("%s %s installed, want exactly %s", req.name, p.Version, req.exact)
-			}
-		case req.constraint != "":
-			ok, err := debian.Satisfies(p.Version, req.constraint)
-			if err != nil {
-				return "", err
-			}
-			if !ok {
-				return "", fmt.Errorf("%s %s installed, want %s", req.name, p.Version, req.constraint)
-			}
+		ok, err := req.Matches(p.Version)
+		if err != nil {
+			return "", fmt.Errorf("%s: %w", req.Why, err)
 		}
-		return fmt.Sprintf("%s %s", req.name, p.Version), nil
+		if !ok {
+			return "", fmt.Errorf("%s %s installed, want %s (from %s)", req.Name, p.Version, req.Want(), req.Why)
+		}
+		return fmt.Sprintf("%s %s", req.Name, p.Version), nil
 	}
 }
 
