@@ -9,7 +9,9 @@
 #      (hack/k8s-apt-repo.sh; reuses a server that is already running);
 #   4. writes out/cloud-base-offline.yaml: the sample with
 #      kubernetes.aptRepository pointed at that repository and its key;
-#   5. runs `nodeforge build`, then stops the repository server it started.
+#   5. runs `nodeforge build --no-publish` (the image stays in out/; the
+#      sample's S3 destination is an example), then stops the repository
+#      server it started.
 #
 # Environment:
 #   OUT                   output directory (default: out)
@@ -120,7 +122,7 @@ mv "$offline.tmp" "$offline"
 log "wrote $offline (kubernetes.aptRepository: $NODEFORGE_K8S_APT_URL)"
 
 # shellcheck disable=SC2086 # NODEFORGE_BUILD_FLAGS is a list of flags
-bin/nodeforge build -f "$offline" -o "$out" --cache-dir "${NODEFORGE_APT_CACHE:-$NODEFORGE_CACHE/apt-archives}" ${NODEFORGE_BUILD_FLAGS:-}
+bin/nodeforge build -f "$offline" -o "$out" --no-publish --cache-dir "${NODEFORGE_APT_CACHE:-$NODEFORGE_CACHE/apt-archives}" ${NODEFORGE_BUILD_FLAGS:-}
 
 name=$(awk '/^metadata:/ {m = 1; next} m && /^  name:/ {print $2; exit}' "$offline")
 echo
