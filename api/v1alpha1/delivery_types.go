@@ -178,7 +178,7 @@ type BuilderSpec struct {
 	// timeout bounds one build attempt, including time spent Pending.
 	// +optional
 	// +kubebuilder:default="45m"
-	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('1m') && duration(self) <= duration('24h')",message="builder.timeout must be between 1m and 24h"
+	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('1s') && duration(self) <= duration('24h')",message="builder.timeout must be between 1s and 24h"
 	Timeout *metav1.Duration `json:"timeout,omitempty"`
 
 	// retries is how many times a failed build attempt is retried (with

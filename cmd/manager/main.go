@@ -48,6 +48,7 @@ type options struct {
 	leaderElectionNamespace string
 	builderImage            string
 	applianceImage          string
+	allowedImages           string
 	builderServiceAccount   string
 	namespaces              string
 	maxConcurrentBuilds     int
@@ -68,6 +69,7 @@ func run() error {
 	flag.BoolVar(&o.leaderElect, "leader-elect", false, "Use leader election so that only one replica reconciles.")
 	flag.StringVar(&o.leaderElectionNamespace, "leader-election-namespace", "", "Namespace of the leader election Lease (default: the manager's namespace).")
 	flag.StringVar(&o.builderImage, "builder-image", os.Getenv("NODEFORGE_BUILDER_IMAGE"), "Builder container image (env NODEFORGE_BUILDER_IMAGE); spec.builder.image overrides it.")
+	flag.StringVar(&o.allowedImages, "allowed-builder-images", "", "Comma-separated image prefixes that spec.builder.image may use (builders run privileged). Empty: no overrides, only --builder-image runs.")
 	flag.StringVar(&o.applianceImage, "builder-appliance-image", os.Getenv("NODEFORGE_APPLIANCE_IMAGE"), "KubeVirt builder appliance containerDisk image (env NODEFORGE_APPLIANCE_IMAGE).")
 	flag.StringVar(&o.builderServiceAccount, "builder-service-account", pod.DefaultServiceAccount, "ServiceAccount of builder Pods; it must exist in every namespace with NodeImages and have no API rights.")
 	flag.StringVar(&o.namespaces, "build-namespace", os.Getenv("NODEFORGE_BUILD_NAMESPACE"), "Comma-separated namespaces whose NodeImages this manager builds (builds, builder Pods and Secrets stay in the NodeImage's namespace); empty means all.")
@@ -139,6 +141,7 @@ func run() error {
 		UseKVMResource: o.useKVMResource, ScratchSize: o.scratchSize,
 		OneBuildPerNode: o.maxBuildsPerNode == 1,
 		HostNetwork:     o.builderHostNetwork,
+		Images:          o.imagePolicy(),
 	}
 	backends := map[imagev1.BuilderBackend]backend.Backend{imagev1.BuilderBackendPod: podBackend}
 	var owned []client.Object
@@ -153,7 +156,7 @@ func run() error {
 	if kubevirtOn {
 		artifacts := controller.PublisherStore{Open: controller.S3Opener(mgr.GetAPIReader())}
 		backends[imagev1.BuilderBackendKubeVirt] = &kubevirt.Backend{
-			Client: mgr.GetClient(), Reader: mgr.GetAPIReader(), Scheme: scheme, Image: o.applianceImage,
+			Client: mgr.GetClient(), Reader: mgr.GetAPIReader(), Scheme: scheme, Image: o.applianceImage, Images: o.imagePolicy(),
 			ArtifactLookup: controller.BuildArtifactLookup(artifacts),
 		}
 		owned = append(owned, &kubevirtv1.VirtualMachineInstance{})
@@ -216,4 +219,14 @@ func (o *options) validate() error {
 		errs = append(errs, fmt.Errorf("--scratch-size=%q: want a positive quantity such as 40Gi", o.scratchSize))
 	}
 	return errors.Join(errs...)
+}
+
+func (o *options) imagePolicy() backend.ImagePolicy {
+	var p backend.ImagePolicy
+	for _, pre := range strings.Split(o.allowedImages, ",") {
+		if pre = strings.TrimSpace(pre); pre != "" {
+			p.AllowedPrefixes = append(p.AllowedPrefixes, pre)
+		}
+	}
+	return p
 }

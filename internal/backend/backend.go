@@ -13,6 +13,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -210,3 +211,26 @@ func DeleteSpecConfigMap(ctx context.Context, c client.Client, b *imagev1.NodeIm
 }
 
 func ptrTo[T any](v T) *T { return &v }
+
+// ImagePolicy decides which spec.builder.image overrides may run. A builder
+// runs privileged with /dev/kvm, so whoever may create a NodeImage must not
+// thereby run any image they like as root on a node: by default no
+// override is allowed and only the manager's configured builder image runs.
+type ImagePolicy struct {
+	// AllowedPrefixes lists image reference prefixes that may be used as
+	// overrides, such as "registry.example.com/nodeforge/builder:".
+	AllowedPrefixes []string
+}
+
+// Check returns an error when image may not be used as an override.
+func (p ImagePolicy) Check(image string) error {
+	for _, pre := range p.AllowedPrefixes {
+		if pre != "" && strings.HasPrefix(image, pre) {
+			return nil
+		}
+	}
+	if len(p.AllowedPrefixes) == 0 {
+		return fmt.Errorf("%w: spec.builder.image %q: builder image overrides are disabled (the manager's --allowed-builder-images lists the prefixes it accepts)", ErrInvalidConfig, image)
+	}
+	return fmt.Errorf("%w: spec.builder.image %q does not start with an allowed prefix (%s)", ErrInvalidConfig, image, strings.Join(p.AllowedPrefixes, ", "))
+}

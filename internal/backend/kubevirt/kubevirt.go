@@ -63,6 +63,9 @@ type Backend struct {
 	Scheme *runtime.Scheme
 	// Image is the builder appliance containerDisk image.
 	Image string
+	// Images decides which spec.builder.image overrides may run; none by
+	// default.
+	Images backend.ImagePolicy
 	// ArtifactLookup returns the artifact published for the build's spec
 	// digest; used when a VMI Succeeded without a relayed result. Nil
 	// makes such a VMI a failure.
@@ -107,6 +110,9 @@ func (k *Backend) VMIFor(b *imagev1.NodeImageBuild, attempt int32) (*kubevirtv1.
 	spec := b.Spec.Builder
 	image := k.Image
 	if spec.Image != "" {
+		if err := k.Images.Check(spec.Image); err != nil {
+			return nil, err
+		}
 		image = spec.Image
 	}
 	if image == "" {

@@ -95,6 +95,9 @@ type Backend struct {
 	// for single-node development clusters such as hack/local-cluster.sh,
 	// whose Pods have no default route; leave it off elsewhere.
 	HostNetwork bool
+	// Images decides which spec.builder.image overrides may run; none by
+	// default.
+	Images backend.ImagePolicy
 }
 
 var _ backend.Backend = &Backend{}
@@ -129,6 +132,9 @@ func (p *Backend) PodFor(b *imagev1.NodeImageBuild, attempt int32) (*corev1.Pod,
 	spec := b.Spec.Builder
 	image := p.Image
 	if spec.Image != "" {
+		if err := p.Images.Check(spec.Image); err != nil {
+			return nil, err
+		}
 		image = spec.Image
 	}
 	if image == "" {

@@ -1,6 +1,8 @@
 package pod
 
 import (
+	"errors"
+	"strings"
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
@@ -9,6 +11,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 
 	imagev1 "github.com/nodeforge/nodeforge/api/v1alpha1"
+	"github.com/nodeforge/nodeforge/internal/backend"
 )
 
 func testScheme(t *testing.T) *runtime.Scheme {
@@ -79,4 +82,37 @@ func hasMount(c corev1.Container, volume, path string) bool {
 		}
 	}
 	return false
+}
+
+// TestPodForImageOverride: builders run privileged, so spec.builder.image
+// runs only when the manager allows its prefix.
+func TestPodForImageOverride(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		allowed []string
+		want    string // image, or "" for refused
+	}{
+		{name: "no overrides by default", want: ""},
+		{name: "allowed prefix", allowed: []string{"registry.example.com/nodeforge/"}, want: "registry.example.com/nodeforge/builder:v2"},
+		{name: "other prefix", allowed: []string{"registry.example.com/other/"}, want: ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			b := &Backend{Scheme: testScheme(t), Image: "nodeforge-builder:dev", Images: backend.ImagePolicy{AllowedPrefixes: tc.allowed}}
+			build := testBuild()
+			build.Spec.Builder.Image = "registry.example.com/nodeforge/builder:v2"
+			pod, err := b.PodFor(build, 1)
+			if tc.want == "" {
+				if !errors.Is(err, backend.ErrInvalidConfig) || !strings.Contains(err.Error(), "spec.builder.image") {
+					t.Fatalf("err = %v, want an invalid-configuration error naming spec.builder.image", err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := pod.Spec.Containers[0].Image; got != tc.want {
+				t.Errorf("image = %s, want %s", got, tc.want)
+			}
+		})
+	}
 }
