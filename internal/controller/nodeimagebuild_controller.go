@@ -213,6 +213,16 @@ func (r *NodeImageBuildReconciler) reconcileBuild(ctx context.Context, b *imagev
 
 	switch obs.Phase {
 	case backend.PhaseNotFound:
+		// A builder this controller deleted (deadline, interruption) is
+		// gone before the cache shows the status written about it: decide
+		// only on the live object, not on a stale copy.
+		if behind, err := r.cacheBehind(ctx, b); err != nil || behind {
+			if err != nil {
+				return err
+			}
+			return &WaitingError{Reason: "CacheSync", RequeueAfter: time.Second,
+				Err: fmt.Errorf("builder %s %s is gone and the cached build is older than the live one; looking again", obs.Kind, obs.Name)}
+		}
 		return r.attemptFailed(ctx, b, be, n, obs, imagev1.BuildFailedReason,
 			fmt.Sprintf("builder %s %s disappeared before it finished", obs.Kind, obs.Name))
 	case backend.PhasePending, backend.PhaseRunning:
@@ -407,6 +417,19 @@ func (r *NodeImageBuildReconciler) countBuilds(ctx context.Context, b *imagev1.N
 	}
 	delete(holding, client.ObjectKeyFromObject(b))
 	return len(holding), queued + 1, nil
+}
+
+// cacheBehind reports whether the API server holds a newer version of b
+// than the one this reconcile read from the cache.
+func (r *NodeImageBuildReconciler) cacheBehind(ctx context.Context, b *imagev1.NodeImageBuild) (bool, error) {
+	if r.APIReader == nil {
+		return false, nil
+	}
+	var live imagev1.NodeImageBuild
+	if err := r.APIReader.Get(ctx, client.ObjectKeyFromObject(b), &live); err != nil {
+		return false, client.IgnoreNotFound(err)
+	}
+	return live.ResourceVersion != b.ResourceVersion, nil
 }
 
 // liveBuilds lists the builds with a live builder, from every backend.

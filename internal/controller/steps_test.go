@@ -619,3 +619,52 @@ func TestNodeImageDeletionInTerminatingNamespace(t *testing.T) {
 		})
 	}
 }
+
+// TestBuilderGoneWhileCacheIsBehind: the controller deleted a builder (its
+// deadline passed) and recorded the failure; a reconcile that still reads
+// the older cached build sees the builder gone. It must look again, not
+// record the attempt as lost (BuildFailed over DeadlineExceeded).
+func TestBuilderGoneWhileCacheIsBehind(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		liveRV     string
+		wantReason string
+	}{
+		{name: "cache behind: look again", liveRV: "424242", wantReason: ""},
+		{name: "cache current: the builder is lost", liveRV: "", wantReason: imagev1.BuildFailedReason},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			g := NewWithT(t)
+			build := testBuild(func(b *imagev1.NodeImageBuild) {
+				b.Status.Attempts = 1
+				b.Status.StartTime = &metav1.Time{Time: t0}
+				b.Spec.Builder.Retries = ptr.To[int32](0)
+			})
+			c := newFakeClient(testenv.Scheme(), interceptor.Funcs{}, build)
+			live := newFakeClient(testenv.Scheme(), interceptor.Funcs{Get: func(ctx context.Context, cl client.WithWatch, key client.ObjectKey, obj client.Object, opts ...client.GetOption) error {
+				if err := cl.Get(ctx, key, obj, opts...); err != nil {
+					return err
+				}
+				if tc.liveRV != "" {
+					obj.SetResourceVersion(tc.liveRV)
+				}
+				return nil
+			}}, build.DeepCopy())
+			r := &NodeImageBuildReconciler{
+				Client: c, APIReader: live, Recorder: events.NewFakeRecorder(20), Clock: clocktesting.NewFakeClock(t0),
+				Backends: map[imagev1.BuilderBackend]backend.Backend{imagev1.BuilderBackendPod: &fakeBackend{}},
+			}
+			_, _ = r.Reconcile(context.Background(), ctrl.Request{NamespacedName: client.ObjectKeyFromObject(build)})
+			got := &imagev1.NodeImageBuild{}
+			g.Expect(c.Get(context.Background(), client.ObjectKeyFromObject(build), got)).To(Succeed())
+			ready := getCondition(got, imagev1.ReadyCondition)
+			if tc.wantReason == "" {
+				g.Expect(ready == nil || ready.Reason != imagev1.BuildFailedReason).To(BeTrue(), "recorded as lost: %+v", ready)
+				g.Expect(got.Status.CompletionTime).To(BeNil())
+			} else {
+				g.Expect(ready).NotTo(BeNil())
+				g.Expect(ready.Reason).To(Equal(tc.wantReason))
+			}
+		})
+	}
+}
