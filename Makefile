@@ -16,7 +16,7 @@ export NODEFORGE_CACHE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/nodeforge
 
 OUT ?= out
 BIN ?= bin
-IMG ?= nodeforge-builder:dev
+IMG ?= nodeforge.local/builder:dev
 
 .PHONY: all
 all: build
@@ -109,14 +109,23 @@ dev-down: ## Stop the local cluster and remove everything it made.
 KUSTOMIZE ?= go run sigs.k8s.io/kustomize/kustomize/v5@v5.7.1
 KUBECTL ?= kubectl
 BUILDER_IMG ?= $(IMG)
+MANAGER_IMG ?= nodeforge.local/manager:dev
+
+.PHONY: builder-image
+builder-image: ## Build the builder image as an OCI tarball, out/builder-image.tar (no container engine needed).
+	IMG=$(BUILDER_IMG) hack/build-builder-image.sh out/builder-image.tar
+
+.PHONY: manager-image
+manager-image: ## Build the manager image as an OCI tarball (prints its reference and path).
+	hack/local-cluster/go-image.sh ./cmd/manager $(firstword $(subst :, ,$(MANAGER_IMG)))
 
 .PHONY: run
 run: ## Run the manager against the current kubeconfig (CRDs must be installed: make deploy, or kubectl apply -k config/crd).
 	go run ./cmd/manager --builder-image=$(BUILDER_IMG) --metrics-bind-address=0 --health-probe-bind-address=127.0.0.1:8081 --zap-devel
 
 .PHONY: deploy
-deploy: ## Install CRDs, RBAC and the manager (config/default) into the current cluster.
-	$(KUSTOMIZE) build config/default | $(KUBECTL) apply -f -
+deploy: ## Install CRDs, RBAC and the manager (config/default); MANAGER_IMG and BUILDER_IMG name the images.
+	$(KUSTOMIZE) build config/default | sed -e 's|registry.example.com/nodeforge/manager:dev|$(MANAGER_IMG)|' -e 's|registry.example.com/nodeforge/builder:dev|$(BUILDER_IMG)|' | $(KUBECTL) apply -f -
 
 .PHONY: undeploy
 undeploy: ## Remove what deploy installed (deleting the CRDs deletes every NodeImage).

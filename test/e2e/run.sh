@@ -119,7 +119,7 @@ t_all=$SECONDS
 builder_tar=${NODEFORGE_E2E_BUILDER_TAR:-}
 if [ -z "$builder_tar" ]; then
 	builder_tar=$state/builder-image.tar
-	IMG=nodeforge-builder:dev hack/build-builder-image.sh "$builder_tar" >"$state/builder-image.log" 2>&1 &
+	IMG=nodeforge.local/builder:dev hack/build-builder-image.sh "$builder_tar" >"$state/builder-image.log" 2>&1 &
 	bimg_pid=$!
 fi
 t0=$SECONDS
@@ -178,9 +178,9 @@ fi
 t0=$SECONDS
 hack/local-cluster.sh import "$builder_tar" >/dev/null
 log "builder image imported in $((SECONDS - t0))s"
-# hack/build-builder-image.sh tags nodeforge-builder:dev; containerd names
-# it by its normalized reference.
-export NODEFORGE_E2E_BUILDER_IMAGE=docker.io/library/nodeforge-builder:dev
+# A fully qualified name under a domain of our own, so containerd keeps it
+# as is and never looks for it in a public registry.
+export NODEFORGE_E2E_BUILDER_IMAGE=nodeforge.local/builder:dev
 
 KUBECONFIG=$state/manager.kubeconfig setsid "$state/manager" \
 	--builder-image="$NODEFORGE_E2E_BUILDER_IMAGE" \
