@@ -13,7 +13,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	kerrors "k8s.io/apimachinery/pkg/util/errors"
 	"k8s.io/client-go/tools/events"
 	"k8s.io/klog/v2"
 	"k8s.io/utils/clock"
@@ -164,21 +163,11 @@ func (r *NodeImageReconciler) Reconcile(ctx context.Context, req ctrl.Request) (
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
 	ctx = log.IntoContext(ctx, log.FromContext(ctx).WithValues("nodeimage", klog.KObj(ni)))
-	patcher, err := newStatusPatcher(r.Client, ni, imageStatus)
+	scope, err := newStatusScope(r.Client, r.Recorder, ni, imageStatus)
 	if err != nil {
 		return ctrl.Result{}, err
 	}
-	before := snapshotTransitions(ni)
-	defer func() {
-		if retErr != nil {
-			markReconcileError(ni, retErr)
-		}
-		emitTransitions(r.Recorder, ni, before)
-		retErr = kerrors.NewAggregate([]error{retErr, patcher.patch(ctx, ni, imageStatus)})
-		if retErr != nil {
-			res = ctrl.Result{} // never a RequeueAfter together with an error
-		}
-	}()
+	defer scope.close(ctx, &res, &retErr)
 
 	if !ni.DeletionTimestamp.IsZero() {
 		return resultOf(r.reconcileDelete(ctx, ni))

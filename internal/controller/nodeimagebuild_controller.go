@@ -10,7 +10,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	kerrors "k8s.io/apimachinery/pkg/util/errors"
 	"k8s.io/client-go/tools/events"
 	"k8s.io/klog/v2"
 	"k8s.io/utils/clock"
@@ -124,21 +123,11 @@ func (r *NodeImageBuildReconciler) Reconcile(ctx context.Context, req ctrl.Reque
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
 	ctx = log.IntoContext(ctx, log.FromContext(ctx).WithValues("nodeimagebuild", klog.KObj(build)))
-	patcher, err := newStatusPatcher(r.Client, build, buildStatus)
+	scope, err := newStatusScope(r.Client, r.Recorder, build, buildStatus)
 	if err != nil {
 		return ctrl.Result{}, err
 	}
-	before := snapshotTransitions(build)
-	defer func() {
-		if retErr != nil {
-			markReconcileError(build, retErr)
-		}
-		emitTransitions(r.Recorder, build, before)
-		retErr = kerrors.NewAggregate([]error{retErr, patcher.patch(ctx, build, buildStatus)})
-		if retErr != nil {
-			res = ctrl.Result{} // never a RequeueAfter together with an error
-		}
-	}()
+	defer scope.close(ctx, &res, &retErr)
 
 	if !build.DeletionTimestamp.IsZero() {
 		return resultOf(r.reconcileDelete(ctx, build))

@@ -7,6 +7,9 @@ import (
 
 	jsonpatch "gopkg.in/evanphx/json-patch.v4"
 	"k8s.io/apimachinery/pkg/types"
+	kerrors "k8s.io/apimachinery/pkg/util/errors"
+	"k8s.io/client-go/tools/events"
+	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 )
@@ -74,4 +77,36 @@ func removeFinalizer(ctx context.Context, c client.Client, obj client.Object, fi
 		return client.IgnoreNotFound(err)
 	}
 	return nil
+}
+
+// statusScope is what both reconcilers set up after reading their object:
+// a status patcher, and the conditions it started from (for events).
+type statusScope struct {
+	obj     conditionsObject
+	status  statusOf
+	patcher *statusPatcher
+	before  transitions
+	rec     events.EventRecorder
+}
+
+func newStatusScope(c client.Client, rec events.EventRecorder, obj conditionsObject, status statusOf) (*statusScope, error) {
+	p, err := newStatusPatcher(c, obj, status)
+	if err != nil {
+		return nil, err
+	}
+	return &statusScope{obj: obj, status: status, patcher: p, before: snapshotTransitions(obj), rec: rec}, nil
+}
+
+// close is deferred by Reconcile: a retried error shows in Ready, every
+// Ready/Stalled transition becomes an event, status is patched, and a
+// RequeueAfter never goes out together with an error.
+func (s *statusScope) close(ctx context.Context, res *ctrl.Result, retErr *error) {
+	if *retErr != nil {
+		markReconcileError(s.obj, *retErr)
+	}
+	emitTransitions(s.rec, s.obj, s.before)
+	*retErr = kerrors.NewAggregate([]error{*retErr, s.patcher.patch(ctx, s.obj, s.status)})
+	if *retErr != nil {
+		*res = ctrl.Result{}
+	}
 }
