@@ -63,7 +63,15 @@ func runRun(ctx context.Context, o *runOptions, stdout, stderr io.Writer) error 
 	if err := os.WriteFile(o.result, b, 0o644); err != nil {
 		return fmt.Errorf("writing the result: %w", err)
 	}
-	fmt.Fprintf(stdout, "{\"result\":%s}\n", b)
+	// The same result on stdout, as the line a builder without a
+	// termination message (the KubeVirt appliance) relays.
+	line, err := buildresult.ResultLine(res)
+	if err != nil {
+		return err
+	}
+	if _, err := stdout.Write(line); err != nil {
+		return err
+	}
 	if res.Outcome != buildresult.OutcomeSucceeded {
 		return errRunFailed
 	}
