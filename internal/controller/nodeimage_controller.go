@@ -172,7 +172,7 @@ func (r *NodeImageReconciler) Reconcile(ctx context.Context, req ctrl.Request) (
 	if !ni.DeletionTimestamp.IsZero() {
 		return resultOf(r.reconcileDelete(ctx, ni))
 	}
-	if _, err := addFinalizer(ctx, r.Client, ni, ImageFinalizer); err != nil {
+	if err := addFinalizer(ctx, r.Client, ni, ImageFinalizer); err != nil {
 		return ctrl.Result{}, err
 	}
 	if ni.Generation != ni.Status.ObservedGeneration {

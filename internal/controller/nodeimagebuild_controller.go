@@ -132,7 +132,7 @@ func (r *NodeImageBuildReconciler) Reconcile(ctx context.Context, req ctrl.Reque
 	if !build.DeletionTimestamp.IsZero() {
 		return resultOf(r.reconcileDelete(ctx, build))
 	}
-	if _, err := addFinalizer(ctx, r.Client, build, BuildFinalizer); err != nil {
+	if err := addFinalizer(ctx, r.Client, build, BuildFinalizer); err != nil {
 		return ctrl.Result{}, err
 	}
 	return resultOf(r.reconcileBuild(ctx, build))

@@ -52,18 +52,17 @@ func (p *statusPatcher) patch(ctx context.Context, obj client.Object, status sta
 	return nil
 }
 
-// addFinalizer adds finalizer to obj with a merge patch; it reports whether
-// it changed anything.
-func addFinalizer(ctx context.Context, c client.Client, obj client.Object, finalizer string) (bool, error) {
+// addFinalizer adds finalizer to obj with a merge patch, unless it is there.
+func addFinalizer(ctx context.Context, c client.Client, obj client.Object, finalizer string) error {
 	if controllerutil.ContainsFinalizer(obj, finalizer) {
-		return false, nil
+		return nil
 	}
 	base := obj.DeepCopyObject().(client.Object)
 	controllerutil.AddFinalizer(obj, finalizer)
 	if err := c.Patch(ctx, obj, client.MergeFromWithOptions(base, client.MergeFromWithOptimisticLock{})); err != nil {
-		return false, fmt.Errorf("adding finalizer: %w", err)
+		return fmt.Errorf("adding finalizer: %w", err)
 	}
-	return true, nil
+	return nil
 }
 
 // removeFinalizer removes finalizer from obj with a merge patch.
