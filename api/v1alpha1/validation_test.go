@@ -2,6 +2,7 @@ package v1alpha1_test
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -31,6 +32,7 @@ func TestMain(m *testing.M) {
 // KUBEBUILDER_ASSETS those tests skip; otherwise a missing API server is an
 // error, not a skip.
 func runMain(m *testing.M) int {
+	flag.Parse() // for testing.Short
 	var err error
 	env, err = testenv.Start(testenv.Options{})
 	if err != nil {
