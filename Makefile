@@ -58,6 +58,7 @@ verify: generate manifests docs ## Fail when generated files or formatting are s
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { echo "gofmt needed:"; gofmt -l $$(git ls-files '*.go'); exit 1; }
 	@git diff --exit-code -- api config docs/spec || { echo "generated files are stale: run 'make generate manifests docs' and commit"; exit 1; }
 	@test -z "$$(git status --porcelain -- api config docs/spec)" || { echo "untracked generated files:"; git status --porcelain -- api config docs/spec; exit 1; }
+	@go mod tidy -diff >/dev/null || { echo "go.mod/go.sum are not tidy: run 'go mod tidy' and commit"; exit 1; }
 
 ##@ Test
 

@@ -7,6 +7,7 @@
 #   hack/tools.sh kube-node    kubeadm, kubelet, kubectl (for the offline apt repo); prints the dir
 #   hack/tools.sh cluster      all of the above plus kube-controller-manager, kube-scheduler
 #   hack/tools.sh minio        the MinIO server; prints the dir
+#   hack/tools.sh versitygw    the versitygw S3 gateway (upload benchmark); prints the dir
 #   hack/tools.sh crane        crane, for OCI image tarballs; prints the dir
 #   hack/tools.sh lint         golangci-lint; prints the dir
 #   hack/tools.sh path SET     prints the cache dir of SET without building
@@ -22,6 +23,7 @@ cache_root=${NODEFORGE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/nodeforge}
 K8S_VERSION=v1.37.2
 ETCD_VERSION=v3.7.3
 MINIO_VERSION=v0.0.0-20260212201848-7aac2a2c5b7c
+VERSITYGW_VERSION=v1.8.0
 CRANE_VERSION=v0.22.1
 GOLANGCI_LINT_VERSION=v2.15.0
 
@@ -62,6 +64,7 @@ set_dir() {
 	kube-node) echo "$cache_root/kube-node-${K8S_VERSION}" ;;
 	cluster) echo "$cache_root/cluster-k8s-${K8S_VERSION}-etcd-${ETCD_VERSION}" ;;
 	minio) echo "$cache_root/minio-${MINIO_VERSION}" ;;
+	versitygw) echo "$cache_root/versitygw-${VERSITYGW_VERSION}" ;;
 	crane) echo "$cache_root/crane-${CRANE_VERSION}" ;;
 	lint) echo "$cache_root/golangci-lint-${GOLANGCI_LINT_VERSION}" ;;
 	*)
@@ -89,6 +92,7 @@ ensure() {
 	kube-node) stamp="k8s=${K8S_VERSION}" ;;
 	cluster) stamp="k8s=${K8S_VERSION} etcd=${ETCD_VERSION} full" ;;
 	minio) stamp="minio=${MINIO_VERSION}" ;;
+	versitygw) stamp="versitygw=${VERSITYGW_VERSION}" ;;
 	crane) stamp="crane=${CRANE_VERSION}" ;;
 	lint) stamp="golangci-lint=${GOLANGCI_LINT_VERSION}" ;;
 	esac
@@ -120,6 +124,10 @@ ensure() {
 		log "building MinIO ${MINIO_VERSION} (cold: 4-11 minutes)"
 		CGO_ENABLED=0 GOBIN="$t" go install -trimpath -ldflags "-s -w" "github.com/minio/minio@${MINIO_VERSION}"
 		;;
+	versitygw)
+		log "building versitygw ${VERSITYGW_VERSION} (cold: about 3 minutes)"
+		CGO_ENABLED=0 GOBIN="$t" go install -trimpath -ldflags "-s -w" "github.com/versity/versitygw/cmd/versitygw@${VERSITYGW_VERSION}"
+		;;
 	crane)
 		CGO_ENABLED=0 GOBIN="$t" go install -trimpath -ldflags "-s -w" "github.com/google/go-containerregistry/cmd/crane@${CRANE_VERSION}"
 		;;
@@ -134,9 +142,9 @@ ensure() {
 
 case ${1:-} in
 path) set_dir "${2:?usage: $0 path SET}" ;;
-envtest | kube-node | cluster | minio | crane | lint) ensure "$1" ;;
+envtest | kube-node | cluster | minio | versitygw | crane | lint) ensure "$1" ;;
 *)
-	sed -n '2,15p' "$0" >&2
+	sed -n '2,16p' "$0" >&2
 	exit 2
 	;;
 esac

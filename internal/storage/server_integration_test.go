@@ -21,6 +21,7 @@ import (
 type minioConfig struct {
 	certsDir string // holds public.crt and private.key for TLS
 	caPEM    []byte // the CA that signed public.crt
+	args     []string
 }
 
 type minioServer struct {
@@ -33,7 +34,7 @@ type minioServer struct {
 
 func startMinio(t testing.TB, cfg minioConfig) *minioServer {
 	t.Helper()
-	srv := miniotest.Start(t, miniotest.Config{CertsDir: cfg.certsDir, CAPEM: cfg.caPEM})
+	srv := miniotest.Start(t, miniotest.Config{CertsDir: cfg.certsDir, CAPEM: cfg.caPEM, Args: cfg.args})
 	return &minioServer{Server: srv, certsDir: cfg.certsDir, caPEM: cfg.caPEM, accessKey: srv.AccessKey, secretKey: srv.SecretKey}
 }
 

@@ -66,6 +66,8 @@ type Config struct {
 	CertsDir string
 	// CAPEM is the CA that signed public.crt, to probe readiness over TLS.
 	CAPEM []byte
+	// Args are extra `minio server` flags, for example --no-compat.
+	Args []string
 }
 
 // Server is one MinIO process a test started.
@@ -77,6 +79,7 @@ type Server struct {
 	CAPEM     []byte
 
 	t       testing.TB
+	args    []string
 	bin     string
 	dataDir string
 
@@ -94,6 +97,7 @@ func Start(t testing.TB, cfg Config) *Server {
 		dataDir:   t.TempDir(),
 		CertsDir:  cfg.CertsDir,
 		CAPEM:     cfg.CAPEM,
+		args:      cfg.Args,
 		Addr:      FreeAddr(t),
 		AccessKey: "AK" + RandHex(9),
 		SecretKey: "SK" + RandHex(19),
@@ -151,6 +155,7 @@ func (s *Server) Start() {
 	if s.CertsDir != "" {
 		args = append(args, "--certs-dir", s.CertsDir)
 	}
+	args = append(args, s.args...)
 	args = append(args, s.dataDir)
 	cmd := exec.Command(s.bin, args...)
 	cmd.Env = append(os.Environ(),
