@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -148,12 +149,12 @@ func secretData(ctx context.Context, r client.Reader, ns, name string) (map[stri
 	return s.Data, nil
 }
 
-// BuildArtifactLookup finds the artifact a build published, for backends
-// that cannot return a result themselves (KubeVirt).
-func BuildArtifactLookup(store ArtifactStore) func(ctx context.Context, b *imagev1.NodeImageBuild) (*buildresult.Artifact, error) {
-	return func(ctx context.Context, b *imagev1.NodeImageBuild) (*buildresult.Artifact, error) {
+// BuildArtifactLookup finds the artifact a build published, and when, for
+// backends that cannot return a result themselves (KubeVirt).
+func BuildArtifactLookup(store ArtifactStore) func(ctx context.Context, b *imagev1.NodeImageBuild) (*buildresult.Artifact, time.Time, error) {
+	return func(ctx context.Context, b *imagev1.NodeImageBuild) (*buildresult.Artifact, time.Time, error) {
 		if b.Spec.Destination == nil {
-			return nil, errors.New("the build has no destination")
+			return nil, time.Time{}, errors.New("the build has no destination")
 		}
 		ni := &imagev1.NodeImage{
 			ObjectMeta: metav1.ObjectMeta{Name: b.Spec.NodeImageName, Namespace: b.Namespace},
@@ -161,8 +162,8 @@ func BuildArtifactLookup(store ArtifactStore) func(ctx context.Context, b *image
 		}
 		a, err := store.Lookup(ctx, ni, b.Spec.SpecDigest)
 		if err != nil {
-			return nil, err
+			return nil, time.Time{}, err
 		}
-		return &buildresult.Artifact{URL: a.URL, ManifestURL: a.ManifestURL, SHA256: a.SHA256, Size: a.Size, Format: string(a.Format)}, nil
+		return &buildresult.Artifact{URL: a.URL, ManifestURL: a.ManifestURL, SHA256: a.SHA256, Size: a.Size, Format: string(a.Format)}, a.BuiltAt.Time, nil
 	}
 }

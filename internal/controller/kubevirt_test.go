@@ -4,6 +4,7 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
 	. "github.com/onsi/gomega"
 	v1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -140,5 +141,37 @@ func TestKubeVirtBuilderFailure(t *testing.T) {
 			g.Expect(v.Namespace).NotTo(Equal(ns))
 		}
 		g.Expect(listBuilds(g, ns)).To(BeEmpty())
+	}, testTimeout).Should(Succeed())
+}
+
+// A VM that powers off without relaying a result does not get credit for an
+// artifact published before it was created (another run's output).
+func TestKubeVirtStaleArtifactIsNotTheVMsOutput(t *testing.T) {
+	needEnv(t)
+	g := NewWithT(t)
+	ns := newNamespace(t)
+	ni := newNodeImage(ns, "kv-stale")
+	ni.Spec.Builder.Backend = imagev1.BuilderBackendKubeVirt
+	digest := digestOf(g, ni)
+	g.Expect(k8s.Create(ctx, ni)).To(Succeed())
+	build := controller.BuildName("kv-stale", digest)
+	vmiName := backend.BuilderName(build, 1)
+	g.Eventually(func(g Gomega) { get(g, vmiKey(ns, vmiName)) }, testTimeout).Should(Succeed())
+
+	img := filepath.Join(t.TempDir(), "img.qcow2")
+	g.Expect(os.WriteFile(img, []byte("an older run's image"), 0o644)).To(Succeed())
+	a, err := (&storage.Publisher{Store: dirStore}).Publish(ctx, storage.PublishInput{
+		Name: "kv-stale", SpecDigest: digest, ImagePath: img, Manifest: []byte(`{}`),
+	})
+	g.Expect(err).NotTo(HaveOccurred())
+	old := time.Now().Add(-2 * time.Hour)
+	g.Expect(os.Chtimes(filepath.Join(dirStore.Root(), filepath.FromSlash(a.ManifestKey)), old, old)).To(Succeed())
+
+	playVMI(g, ns, vmiName, kubevirtv1.Succeeded, nil)
+	g.Eventually(func(g Gomega) {
+		b := get(g, buildKey(ns, build))
+		g.Expect(reasonOf(b, imagev1.ReadyCondition)).To(Equal("False/BuildFailed"))
+		g.Expect(condition(b, imagev1.ReadyCondition).Message).To(ContainSubstring("not this VM's output"))
+		g.Expect(get(g, ni).Status.Artifact).To(BeNil())
 	}, testTimeout).Should(Succeed())
 }

@@ -24,6 +24,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -67,10 +68,15 @@ type Backend struct {
 	// default.
 	Images backend.ImagePolicy
 	// ArtifactLookup returns the artifact published for the build's spec
-	// digest; used when a VMI Succeeded without a relayed result. Nil
-	// makes such a VMI a failure.
-	ArtifactLookup func(ctx context.Context, b *imagev1.NodeImageBuild) (*buildresult.Artifact, error)
+	// digest and when it was published; used when a VMI Succeeded without
+	// a relayed result. Nil makes such a VMI a failure.
+	ArtifactLookup func(ctx context.Context, b *imagev1.NodeImageBuild) (*buildresult.Artifact, time.Time, error)
 }
+
+// ClockSkewAllowance is how much earlier than its VMI's creation an
+// artifact may carry a publish time and still count as that VMI's output:
+// the object store's clock and the API server's are different clocks.
+const ClockSkewAllowance = time.Minute
 
 var _ backend.Backend = &Backend{}
 
@@ -228,18 +234,26 @@ func (k *Backend) Observe(ctx context.Context, b *imagev1.NodeImageBuild, attemp
 	if s := vmi.Annotations[ResultAnnotation]; s != "" {
 		obs.Result, obs.ResultError = buildresult.Decode([]byte(s))
 	} else if obs.Phase == backend.PhaseSucceeded {
-		obs.Result, obs.ResultError = k.resultFromArtifact(ctx, b)
+		obs.Result, obs.ResultError = k.resultFromArtifact(ctx, b, vmi.CreationTimestamp.Time)
 	}
 	return obs, nil
 }
 
-func (k *Backend) resultFromArtifact(ctx context.Context, b *imagev1.NodeImageBuild) (*buildresult.Result, error) {
+// resultFromArtifact reads the outcome of a VM that relayed none from the
+// object store. Only an artifact published after the VM was created counts:
+// an older one at the same spec digest is another run's output and says
+// nothing about whether this VM built and verified anything.
+func (k *Backend) resultFromArtifact(ctx context.Context, b *imagev1.NodeImageBuild, vmCreated time.Time) (*buildresult.Result, error) {
 	if k.ArtifactLookup == nil {
 		return nil, errors.New("the VM relayed no result and no artifact lookup is configured")
 	}
-	a, err := k.ArtifactLookup(ctx, b)
+	a, publishedAt, err := k.ArtifactLookup(ctx, b)
 	if err != nil {
 		return nil, fmt.Errorf("the VM powered off but no artifact is published: %w", err)
+	}
+	if publishedAt.Before(vmCreated.Add(-ClockSkewAllowance)) {
+		return nil, fmt.Errorf("the VM powered off without relaying a result, and the artifact at its spec digest was published at %s, before the VM was created at %s: it is not this VM's output",
+			publishedAt.UTC().Format(time.RFC3339), vmCreated.UTC().Format(time.RFC3339))
 	}
 	return &buildresult.Result{Outcome: buildresult.OutcomeSucceeded, Artifact: a}, nil
 }
