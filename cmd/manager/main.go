@@ -10,14 +10,16 @@ import (
 	"os"
 	"strings"
 
-	"k8s.io/apimachinery/pkg/api/meta"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/discovery"
 	"k8s.io/client-go/kubernetes"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/rest"
 	kubevirtv1 "kubevirt.io/api/core/v1"
 	ctrl "sigs.k8s.io/controller-runtime"
-	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	crcontroller "sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
@@ -105,17 +107,21 @@ func run() error {
 	if o.secureMetrics {
 		metricsOpts.FilterProvider = filters.WithAuthenticationAndAuthorization
 	}
-	cacheOpts := cache.Options{}
-	if o.namespaces != "" {
-		cacheOpts.DefaultNamespaces = map[string]cache.Config{}
-		for _, ns := range strings.Split(o.namespaces, ",") {
-			if ns = strings.TrimSpace(ns); ns != "" {
-				cacheOpts.DefaultNamespaces[ns] = cache.Config{}
-			}
+	cfg := ctrl.GetConfigOrDie()
+	kubevirtOn, err := o.kubevirtEnabled(cfg)
+	if err != nil {
+		setupLog.Error(err, "checking for the KubeVirt API; the KubeVirt backend stays disabled")
+	}
+	builderKinds := []client.Object{&corev1.Pod{}}
+	if kubevirtOn {
+		builderKinds = append(builderKinds, &kubevirtv1.VirtualMachineInstance{})
+	}
+	var namespaces []string
+	for _, ns := range strings.Split(o.namespaces, ",") {
+		if ns = strings.TrimSpace(ns); ns != "" {
+			namespaces = append(namespaces, ns)
 		}
 	}
-
-	cfg := ctrl.GetConfigOrDie()
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
 		Scheme:                        scheme,
 		Metrics:                       metricsOpts,
@@ -124,7 +130,7 @@ func run() error {
 		LeaderElectionID:              "nodeforge-manager.image.nodeforge.dev",
 		LeaderElectionNamespace:       o.leaderElectionNamespace,
 		LeaderElectionReleaseOnCancel: true,
-		Cache:                         cacheOpts,
+		Cache:                         controller.CacheOptions(namespaces, builderKinds...),
 	})
 	if err != nil {
 		return fmt.Errorf("creating manager: %w", err)
@@ -145,14 +151,6 @@ func run() error {
 	}
 	backends := map[imagev1.BuilderBackend]backend.Backend{imagev1.BuilderBackendPod: podBackend}
 	var owned []client.Object
-	kubevirtOn := o.enableKubeVirt == "true"
-	if o.enableKubeVirt == "auto" {
-		_, err := mgr.GetRESTMapper().RESTMapping(kubevirtv1.VirtualMachineInstanceGroupVersionKind.GroupKind(), "v1")
-		kubevirtOn = err == nil
-		if err != nil && !meta.IsNoMatchError(err) {
-			setupLog.Error(err, "checking for the KubeVirt API; the KubeVirt backend stays disabled")
-		}
-	}
 	if kubevirtOn {
 		artifacts := controller.PublisherStore{Open: controller.S3Opener(mgr.GetAPIReader())}
 		backends[imagev1.BuilderBackendKubeVirt] = &kubevirt.Backend{
@@ -229,4 +227,31 @@ func (o *options) imagePolicy() backend.ImagePolicy {
 		}
 	}
 	return p
+}
+
+// kubevirtEnabled decides the KubeVirt backend before the manager starts,
+// so that its cache can be told to hold builder VMIs only: --kubevirt=auto
+// asks the API server's discovery whether VirtualMachineInstances exist.
+func (o *options) kubevirtEnabled(cfg *rest.Config) (bool, error) {
+	if o.enableKubeVirt != "auto" {
+		return o.enableKubeVirt == "true", nil
+	}
+	dc, err := discovery.NewDiscoveryClientForConfig(cfg)
+	if err != nil {
+		return false, err
+	}
+	gv := kubevirtv1.VirtualMachineInstanceGroupVersionKind.GroupVersion().String()
+	list, err := dc.ServerResourcesForGroupVersion(gv)
+	if apierrors.IsNotFound(err) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("discovering %s: %w", gv, err)
+	}
+	for _, r := range list.APIResources {
+		if r.Name == "virtualmachineinstances" {
+			return true, nil
+		}
+	}
+	return false, nil
 }

@@ -47,7 +47,8 @@ type NodeImageReconciler struct {
 	// Artifacts finds, prunes and deletes published artifacts of NodeImages
 	// with a destination. Nil disables the lookup (every digest is built).
 	Artifacts ArtifactStore
-	// APIReader reads Namespaces uncached; SetupWithManager sets it.
+	// APIReader reads Namespaces and ConfigMaps uncached; SetupWithManager
+	// sets it.
 	APIReader client.Reader
 }
 
@@ -63,10 +64,11 @@ var _ reconcile.Reconciler = &NodeImageReconciler{}
 // +kubebuilder:rbac:groups="",resources=configmaps,verbs=get;list;watch
 // +kubebuilder:rbac:groups="",resources=namespaces,verbs=get
 
-// SetupWithManager registers the controller. It watches the ConfigMaps
-// NodeImages refer to (a missing one stalls the NodeImage, an edited one
-// changes its digest); Secrets and buckets are not watched, see
-// StalledRecheckInterval.
+// SetupWithManager registers the controller. It watches the metadata of
+// the ConfigMaps NodeImages refer to (a missing one stalls the NodeImage,
+// an edited one changes its digest) and reads their content through the API
+// reader, so ConfigMaps never fill the cache; Secrets and buckets are not
+// watched, see StalledRecheckInterval.
 func (r *NodeImageReconciler) SetupWithManager(mgr ctrl.Manager, opts controller.Options) error {
 	if r.APIReader == nil {
 		r.APIReader = mgr.GetAPIReader()
@@ -80,7 +82,7 @@ func (r *NodeImageReconciler) SetupWithManager(mgr ctrl.Manager, opts controller
 		For(&imagev1.NodeImage{}, builder.WithPredicates(
 			predicate.Or(predicate.GenerationChangedPredicate{}, predicate.AnnotationChangedPredicate{}))).
 		Owns(&imagev1.NodeImageBuild{}).
-		Watches(&corev1.ConfigMap{}, handler.EnqueueRequestsFromMapFunc(r.imagesForConfigMap)).
+		Watches(&corev1.ConfigMap{}, handler.EnqueueRequestsFromMapFunc(r.imagesForConfigMap), builder.OnlyMetadata).
 		WithOptions(opts).
 		Complete(r)
 }
@@ -128,6 +130,15 @@ func (r *NodeImageReconciler) imagesForConfigMap(ctx context.Context, cm client.
 		reqs = append(reqs, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(&list.Items[i])})
 	}
 	return reqs
+}
+
+// apiReader is the uncached reader, or the client when none is set (unit
+// tests that build the reconciler by hand).
+func (r *NodeImageReconciler) apiReader() client.Reader {
+	if r.APIReader == nil {
+		return r.Client
+	}
+	return r.APIReader
 }
 
 func (r *NodeImageReconciler) clock() clock.Clock {
@@ -212,7 +223,7 @@ func (r *NodeImageReconciler) stallOnError(ni *imagev1.NodeImage, err error) err
 // spec digest.
 func (r *NodeImageReconciler) resolve(ctx context.Context, st *imageState) error {
 	ni := st.ni
-	content, err := resolve.Content(ctx, &ni.Spec.ImageContent, resolve.FromClient(r.Client, ni.Namespace))
+	content, err := resolve.Content(ctx, &ni.Spec.ImageContent, resolve.FromClient(r.apiReader(), ni.Namespace))
 	if err != nil {
 		if errors.Is(err, resolve.ErrMissingReference) {
 			return &StallingError{Reason: imagev1.InvalidSpecReason, Err: err}
@@ -605,12 +616,8 @@ func (r *NodeImageReconciler) reconcileDelete(ctx context.Context, ni *imagev1.N
 
 // namespaceTerminating reports whether ns is being deleted.
 func (r *NodeImageReconciler) namespaceTerminating(ctx context.Context, ns string) bool {
-	reader := r.APIReader
-	if reader == nil {
-		reader = r.Client
-	}
 	var n corev1.Namespace
-	if err := reader.Get(ctx, client.ObjectKey{Name: ns}, &n); err != nil {
+	if err := r.apiReader().Get(ctx, client.ObjectKey{Name: ns}, &n); err != nil {
 		return false
 	}
 	return !n.DeletionTimestamp.IsZero()

@@ -120,6 +120,7 @@ func startManager() (func(), error) {
 		Metrics:                metricsserver.Options{BindAddress: "0"},
 		HealthProbeBindAddress: "0",
 		Controller:             config.Controller{SkipNameValidation: ptr.To(true)},
+		Cache:                  controller.CacheOptions(nil, &corev1.Pod{}, &kubevirtv1.VirtualMachineInstance{}),
 	})
 	if err != nil {
 		return nil, err
