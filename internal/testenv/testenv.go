@@ -9,11 +9,16 @@
 package testenv
 
 import (
+	"bytes"
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	goruntime "runtime"
+	"strconv"
+	"strings"
+	"syscall"
 
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -80,12 +85,86 @@ func Start(opts Options) (*Env, error) {
 	if err != nil {
 		return nil, fmt.Errorf("starting envtest: %w", err)
 	}
+	reapOnExit([]string{env.ControlPlane.Etcd.DataDir, env.ControlPlane.APIServer.CertDir})
 	c, err := client.New(cfg, client.Options{Scheme: scheme})
 	if err != nil {
 		_ = env.Stop()
 		return nil, err
 	}
 	return &Env{Config: cfg, Client: c, Scheme: scheme, env: env}, nil
+}
+
+// reapOnExit starts a watchdog, in its own session, that waits for this
+// process to end and then kills the child processes it has now (etcd and
+// kube-apiserver) and removes dirs. Stop does that on a normal exit; the
+// watchdog covers the exits that skip deferred calls, such as a panic in a
+// test or a test binary killed by its -timeout. It finds nothing to do
+// after a Stop.
+func reapOnExit(dirs []string) {
+	children := childProcs(os.Getpid())
+	if len(children) == 0 {
+		return
+	}
+	// A PID is killed only while it is still the process started here: its
+	// start time (field 22 of /proc/PID/stat) must not have changed.
+	script := `parent=$1; shift
+while kill -0 "$parent" 2>/dev/null; do sleep 1; done
+for a in "$@"; do
+	case $a in
+	pid=*)
+		p=${a#pid=}; p=${p%%:*}
+		now=$(sed 's/.*) //' "/proc/$p/stat" 2>/dev/null | cut -d' ' -f20)
+		[ "$now" = "${a##*:}" ] && kill -9 "$p" 2>/dev/null
+		;;
+	esac
+done
+for a in "$@"; do case $a in dir=*) rm -rf "${a#dir=}" ;; esac; done
+exit 0`
+	args := []string{"-c", script, "reaper", strconv.Itoa(os.Getpid())}
+	for _, c := range children {
+		args = append(args, "pid="+strconv.Itoa(c.pid)+":"+c.start)
+	}
+	for _, d := range dirs {
+		if d != "" {
+			args = append(args, "dir="+d)
+		}
+	}
+	cmd := exec.Command("sh", args...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err == nil {
+		go func() { _ = cmd.Wait() }()
+	}
+}
+
+type proc struct {
+	pid   int
+	start string // clock ticks after boot, field 22 of /proc/PID/stat
+}
+
+// childProcs lists the processes whose parent is pid, from /proc.
+func childProcs(pid int) []proc {
+	entries, _ := os.ReadDir("/proc")
+	var out []proc
+	for _, e := range entries {
+		n, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		stat, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
+		if err != nil {
+			continue
+		}
+		// pid (comm) state ppid ...; comm may contain spaces or parens.
+		i := bytes.LastIndexByte(stat, ')')
+		if i < 0 {
+			continue
+		}
+		f := strings.Fields(string(stat[i+1:]))
+		if len(f) > 19 && f[1] == strconv.Itoa(pid) {
+			out = append(out, proc{pid: n, start: f[19]})
+		}
+	}
+	return out
 }
 
 // Stop stops the API server and etcd and removes their data.
