@@ -2,16 +2,14 @@ package builder
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"io"
 	"os"
 	"slices"
 	"strings"
 
 	imagev1 "github.com/nodeforge/nodeforge/api/v1alpha1"
+	"github.com/nodeforge/nodeforge/internal/checksum"
 	"github.com/nodeforge/nodeforge/internal/debian"
 	"github.com/nodeforge/nodeforge/internal/manifest"
 )
@@ -43,7 +41,7 @@ func (b *build) convert(ctx context.Context, p *ConvertParams) error {
 
 func (b *build) writeManifest(ctx context.Context, _ *ManifestParams) error {
 	b.progress(0.1, "checksum and package list")
-	sum, size, err := sha256File(b.partImage)
+	sum, size, err := checksum.File(b.partImage)
 	if err != nil {
 		return err
 	}
@@ -144,20 +142,6 @@ func stripUserinfo(s string) string {
 		return s
 	}
 	return s[:i+3] + rest[at+1:]
-}
-
-func sha256File(p string) (string, int64, error) {
-	f, err := os.Open(p)
-	if err != nil {
-		return "", 0, err
-	}
-	defer f.Close()
-	h := sha256.New()
-	n, err := io.Copy(h, f)
-	if err != nil {
-		return "", 0, err
-	}
-	return hex.EncodeToString(h.Sum(nil)), n, nil
 }
 
 // installedPackages lists the installed packages of a dpkg status file,

@@ -3,10 +3,8 @@ package storage
 import (
 	"crypto/sha256"
 	"encoding/hex"
-	"fmt"
 	"hash/crc32"
 	"io"
-	"os"
 	"regexp"
 )
 
@@ -17,22 +15,6 @@ var sha256HexRE = regexp.MustCompile(`^[0-9a-f]{64}$`)
 
 // validSHA256 reports whether s is a lowercase hex sha256.
 func validSHA256(s string) bool { return sha256HexRE.MatchString(s) }
-
-// FileSHA256 returns the lowercase hex sha256 and the size of the file at
-// path.
-func FileSHA256(path string) (sum string, size int64, err error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return "", 0, err
-	}
-	defer f.Close()
-	h := sha256.New()
-	n, err := io.Copy(h, f)
-	if err != nil {
-		return "", 0, fmt.Errorf("hash %s: %w", path, err)
-	}
-	return hex.EncodeToString(h.Sum(nil)), n, nil
-}
 
 // SHA256SumLine formats a checksum file line the way sha256sum(1) does, so
 // `sha256sum -c NAME.sha256` verifies a downloaded NAME.

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nodeforge/nodeforge/internal/checksum"
 	. "github.com/onsi/gomega"
 )
 
@@ -21,7 +22,7 @@ func TestDirPutStatGetListDelete(t *testing.T) {
 
 	src := filepath.Join(t.TempDir(), "img.qcow2")
 	g.Expect(os.WriteFile(src, []byte("image bytes"), 0o644)).To(Succeed())
-	sum, _, _ := FileSHA256(src)
+	sum, _, _ := checksum.File(src)
 
 	var last int64
 	info, err := d.PutFile(ctx, "a/b/img.qcow2", src, PutOptions{Progress: func(done, _ int64) { last = done }})

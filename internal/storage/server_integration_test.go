@@ -12,6 +12,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/nodeforge/nodeforge/internal/checksum"
 	"github.com/nodeforge/nodeforge/internal/storage/miniotest"
 )
 
@@ -108,7 +109,7 @@ func writeTestFile(t testing.TB, dir string, size int64, seed uint64) (string, s
 	if err := f.Truncate(size); err != nil {
 		t.Fatal(err)
 	}
-	sum, _, err := FileSHA256(p)
+	sum, _, err := checksum.File(p)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -18,6 +18,7 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
+	"github.com/nodeforge/nodeforge/internal/checksum"
 	"github.com/nodeforge/nodeforge/internal/storage/miniotest"
 )
 
@@ -166,7 +167,7 @@ func writeDenseFile(b *testing.B, dir string, size int64) (string, string) {
 	if err := f.Close(); err != nil {
 		b.Fatal(err)
 	}
-	sum, _, err := FileSHA256(p)
+	sum, _, err := checksum.File(p)
 	if err != nil {
 		b.Fatal(err)
 	}
