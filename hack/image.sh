@@ -98,7 +98,7 @@ mkdir -p "$out" bin
 log "building bin/nodeforge"
 CGO_ENABLED=0 go build -trimpath -o bin/nodeforge ./cmd/nodeforge
 
-log "offline Kubernetes apt repository (cold: 10-20 minutes to build kubeadm/kubelet/kubectl)"
+log "offline Kubernetes apt repository (cold: 1.5-6 minutes to build kubeadm/kubelet/kubectl)"
 "$here/k8s-apt-repo.sh" build >/dev/null
 started_server=false
 if repo_env=$("$here/k8s-apt-repo.sh" env 2>/dev/null); then

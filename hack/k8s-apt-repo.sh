@@ -242,7 +242,7 @@ cmd_build() {
 	need dpkg-deb apt-ftparchive gpg gpgv gpgconf sha256sum gzip
 	local t0 bin t1
 	t0=$(date +%s)
-	log "getting kubeadm, kubelet, kubectl ${K8S_VERSION} (hack/tools.sh kube-node; cold: 10-20 minutes)"
+	log "getting kubeadm, kubelet, kubectl ${K8S_VERSION} (hack/tools.sh kube-node; cold: 1.5-6 minutes)"
 	bin=$("$here/tools.sh" kube-node) || die "hack/tools.sh kube-node failed"
 	local b
 	for b in kubeadm kubelet kubectl; do

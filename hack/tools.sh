@@ -49,7 +49,7 @@ build_k8s() {
 	shift
 	local pkgs=()
 	for c in "$@"; do pkgs+=("k8s.io/kubernetes/cmd/$c"); done
-	log "building $* ${K8S_VERSION} (cold: several minutes per binary on 2 cores)"
+	log "building $* ${K8S_VERSION} (cold: about 5 minutes for the first, 1-2 for each further one on 2 cores)"
 	(cd "$here/tools/k8s" && CGO_ENABLED=0 go build -trimpath -ldflags "$(k8s_ldflags)" -o "$dir/" "${pkgs[@]}")
 }
 
@@ -121,7 +121,7 @@ ensure() {
 		[ -e "$t/etcd" ] || build_etcd "$t"
 		;;
 	minio)
-		log "building MinIO ${MINIO_VERSION} (cold: 4-11 minutes)"
+		log "building MinIO ${MINIO_VERSION} (cold: 2-5 minutes)"
 		CGO_ENABLED=0 GOBIN="$t" go install -trimpath -ldflags "-s -w" "github.com/minio/minio@${MINIO_VERSION}"
 		;;
 	versitygw)

@@ -52,7 +52,7 @@ func Binary(t testing.TB) string {
 		}
 	}
 	msg := fmt.Sprintf("MinIO binary not found (looked at %q from %s). Build it with `hack/tools.sh minio` "+
-		"(4-11 minutes cold; prints the dir) or point NODEFORGE_MINIO at a minio binary or its dir", bin, origin)
+		"(2-5 minutes cold; prints the dir) or point NODEFORGE_MINIO at a minio binary or its dir", bin, origin)
 	if os.Getenv(RequireIntegrationEnv) == "1" {
 		t.Fatal(msg + " (" + RequireIntegrationEnv + "=1, so this is a failure, not a skip)")
 	}
