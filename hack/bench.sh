@@ -6,8 +6,9 @@
 #      (hack/bench-build.sh)
 #   2. boot verification of the built image under the accelerator the KVM
 #      probe picks (TCG where KVM cannot run guests)
-#   3. upload of 1 GiB to a local MinIO next to cp of the same file
-#      (BenchmarkUpload1GiB in internal/storage)
+#   3. upload of 1 GiB to a local MinIO (default and --no-compat) and to
+#      versitygw, next to cp of the same file and to bare HTTP PUTs on
+#      127.0.0.1 (BenchmarkUpload1GiB in internal/storage)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export NODEFORGE_CACHE=${NODEFORGE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/nodeforge}
@@ -47,4 +48,4 @@ PY
 echo
 
 echo "## Upload to S3 (1 GiB)"
-NODEFORGE_MINIO=$(hack/tools.sh minio) go test ./internal/storage -run '^$' -bench Upload1GiB -benchtime 3x -timeout 30m | grep -E 'Benchmark|MiB/s' || true
+NODEFORGE_MINIO=$(hack/tools.sh minio) NODEFORGE_VERSITYGW=$(hack/tools.sh versitygw) go test ./internal/storage -run '^$' -bench Upload1GiB -benchtime 3x -timeout 30m | grep -E 'Benchmark|MiB/s' || true
