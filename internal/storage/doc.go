@@ -24,8 +24,13 @@
 // ErrChecksumMismatch. A single PUT sends PutOptions.SHA256 (when the caller
 // computed it while writing the image) as the signed content sha256, which
 // the server checks; a multipart upload always hashes the file in one
-// sequential read first and fails with ErrChecksumMismatch, before any
-// upload starts, when the file differs from PutOptions.SHA256.
+// sequential read and fails with ErrChecksumMismatch, aborting the upload
+// before it is completed, when the file differs from PutOptions.SHA256.
+// With PutOptions.SHA256 given, that read runs alongside the upload: each
+// part is sent once the read has passed it, with the CRC32C from that same
+// read, so the overlap costs no integrity (the builder's path; it makes a
+// 1 GiB upload about 1.5 times faster here, see docs/benchmarks.md).
+// Without it, the sum is computed first, as the object's metadata needs it.
 //
 // Files up to the part size (DefaultPartSize, 64 MiB) go in one PUT whose
 // signed x-amz-content-sha256 makes the server check the content. Larger

@@ -39,17 +39,32 @@ func (s *S3) partSizeFor(size int64) int64 {
 // no object appears; on success the object is verified with HEAD.
 func (s *S3) putMultipart(ctx context.Context, key string, f *os.File, size, partSize int64, opts PutOptions) (info ObjectInfo, err error) {
 	nParts := int((size + partSize - 1) / partSize)
-	// One sequential pass computes the sha256 (stored as metadata, so it
-	// must be known before the upload starts) and the part CRCs. It runs
-	// even when the caller gives the sha256: the parts are not signed with
-	// it, so nothing else would catch a file that changed since.
-	sum, crcs, err := hashParts(f, size, partSize)
-	if err != nil {
-		return ObjectInfo{}, &OpError{Op: "put", Bucket: s.bucket, Key: key, Err: fmt.Errorf("hash: %w", err)}
+	// One sequential pass computes the sha256 (stored as metadata) and the
+	// part CRCs. It runs even when the caller gives the sha256: the parts
+	// are not signed with it, so nothing else would catch a file that
+	// changed since. With a given sha256 the pass runs alongside the upload
+	// (each part waits for its own CRC) and is compared before the upload
+	// is completed; without one, the sum is needed first, as metadata.
+	hctx, stopHashing := context.WithCancel(ctx)
+	defer stopHashing()
+	hasher := startPartHasher(hctx, f, size, partSize)
+	sum := opts.SHA256
+	checkSum := func() error {
+		got, err := hasher.wait(ctx)
+		if err != nil {
+			return &OpError{Op: "put", Bucket: s.bucket, Key: key, Err: fmt.Errorf("hash: %w", err)}
+		}
+		if sum != "" && got != sum {
+			return &OpError{Op: "put", Bucket: s.bucket, Key: key, Kind: ErrChecksumMismatch,
+				Err: fmt.Errorf("file has sha256 %s, caller expected %s", got, sum)}
+		}
+		sum = got
+		return nil
 	}
-	if opts.SHA256 != "" && opts.SHA256 != sum {
-		return ObjectInfo{}, &OpError{Op: "put", Bucket: s.bucket, Key: key, Kind: ErrChecksumMismatch,
-			Err: fmt.Errorf("file has sha256 %s, caller expected %s", sum, opts.SHA256)}
+	if sum == "" {
+		if err := checkSum(); err != nil {
+			return ObjectInfo{}, err
+		}
 	}
 
 	meta := map[string]string{metaSHA256: sum}
@@ -86,12 +101,12 @@ func (s *S3) putMultipart(ctx context.Context, key string, f *os.File, size, par
 		}
 		off := int64(i) * partSize
 		n := min(partSize, size-off)
-		var known *uint32
-		if crcs != nil {
-			known = &crcs[i]
-		}
 		g.Go(func() error {
-			p, crc, err := s.uploadPart(gctx, key, uploadID, i+1, f, off, n, known, prog)
+			crc, err := hasher.part(gctx, i)
+			if err != nil {
+				return err
+			}
+			p, err := s.uploadPart(gctx, key, uploadID, i+1, f, off, n, crc, prog)
 			if err != nil {
 				return err
 			}
@@ -104,6 +119,11 @@ func (s *S3) putMultipart(ctx context.Context, key string, f *os.File, size, par
 	}
 	if err = ctx.Err(); err != nil {
 		return ObjectInfo{}, s.opError("put", key, err)
+	}
+	// Every part is sent; the whole file must still match the sha256 the
+	// object carries, or the upload is aborted.
+	if err = checkSum(); err != nil {
+		return ObjectInfo{}, err
 	}
 	sort.Slice(parts, func(i, j int) bool { return parts[i].PartNumber < parts[j].PartNumber })
 
@@ -137,21 +157,11 @@ type errVerified struct{ error }
 
 func (e errVerified) Unwrap() error { return e.error }
 
-// uploadPart uploads one part with retries and returns it with its CRC32C.
-func (s *S3) uploadPart(ctx context.Context, key, uploadID string, num int, f *os.File, off, n int64, knownCRC *uint32, prog *progress) (minio.CompletePart, uint32, error) {
-	var crc uint32
+// uploadPart uploads one part with retries; crc is its CRC32C, sent for
+// the server to check when part checksums are on.
+func (s *S3) uploadPart(ctx context.Context, key, uploadID string, num int, f *os.File, off, n int64, crc uint32, prog *progress) (minio.CompletePart, error) {
 	var hdr http.Header
 	if s.partChecksums {
-		if knownCRC != nil {
-			crc = *knownCRC
-		} else {
-			// Reading the part twice costs little: the second read, for
-			// the upload, comes from the page cache.
-			var err error
-			if crc, err = sectionCRC32C(f, off, n); err != nil {
-				return minio.CompletePart{}, 0, err
-			}
-		}
 		hdr = http.Header{"X-Amz-Checksum-Crc32c": {crc32cBase64(crc)}}
 	}
 	var part minio.ObjectPart
@@ -174,9 +184,9 @@ func (s *S3) uploadPart(ctx context.Context, key, uploadID string, num int, f *o
 		return nil
 	})
 	if err != nil {
-		return minio.CompletePart{}, 0, fmt.Errorf("part %d: %w", num, err)
+		return minio.CompletePart{}, fmt.Errorf("part %d: %w", num, err)
 	}
-	return minio.CompletePart{PartNumber: num, ETag: part.ETag, ChecksumCRC32C: part.ChecksumCRC32C}, crc, nil
+	return minio.CompletePart{PartNumber: num, ETag: part.ETag, ChecksumCRC32C: part.ChecksumCRC32C}, nil
 }
 
 // abort aborts a failed multipart upload with its own deadline (the

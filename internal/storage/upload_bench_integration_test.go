@@ -18,6 +18,7 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
+	"github.com/minio/minio-go/v7"
 	"github.com/nodeforge/nodeforge/internal/checksum"
 	"github.com/nodeforge/nodeforge/internal/storage/miniotest"
 )
@@ -34,6 +35,10 @@ import (
 // 64 MiB parts, 4 at a time, and drops them, or writes them into one file
 // and fsyncs it. That is the least work an object store must do, with no
 // signing, hashing or metadata.
+//
+// s3/minio/minio-go-FPutObject is minio-go's own uploader with the same
+// part size and parallelism and none of this package's integrity checks:
+// the reference for this package's client-side cost.
 //
 // s3/minio is this package's S3 store against MinIO, by default and in its
 // --no-compat mode (no MD5 ETags); s3/versitygw is the same against
@@ -115,6 +120,20 @@ func BenchmarkUpload1GiB(b *testing.B) {
 		})
 		_ = st.Delete(context.Background(), "bench/img.qcow2")
 	}
+	// The reference client: minio-go's own FPutObject with the same part
+	// size, parallelism and unsigned payloads, and none of this package's
+	// integrity work (no sha256 pass, no part CRCs, no verifying HEAD).
+	ref := srv.bucketStore(b)
+	b.Run("s3/minio/minio-go-FPutObject", func(b *testing.B) {
+		benchLoop(b, size, func() {
+			_, err := ref.client.FPutObject(context.Background(), ref.Bucket(), "bench/img.qcow2", src, minio.PutObjectOptions{
+				PartSize: uint64(DefaultPartSize), NumThreads: uint(DefaultConcurrency), DisableContentSha256: true,
+			})
+			if err != nil {
+				b.Fatal(err)
+			}
+		})
+	})
 	srv.Stop()
 
 	noCompat := startMinio(b, minioConfig{args: []string{"--no-compat"}})
