@@ -5,9 +5,10 @@ package integration
 // (fixture_test.go), or the qcow2 in NODEFORGE_VERIFY_IMAGE with its
 // NodeImage YAML in NODEFORGE_VERIFY_NODEIMAGE.
 //
-// Cost: one TCG boot of the good image (about 2 minutes here), one short
-// boot of an unbootable image, and offline runs (about 10 s each) on
-// deliberately broken copies. Tests skip when tools or root are missing,
+// Cost: two full TCG boots (the good image, and one whose cloud-init
+// fails; about 1-2 minutes each here), two short boots (a zeroed boot
+// sector, a kernel panic; under 30 s each), and offline runs (about 10 s
+// each) on deliberately broken copies. Tests skip when tools or root are missing,
 // unless NODEFORGE_REQUIRE_INTEGRATION=1, which turns skips into failures.
 
 import (
@@ -392,6 +393,121 @@ func TestVerifyUnbootableImage(t *testing.T) {
 	}
 	if ci := verifyFind(t, r, verify.CheckBootCloudInit); ci.Passed || !strings.Contains(ci.Message, "not run") {
 		t.Errorf("boot-cloud-init-done = %+v, want not run", ci)
+	}
+	verifyNoLeftovers(t, work)
+}
+
+// verifyBrokenCopy returns a sparse raw copy of the image under test with
+// fix applied to its root file system (debugfs), removed at the end.
+func verifyBrokenCopy(t *testing.T, f verifyFixture, name string, fix func(raw string, off int64)) string {
+	t.Helper()
+	verifyNeedTools(t, "sfdisk", "cp")
+	good := verifyRawCopy(t, f)
+	raw := filepath.Join(filepath.Dir(good), name+".raw")
+	if out, err := exec.Command("cp", "--sparse=always", good, raw).CombinedOutput(); err != nil {
+		t.Fatalf("cp: %v: %s", err, out)
+	}
+	t.Cleanup(func() { os.Remove(raw) })
+	fix(raw, verifyRootOffset(t, good))
+	return raw
+}
+
+// verifyWriteRootFile replaces (or adds) p in the root file system of raw.
+func verifyWriteRootFile(t *testing.T, raw string, off int64, p, content string) {
+	t.Helper()
+	src := filepath.Join(t.TempDir(), filepath.Base(p))
+	if err := os.WriteFile(src, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	verifyDebugfsWrite(t, raw, off, "rm "+p, "write "+src+" "+p)
+}
+
+// TestVerifyKernelPanicFailsFast boots an image whose kernel panics: the
+// boot test must see the panic on the console and fail at once, not wait
+// for its timeout. (rdinit= names an initramfs init that does not exist, so
+// the kernel mounts root= itself, cannot resolve UUID= without the
+// initramfs, and panics; init= would not do, as initramfs-tools falls back
+// to /sbin/init.)
+func TestVerifyKernelPanicFailsFast(t *testing.T) {
+	f := verifyImage(t)
+	verifyNeedTools(t, "qemu-system-x86_64", "cloud-localds")
+	raw := verifyBrokenCopy(t, f, "kernel-panic", func(raw string, off int64) {
+		cfg := verifyDebugfsCat(t, raw, off, "/boot/grub/grub.cfg")
+		broken := strings.ReplaceAll(cfg, " ro console=", " ro rdinit=/nonexistent-init panic=0 console=")
+		if broken == cfg {
+			t.Fatalf("grub.cfg has no kernel command line to change:\n%s", cfg)
+		}
+		verifyWriteRootFile(t, raw, off, "/boot/grub/grub.cfg", broken)
+	})
+	c := f.content
+	c.Output.Format = imagev1.FormatRaw
+	c.Output.Compression = imagev1.CompressionNone
+	timeout := 8 * time.Minute
+	work := t.TempDir()
+	start := time.Now()
+	r, err := verify.Verify(context.Background(), raw, c, verify.Options{Boot: true, BootTimeout: timeout, WorkDir: work})
+	if err != nil {
+		t.Fatal(err)
+	}
+	elapsed := time.Since(start)
+	ssh := verifyFind(t, r, verify.CheckBootSSH)
+	t.Logf("boot-ssh after %s: %s", elapsed.Round(time.Second), ssh.Message)
+	if ssh.Passed || !strings.Contains(ssh.Message, "Kernel panic") {
+		t.Fatalf("boot-ssh = %+v, want a failure naming the kernel panic", ssh)
+	}
+	// The panic is seen on the console; the timeout is never reached.
+	if elapsed >= timeout/2 {
+		t.Errorf("verification took %s: it waited for the %s boot timeout instead of failing on the panic", elapsed, timeout)
+	}
+	if !strings.Contains(r.ConsoleTail, "Kernel panic") {
+		t.Errorf("the console tail does not show the panic:\n%s", r.ConsoleTail)
+	}
+	if ci := verifyFind(t, r, verify.CheckBootCloudInit); ci.Passed || !strings.Contains(ci.Message, "not run") {
+		t.Errorf("boot-cloud-init-done = %+v, want not run", ci)
+	}
+	verifyNoLeftovers(t, work)
+}
+
+// TestVerifyCloudInitError boots an image whose cloud-init configuration
+// has a failing bootcmd: SSH comes up, boot-cloud-init-done fails naming
+// the failed module, and the in-guest checks still run and are reported.
+func TestVerifyCloudInitError(t *testing.T) {
+	f := verifyImage(t)
+	verifyNeedTools(t, "qemu-system-x86_64", "cloud-localds")
+	raw := verifyBrokenCopy(t, f, "cloud-init-error", func(raw string, off int64) {
+		verifyWriteRootFile(t, raw, off, "/etc/cloud/cloud.cfg.d/99-nodeforge-test-broken.cfg",
+			"bootcmd:\n  - [sh, -c, \"echo nodeforge-test-bootcmd-fails; exit 3\"]\n")
+	})
+	c := f.content
+	c.Output.Format = imagev1.FormatRaw
+	c.Output.Compression = imagev1.CompressionNone
+	work := t.TempDir()
+	r, err := verify.Verify(context.Background(), raw, c, verify.Options{Boot: true, BootTimeout: verifyBootTimeout, WorkDir: work})
+	if err != nil {
+		t.Fatal(err)
+	}
+	verifyLogReport(t, r)
+	if ssh := verifyFind(t, r, verify.CheckBootSSH); !ssh.Passed {
+		t.Fatalf("boot-ssh = %+v, want passed (only cloud-init is broken)", ssh)
+	}
+	ci := verifyFind(t, r, verify.CheckBootCloudInit)
+	if ci.Passed || !ci.Required || !strings.Contains(ci.Message, "bootcmd") {
+		t.Fatalf("boot-cloud-init-done = %+v, want a failed required check naming bootcmd", ci)
+	}
+	var guestPassed int
+	for _, ch := range r.Checks {
+		if ch.Category == verify.Boot && ch.Name != verify.CheckBootSSH && ch.Name != verify.CheckBootCloudInit && ch.Passed {
+			guestPassed++
+		}
+	}
+	if guestPassed == 0 {
+		t.Error("no in-guest check passed: a cloud-init error must not stop the others")
+	}
+	if len(r.RequiredFailures()) == 0 {
+		t.Error("no required failure: the CLI would exit 0")
+	}
+	if strings.TrimSpace(r.ConsoleTail) == "" {
+		t.Error("no console tail in the report of a failed boot")
 	}
 	verifyNoLeftovers(t, work)
 }
