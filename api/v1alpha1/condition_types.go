@@ -60,7 +60,7 @@ const (
 	PublishFailedReason = "PublishFailed"
 
 	// InterruptedReason: a newer spec superseded the build, or it was
-	// cancelled.
+	// canceled.
 	InterruptedReason = "Interrupted"
 
 	// DeadlineExceededReason: the build ran (or waited) longer than its

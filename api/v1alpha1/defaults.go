@@ -57,9 +57,11 @@ func defaultString[T ~string](v *T, d T) {
 	}
 }
 
-func defaultBool(v **bool, d bool) {
+// defaultTrue sets an unset *bool to true: every boolean default of this
+// API is true, so that leaving a field out never turns a feature off.
+func defaultTrue(v **bool) {
 	if *v == nil {
-		*v = ptr.To(d)
+		*v = ptr.To(true)
 	}
 }
 
@@ -102,11 +104,11 @@ func (c *ImageContent) Default() {
 	defaultString(&c.Disk.BootMode, BootModeHybrid)
 
 	cr := &c.ContainerRuntime
-	defaultBool(&cr.Containerd.Enabled, true)
+	defaultTrue(&cr.Containerd.Enabled)
 	defaultString(&cr.Containerd.Version, DefaultContainerdVersion)
-	defaultBool(&cr.Containerd.SystemdCgroup, true)
-	defaultBool(&cr.Runc.Enabled, true)
-	defaultBool(&cr.CNIPlugins.Enabled, true)
+	defaultTrue(&cr.Containerd.SystemdCgroup)
+	defaultTrue(&cr.Runc.Enabled)
+	defaultTrue(&cr.CNIPlugins.Enabled)
 	defaultString(&cr.CNIPlugins.BinDir, DefaultCNIBinDir)
 
 	if k := c.Kubernetes; k != nil {
@@ -114,8 +116,8 @@ func (c *ImageContent) Default() {
 			k.Components = DefaultKubernetesComponents()
 		}
 		defaultString(&k.AptRepository.Suite, "/")
-		defaultBool(&k.Hold, true)
-		defaultBool(&k.EnableKubelet, true)
+		defaultTrue(&k.Hold)
+		defaultTrue(&k.EnableKubelet)
 	}
 
 	if c.Kernel.Modules == nil {
@@ -124,13 +126,13 @@ func (c *ImageContent) Default() {
 	if c.Kernel.Sysctls == nil {
 		c.Kernel.Sysctls = DefaultSysctls()
 	}
-	defaultBool(&c.Swap.Disabled, true)
-	defaultBool(&c.SSH.Enabled, true)
+	defaultTrue(&c.Swap.Disabled)
+	defaultTrue(&c.SSH.Enabled)
 	defaultString(&c.SSH.PermitRootLogin, PermitRootLoginNo)
 	if len(c.CloudInit.Datasources) == 0 {
 		c.CloudInit.Datasources = DefaultDatasources()
 	}
-	defaultBool(&c.Monitoring.NodeExporter.Enabled, true)
+	defaultTrue(&c.Monitoring.NodeExporter.Enabled)
 	if c.Monitoring.NodeExporter.Port == 0 {
 		c.Monitoring.NodeExporter.Port = DefaultNodeExporterPort
 	}
@@ -139,7 +141,7 @@ func (c *ImageContent) Default() {
 		defaultString(&c.Files[i].Owner, "root:root")
 	}
 	for i := range c.Units {
-		defaultBool(&c.Units[i].Enabled, true)
+		defaultTrue(&c.Units[i].Enabled)
 	}
 	defaultString(&c.Output.Format, FormatQCOW2)
 	if c.Output.Format == FormatRaw {
@@ -158,7 +160,7 @@ func (d *S3Destination) Default() {
 
 // Default fills unset verification fields.
 func (v *VerificationSpec) Default() {
-	defaultBool(&v.Boot.Enabled, true)
+	defaultTrue(&v.Boot.Enabled)
 	defaultDuration(&v.Boot.Timeout, DefaultBootTimeout)
 }
 

@@ -105,7 +105,7 @@ type NodeImageStatus struct {
 	// +optional
 	CurrentBuild *BuildReference `json:"currentBuild,omitempty"`
 
-	// lastFailure summarises the most recent failed build.
+	// lastFailure summarizes the most recent failed build.
 	// +optional
 	LastFailure *FailureSummary `json:"lastFailure,omitempty"`
 
@@ -192,7 +192,3 @@ func (in *NodeImage) GetConditions() []metav1.Condition { return in.Status.Condi
 
 // SetConditions replaces the status conditions.
 func (in *NodeImage) SetConditions(c []metav1.Condition) { in.Status.Conditions = c }
-
-func init() {
-	SchemeBuilder.Register(&NodeImage{}, &NodeImageList{})
-}

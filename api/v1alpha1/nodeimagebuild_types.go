@@ -284,7 +284,3 @@ func (in *NodeImageBuild) GetConditions() []metav1.Condition { return in.Status.
 
 // SetConditions replaces the status conditions.
 func (in *NodeImageBuild) SetConditions(c []metav1.Condition) { in.Status.Conditions = c }
-
-func init() {
-	SchemeBuilder.Register(&NodeImageBuild{}, &NodeImageBuildList{})
-}

@@ -188,7 +188,7 @@ func run() error {
 	return mgr.Start(ctrl.SetupSignalHandler())
 }
 
-// validate refuses flag values the manager cannot honour, instead of
+// validate refuses flag values the manager cannot honor, instead of
 // running with a silent substitute.
 func (o *options) validate() error {
 	var errs []error

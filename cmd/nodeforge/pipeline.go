@@ -68,7 +68,7 @@ func (p *pipeline) run(ctx context.Context) (*pipelineResult, error) {
 		return nil, &stageError{Reason: buildresult.ReasonBuildFailed, Step: "resolve", Err: err}
 	}
 	if !p.SkipVerify {
-		// A misspelt optional/skip name fails now, not after the build.
+		// A misspelled optional/skip name fails now, not after the build.
 		vspec := p.Verification
 		vspec.Default()
 		if err := verify.CheckSelection(p.Content, verify.OptionsFromSpec(vspec)); err != nil {

@@ -54,7 +54,7 @@ func render(crdPath, pagePath string) error {
 			continue
 		}
 		fmt.Fprintf(&b, "### %s\n\n| Field | Type | Default | Validation | Description |\n|---|---|---|---|---|\n", top)
-		walk(&b, top, s, schema.Required)
+		walk(&b, top, s)
 		b.WriteString("\n")
 	}
 	if len(schema.XValidations) > 0 {
@@ -81,7 +81,7 @@ func render(crdPath, pagePath string) error {
 // Fields of Kubernetes' own types are listed once, not expanded.
 var opaque = map[string]bool{"resources": true, "tolerations": true, "conditions": true, "nodeSelector": true}
 
-func walk(b *bytes.Buffer, path string, s apiextensionsv1.JSONSchemaProps, parentRequired []string) {
+func walk(b *bytes.Buffer, path string, s apiextensionsv1.JSONSchemaProps) {
 	names := make([]string, 0, len(s.Properties))
 	for n := range s.Properties {
 		names = append(names, n)
@@ -102,9 +102,9 @@ func walk(b *bytes.Buffer, path string, s apiextensionsv1.JSONSchemaProps, paren
 		}
 		switch {
 		case len(p.Properties) > 0:
-			walk(b, fp, p, nil)
+			walk(b, fp, p)
 		case p.Items != nil && p.Items.Schema != nil && len(p.Items.Schema.Properties) > 0:
-			walk(b, fp+"[]", *p.Items.Schema, nil)
+			walk(b, fp+"[]", *p.Items.Schema)
 		}
 	}
 }

@@ -143,7 +143,7 @@ func Build(ctx context.Context, opts Options, content imagev1.ImageContent) (res
 		return nil, &StepError{Step: "plan", Cause: err}
 	}
 	b.work = work
-	// Cleanup runs however Build returns, even when ctx is cancelled.
+	// Cleanup runs however Build returns, even when ctx is canceled.
 	defer func() {
 		if b.cacheLock != nil {
 			b.cacheLock.Close()

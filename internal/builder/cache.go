@@ -20,7 +20,7 @@ import (
 // mmdebstrap keeps the essential packages it extracted (--skip=essential/
 // unlink) until the customize hook has copied them out, then removes the
 // chroot's cache as usual: the image never contains .debs. A lock file
-// serialises builds sharing a cache.
+// serializes builds sharing a cache.
 
 func (b *build) archivesDir() string { return filepath.Join(b.cacheDir, "archives") }
 func (b *build) listsDir() string    { return filepath.Join(b.cacheDir, "lists") }

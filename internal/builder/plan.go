@@ -350,7 +350,7 @@ func provisionParams(c *imagev1.ImageContent, kube *AptSource, hold []string) *P
 }
 
 // dpkgExcludes keeps documentation, man pages and translations out of the
-// image (copyright files stay: they are the licence record). force-unsafe-io
+// image (copyright files stay: they are the license record). force-unsafe-io
 // skips dpkg's fsyncs while building (the disk image is written from the
 // tree afterwards anyway); hygiene removes it from the image's dpkg config.
 func dpkgExcludes() []string {

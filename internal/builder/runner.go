@@ -155,7 +155,7 @@ func (r *ExecRunner) Run(ctx context.Context, c Command) error {
 	<-done
 	if err != nil {
 		if ctx.Err() != nil {
-			err = fmt.Errorf("%w (%v)", ctx.Err(), err)
+			err = fmt.Errorf("%w (%w)", ctx.Err(), err)
 		}
 		return &CommandError{Command: c.Short(), Err: err, Tail: tail.lines()}
 	}

@@ -15,5 +15,5 @@ func sysStat(info fs.FileInfo) (statInfo, bool) {
 	if !ok {
 		return statInfo{}, false
 	}
-	return statInfo{ino: st.Ino, nlink: uint64(st.Nlink)}, true
+	return statInfo{ino: st.Ino, nlink: st.Nlink}, true
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -148,8 +149,8 @@ func TestExecRunnerTail(t *testing.T) {
 	var log bytes.Buffer
 	r := &ExecRunner{Log: &log}
 	err := r.Run(context.Background(), Command{Name: "sh", Args: []string{"-c", "for i in $(seq 1 40); do echo line $i; done; echo oops >&2; exit 3"}})
-	ce, ok := err.(*CommandError)
-	if !ok {
+	var ce *CommandError
+	if !errors.As(err, &ce) {
 		t.Fatalf("err = %v (%T)", err, err)
 	}
 	if len(ce.Tail) != TailLines || ce.Tail[len(ce.Tail)-1] != "oops" || ce.Tail[0] != "line 12" {

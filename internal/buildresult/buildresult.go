@@ -117,7 +117,7 @@ type Result struct {
 	// verification failure when the image was built but not published, with
 	// an empty URL).
 	Artifact *Artifact `json:"artifact,omitempty"`
-	// Verification summarises the checks (nil when verification did not run).
+	// Verification summarizes the checks (nil when verification did not run).
 	Verification *Verification `json:"verification,omitempty"`
 	// Accelerator the boot test ran under: kvm or tcg.
 	Accelerator string `json:"accelerator,omitempty"`

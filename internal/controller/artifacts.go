@@ -61,7 +61,7 @@ func (s PublisherStore) Lookup(ctx context.Context, ni *imagev1.NodeImage, diges
 		return nil, fmt.Errorf("%w: the bucket does not exist yet", ErrArtifactNotFound)
 	}
 	if errors.Is(err, storage.ErrNotFound) {
-		return nil, fmt.Errorf("%w: %v", ErrArtifactNotFound, err)
+		return nil, fmt.Errorf("%w: %w", ErrArtifactNotFound, err)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("looking up the artifact of %s: %w", imagev1.DigestHex(digest)[:12], err)

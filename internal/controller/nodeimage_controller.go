@@ -15,7 +15,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/tools/events"
 	"k8s.io/klog/v2"
-	"k8s.io/utils/clock"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -42,8 +41,6 @@ type NodeImageReconciler struct {
 	client.Client
 	// Recorder emits an event for every transition.
 	Recorder events.EventRecorder
-	// Clock is injected for tests; clock.RealClock{} by default.
-	Clock clock.Clock
 	// Artifacts finds, prunes and deletes published artifacts of NodeImages
 	// with a destination. Nil disables the lookup (every digest is built).
 	Artifacts ArtifactStore
@@ -139,13 +136,6 @@ func (r *NodeImageReconciler) apiReader() client.Reader {
 		return r.Client
 	}
 	return r.APIReader
-}
-
-func (r *NodeImageReconciler) clock() clock.Clock {
-	if r.Clock == nil {
-		return clock.RealClock{}
-	}
-	return r.Clock
 }
 
 func imageStatus(o client.Object) any { return o.(*imagev1.NodeImage).Status }
@@ -256,7 +246,7 @@ func (r *NodeImageReconciler) suspended(st *imageState) {
 // listBuilds lists the NodeImage's builds and picks the one that stands
 // for the current digest: the build of a pending rebuild request, else the
 // newest build of the digest that was not superseded. A build someone
-// cancelled with the interrupt annotation still stands for its digest: its
+// canceled with the interrupt annotation still stands for its digest: its
 // Interrupted outcome is mirrored and nothing is rebuilt until the spec
 // changes or a rebuild is requested.
 func (r *NodeImageReconciler) listBuilds(ctx context.Context, st *imageState) error {
@@ -406,7 +396,7 @@ func (r *NodeImageReconciler) ensureBuild(ctx context.Context, st *imageState) e
 }
 
 // supersede interrupts every unfinished build other than the desired one
-// and marks it superseded; a cancelled build no longer desired is marked
+// and marks it superseded; a canceled build no longer desired is marked
 // too, so that returning to its digest builds again.
 func (r *NodeImageReconciler) supersede(ctx context.Context, st *imageState) error {
 	for i := range st.builds {
@@ -414,8 +404,8 @@ func (r *NodeImageReconciler) supersede(ctx context.Context, st *imageState) err
 		if (st.desired != nil && b.Name == st.desired.Name) || superseded(b) || !b.DeletionTimestamp.IsZero() {
 			continue
 		}
-		_, cancelled := b.Annotations[InterruptAnnotation]
-		if b.Status.CompletionTime != nil && !(cancelled && readyReason(b) == imagev1.InterruptedReason) {
+		_, canceled := b.Annotations[InterruptAnnotation]
+		if b.Status.CompletionTime != nil && (!canceled || readyReason(b) != imagev1.InterruptedReason) {
 			continue // finished builds stay as they are
 		}
 		why := fmt.Sprintf("superseded by generation %d of NodeImage %s", st.ni.Generation, st.ni.Name)
@@ -429,13 +419,13 @@ func (r *NodeImageReconciler) supersede(ctx context.Context, st *imageState) err
 			b.Annotations = map[string]string{}
 		}
 		b.Annotations[SupersededAnnotation] = why
-		if !cancelled {
+		if !canceled {
 			b.Annotations[InterruptAnnotation] = why
 		}
 		if err := r.Patch(ctx, b, client.MergeFrom(base)); client.IgnoreNotFound(err) != nil {
 			return fmt.Errorf("interrupting build %s: %w", b.Name, err)
 		}
-		if !cancelled {
+		if !canceled {
 			r.event(st.ni, corev1.EventTypeNormal, imagev1.InterruptedReason, "build "+b.Name+" "+why)
 		}
 	}
@@ -628,7 +618,7 @@ func (r *NodeImageReconciler) event(obj conditionsObject, typ, reason, note stri
 }
 
 // superseded reports whether the NodeImage controller interrupted a build
-// for a newer spec or rebuild request (not a person cancelling it).
+// for a newer spec or rebuild request (not a person canceling it).
 func superseded(b *imagev1.NodeImageBuild) bool {
 	_, ok := b.Annotations[SupersededAnnotation]
 	return ok

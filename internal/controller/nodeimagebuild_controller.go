@@ -41,7 +41,7 @@ const InterruptAnnotation = "image.nodeforge.dev/interrupt"
 // SupersededAnnotation marks a build the NodeImage controller superseded
 // (value: by what); it sets it together with InterruptAnnotation. A build
 // of the current digest that is superseded is replaced by a new build; one
-// cancelled by a person (InterruptAnnotation alone) is not.
+// canceled by a person (InterruptAnnotation alone) is not.
 const SupersededAnnotation = "image.nodeforge.dev/superseded"
 
 // Defaults of the build controller.
@@ -593,7 +593,7 @@ func shortHex(s string) string {
 }
 
 // interrupt deletes the builders and ends the build as Interrupted. Every
-// labelled builder goes (attempt 0), not only the one status records: a
+// labeled builder goes (attempt 0), not only the one status records: a
 // builder may have been created by a reconcile whose status patch failed.
 func (r *NodeImageBuildReconciler) interrupt(ctx context.Context, b *imagev1.NodeImageBuild, be backend.Backend, why string) error {
 	if _, err := be.Delete(ctx, b, 0); err != nil {

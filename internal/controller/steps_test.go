@@ -162,7 +162,7 @@ func TestNodeImageBuildReconcile(t *testing.T) {
 			b.Annotations = map[string]string{InterruptAnnotation: "superseded"}
 		}), wantDeleted: []int32{0}, wantReady: "False/Interrupted", wantStalled: "True/Interrupted", wantDone: true},
 		{name: "interrupt before any recorded attempt deletes every builder", build: testBuild(func(b *imagev1.NodeImageBuild) {
-			b.Annotations = map[string]string{InterruptAnnotation: "cancelled"}
+			b.Annotations = map[string]string{InterruptAnnotation: "canceled"}
 		}), wantDeleted: []int32{0}, wantReady: "False/Interrupted", wantStalled: "True/Interrupted", wantDone: true},
 		{name: "status patch error is returned", build: testBuild(nil),
 			funcs: interceptor.Funcs{SubResourcePatch: func(context.Context, client.Client, string, client.Object, client.Patch, ...client.SubResourcePatchOption) error {
@@ -315,7 +315,7 @@ func TestNodeImageReconcile(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			g := NewWithT(t)
 			c := newFakeClient(scheme, tt.funcs, tt.ni)
-			r := &NodeImageReconciler{Client: c, Recorder: events.NewFakeRecorder(20), Clock: clocktesting.NewFakeClock(t0), Artifacts: tt.artifacts}
+			r := &NodeImageReconciler{Client: c, Recorder: events.NewFakeRecorder(20), Artifacts: tt.artifacts}
 			res, err := r.Reconcile(context.Background(), ctrl.Request{NamespacedName: client.ObjectKeyFromObject(tt.ni)})
 			if tt.wantErr {
 				g.Expect(err).To(HaveOccurred())
@@ -411,7 +411,7 @@ func TestImagesForConfigMap(t *testing.T) {
 	g.Expect(r.imagesForConfigMap(context.Background(), cm("unrelated"))).To(BeEmpty())
 }
 
-// A build of the current digest cancelled with the interrupt annotation
+// A build of the current digest canceled with the interrupt annotation
 // stands: its outcome is mirrored and nothing is rebuilt. A superseded one
 // is replaced.
 func TestCancelledBuildIsNotRebuilt(t *testing.T) {
@@ -423,9 +423,9 @@ func TestCancelledBuildIsNotRebuilt(t *testing.T) {
 		wantReady   string
 		wantStalled string
 	}{
-		{name: "cancelled, not finished yet", annotations: map[string]string{InterruptAnnotation: "not needed"},
+		{name: "canceled, not finished yet", annotations: map[string]string{InterruptAnnotation: "not needed"},
 			wantReady: "False/BuildPending"},
-		{name: "cancelled and finished", annotations: map[string]string{InterruptAnnotation: "not needed"}, finished: true,
+		{name: "canceled and finished", annotations: map[string]string{InterruptAnnotation: "not needed"}, finished: true,
 			wantReady: "False/Interrupted", wantStalled: "True/Interrupted"},
 		{name: "superseded", annotations: map[string]string{InterruptAnnotation: "superseded", SupersededAnnotation: "superseded"}, finished: true,
 			wantDeleted: true, wantReady: "False/BuildPending"},
@@ -434,7 +434,7 @@ func TestCancelledBuildIsNotRebuilt(t *testing.T) {
 			g := NewWithT(t)
 			ni := testImage(nil)
 			c := newFakeClient(testenv.Scheme(), interceptor.Funcs{}, ni)
-			r := &NodeImageReconciler{Client: c, Recorder: events.NewFakeRecorder(20), Clock: clocktesting.NewFakeClock(t0), Artifacts: &fakeArtifacts{}}
+			r := &NodeImageReconciler{Client: c, Recorder: events.NewFakeRecorder(20), Artifacts: &fakeArtifacts{}}
 			req := ctrl.Request{NamespacedName: client.ObjectKeyFromObject(ni)}
 			_, err := r.Reconcile(context.Background(), req)
 			g.Expect(err).NotTo(HaveOccurred())
@@ -546,7 +546,7 @@ func TestNodeImageDeletionWithoutSecret(t *testing.T) {
 	c := newFakeClient(testenv.Scheme(), interceptor.Funcs{}, ni)
 	// The real opener, reading a Secret that does not exist.
 	_, openErr := S3Opener(c)(context.Background(), ni)
-	g.Expect(apierrors.IsNotFound(openErr)).To(BeTrue(), "the missing Secret is recognisable: %v", openErr)
+	g.Expect(apierrors.IsNotFound(openErr)).To(BeTrue(), "the missing Secret is recognizable: %v", openErr)
 	rec := events.NewFakeRecorder(5)
 	r := &NodeImageReconciler{Client: c, Recorder: rec, Artifacts: &fakeArtifacts{err: openErr}}
 	_, err := r.Reconcile(context.Background(), ctrl.Request{NamespacedName: client.ObjectKeyFromObject(ni)})

@@ -154,7 +154,14 @@ func startManager() (func(), error) {
 	done := make(chan error, 1)
 	go func() { done <- mgr.Start(ctx) }()
 	var once sync.Once
-	stop := func() { once.Do(func() { cancel(); <-done }) }
+	stop := func() {
+		once.Do(func() {
+			cancel()
+			if err := <-done; err != nil {
+				fmt.Fprintln(os.Stderr, "manager:", err)
+			}
+		})
+	}
 	managerMu.Lock()
 	stopManager = stop
 	managerMu.Unlock()

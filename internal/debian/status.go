@@ -33,16 +33,11 @@ func (p Package) Held() bool { return p.Want == "hold" }
 func ParseStatus(b []byte) (map[string]Package, error) {
 	out := map[string]Package{}
 	var cur Package
-	flush := func() error {
-		if cur.Name == "" {
-			cur = Package{}
-			return nil
-		}
-		if _, dup := out[cur.Name]; !dup {
+	flush := func() {
+		if _, dup := out[cur.Name]; cur.Name != "" && !dup {
 			out[cur.Name] = cur
 		}
 		cur = Package{}
-		return nil
 	}
 	sc := bufio.NewScanner(bytes.NewReader(b))
 	sc.Buffer(make([]byte, 0, 64*1024), 4*1024*1024)
@@ -51,9 +46,7 @@ func ParseStatus(b []byte) (map[string]Package, error) {
 		line++
 		l := sc.Text()
 		if strings.TrimSpace(l) == "" {
-			if err := flush(); err != nil {
-				return nil, err
-			}
+			flush()
 			continue
 		}
 		if l[0] == ' ' || l[0] == '\t' {
@@ -84,8 +77,6 @@ func ParseStatus(b []byte) (map[string]Package, error) {
 	if err := sc.Err(); err != nil {
 		return nil, err
 	}
-	if err := flush(); err != nil {
-		return nil, err
-	}
+	flush()
 	return out, nil
 }

@@ -24,17 +24,10 @@ func SHA256SumLine(sum, fileName string) string {
 	return sum + "  " + fileName + "\n"
 }
 
-// hashParts reads r (size bytes) once, sequentially, and returns the sha256
-// of the whole content and the CRC32C of each partSize-long part.
-func hashParts(r io.ReaderAt, size, partSize int64) (sum string, crcs []uint32, err error) {
-	h := startPartHasher(context.Background(), r, size, partSize)
-	if sum, err = h.wait(context.Background()); err != nil {
-		return "", nil, err
-	}
-	if size == 0 {
-		return sum, nil, nil
-	}
-	return sum, h.crcs, nil
+// hashReader returns the sha256 of size bytes of r, read once, sequentially.
+func hashReader(r io.ReaderAt, size int64) (string, error) {
+	h := startPartHasher(context.Background(), r, size, max(size, 1))
+	return h.wait(context.Background())
 }
 
 // partHasher reads a file once, sequentially, in the background, feeding

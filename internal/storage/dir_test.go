@@ -10,8 +10,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nodeforge/nodeforge/internal/checksum"
 	. "github.com/onsi/gomega"
+
+	"github.com/nodeforge/nodeforge/internal/checksum"
 )
 
 func TestDirPutStatGetListDelete(t *testing.T) {

@@ -18,7 +18,7 @@ import (
 )
 
 // abortTimeout bounds the abort of a failed multipart upload, which runs
-// even when the caller's context is already cancelled.
+// even when the caller's context is already canceled.
 const abortTimeout = 30 * time.Second
 
 // partSizeFor returns the part size for a file of size bytes: the

@@ -303,7 +303,7 @@ func (s *S3) PutFile(ctx context.Context, key, path string, opts PutOptions) (Ob
 	if size <= partSize {
 		sum := opts.SHA256
 		if sum == "" {
-			if sum, _, err = hashParts(f, size, max(size, 1)); err != nil {
+			if sum, err = hashReader(f, size); err != nil {
 				return ObjectInfo{}, &OpError{Op: "put", Bucket: s.bucket, Key: key, Err: err}
 			}
 		}
@@ -317,7 +317,7 @@ func (s *S3) PutBytes(ctx context.Context, key string, data []byte, opts PutOpti
 	if err := checkKey(key); err != nil {
 		return ObjectInfo{}, err
 	}
-	sum, _, _ := hashParts(bytes.NewReader(data), int64(len(data)), max(int64(len(data)), 1))
+	sum, _ := hashReader(bytes.NewReader(data), int64(len(data)))
 	if opts.SHA256 != "" && opts.SHA256 != sum {
 		return ObjectInfo{}, &OpError{Op: "put", Bucket: s.bucket, Key: key, Kind: ErrChecksumMismatch,
 			Err: fmt.Errorf("content has sha256 %s, caller expected %s", sum, opts.SHA256)}

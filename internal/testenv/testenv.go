@@ -18,6 +18,7 @@ import (
 	goruntime "runtime"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
@@ -36,6 +37,12 @@ type Env struct {
 	Client client.Client
 	Scheme *runtime.Scheme
 	env    *envtest.Environment
+
+	adminOnce sync.Once
+	admin     interface { // *controlplane.KubeCtl, an internal type
+		Run(args ...string) (stdout, stderr io.Reader, err error)
+	}
+	adminErr error
 }
 
 // ErrNoAssets means KUBEBUILDER_ASSETS is not set.
@@ -175,10 +182,19 @@ func KubectlPath() string {
 	return filepath.Join(os.Getenv("KUBEBUILDER_ASSETS"), "kubectl")
 }
 
-// Kubectl runs the envtest kubectl against the API server as an admin and
-// returns its output.
+// Kubectl runs the envtest kubectl against the API server as a cluster
+// admin (a user in system:masters, made on first use) and returns its output.
 func (e *Env) Kubectl(args ...string) (stdout, stderr string, err error) {
-	o, eo, err := e.env.ControlPlane.KubeCtl().Run(args...)
+	e.adminOnce.Do(func() {
+		var u *envtest.AuthenticatedUser
+		if u, e.adminErr = e.env.AddUser(envtest.User{Name: "nodeforge-test-admin", Groups: []string{"system:masters"}}, nil); e.adminErr == nil {
+			e.admin, e.adminErr = u.Kubectl()
+		}
+	})
+	if e.adminErr != nil {
+		return "", "", fmt.Errorf("envtest admin user: %w", e.adminErr)
+	}
+	o, eo, err := e.admin.Run(args...)
 	return readAll(o), readAll(eo), err
 }
 

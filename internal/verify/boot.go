@@ -38,7 +38,7 @@ var (
 // ProbeKVM reports whether QEMU can run guests with KVM here, and why
 // not. Opening /dev/kvm is not enough: on a paravirtualised host (a
 // kvm-pvm backend) QEMU aborts with "failed to set MSR 0x10a" as soon as
-// it initialises the vCPU. The probe starts a stopped (-S) q35 machine
+// it initializes the vCPU. The probe starts a stopped (-S) q35 machine
 // with -cpu host; if QEMU is still alive after a short grace period, the
 // vCPU was set up. The result is cached for the process.
 func ProbeKVM(ctx context.Context) (bool, string) {
@@ -61,11 +61,12 @@ func probeKVM(ctx context.Context) (bool, string) {
 	if err := cmd.Start(); err != nil {
 		return false, fmt.Sprintf("starting qemu: %v", err)
 	}
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
+	var waitErr error
+	done := make(chan struct{})
+	go func() { waitErr = cmd.Wait(); close(done) }()
 	select {
-	case err := <-done:
-		return false, fmt.Sprintf("qemu with KVM exited at start (%v): %s", err, lastLine(stderr.String()))
+	case <-done:
+		return false, fmt.Sprintf("qemu with KVM exited at start (%v): %s", waitErr, lastLine(stderr.String()))
 	case <-time.After(2 * time.Second):
 	case <-ctx.Done():
 	}
@@ -349,12 +350,12 @@ func (b *bootRun) waitSSH(ctx context.Context) error {
 	for {
 		select {
 		case <-b.exited:
-			return fmt.Errorf("qemu exited before SSH answered (%v)", b.exitErr)
+			return fmt.Errorf("qemu exited before SSH answered (%w)", b.exitErr)
 		case <-ctx.Done():
 			if lastErr == nil {
 				lastErr = errors.New("no answer")
 			}
-			return fmt.Errorf("no SSH login within the boot timeout: last error: %v", lastErr)
+			return fmt.Errorf("no SSH login within the boot timeout: last error: %w", lastErr)
 		default:
 		}
 		if sig := b.fatalConsole(); sig != "" {

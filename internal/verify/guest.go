@@ -92,7 +92,7 @@ func (b *bootRun) simple(cmd, re string) checkFunc {
 	return func(ctx context.Context) (string, error) {
 		out, code, err := b.run(ctx, cmd, cmdLimit)
 		if err != nil {
-			return "", fmt.Errorf("%s: %v", cmd, err)
+			return "", fmt.Errorf("%s: %w", cmd, err)
 		}
 		if code != 0 || !rx.MatchString(out) {
 			return "", fmt.Errorf("%s exited %d: %s", cmd, code, clip(out, 300))
@@ -113,7 +113,7 @@ func clip(s string, n int) string {
 func (b *bootRun) waitCloudInit(ctx context.Context) (string, error) {
 	out, code, err := b.run(ctx, "cloud-init status --wait >/dev/null 2>&1; cloud-init status --long; echo; cat /run/cloud-init/result.json", time.Until(deadlineOf(ctx)))
 	if err != nil {
-		return "", fmt.Errorf("waiting for cloud-init: %v", err)
+		return "", fmt.Errorf("waiting for cloud-init: %w", err)
 	}
 	if code != 0 {
 		return "", fmt.Errorf("cloud-init status exited %d: %s", code, clip(out, 600))
@@ -344,7 +344,7 @@ func (b *bootRun) checkNodeExporter(ctx context.Context) (string, error) {
 		}
 	}
 	state, _, _ := b.run(ctx, "systemctl is-active prometheus-node-exporter", cmdLimit)
-	return "", fmt.Errorf("node exporter on guest port %d not answering (%v); service %s", b.content.Monitoring.NodeExporter.Port, lastErr, state)
+	return "", fmt.Errorf("node exporter on guest port %d not answering (%w); service %s", b.content.Monitoring.NodeExporter.Port, lastErr, state)
 }
 
 // version checks a Kubernetes binary reports the pinned version.

@@ -355,7 +355,7 @@ func (o *offlineImage) checkFsck(context.Context) (string, error) {
 	}
 	out, err := o.fs.Fsck()
 	if err != nil {
-		return "", fmt.Errorf("e2fsck -fn: %v: %s", err, out)
+		return "", fmt.Errorf("e2fsck -fn: %w: %s", err, out)
 	}
 	return "clean", nil
 }
@@ -464,7 +464,7 @@ func (o *offlineImage) checkUEFI(ctx context.Context) (string, error) {
 	cmd := exec.CommandContext(ctx, "mcopy", "-n", "-i", fmt.Sprintf("%s@@%d", o.disk.Path, p.Offset()), "::/EFI/BOOT/BOOTX64.EFI", dst)
 	cmd.Env = append(os.Environ(), "MTOOLS_SKIP_CHECK=1")
 	if out, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("EFI/BOOT/BOOTX64.EFI not readable on the ESP: %v: %s", err, strings.TrimSpace(string(out)))
+		return "", fmt.Errorf("EFI/BOOT/BOOTX64.EFI not readable on the ESP: %w: %s", err, strings.TrimSpace(string(out)))
 	}
 	b, err := os.ReadFile(dst)
 	if err != nil {
@@ -629,7 +629,7 @@ func (o *offlineImage) wantedUnits() (map[string]string, error) {
 			return nil, err
 		}
 		for _, e := range ents {
-			if !e.IsDir || !(strings.HasSuffix(e.Name, ".wants") || strings.HasSuffix(e.Name, ".requires")) {
+			if !e.IsDir || !strings.HasSuffix(e.Name, ".wants") && !strings.HasSuffix(e.Name, ".requires") {
 				continue
 			}
 			sub, err := o.fs.ReadDir(dir + "/" + e.Name)
@@ -944,8 +944,7 @@ func (o *offlineImage) checkSSHD(keyword, want string) checkFunc {
 }
 
 func sshdDefault(keyword string) string {
-	switch strings.ToLower(keyword) {
-	case "permitrootlogin":
+	if strings.EqualFold(keyword, "permitrootlogin") {
 		return "prohibit-password"
 	}
 	return "yes"
@@ -1001,7 +1000,7 @@ func (o *offlineImage) checkDatasources(context.Context) (string, error) {
 			DatasourceList []string `json:"datasource_list"`
 		}
 		if err := yaml.Unmarshal(b, &doc); err != nil {
-			return "", fmt.Errorf("%s is not valid YAML: %v", f, err)
+			return "", fmt.Errorf("%s is not valid YAML: %w", f, err)
 		}
 		if doc.DatasourceList != nil {
 			list, src = doc.DatasourceList, f
@@ -1038,7 +1037,7 @@ func (o *offlineImage) checkUser(u imagev1.UserSpec) checkFunc {
 		if len(u.SSHAuthorizedKeys) > 0 {
 			ak, err := o.fs.ReadFile(path.Join(home, ".ssh/authorized_keys"))
 			if err != nil {
-				return "", fmt.Errorf("user %s: %s/.ssh/authorized_keys: %v", u.Name, home, err)
+				return "", fmt.Errorf("user %s: %s/.ssh/authorized_keys: %w", u.Name, home, err)
 			}
 			for _, k := range u.SSHAuthorizedKeys {
 				if !bytes.Contains(ak, []byte(strings.Join(strings.Fields(k)[:2], " "))) {

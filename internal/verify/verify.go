@@ -81,20 +81,19 @@ func bootTest(ctx context.Context, r *Report, sel selector, image string, c *ima
 	if timeout <= 0 {
 		timeout = imagev1.DefaultBootTimeout
 	}
-	failAll := func(first string, msg string) {
-		sel.failWith(r, first, Boot, msg, opts.Progress)
+	// failAll fails boot-ssh with msg and every later boot check as not run.
+	failAll := func(msg string) {
+		sel.failWith(r, CheckBootSSH, Boot, msg, opts.Progress)
 		for _, n := range append([]string{CheckBootCloudInit}, bootNames(c)...) {
-			if n != first {
-				sel.failWith(r, n, Boot, "not run: "+msg, opts.Progress)
-			}
+			sel.failWith(r, n, Boot, "not run: "+msg, opts.Progress)
 		}
 	}
 	if sel.skip[CheckBootSSH] {
-		failAll(CheckBootSSH, "boot-ssh skipped")
+		failAll("boot-ssh skipped")
 		return
 	}
 	if infoErr != nil {
-		failAll(CheckBootSSH, fmt.Sprintf("cannot boot an image qemu-img cannot read: %v", infoErr))
+		failAll(fmt.Sprintf("cannot boot an image qemu-img cannot read: %v", infoErr))
 		return
 	}
 
@@ -109,7 +108,7 @@ func bootTest(ctx context.Context, r *Report, sel selector, image string, c *ima
 
 	dir, err := os.MkdirTemp(workDir, "boot-")
 	if err != nil {
-		failAll(CheckBootSSH, err.Error())
+		failAll(err.Error())
 		return
 	}
 	defer os.RemoveAll(dir)
@@ -119,11 +118,11 @@ func bootTest(ctx context.Context, r *Report, sel selector, image string, c *ima
 
 	b := &bootRun{image: image, content: c, dir: dir, accel: accel}
 	if err := b.prepare(bctx, vsize, format); err != nil {
-		failAll(CheckBootSSH, err.Error())
+		failAll(err.Error())
 		return
 	}
 	if err := b.start(); err != nil {
-		failAll(CheckBootSSH, err.Error())
+		failAll(err.Error())
 		return
 	}
 	defer b.stop()
@@ -132,7 +131,7 @@ func bootTest(ctx context.Context, r *Report, sel selector, image string, c *ima
 	sshCheck := sel.run(bctx, r, plannedCheck{name: CheckBootSSH, category: Boot, run: func(ctx context.Context) (string, error) {
 		if err := b.waitSSH(ctx); err != nil {
 			if errors.Is(err, context.DeadlineExceeded) || ctx.Err() != nil {
-				return "", fmt.Errorf("%v (%s, %s)", err, context.Cause(ctx), accel)
+				return "", fmt.Errorf("%w (%w, %s)", err, context.Cause(ctx), accel)
 			}
 			return "", err
 		}

@@ -458,8 +458,9 @@ func bootImage(t *testing.T, image, ovmfCode string) {
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("starting QEMU: %v", err)
 	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
+	var waitErr error
+	exited := make(chan struct{})
+	go func() { waitErr = cmd.Wait(); close(exited) }()
 	defer func() {
 		_ = cmd.Process.Kill() // by PID: only the QEMU this test started
 		<-exited
@@ -467,10 +468,9 @@ func bootImage(t *testing.T, image, ovmfCode string) {
 	deadline := time.After(4 * time.Minute)
 	for {
 		select {
-		case err := <-exited:
-			exited <- err
+		case <-exited:
 			c, _ := os.ReadFile(console)
-			t.Fatalf("%s boot: QEMU exited (%v) before systemd started\n%s\n--- console ---\n%s", mode, err, qout.String(), tail(string(c), 3000))
+			t.Fatalf("%s boot: QEMU exited (%v) before systemd started\n%s\n--- console ---\n%s", mode, waitErr, qout.String(), tail(string(c), 3000))
 		case <-deadline:
 			c, _ := os.ReadFile(console)
 			t.Fatalf("%s boot: no systemd on the console after 4 minutes\n--- console ---\n%s", mode, tail(string(c), 3000))

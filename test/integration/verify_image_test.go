@@ -204,7 +204,7 @@ func verifyRawCopy(t *testing.T, f verifyFixture) string {
 		}
 		verifyRaw = filepath.Join(dir, "good.raw")
 		if out, err := exec.Command("qemu-img", "convert", "-O", "raw", f.path, verifyRaw).CombinedOutput(); err != nil {
-			verifyRawErr = fmt.Errorf("qemu-img convert: %v: %s", err, out)
+			verifyRawErr = fmt.Errorf("qemu-img convert: %w: %s", err, out)
 		}
 	})
 	if verifyRawErr != nil {

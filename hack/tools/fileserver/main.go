@@ -111,7 +111,7 @@ func run(args []string) error {
 func checkLoopback(addr string) error {
 	host, _, err := net.SplitHostPort(addr)
 	if err != nil {
-		return fmt.Errorf("bad -addr %q: %v", addr, err)
+		return fmt.Errorf("bad -addr %q: %w", addr, err)
 	}
 	if host == "localhost" {
 		return nil

@@ -1,6 +1,6 @@
 // Package pod runs NodeImageBuild attempts as privileged Pods with /dev/kvm.
 //
-// The Pod of attempt N of build B is named B-N, owned by the build, labelled
+// The Pod of attempt N of build B is named B-N, owned by the build, labeled
 // for selection (backend.Labels), runs as a ServiceAccount without API
 // rights and without a mounted token, and never restarts: a failed attempt
 // is retried by the controller with a new Pod. See package buildresult for
@@ -154,7 +154,7 @@ func (p *Backend) PodFor(b *imagev1.NodeImageBuild, attempt int32) (*corev1.Pod,
 	}
 	scratchSize, err := resource.ParseQuantity(scratch)
 	if err != nil {
-		return nil, fmt.Errorf("%w: scratch size %q: %v", backend.ErrInvalidConfig, scratch, err)
+		return nil, fmt.Errorf("%w: scratch size %q: %w", backend.ErrInvalidConfig, scratch, err)
 	}
 
 	resources := *spec.Resources.DeepCopy()
