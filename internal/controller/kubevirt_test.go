@@ -115,16 +115,25 @@ func TestKubeVirtBackend(t *testing.T) {
 	}
 }
 
+// startKubeVirtBuild creates a NodeImage on the KubeVirt backend in a new
+// namespace and waits for its first builder VMI.
+func startKubeVirtBuild(t *testing.T, g Gomega, name string) (ni *imagev1.NodeImage, digest, build, vmiName string) {
+	ns := newNamespace(t)
+	ni = newNodeImage(ns, name)
+	ni.Spec.Builder.Backend = imagev1.BuilderBackendKubeVirt
+	digest = digestOf(g, ni)
+	g.Expect(k8s.Create(ctx, ni)).To(Succeed())
+	build = controller.BuildName(name, digest)
+	vmiName = backend.BuilderName(build, 1)
+	g.Eventually(func(g Gomega) { get(g, vmiKey(ns, vmiName)) }, testTimeout).Should(Succeed())
+	return ni, digest, build, vmiName
+}
+
 func TestKubeVirtBuilderFailure(t *testing.T) {
 	needEnv(t)
 	g := NewWithT(t)
-	ns := newNamespace(t)
-	ni := newNodeImage(ns, "kv-fail")
-	ni.Spec.Builder.Backend = imagev1.BuilderBackendKubeVirt
-	g.Expect(k8s.Create(ctx, ni)).To(Succeed())
-	build := controller.BuildName("kv-fail", digestOf(g, ni))
-	vmiName := backend.BuilderName(build, 1)
-	g.Eventually(func(g Gomega) { get(g, vmiKey(ns, vmiName)) }, testTimeout).Should(Succeed())
+	ni, _, build, vmiName := startKubeVirtBuild(t, g, "kv-fail")
+	ns := ni.Namespace
 	playVMI(g, ns, vmiName, kubevirtv1.Failed, nil)
 	g.Eventually(func(g Gomega) {
 		b := get(g, buildKey(ns, build))
@@ -149,14 +158,8 @@ func TestKubeVirtBuilderFailure(t *testing.T) {
 func TestKubeVirtStaleArtifactIsNotTheVMsOutput(t *testing.T) {
 	needEnv(t)
 	g := NewWithT(t)
-	ns := newNamespace(t)
-	ni := newNodeImage(ns, "kv-stale")
-	ni.Spec.Builder.Backend = imagev1.BuilderBackendKubeVirt
-	digest := digestOf(g, ni)
-	g.Expect(k8s.Create(ctx, ni)).To(Succeed())
-	build := controller.BuildName("kv-stale", digest)
-	vmiName := backend.BuilderName(build, 1)
-	g.Eventually(func(g Gomega) { get(g, vmiKey(ns, vmiName)) }, testTimeout).Should(Succeed())
+	ni, digest, build, vmiName := startKubeVirtBuild(t, g, "kv-stale")
+	ns := ni.Namespace
 
 	img := filepath.Join(t.TempDir(), "img.qcow2")
 	g.Expect(os.WriteFile(img, []byte("an older run's image"), 0o644)).To(Succeed())
