@@ -266,8 +266,7 @@ func verifyDebugfsCat(t *testing.T, raw string, off int64, p string) string {
 func TestVerifyBrokenImages(t *testing.T) {
 	f := verifyImage(t)
 	verifyNeedTools(t, "sfdisk", "cp")
-	good := verifyRawCopy(t, f)
-	defer os.RemoveAll(filepath.Dir(good))
+	good := verifyRawCopy(t, f) // shared with later tests; TestMain removes it
 	off := verifyRootOffset(t, good)
 	dir := filepath.Dir(good)
 
