@@ -58,6 +58,14 @@ type verifyFixture struct {
 	content imagev1.ImageContent
 }
 
+// rawContent is the content with the output a broken raw copy has.
+func (f verifyFixture) rawContent() imagev1.ImageContent {
+	c := f.content
+	c.Output.Format = imagev1.FormatRaw
+	c.Output.Compression = imagev1.CompressionNone
+	return c
+}
+
 var (
 	verifyRawOnce sync.Once
 	verifyRaw     string
@@ -265,27 +273,15 @@ func verifyDebugfsCat(t *testing.T, raw string, off int64, p string) string {
 // asserts the matching check fails with a message saying what is wrong.
 func TestVerifyBrokenImages(t *testing.T) {
 	f := verifyImage(t)
-	verifyNeedTools(t, "sfdisk", "cp")
-	good := verifyRawCopy(t, f) // shared with later tests; TestMain removes it
-	off := verifyRootOffset(t, good)
-	dir := filepath.Dir(good)
-
-	writeFile := func(name, content string) string {
-		p := filepath.Join(dir, name)
-		if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		return p
-	}
 	cases := []struct {
 		name    string
 		check   string
 		message string
-		breakIt func(t *testing.T, raw string)
+		breakIt func(t *testing.T, raw string, off int64)
 	}{
 		{
 			name: "missing package", check: verify.PackageCheckName("prometheus-node-exporter"), message: "not installed",
-			breakIt: func(t *testing.T, raw string) {
+			breakIt: func(t *testing.T, raw string, off int64) {
 				status := verifyDebugfsCat(t, raw, off, "/var/lib/dpkg/status")
 				var kept []string
 				for _, st := range strings.Split(status, "\n\n") {
@@ -293,28 +289,26 @@ func TestVerifyBrokenImages(t *testing.T) {
 						kept = append(kept, st)
 					}
 				}
-				p := writeFile("status", strings.Join(kept, "\n\n"))
-				verifyDebugfsWrite(t, raw, off, "rm /var/lib/dpkg/status", "write "+p+" /var/lib/dpkg/status")
+				verifyWriteRootFile(t, raw, off, "/var/lib/dpkg/status", strings.Join(kept, "\n\n"))
 			},
 		},
 		{
 			name: "swap left in fstab", check: verify.CheckFstabNoSwap, message: "/swapfile",
-			breakIt: func(t *testing.T, raw string) {
+			breakIt: func(t *testing.T, raw string, off int64) {
 				fstab := verifyDebugfsCat(t, raw, off, "/etc/fstab") + "/swapfile none swap sw 0 0\n"
-				p := writeFile("fstab", fstab)
-				verifyDebugfsWrite(t, raw, off, "rm /etc/fstab", "write "+p+" /etc/fstab")
+				verifyWriteRootFile(t, raw, off, "/etc/fstab", fstab)
 			},
 		},
 		{
 			name: "SSH host keys left in", check: verify.CheckHygieneSSHKeys, message: "ssh_host_ed25519_key",
-			breakIt: func(t *testing.T, raw string) {
-				p := writeFile("key", "-----BEGIN OPENSSH PRIVATE KEY-----\nnot a real key\n-----END OPENSSH PRIVATE KEY-----\n")
-				verifyDebugfsWrite(t, raw, off, "write "+p+" /etc/ssh/ssh_host_ed25519_key")
+			breakIt: func(t *testing.T, raw string, off int64) {
+				verifyWriteRootFile(t, raw, off, "/etc/ssh/ssh_host_ed25519_key",
+					"-----BEGIN OPENSSH PRIVATE KEY-----\nnot a real key\n-----END OPENSSH PRIVATE KEY-----\n")
 			},
 		},
 		{
 			name: "zeroed boot sector", check: verify.CheckBootloaderBIOS, message: "MBR",
-			breakIt: func(t *testing.T, raw string) {
+			breakIt: func(t *testing.T, raw string, _ int64) {
 				out, err := exec.Command("dd", "if=/dev/zero", "of="+raw, "bs=512", "count=1", "conv=notrunc").CombinedOutput()
 				if err != nil {
 					t.Fatalf("dd: %v: %s", err, out)
@@ -324,16 +318,8 @@ func TestVerifyBrokenImages(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			raw := filepath.Join(dir, strings.ReplaceAll(tc.name, " ", "-")+".raw")
-			if out, err := exec.Command("cp", "--sparse=always", good, raw).CombinedOutput(); err != nil {
-				t.Fatalf("cp: %v: %s", err, out)
-			}
-			defer os.Remove(raw)
-			tc.breakIt(t, raw)
-			c := f.content
-			c.Output.Format = imagev1.FormatRaw
-			c.Output.Compression = imagev1.CompressionNone
-			r, err := verify.Verify(context.Background(), raw, c, verify.Options{WorkDir: t.TempDir()})
+			raw := verifyBrokenCopy(t, f, strings.ReplaceAll(tc.name, " ", "-"), func(raw string, off int64) { tc.breakIt(t, raw, off) })
+			r, err := verify.Verify(context.Background(), raw, f.rawContent(), verify.Options{WorkDir: t.TempDir()})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -438,13 +424,10 @@ func TestVerifyKernelPanicFailsFast(t *testing.T) {
 		}
 		verifyWriteRootFile(t, raw, off, "/boot/grub/grub.cfg", broken)
 	})
-	c := f.content
-	c.Output.Format = imagev1.FormatRaw
-	c.Output.Compression = imagev1.CompressionNone
 	timeout := 8 * time.Minute
 	work := t.TempDir()
 	start := time.Now()
-	r, err := verify.Verify(context.Background(), raw, c, verify.Options{Boot: true, BootTimeout: timeout, WorkDir: work})
+	r, err := verify.Verify(context.Background(), raw, f.rawContent(), verify.Options{Boot: true, BootTimeout: timeout, WorkDir: work})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -477,11 +460,8 @@ func TestVerifyCloudInitError(t *testing.T) {
 		verifyWriteRootFile(t, raw, off, "/etc/cloud/cloud.cfg.d/99-nodeforge-test-broken.cfg",
 			"bootcmd:\n  - [sh, -c, \"echo nodeforge-test-bootcmd-fails; exit 3\"]\n")
 	})
-	c := f.content
-	c.Output.Format = imagev1.FormatRaw
-	c.Output.Compression = imagev1.CompressionNone
 	work := t.TempDir()
-	r, err := verify.Verify(context.Background(), raw, c, verify.Options{Boot: true, BootTimeout: verifyBootTimeout, WorkDir: work})
+	r, err := verify.Verify(context.Background(), raw, f.rawContent(), verify.Options{Boot: true, BootTimeout: verifyBootTimeout, WorkDir: work})
 	if err != nil {
 		t.Fatal(err)
 	}
