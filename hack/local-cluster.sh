@@ -9,6 +9,7 @@
 #   hack/local-cluster.sh env            print "export KUBECONFIG=..." (and node facts)
 #   hack/local-cluster.sh status         show each component; exit 1 unless all is well
 #   hack/local-cluster.sh import TAR...  import OCI/Docker image tarballs into the node's containerd
+#   hack/local-cluster.sh leftovers      after down: list anything of a cluster still on the machine; exit 1 if any
 #
 # Typical use:  eval "$(hack/local-cluster.sh up >/dev/null && hack/local-cluster.sh env)"
 #
@@ -46,6 +47,9 @@ NODE_IP=${POD_SUBNET%.*}.1
 READY_TIMEOUT=${NODEFORGE_READY_TIMEOUT:-300}
 
 marker=$state/.nodeforge-cluster
+# What existed before the last `up` (global paths, cgroups), kept outside the
+# state dir so that `leftovers` can still tell after `down`.
+baseline=$cache_root/local-cluster.baseline
 pki=$state/pki
 pids=$state/pids
 logs=$state/logs
@@ -443,6 +447,8 @@ up() {
 		for c in "${cgroup_names[@]}"; do [ ! -d "$p$c" ] || echo "$p$c"; done
 	done >"$state/preexisting-cgroups"
 	for p in "${tunables[@]}"; do echo "$p $(cat "/proc/sys/$p")"; done >"$state/sysctl.saved"
+	mkdir -p "$cache_root"
+	cat "$state/preexisting-paths" "$state/preexisting-cgroups" >"$baseline"
 
 	local ETCD_PORT ETCD_PEER_PORT KCM_PORT SCHED_PORT
 	ETCD_PORT=$(free_port)
@@ -675,6 +681,47 @@ down() {
 	log "down in $((SECONDS - t0))s"
 }
 
+# leftovers: after `down`, everything of this script's cluster still on the
+# machine, one line each; exit 1 when there is any. Processes are ours when
+# their arguments name the state dir or our containerd socket, or they run a
+# binary of our private runtime; container processes show up as the cgroups
+# that hold them. Paths and cgroups that existed before the last `up` are
+# not counted.
+leftovers() {
+	local found=() p exe args h c m
+	RUNTIME=$(runtime_dir)
+	[ ! -e "$state" ] || found+=("state dir $state")
+	for p in /proc/[0-9]*; do
+		[ "${p#/proc/}" != $$ ] || continue
+		args=$({ tr '\0' ' ' <"$p/cmdline"; } 2>/dev/null) || continue
+		exe=$(readlink "$p/exe" 2>/dev/null) || exe=
+		case "$args" in
+		*"$state/"* | *"$CONTAINERD_SOCK"*) ;;
+		*) case "$exe" in "$RUNTIME"/*) ;; *) continue ;; esac ;;
+		esac
+		found+=("process ${p#/proc/}: ${args:0:200}")
+	done
+	while IFS= read -r m; do found+=("mount $m"); done < <(mounts_under "$state"; mounts_under /run/netns | grep '/cni-' || true)
+	! ip link show "$BRIDGE" >/dev/null 2>&1 || found+=("interface $BRIDGE")
+	# The CNI bridge plugin names its host-side veths veth + 8 hex digits.
+	while IFS= read -r m; do found+=("interface $m"); done < <(ip -o link show type veth 2>/dev/null |
+		awk -F': ' '{ sub(/@.*/, "", $2); if ($2 ~ /^veth[0-9a-f]{8}$/) print $2 }')
+	# Without a baseline no `up` ran with this cache: nothing below is ours.
+	if [ -f "$baseline" ]; then
+		for h in /sys/fs/cgroup/*/; do
+			for c in "${cgroup_names[@]}"; do
+				[ -d "$h$c" ] && ! grep -qxF "$h$c" "$baseline" && found+=("cgroup $h$c")
+			done
+		done
+		for p in "${global_paths[@]}"; do
+			[ -e "$p" ] && ! grep -qxF "$p" "$baseline" && found+=("path $p")
+		done
+	fi
+	[ ${#found[@]} -gt 0 ] || return 0
+	printf '%s\n' "${found[@]}"
+	return 1
+}
+
 status() {
 	local ok=0 c
 	if [ ! -f "$marker" ]; then
@@ -723,6 +770,7 @@ env)
 	print_env
 	;;
 status) status ;;
+leftovers) leftovers ;;
 import)
 	shift
 	[ $# -gt 0 ] || die "usage: $0 import TARBALL..."
@@ -733,7 +781,7 @@ import)
 	import_images "$@"
 	;;
 *)
-	sed -n '2,21p' "$0" >&2
+	sed -n '2,22p' "$0" >&2
 	exit 2
 	;;
 esac

@@ -107,7 +107,33 @@ cleanup() {
 	[ -n "$apt_pid" ] && stop_pid "$apt_pid" "apt repository server" "$state/apt/"
 	[ -n "$s3_pid" ] && stop_pid "$s3_pid" MinIO "$state/s3/"
 	rm -rf "$state"
+	# The machine must be as the run found it, or a second run may not be
+	# like the first: a leftover fails the run, also after a passing suite.
+	if $cluster_started && [ -z "${NODEFORGE_E2E_KEEP_CLUSTER:-}" ]; then
+		local left
+		left=$(hack/local-cluster.sh leftovers; own_leftovers)
+		if [ -n "$left" ]; then
+			log "error: left on the machine after the run:"
+			sed 's/^/  /' <<<"$left" >&2
+			[ "$rc" != 0 ] || rc=1
+		else
+			log "nothing of the run is left on the machine"
+		fi
+	fi
 	exit "$rc"
+}
+
+# own_leftovers: processes whose arguments name this run's state dir (the
+# manager, MinIO, the apt repository server), and the dir itself.
+own_leftovers() {
+	local p args
+	[ ! -e "$state" ] || echo "state dir $state"
+	for p in /proc/[0-9]*; do
+		[ "${p#/proc/}" != $$ ] || continue
+		args=$({ tr '\0' ' ' <"$p/cmdline"; } 2>/dev/null) || continue
+		case "$args" in *"$state/"*) echo "process ${p#/proc/}: ${args:0:200}" ;; esac
+	done
+	return 0
 }
 trap cleanup EXIT
 trap 'exit 130' INT
