@@ -227,6 +227,13 @@ type VerificationResults struct {
 	// +optional
 	Accelerator string `json:"accelerator,omitempty"`
 
+	// acceleratorNote says why the boot test ran under tcg although it
+	// chose the accelerator itself: /dev/kvm missing, or KVM unable to run
+	// the guest on this node (then the boot ran again under tcg).
+	// +optional
+	// +kubebuilder:validation:MaxLength=1024
+	AcceleratorNote string `json:"acceleratorNote,omitempty"`
+
 	// passed, failed and skipped count the checks.
 	Passed int32 `json:"passed"`
 	// failed counts checks that did not pass.

@@ -210,7 +210,7 @@ func resultOf(out *pipelineResult) *buildresult.Result {
 				Name: c.Name, Category: string(c.Category), Passed: c.Passed, Skipped: c.Skipped, Required: c.Required,
 			}))
 		}
-		res.Verification, res.Accelerator = v, r.Accelerator
+		res.Verification, res.Accelerator, res.AcceleratorNote = v, r.Accelerator, r.AcceleratorNote
 	}
 	return res
 }

@@ -163,6 +163,9 @@ func printReport(w io.Writer, r *verify.Report, quiet bool) {
 	if r.Accelerator != "" {
 		fmt.Fprintf(w, "boot: accelerator %s, SSH after %.0f s, cloud-init done after %.0f s, all boot checks after %.0f s\n",
 			r.Accelerator, r.TimeToSSHSeconds, r.TimeToCloudInitSeconds, r.BootSeconds)
+		if r.AcceleratorNote != "" {
+			fmt.Fprintf(w, "      %s\n", r.AcceleratorNote)
+		}
 	}
 	if r.ConsoleTail != "" {
 		fmt.Fprintf(w, "console tail:\n%s\n", indent(r.ConsoleTail, "  | "))

@@ -121,6 +121,8 @@ type Result struct {
 	Verification *Verification `json:"verification,omitempty"`
 	// Accelerator the boot test ran under: kvm or tcg.
 	Accelerator string `json:"accelerator,omitempty"`
+	// AcceleratorNote says why the boot test ran under TCG (verify.Report).
+	AcceleratorNote string `json:"acceleratorNote,omitempty"`
 }
 
 // Artifact describes the published image.

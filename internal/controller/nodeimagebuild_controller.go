@@ -530,7 +530,8 @@ func (r *NodeImageBuildReconciler) setStepConditions(b *imagev1.NodeImageBuild, 
 
 func verificationOf(res *buildresult.Result) *imagev1.VerificationResults {
 	v := res.Verification
-	out := &imagev1.VerificationResults{Accelerator: res.Accelerator, Passed: v.Passed, Failed: v.Failed, Skipped: v.Skipped}
+	out := &imagev1.VerificationResults{Accelerator: res.Accelerator, AcceleratorNote: buildresult.Truncate(res.AcceleratorNote, 1024),
+		Passed: v.Passed, Failed: v.Failed, Skipped: v.Skipped}
 	for _, s := range v.Checks {
 		c, err := buildresult.DecodeCheck(s)
 		if err != nil {

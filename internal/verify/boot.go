@@ -29,21 +29,44 @@ const (
 	AccelTCG = "tcg"
 )
 
+// kvmKernelWindow is how long a boot under KVM may take to show the
+// kernel's first console line before KVM is judged unable to run the guest.
+// On a working KVM host the kernel prints within a few seconds (firmware,
+// GRUB's one-second menu, decompression).
+const kvmKernelWindow = 20 * time.Second
+
 var (
-	kvmOnce   sync.Once
+	kvmMu     sync.Mutex
+	kvmProbed bool
 	kvmUsable bool
 	kvmReason string
 )
 
 // ProbeKVM reports whether QEMU can run guests with KVM here, and why
 // not. Opening /dev/kvm is not enough: on a paravirtualised host (a
-// kvm-pvm backend) QEMU aborts with "failed to set MSR 0x10a" as soon as
+// kvm-pvm backend) QEMU may abort with "failed to set MSR 0x10a" as soon as
 // it initializes the vCPU. The probe starts a stopped (-S) q35 machine
 // with -cpu host; if QEMU is still alive after a short grace period, the
-// vCPU was set up. The result is cached for the process.
+// vCPU was set up. That is necessary, not sufficient: on other such hosts
+// the vCPU starts and then the firmware or the guest kernel cannot run, so
+// the boot test also watches the guest's first seconds (waitKernel) and
+// calls disableKVM when they fail. The result is cached for the process.
 func ProbeKVM(ctx context.Context) (bool, string) {
-	kvmOnce.Do(func() { kvmUsable, kvmReason = probeKVM(ctx) })
+	kvmMu.Lock()
+	defer kvmMu.Unlock()
+	if !kvmProbed {
+		kvmUsable, kvmReason = probeKVM(ctx)
+		kvmProbed = true
+	}
 	return kvmUsable, kvmReason
+}
+
+// disableKVM records that KVM cannot run guests here after all, so later
+// boots of the process go straight to TCG.
+func disableKVM(reason string) {
+	kvmMu.Lock()
+	defer kvmMu.Unlock()
+	kvmProbed, kvmUsable, kvmReason = true, false, reason
 }
 
 func probeKVM(ctx context.Context) (bool, string) {
@@ -334,6 +357,35 @@ func (b *bootRun) fatalConsole() string {
 		}
 	}
 	return ""
+}
+
+// waitKernel waits until the guest kernel writes its first line to the
+// serial console. It fails when QEMU reports a KVM internal error (the vCPU
+// could not run the firmware), exits, or the console shows no kernel line
+// within window (GRUB ran, then the kernel stalled). The image's kernel
+// command line always has console=ttyS0 and no "quiet".
+func (b *bootRun) waitKernel(ctx context.Context, window time.Duration) error {
+	deadline := time.NewTimer(window)
+	defer deadline.Stop()
+	tick := time.NewTicker(200 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		if e := b.stderr.String(); strings.Contains(e, "KVM internal error") {
+			return fmt.Errorf("qemu: %s", strings.TrimSpace(strings.SplitN(strings.TrimSpace(e), "\n", 2)[0]))
+		}
+		if data, _ := os.ReadFile(b.console); bytes.Contains(data, []byte("Linux version")) {
+			return nil
+		}
+		select {
+		case <-b.exited:
+			return fmt.Errorf("qemu exited before the kernel started (%v): %s", b.exitErr, lastLine(b.stderr.String()))
+		case <-ctx.Done():
+			return context.Cause(ctx)
+		case <-deadline.C:
+			return fmt.Errorf("the kernel wrote nothing to the serial console within %s", window)
+		case <-tick.C:
+		}
+	}
 }
 
 // waitSSH dials until a session runs a command, QEMU exits, the console

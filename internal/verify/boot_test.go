@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	imagev1 "github.com/nodeforge/nodeforge/api/v1alpha1"
 )
@@ -124,4 +125,46 @@ func TestQemuArgsUEFIVars(t *testing.T) {
 			t.Fatalf("pflash drives %q for BIOS", got)
 		}
 	})
+}
+
+// waitKernel tells a guest whose kernel runs from one KVM cannot run: a
+// KVM internal error on QEMU's stderr, QEMU exiting, or a console that
+// shows GRUB and then nothing.
+func TestWaitKernel(t *testing.T) {
+	const grub = "  Booting `Debian GNU/Linux'\n"
+	cases := []struct {
+		name    string
+		console string
+		stderr  string
+		exited  bool
+		wantErr string // "" means the kernel started
+	}{
+		{name: "kernel line on the console", console: grub + "[    0.000000] Linux version 6.12.57+deb13-cloud-amd64\n"},
+		{name: "KVM internal error", stderr: "KVM internal error. Suberror: 1\nextra data[0]: 0x1\nemulation failure\n",
+			wantErr: "qemu: KVM internal error. Suberror: 1"},
+		{name: "qemu exited", console: grub, stderr: "qemu-system-x86_64: failed to set MSR 0x10a to 0x69\n", exited: true,
+			wantErr: "qemu exited before the kernel started (exit status 1): qemu-system-x86_64: failed to set MSR 0x10a to 0x69"},
+		{name: "GRUB, then silence", console: grub, wantErr: "the kernel wrote nothing to the serial console within 600ms"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			b := &bootRun{console: filepath.Join(dir, "console.log"), exited: make(chan struct{})}
+			if err := os.WriteFile(b.console, []byte(tc.console), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			fmt.Fprint(&b.stderr, tc.stderr)
+			if tc.exited {
+				b.exitErr = fmt.Errorf("exit status 1")
+				close(b.exited)
+			}
+			err := b.waitKernel(t.Context(), 600*time.Millisecond)
+			switch {
+			case tc.wantErr == "" && err != nil:
+				t.Fatalf("waitKernel = %v, want the kernel started", err)
+			case tc.wantErr != "" && (err == nil || err.Error() != tc.wantErr):
+				t.Fatalf("waitKernel = %v, want %q", err, tc.wantErr)
+			}
+		})
+	}
 }

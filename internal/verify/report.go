@@ -38,6 +38,9 @@ type Report struct {
 	Summary Summary `json:"summary"`
 	// Accelerator the boot test ran under ("kvm" or "tcg"); empty without a boot test.
 	Accelerator string `json:"accelerator,omitempty"`
+	// AcceleratorNote says why the boot test ran under TCG when it chose
+	// the accelerator itself: KVM unavailable, or unable to run the guest.
+	AcceleratorNote string `json:"acceleratorNote,omitempty"`
 	// TimeToSSHSeconds and TimeToCloudInitSeconds are measured from QEMU start.
 	TimeToSSHSeconds       float64 `json:"timeToSSHSeconds,omitempty"`
 	TimeToCloudInitSeconds float64 `json:"timeToCloudInitSeconds,omitempty"`
@@ -78,10 +81,11 @@ func (r *Report) RequiredFailures() []Check {
 // Results converts the report to its API form for NodeImageBuild status.
 func (r *Report) Results() *imagev1.VerificationResults {
 	res := &imagev1.VerificationResults{
-		Accelerator: r.Accelerator,
-		Passed:      int32(r.Summary.Passed),
-		Failed:      int32(r.Summary.Failed),
-		Skipped:     int32(r.Summary.Skipped),
+		Accelerator:     r.Accelerator,
+		AcceleratorNote: r.AcceleratorNote,
+		Passed:          int32(r.Summary.Passed),
+		Failed:          int32(r.Summary.Failed),
+		Skipped:         int32(r.Summary.Skipped),
 	}
 	for _, c := range r.Checks {
 		if c.Skipped {

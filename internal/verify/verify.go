@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"time"
 
 	imagev1 "github.com/nodeforge/nodeforge/api/v1alpha1"
@@ -98,13 +99,15 @@ func bootTest(ctx context.Context, r *Report, sel selector, image string, c *ima
 	}
 
 	accel := opts.Accelerator
-	if accel == "" {
+	auto := accel == ""
+	if auto {
 		accel = AccelTCG
-		if ok, _ := ProbeKVM(ctx); ok {
+		if ok, why := ProbeKVM(ctx); ok {
 			accel = AccelKVM
+		} else {
+			r.AcceleratorNote = "KVM not used: " + why
 		}
 	}
-	r.Accelerator = accel
 
 	dir, err := os.MkdirTemp(workDir, "boot-")
 	if err != nil {
@@ -116,16 +119,40 @@ func bootTest(ctx context.Context, r *Report, sel selector, image string, c *ima
 	bctx, cancel := context.WithTimeoutCause(ctx, timeout, fmt.Errorf("boot test timed out after %s", timeout))
 	defer cancel()
 
-	b := &bootRun{image: image, content: c, dir: dir, accel: accel}
-	if err := b.prepare(bctx, vsize, format); err != nil {
+	// Each attempt gets its own directory: overlay, seed, UEFI vars, logs.
+	start := func(accel string) (*bootRun, error) {
+		d := filepath.Join(dir, accel)
+		if err := os.Mkdir(d, 0o700); err != nil {
+			return nil, err
+		}
+		b := &bootRun{image: image, content: c, dir: d, accel: accel}
+		if err := b.prepare(bctx, vsize, format); err != nil {
+			return nil, err
+		}
+		return b, b.start()
+	}
+	b, err := start(accel)
+	defer func() {
+		if b != nil {
+			b.stop()
+		}
+	}()
+	if err == nil && auto && accel == AccelKVM {
+		// A host can pass the probe and still not run this guest under
+		// KVM; then the boot starts again under TCG, and says why.
+		if kerr := b.waitKernel(bctx, kvmKernelWindow); kerr != nil && bctx.Err() == nil {
+			b.stop()
+			disableKVM(kerr.Error())
+			accel = AccelTCG
+			r.AcceleratorNote = "KVM could not run the guest (" + kerr.Error() + "); booted again under TCG"
+			b, err = start(accel)
+		}
+	}
+	r.Accelerator = accel
+	if err != nil {
 		failAll(err.Error())
 		return
 	}
-	if err := b.start(); err != nil {
-		failAll(err.Error())
-		return
-	}
-	defer b.stop()
 
 	failed := false
 	sshCheck := sel.run(bctx, r, plannedCheck{name: CheckBootSSH, category: Boot, run: func(ctx context.Context) (string, error) {

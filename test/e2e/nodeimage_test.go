@@ -591,6 +591,10 @@ func assertVerified(b *imagev1.NodeImageBuild) {
 	GinkgoWriter.Printf("%s: accelerator %s, %d passed, %d failed, %d skipped, %d listed\n",
 		b.Name, v.Accelerator, v.Passed, v.Failed, v.Skipped, len(v.Checks))
 	Expect(v.Accelerator).To(BeElementOf("kvm", "tcg"))
+	if v.Accelerator == "tcg" {
+		// The builder chose the accelerator: status says why not KVM.
+		Expect(v.AcceleratorNote).NotTo(BeEmpty(), "a tcg boot on a node with /dev/kvm mounted must say why")
+	}
 	if want := os.Getenv("NODEFORGE_E2E_ACCELERATOR"); want != "" {
 		Expect(v.Accelerator).To(Equal(want))
 	}

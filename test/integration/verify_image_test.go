@@ -160,6 +160,9 @@ func TestVerifyGoodImage(t *testing.T) {
 	if r.Accelerator != verify.AccelKVM && r.Accelerator != verify.AccelTCG {
 		t.Errorf("accelerator %q not recorded", r.Accelerator)
 	}
+	if r.Accelerator == verify.AccelTCG && r.AcceleratorNote == "" {
+		t.Errorf("the boot chose tcg and its report does not say why (acceleratorNote empty)")
+	}
 	if r.TimeToSSHSeconds <= 0 || r.TimeToCloudInitSeconds < r.TimeToSSHSeconds {
 		t.Errorf("timings not recorded: ssh %.1f cloud-init %.1f", r.TimeToSSHSeconds, r.TimeToCloudInitSeconds)
 	}
