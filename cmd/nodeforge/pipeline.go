@@ -76,6 +76,9 @@ func (p *pipeline) run(ctx context.Context) (*pipelineResult, error) {
 		}
 	}
 	if p.Publisher != nil {
+		if err := p.Publisher.EnsureDestination(ctx); err != nil {
+			return nil, &stageError{Reason: buildresult.ReasonPublishFailed, Step: "lookup", Err: fmt.Errorf("checking the destination: %w", err)}
+		}
 		art, err := p.Publisher.Lookup(ctx, p.Name, digest)
 		switch {
 		case err == nil:

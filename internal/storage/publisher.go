@@ -175,10 +175,8 @@ func (p *Publisher) Publish(ctx context.Context, in PublishInput) (Artifact, err
 	if len(in.Manifest) == 0 || !json.Valid(in.Manifest) {
 		return Artifact{}, errorf(ErrInvalidArgument, "manifest must be a JSON document")
 	}
-	if e, ok := p.Store.(interface{ EnsureBucket(context.Context) error }); ok {
-		if err := e.EnsureBucket(ctx); err != nil {
-			return Artifact{}, err
-		}
+	if err := p.EnsureDestination(ctx); err != nil {
+		return Artifact{}, err
 	}
 
 	fileName := in.Name + "." + format
@@ -214,6 +212,18 @@ func (p *Publisher) Publish(ctx context.Context, in PublishInput) (Artifact, err
 	}
 	log.Info("published", "key", imageKey, "sha256", a.SHA256, "size", a.Size)
 	return a, nil
+}
+
+// EnsureDestination makes sure the store can take artifacts: an S3 bucket
+// must exist, and is created when the store allows it (CreateBucket); a
+// missing one fails with ErrBucketNotFound. A directory store needs
+// nothing. Publish calls it; a build calls it before its lookup, so that a
+// new bucket is made and a missing one fails before anything is built.
+func (p *Publisher) EnsureDestination(ctx context.Context) error {
+	if e, ok := p.Store.(interface{ EnsureBucket(context.Context) error }); ok {
+		return e.EnsureBucket(ctx)
+	}
+	return nil
 }
 
 // Lookup returns the artifact published for name at specDigest, or an

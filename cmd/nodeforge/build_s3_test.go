@@ -1,0 +1,147 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	. "github.com/onsi/gomega"
+
+	"github.com/nodeforge/nodeforge/internal/manifest"
+	"github.com/nodeforge/nodeforge/internal/storage"
+	"github.com/nodeforge/nodeforge/internal/storage/miniotest"
+)
+
+const minimalSample = "../../config/samples/image_v1alpha1_nodeimage_minimal.yaml"
+
+// requireBuildHost skips a test that builds a real image where it cannot
+// run (with -short, without root or the builder's tools), and fails it
+// instead when NODEFORGE_REQUIRE_INTEGRATION=1, as make test sets.
+func requireBuildHost(t *testing.T) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("builds a real image; skipped with -short")
+	}
+	var missing []string
+	if os.Geteuid() != 0 {
+		missing = append(missing, "root")
+	}
+	for _, tool := range []string{"mmdebstrap", "sfdisk", "mkfs.ext4", "mkfs.fat", "mcopy", "grub-mkimage", "qemu-img"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			missing = append(missing, tool)
+		}
+	}
+	if len(missing) == 0 {
+		return
+	}
+	msg := "needs " + strings.Join(missing, ", ") + " (hack/deps.sh installs the tools)"
+	if os.Getenv("NODEFORGE_REQUIRE_INTEGRATION") == "1" {
+		t.Fatal(msg + "; NODEFORGE_REQUIRE_INTEGRATION=1 requires it")
+	}
+	t.Skip(msg)
+}
+
+// TestBuildPublishesToS3 runs `nodeforge build --to s3://…` on the minimal
+// sample against a real MinIO, with endpoint and credentials from the AWS_*
+// environment as a workstation has them. The image, its .sha256 and its
+// manifest land under PREFIX/NAME/DIGEST/ and match the local build, the
+// latest pointer names that digest, and a second build of the same spec
+// finds the artifact and builds nothing. Verification is skipped
+// (--no-verify): the integration tests boot images.
+func TestBuildPublishesToS3(t *testing.T) {
+	requireBuildHost(t)
+	g := NewWithT(t)
+	ctx := context.Background()
+	srv := miniotest.Start(t, miniotest.Config{})
+	useServer(t, srv)
+
+	build := func(out string) (stdout, stderr string, err error) {
+		o := &buildOptions{file: minimalSample, outDir: out, workDir: t.TempDir(), cacheDir: defaultCacheDir(),
+			noVerify: true, progress: "plain", to: "s3://images/nodes", createBucket: true, presignExpiry: time.Hour}
+		var so, se bytes.Buffer
+		err = runBuild(ctx, o, &so, &se)
+		return so.String(), se.String(), err
+	}
+
+	out := t.TempDir()
+	stdout, stderr, err := build(out)
+	g.Expect(err).NotTo(HaveOccurred(), stderr)
+	g.Expect(stdout + stderr).NotTo(ContainSubstring(srv.SecretKey))
+	m, err := manifest.Read(filepath.Join(out, "minimal.json"))
+	g.Expect(err).NotTo(HaveOccurred())
+	digest := strings.TrimPrefix(m.SpecDigest, "sha256:")
+	imageKey := "nodes/minimal/" + digest + "/minimal.qcow2"
+	g.Expect(stdout).To(ContainSubstring("artifact:  " + srv.Endpoint() + "/images/" + imageKey + "\n"))
+	g.Expect(stdout).To(MatchRegexp(`presigned: \S+X-Amz-Signature=`))
+
+	pub, _, err := (&buildOptions{to: "s3://images/nodes"}).publisher(nil)
+	g.Expect(err).NotTo(HaveOccurred())
+	art, err := pub.Lookup(ctx, "minimal", m.SpecDigest)
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(art.ImageKey).To(Equal(imageKey))
+	g.Expect(art.SHA256).To(Equal(m.Image.SHA256))
+	g.Expect(art.Size).To(Equal(m.Image.Size))
+
+	// The object's bytes are the local image's.
+	local, err := os.Stat(filepath.Join(out, "minimal.qcow2"))
+	g.Expect(err).NotTo(HaveOccurred())
+	info, err := pub.Store.Stat(ctx, imageKey)
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(info.Size).To(Equal(local.Size()))
+	g.Expect(info.SHA256).To(Equal(m.Image.SHA256))
+	g.Expect(getObject(t, pub.Store, art.ChecksumKey)).To(Equal(storage.SHA256SumLine(m.Image.SHA256, "minimal.qcow2")))
+	published, err := manifest.Decode(strings.NewReader(getObject(t, pub.Store, art.ManifestKey)))
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(published.SpecDigest).To(Equal(m.SpecDigest))
+	g.Expect(published.Image.SHA256).To(Equal(m.Image.SHA256))
+	latest, err := pub.Latest(ctx, "minimal")
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(latest.Key).To(Equal(imageKey))
+
+	// The same spec again: found by its digest, nothing built.
+	again := t.TempDir()
+	stdout, stderr, err = build(again)
+	g.Expect(err).NotTo(HaveOccurred(), stderr)
+	g.Expect(stderr).To(ContainSubstring("nothing to build"))
+	g.Expect(stdout).To(ContainSubstring("artifact:  " + art.URL))
+	g.Expect(filepath.Join(again, "minimal.qcow2")).NotTo(BeAnExistingFile())
+}
+
+// getObject reads a small object whole.
+func getObject(t *testing.T, st storage.Store, key string) string {
+	t.Helper()
+	rc, _, err := st.Get(context.Background(), key)
+	if err != nil {
+		t.Fatalf("get %s: %v", key, err)
+	}
+	defer rc.Close()
+	b, err := io.ReadAll(rc)
+	if err != nil {
+		t.Fatalf("read %s: %v", key, err)
+	}
+	return string(b)
+}
+
+// TestBuildWithAMissingBucketFailsBeforeBuilding: --to a bucket that does
+// not exist, without --create-bucket, fails at once, says what to do, and
+// builds nothing.
+func TestBuildWithAMissingBucketFailsBeforeBuilding(t *testing.T) {
+	g := NewWithT(t)
+	srv := miniotest.Start(t, miniotest.Config{})
+	useServer(t, srv)
+	out, work := t.TempDir(), t.TempDir()
+	o := &buildOptions{file: minimalSample, outDir: out, workDir: work, cacheDir: t.TempDir(),
+		noVerify: true, progress: "plain", to: "s3://absent/nodes", presignExpiry: time.Hour}
+	var stdout, stderr bytes.Buffer
+	err := runBuild(context.Background(), o, &stdout, &stderr)
+	g.Expect(err).To(MatchError(And(ContainSubstring("absent"), ContainSubstring("bucket does not exist"),
+		ContainSubstring("--create-bucket"))))
+	g.Expect(os.ReadDir(out)).To(BeEmpty(), "nothing was built")
+	g.Expect(os.ReadDir(work)).To(BeEmpty(), "nothing was built")
+}
