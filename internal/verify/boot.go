@@ -378,7 +378,7 @@ func (b *bootRun) waitKernel(ctx context.Context, window time.Duration) error {
 		}
 		select {
 		case <-b.exited:
-			return fmt.Errorf("qemu exited before the kernel started (%v): %s", b.exitErr, lastLine(b.stderr.String()))
+			return fmt.Errorf("qemu exited before the kernel started (%w): %s", b.exitErr, lastLine(b.stderr.String()))
 		case <-ctx.Done():
 			return context.Cause(ctx)
 		case <-deadline.C:
