@@ -125,11 +125,11 @@ func bootTest(ctx context.Context, r *Report, sel selector, image string, c *ima
 		if err := os.Mkdir(d, 0o700); err != nil {
 			return nil, err
 		}
-		b := &bootRun{image: image, content: c, dir: d, accel: accel}
-		if err := b.prepare(bctx, vsize, format); err != nil {
+		run := &bootRun{image: image, content: c, dir: d, accel: accel}
+		if err := run.prepare(bctx, vsize, format); err != nil {
 			return nil, err
 		}
-		return b, b.start()
+		return run, run.start()
 	}
 	b, err := start(accel)
 	defer func() {
