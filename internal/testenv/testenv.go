@@ -92,7 +92,8 @@ func Start(opts Options) (*Env, error) {
 	if err != nil {
 		return nil, fmt.Errorf("starting envtest: %w", err)
 	}
-	reapOnExit([]string{env.ControlPlane.Etcd.DataDir, env.ControlPlane.APIServer.CertDir})
+	reapOnExit([]string{env.ControlPlane.Etcd.DataDir, env.ControlPlane.APIServer.CertDir,
+		env.WebhookInstallOptions.LocalServingCertDir})
 	c, err := client.New(cfg, client.Options{Scheme: scheme})
 	if err != nil {
 		_ = env.Stop()

@@ -14,7 +14,7 @@ import (
 )
 
 // A test binary that dies without running deferred calls (here: a panic)
-// still leaves no kube-apiserver, etcd or data dir behind.
+// still leaves no kube-apiserver, etcd, data dir or serving-cert dir behind.
 func TestStartReapsAfterPanic(t *testing.T) {
 	if os.Getenv("NODEFORGE_TESTENV_PANIC") == "1" {
 		env, err := Start(Options{})
@@ -24,6 +24,7 @@ func TestStartReapsAfterPanic(t *testing.T) {
 		}
 		fmt.Println("DIR", env.env.ControlPlane.Etcd.DataDir)
 		fmt.Println("DIR", env.env.ControlPlane.APIServer.CertDir)
+		fmt.Println("DIR", env.env.WebhookInstallOptions.LocalServingCertDir)
 		for _, c := range childProcs(os.Getpid()) {
 			fmt.Println("PID", c.pid)
 		}
@@ -53,8 +54,8 @@ func TestStartReapsAfterPanic(t *testing.T) {
 			dirs = append(dirs, v)
 		}
 	}
-	if len(pids) < 2 || len(dirs) != 2 {
-		t.Fatalf("the child reported %d processes and %d dirs, want etcd, kube-apiserver and their 2 dirs:\n%s", len(pids), len(dirs), out)
+	if len(pids) < 2 || len(dirs) != 3 {
+		t.Fatalf("the child reported %d processes and %d dirs, want etcd, kube-apiserver and their 3 dirs:\n%s", len(pids), len(dirs), out)
 	}
 	deadline := time.Now().Add(30 * time.Second)
 	for {
