@@ -41,8 +41,8 @@ func requireBuildHost(t *testing.T) {
 		return
 	}
 	msg := "needs " + strings.Join(missing, ", ") + " (hack/deps.sh installs the tools)"
-	if os.Getenv("NODEFORGE_REQUIRE_INTEGRATION") == "1" {
-		t.Fatal(msg + "; NODEFORGE_REQUIRE_INTEGRATION=1 requires it")
+	if os.Getenv(miniotest.RequireIntegrationEnv) == "1" {
+		t.Fatal(msg + "; " + miniotest.RequireIntegrationEnv + "=1 requires it")
 	}
 	t.Skip(msg)
 }

@@ -370,8 +370,10 @@ func (b *bootRun) waitKernel(ctx context.Context, window time.Duration) error {
 	tick := time.NewTicker(200 * time.Millisecond)
 	defer tick.Stop()
 	for {
-		if e := b.stderr.String(); strings.Contains(e, "KVM internal error") {
-			return fmt.Errorf("qemu: %s", strings.TrimSpace(strings.SplitN(strings.TrimSpace(e), "\n", 2)[0]))
+		for _, l := range strings.Split(b.stderr.String(), "\n") {
+			if strings.Contains(l, "KVM internal error") {
+				return fmt.Errorf("qemu: %s", strings.TrimSpace(l))
+			}
 		}
 		if data, _ := os.ReadFile(b.console); bytes.Contains(data, []byte("Linux version")) {
 			return nil

@@ -140,7 +140,7 @@ func TestWaitKernel(t *testing.T) {
 		wantErr string // "" means the kernel started
 	}{
 		{name: "kernel line on the console", console: grub + "[    0.000000] Linux version 6.12.57+deb13-cloud-amd64\n"},
-		{name: "KVM internal error", stderr: "KVM internal error. Suberror: 1\nextra data[0]: 0x1\nemulation failure\n",
+		{name: "KVM internal error", stderr: "qemu-system-x86_64: warning: host doesn't support requested feature\nKVM internal error. Suberror: 1\nextra data[0]: 0x1\nemulation failure\n",
 			wantErr: "qemu: KVM internal error. Suberror: 1"},
 		{name: "qemu exited", console: grub, stderr: "qemu-system-x86_64: failed to set MSR 0x10a to 0x69\n", exited: true,
 			wantErr: "qemu exited before the kernel started (exit status 1): qemu-system-x86_64: failed to set MSR 0x10a to 0x69"},
