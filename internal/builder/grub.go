@@ -42,9 +42,13 @@ const (
 
 // grubConfig is /boot/grub/grub.cfg: boots the kernel via the links the
 // kernel packages maintain, with the previous kernel as a fallback entry,
-// on the serial console and the screen.
+// on the serial console and the screen. no_timer_check skips the kernel's
+// IO-APIC timer self-test, which a busy or overcommitted hypervisor (and
+// QEMU's TCG on a loaded host) can fail with "IO-APIC + timer doesn't
+// work!", a panic at boot; cloud images of other distributions set it for
+// the same reason.
 func grubConfig(rootUUID, kernel, initrd, extra string) string {
-	cmdline := "root=UUID=" + rootUUID + " ro console=tty0 console=ttyS0,115200n8"
+	cmdline := "root=UUID=" + rootUUID + " ro console=tty0 console=ttyS0,115200n8 no_timer_check"
 	if extra != "" {
 		cmdline += " " + extra
 	}

@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -34,6 +35,12 @@ const (
 // On a working KVM host the kernel prints within a few seconds (firmware,
 // GRUB's one-second menu, decompression).
 const kvmKernelWindow = 20 * time.Second
+
+// kvmSilenceWindow is how long the serial console of a guest under KVM may
+// stay silent before SSH answers until the guest is judged stalled. Booting
+// under KVM prints steadily (kernel, systemd, cloud-init); a vCPU that KVM
+// cannot run prints nothing more.
+const kvmSilenceWindow = 90 * time.Second
 
 var (
 	kvmMu     sync.Mutex
@@ -341,22 +348,77 @@ func (b *bootRun) consoleTail(n int) string {
 	return c
 }
 
-// fatalConsole looks for signs that the guest will never come up.
-func (b *bootRun) fatalConsole() string {
-	data, _ := os.ReadFile(b.console)
-	s := string(data)
-	for _, sig := range []string{"Kernel panic", "end Kernel panic", "You are in emergency mode", "Give root password for maintenance", "grub rescue>", "error: no such device", "error: file `"} {
+// Console signs. A kernel panic is the kernel's own "Kernel panic - not
+// syncing: REASON" line, not the phrase anywhere (a unit description or a
+// cloud-init message may contain it). Stall signs are what a guest prints
+// when its vCPUs stop making progress: under a KVM that cannot really run
+// the guest they come before, or instead of, a panic, and they say nothing
+// about the image. Under TCG a loaded host may print them too while the
+// guest goes on, so there they are not fatal.
+var (
+	panicLineRE = regexp.MustCompile(`Kernel panic - not syncing:[^\n]*`)
+	stallLineRE = regexp.MustCompile(`(watchdog: BUG: soft lockup - CPU#\d+ stuck for \d+s![^\n]*|rcu: INFO: rcu_\w+ (self-)?detected stalls?[^\n]*|INFO: task \S+ blocked for more than \d+ seconds[^\n]*)`)
+)
+
+// Kinds of fatal console signs.
+const (
+	// signGuest: the guest itself cannot come up (a kernel panic, emergency
+	// mode, GRUB cannot find its files, no bootable disk).
+	signGuest = "guest"
+	// signStall: the vCPUs stopped making progress; under KVM that is the
+	// accelerator, not the image.
+	signStall = "stall"
+)
+
+// consoleSign is a sign on the console that the guest will never come up.
+type consoleSign struct {
+	Kind string
+	Line string
+}
+
+// guestFatalError is a boot that cannot reach SSH because of what the
+// console shows.
+type guestFatalError struct{ sign consoleSign }
+
+func (e *guestFatalError) Error() string {
+	if e.sign.Kind == signStall {
+		return fmt.Sprintf("the guest stopped making progress: console shows %q", e.sign.Line)
+	}
+	return fmt.Sprintf("the guest will not come up: console shows %q", e.sign.Line)
+}
+
+// classifyConsole looks for signs in a serial console and firmware log that
+// the guest will never come up. kvm says the guest runs under KVM: then a
+// stall sign is fatal, and a panic that follows one is the stall's (the
+// kernel panics on a soft lockup or hung task when told to), not the
+// image's. Under TCG stalls are only slowness.
+func classifyConsole(console, firmware []byte, kvm bool) (consoleSign, bool) {
+	s := strings.ReplaceAll(string(console), "\r", "")
+	stall := stallLineRE.FindString(s)
+	if kvm && stall != "" {
+		return consoleSign{Kind: signStall, Line: stall}, true
+	}
+	if p := panicLineRE.FindString(s); p != "" {
+		return consoleSign{Kind: signGuest, Line: strings.TrimSpace(p)}, true
+	}
+	for _, sig := range []string{"You are in emergency mode", "Give root password for maintenance", "grub rescue>", "error: no such device", "error: file `"} {
 		if strings.Contains(s, sig) {
-			return sig
+			return consoleSign{Kind: signGuest, Line: sig}, true
 		}
 	}
-	fw, _ := os.ReadFile(b.firmware)
 	for _, sig := range []string{"No bootable device", "Boot failed: not a bootable disk", "Boot failed: could not read the boot disk"} {
-		if bytes.Contains(fw, []byte(sig)) {
-			return sig
+		if bytes.Contains(firmware, []byte(sig)) {
+			return consoleSign{Kind: signGuest, Line: sig}, true
 		}
 	}
-	return ""
+	return consoleSign{}, false
+}
+
+// fatalConsole looks for signs that the guest will never come up.
+func (b *bootRun) fatalConsole() (consoleSign, bool) {
+	console, _ := os.ReadFile(b.console)
+	fw, _ := os.ReadFile(b.firmware)
+	return classifyConsole(console, fw, b.accel == AccelKVM)
 }
 
 // waitKernel waits until the guest kernel writes its first line to the
@@ -391,8 +453,11 @@ func (b *bootRun) waitKernel(ctx context.Context, window time.Duration) error {
 }
 
 // waitSSH dials until a session runs a command, QEMU exits, the console
-// shows a fatal error, or ctx ends.
-func (b *bootRun) waitSSH(ctx context.Context) error {
+// shows a fatal error, or ctx ends. With silence > 0 it also gives up when
+// the console has not grown for that long before SSH answers (used under
+// KVM, where a guest that stops printing has stalled; under TCG a slow
+// host is silent for long stretches).
+func (b *bootRun) waitSSH(ctx context.Context, silence time.Duration) error {
 	cfg := &ssh.ClientConfig{
 		User:            guestUser,
 		Auth:            []ssh.AuthMethod{ssh.PublicKeys(b.signer)},
@@ -401,6 +466,8 @@ func (b *bootRun) waitSSH(ctx context.Context) error {
 	}
 	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(b.sshPort))
 	var lastErr error
+	var lastSize int64 = -1
+	lastGrowth := time.Now()
 	for {
 		select {
 		case <-b.exited:
@@ -412,8 +479,16 @@ func (b *bootRun) waitSSH(ctx context.Context) error {
 			return fmt.Errorf("no SSH login within the boot timeout: last error: %w", lastErr)
 		default:
 		}
-		if sig := b.fatalConsole(); sig != "" {
-			return fmt.Errorf("the guest will not come up: console shows %q", sig)
+		if sig, ok := b.fatalConsole(); ok {
+			return &guestFatalError{sign: sig}
+		}
+		if silence > 0 {
+			if fi, err := os.Stat(b.console); err == nil && fi.Size() != lastSize {
+				lastSize, lastGrowth = fi.Size(), time.Now()
+			} else if time.Since(lastGrowth) > silence {
+				return &guestFatalError{sign: consoleSign{Kind: signStall,
+					Line: fmt.Sprintf("nothing new for %s after: %s", silence, lastConsoleLine(b.console))}}
+			}
 		}
 		c, err := dialSSH(ctx, addr, cfg)
 		if err == nil {
@@ -427,6 +502,12 @@ func (b *bootRun) waitSSH(ctx context.Context) error {
 		case <-time.After(500 * time.Millisecond):
 		}
 	}
+}
+
+// lastConsoleLine is the console's last non-empty line.
+func lastConsoleLine(path string) string {
+	data, _ := os.ReadFile(path)
+	return lastLine(strings.ToValidUTF8(strings.ReplaceAll(string(data), "\r", ""), "?"))
 }
 
 func dialSSH(ctx context.Context, addr string, cfg *ssh.ClientConfig) (*ssh.Client, error) {

@@ -1,6 +1,9 @@
 package verify
 
 import (
+	"crypto/ed25519"
+	"crypto/rand"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -10,6 +13,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"golang.org/x/crypto/ssh"
 
 	imagev1 "github.com/nodeforge/nodeforge/api/v1alpha1"
 )
@@ -167,4 +172,96 @@ func TestWaitKernel(t *testing.T) {
 			}
 		})
 	}
+}
+
+// The panic detector reads the kernel's own panic line, and under KVM
+// tells a stall (the accelerator's fault: the boot is retried under TCG)
+// from a panic of the image. The logs are serial consoles of the Debian 13
+// cloud kernel: a good boot and a root-mount panic captured under TCG, and
+// a KVM stall (a good boot's first 300 lines, then a soft lockup, an RCU
+// stall and the softlockup panic, in the kernel's formats).
+func TestClassifyConsole(t *testing.T) {
+	read := func(name string) []byte {
+		b, err := os.ReadFile(filepath.Join("testdata", name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	good, panicked, stalled := read("console-tcg-good.log"), read("console-tcg-panic.log"), read("console-kvm-stall.log")
+	slowTCG := append(append([]byte{}, good...), []byte("[  201.5] rcu: INFO: rcu_preempt detected stalls on CPUs/tasks:\n")...)
+	// cloud-init echoing text that mentions a panic is not a panic.
+	chatter := append(append([]byte{}, good...), []byte("[  90.1] cloud-init[451]: Kernel panic handling: kdump not configured\n")...)
+	cases := []struct {
+		name     string
+		console  []byte
+		firmware string
+		kvm      bool
+		kind     string // "" means no sign
+		line     string
+	}{
+		{name: "good boot under TCG", console: good},
+		{name: "good boot under KVM", console: good, kvm: true},
+		{name: "panic under TCG", console: panicked, kind: signGuest, line: "Kernel panic - not syncing: VFS: Unable to mount root fs on unknown-block(0,0)"},
+		{name: "panic under KVM", console: panicked, kvm: true, kind: signGuest, line: "Kernel panic - not syncing: VFS: Unable to mount root fs on unknown-block(0,0)"},
+		{name: "stall then panic under KVM is the accelerator", console: stalled, kvm: true, kind: signStall, line: "watchdog: BUG: soft lockup - CPU#1 stuck for 23s! [systemd-udevd:187]"},
+		{name: "the same console under TCG is a panic", console: stalled, kind: signGuest, line: "Kernel panic - not syncing: softlockup: hung tasks"},
+		{name: "an RCU stall warning under TCG is slowness", console: slowTCG},
+		{name: "an RCU stall under KVM", console: slowTCG, kvm: true, kind: signStall, line: "rcu: INFO: rcu_preempt detected stalls on CPUs/tasks:"},
+		{name: "panic mentioned by a program", console: chatter},
+		{name: "emergency mode", console: []byte("You are in emergency mode. After logging in, type \"journalctl -xb\"\n"), kind: signGuest, line: "You are in emergency mode"},
+		{name: "no bootable device", firmware: "Booting from Hard Disk...\nBoot failed: not a bootable disk\n", kind: signGuest, line: "Boot failed: not a bootable disk"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			sign, ok := classifyConsole(tc.console, []byte(tc.firmware), tc.kvm)
+			if tc.kind == "" {
+				if ok {
+					t.Fatalf("sign %+v on a console without one", sign)
+				}
+				return
+			}
+			if !ok || sign.Kind != tc.kind || sign.Line != tc.line {
+				t.Fatalf("sign = %+v (found %v), want kind %q line %q", sign, ok, tc.kind, tc.line)
+			}
+		})
+	}
+}
+
+// Under KVM a console that stops growing before SSH answers is a stall;
+// waitSSH gives up after the silence window instead of the boot timeout.
+func TestWaitSSHSilenceUnderKVM(t *testing.T) {
+	dir := t.TempDir()
+	port, err := freePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := &bootRun{console: filepath.Join(dir, "console.log"), firmware: filepath.Join(dir, "firmware.log"),
+		accel: AccelKVM, sshPort: port, exited: make(chan struct{})}
+	if err := os.WriteFile(b.console, []byte("[    1.2] Run /init as init process\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	b.signer = testSigner(t)
+	start := time.Now()
+	err = b.waitSSH(t.Context(), 1500*time.Millisecond)
+	var gf *guestFatalError
+	if !errors.As(err, &gf) || gf.sign.Kind != signStall || !strings.Contains(err.Error(), "Run /init as init process") {
+		t.Fatalf("waitSSH = %v, want a stall naming the console's last line", err)
+	}
+	if d := time.Since(start); d > 10*time.Second {
+		t.Fatalf("waitSSH took %s with a 1.5 s silence window", d)
+	}
+}
+
+func testSigner(t *testing.T) ssh.Signer {
+	t.Helper()
+	_, priv, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := ssh.NewSignerFromKey(priv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
 }

@@ -137,26 +137,44 @@ func bootTest(ctx context.Context, r *Report, sel selector, image string, c *ima
 			b.stop()
 		}
 	}()
-	if err == nil && auto && accel == AccelKVM {
-		// A host can pass the probe and still not run this guest under
-		// KVM; then the boot starts again under TCG, and says why.
+	// A host can pass the probe and still not run this guest under KVM.
+	// Then the boot starts again under TCG, once, and the report says why:
+	// a guest that fails under KVM may be the accelerator's fault, so only
+	// a failure under TCG is the image's.
+	fallback := func(why string) error {
+		b.stop()
+		disableKVM(why)
+		accel = AccelTCG
+		r.AcceleratorNote = "the boot under KVM failed (" + why + "); booted again under TCG"
+		b, err = start(accel)
+		return err
+	}
+	kvmAuto := func() bool { return auto && accel == AccelKVM }
+	if err == nil && kvmAuto() {
 		if kerr := b.waitKernel(bctx, kvmKernelWindow); kerr != nil && bctx.Err() == nil {
-			b.stop()
-			disableKVM(kerr.Error())
-			accel = AccelTCG
-			r.AcceleratorNote = "KVM could not run the guest (" + kerr.Error() + "); booted again under TCG"
-			b, err = start(accel)
+			err = fallback(kerr.Error())
 		}
 	}
-	r.Accelerator = accel
 	if err != nil {
+		r.Accelerator = accel
 		failAll(err.Error())
 		return
 	}
 
 	failed := false
 	sshCheck := sel.run(bctx, r, plannedCheck{name: CheckBootSSH, category: Boot, run: func(ctx context.Context) (string, error) {
-		if err := b.waitSSH(ctx); err != nil {
+		var silence time.Duration
+		if accel == AccelKVM {
+			silence = kvmSilenceWindow
+		}
+		err := b.waitSSH(ctx, silence)
+		if err != nil && kvmAuto() && ctx.Err() == nil {
+			if ferr := fallback(err.Error()); ferr != nil {
+				return "", ferr
+			}
+			err = b.waitSSH(ctx, 0)
+		}
+		if err != nil {
 			if errors.Is(err, context.DeadlineExceeded) || ctx.Err() != nil {
 				return "", fmt.Errorf("%w (%w, %s)", err, context.Cause(ctx), accel)
 			}
@@ -165,6 +183,7 @@ func bootTest(ctx context.Context, r *Report, sel selector, image string, c *ima
 		r.TimeToSSHSeconds = roundSeconds(time.Since(b.started))
 		return fmt.Sprintf("logged in as %s with the per-run key after %.0f s (%s)", guestUser, r.TimeToSSHSeconds, accel), nil
 	}}, opts.Progress)
+	r.Accelerator = accel
 	if !sshCheck.Passed {
 		r.ConsoleTail = b.consoleTail(4000)
 		msg := "no SSH session"
