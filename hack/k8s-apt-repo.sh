@@ -2,7 +2,7 @@
 # An offline, signed Kubernetes apt repository for tests, the demo and
 # air-gapped users (see docs/offline-kubernetes-packages.md).
 #
-#   hack/k8s-apt-repo.sh build            build kubeadm/kubelet/kubectl .debs and a signed flat repo; prints its dir
+#   hack/k8s-apt-repo.sh build            build kubeadm/kubelet/kubectl/cri-tools .debs and a signed flat repo; prints its dir
 #   hack/k8s-apt-repo.sh path             prints the repo dir if it is built (exit 1 if not)
 #   hack/k8s-apt-repo.sh serve [--port N] serves the repo on 127.0.0.1 in the background; prints export lines
 #   hack/k8s-apt-repo.sh env              prints the export lines of the running server (exit 1 if none)
@@ -26,6 +26,9 @@ K8S_VERSION=v1.37.2
 # Debian revision in the same shape as the official repository's (1.37.2-1.1).
 DEB_REVISION=1.1
 DEB_VERSION=${K8S_VERSION#v}-${DEB_REVISION}
+# cri-tools has its own version, following Kubernetes minors (hack/tools.sh).
+CRI_TOOLS_VERSION=$(sed -n 's/^CRI_TOOLS_VERSION=//p' "$here/tools.sh")
+CRI_DEB_VERSION=${CRI_TOOLS_VERSION#v}-${DEB_REVISION}
 ARCH=amd64
 
 repo_dir=$cache_root/k8s-apt-repo-${K8S_VERSION}
@@ -48,7 +51,7 @@ need() {
 declare -A pkg_of=([dpkg-deb]="Debian package dpkg" [apt-ftparchive]="Debian package apt-utils" [gpg]="Debian package gpg" [gpgconf]="Debian package gpgconf" [go]="Go toolchain" [sha256sum]="coreutils" [curl]="Debian package curl")
 
 script_hash() { sha256sum "${BASH_SOURCE[0]}" | cut -d' ' -f1; }
-stamp_content() { printf 'k8s=%s deb=%s script=%s' "$K8S_VERSION" "$DEB_VERSION" "$(script_hash)"; }
+stamp_content() { printf 'k8s=%s deb=%s cri-tools=%s script=%s' "$K8S_VERSION" "$DEB_VERSION" "$CRI_DEB_VERSION" "$(script_hash)"; }
 is_built() { [ -f "$repo_dir/.stamp" ] && [ "$(cat "$repo_dir/.stamp")" = "$(stamp_content)" ]; }
 
 # ---------------------------------------------------------------- packaging
@@ -78,7 +81,7 @@ write_control() {
 	mkdir -p "$d/DEBIAN"
 	{
 		echo "Package: $pkg"
-		echo "Version: $DEB_VERSION"
+		echo "Version: ${CONTROL_VERSION:-$DEB_VERSION}"
 		echo "Architecture: $ARCH"
 		echo "Maintainer: nodeforge developers <dev@nodeforge.invalid>"
 		echo "Installed-Size: $(du -sk --exclude=DEBIAN "$d" | cut -f1)"
@@ -88,9 +91,9 @@ write_control() {
 		echo "Priority: optional"
 		echo "Homepage: https://kubernetes.io"
 		echo "Description: $desc"
-		echo " Built by nodeforge (hack/k8s-apt-repo.sh) from the k8s.io/kubernetes Go module"
-		echo " ${K8S_VERSION}, for offline and air-gapped use, with the package name and file"
-		echo " layout of the official Kubernetes package repository."
+		echo " Built by nodeforge (hack/k8s-apt-repo.sh) from the ${CONTROL_SOURCE:-k8s.io/kubernetes} Go module"
+		echo " ${CONTROL_UPSTREAM:-$K8S_VERSION}, for offline and air-gapped use, with the package name and"
+		echo " file layout of the official Kubernetes package repository."
 	} >"$d/DEBIAN/control"
 }
 
@@ -149,11 +152,11 @@ ExecStart=/usr/bin/kubelet $KUBELET_KUBECONFIG_ARGS $KUBELET_CONFIG_ARGS $KUBELE
 EOF
 }
 
-# build_debs BINDIR OUTDIR WORKDIR: the three packages. No maintainer scripts: in
+# build_debs BINDIR CRICTLDIR OUTDIR WORKDIR: the four packages. No maintainer scripts: in
 # particular nothing enables or starts kubelet.service (the image builder
 # decides; kubeadm enables it on init/join).
 build_debs() {
-	local bin=$1 out=$2 work=$3 p
+	local bin=$1 crictl=$2 out=$3 work=$4 p
 	rm -rf "$work"
 
 	# kubectl: the binary only.
@@ -192,12 +195,23 @@ build_debs() {
 	add_doc "$p" kubeadm
 	write_control "$p" kubeadm admin "Command-line utility for administering a Kubernetes cluster"
 
+	# cri-tools: crictl, as in the official repository (its own version,
+	# following Kubernetes minors). Its configuration (/etc/crictl.yaml) is
+	# the image builder's: the official package ships none either.
+	p=$work/cri-tools
+	install -D -m 0755 "$crictl/crictl" "$p/usr/bin/crictl"
+	add_doc "$p" cri-tools
+	CONTROL_VERSION=$CRI_DEB_VERSION CONTROL_SOURCE=sigs.k8s.io/cri-tools CONTROL_UPSTREAM=$CRI_TOOLS_VERSION \
+		write_control "$p" cri-tools admin "Command-line utility for interacting with a container runtime"
+
 	# gzip, not xz: about 7x faster to build here and several times faster to
 	# unpack in every image build, for about 50% more bytes on local disk.
 	mkdir -p "$out"
-	for p in kubectl kubelet kubeadm; do
+	for p in kubectl kubelet kubeadm cri-tools; do
+		local v=$DEB_VERSION
+		[ "$p" != cri-tools ] || v=$CRI_DEB_VERSION
 		find "$work/$p" -type d -exec chmod 0755 {} +
-		dpkg-deb --root-owner-group -Zgzip -z6 --build "$work/$p" "$out/${p}_${DEB_VERSION}_${ARCH}.deb" >/dev/null
+		dpkg-deb --root-owner-group -Zgzip -z6 --build "$work/$p" "$out/${p}_${v}_${ARCH}.deb" >/dev/null
 	done
 	rm -rf "$work"
 }
@@ -213,7 +227,7 @@ make_repo() {
 			-o APT::FTPArchive::Release::Origin="nodeforge" \
 			-o APT::FTPArchive::Release::Label="nodeforge offline Kubernetes ${K8S_VERSION%.*}" \
 			-o APT::FTPArchive::Release::Architectures="$ARCH" \
-			-o APT::FTPArchive::Release::Description="kubeadm, kubelet and kubectl ${K8S_VERSION} built by nodeforge" \
+			-o APT::FTPArchive::Release::Description="kubeadm, kubelet, kubectl ${K8S_VERSION} and cri-tools ${CRI_TOOLS_VERSION} built by nodeforge" \
 			release . >Release.new
 		mv Release.new Release
 	)
@@ -248,13 +262,16 @@ cmd_build() {
 	for b in kubeadm kubelet kubectl; do
 		[ -x "$bin/$b" ] || die "$bin/$b is missing after hack/tools.sh kube-node"
 	done
+	local crictl
+	crictl=$("$here/tools.sh" cri-tools) || die "hack/tools.sh cri-tools failed"
+	[ -x "$crictl/crictl" ] || die "$crictl/crictl is missing after hack/tools.sh cri-tools"
 	t1=$(date +%s)
 
 	rm -rf "$repo_dir.tmp" "$repo_dir.work"
 	mkdir -p "$repo_dir.tmp/$ARCH"
 	trap 'rm -rf "$repo_dir.tmp" "$repo_dir.work"; stop_agent' EXIT
 	log "packaging ${DEB_VERSION} (${ARCH})"
-	build_debs "$bin" "$repo_dir.tmp/$ARCH" "$repo_dir.work"
+	build_debs "$bin" "$crictl" "$repo_dir.tmp/$ARCH" "$repo_dir.work"
 	ensure_key
 	log "signing the repository"
 	make_repo "$repo_dir.tmp"

@@ -5,6 +5,7 @@
 #
 #   hack/tools.sh envtest      kube-apiserver, etcd, kubectl; prints the dir for KUBEBUILDER_ASSETS
 #   hack/tools.sh kube-node    kubeadm, kubelet, kubectl (for the offline apt repo); prints the dir
+#   hack/tools.sh cri-tools    crictl (for the offline apt repo); prints the dir
 #   hack/tools.sh cluster      all of the above plus kube-controller-manager, kube-scheduler
 #   hack/tools.sh minio        the MinIO server; prints the dir
 #   hack/tools.sh versitygw    the versitygw S3 gateway (upload benchmark); prints the dir
@@ -22,6 +23,8 @@ cache_root=${NODEFORGE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/nodeforge}
 # Pinned versions. Changing one changes its cache key.
 K8S_VERSION=v1.37.2
 ETCD_VERSION=v3.7.3
+# cri-tools releases follow Kubernetes minors (v1.37.x for Kubernetes v1.37).
+CRI_TOOLS_VERSION=v1.37.0
 MINIO_VERSION=v0.0.0-20260212201848-7aac2a2c5b7c
 VERSITYGW_VERSION=v1.8.0
 CRANE_VERSION=v0.22.1
@@ -62,6 +65,7 @@ set_dir() {
 	case $1 in
 	envtest) echo "$cache_root/envtest-k8s-${K8S_VERSION}-etcd-${ETCD_VERSION}" ;;
 	kube-node) echo "$cache_root/kube-node-${K8S_VERSION}" ;;
+	cri-tools) echo "$cache_root/cri-tools-${CRI_TOOLS_VERSION}" ;;
 	cluster) echo "$cache_root/cluster-k8s-${K8S_VERSION}-etcd-${ETCD_VERSION}" ;;
 	minio) echo "$cache_root/minio-${MINIO_VERSION}" ;;
 	versitygw) echo "$cache_root/versitygw-${VERSITYGW_VERSION}" ;;
@@ -90,6 +94,7 @@ ensure() {
 	case $set in
 	envtest) stamp="k8s=${K8S_VERSION} etcd=${ETCD_VERSION}" ;;
 	kube-node) stamp="k8s=${K8S_VERSION}" ;;
+	cri-tools) stamp="cri-tools=${CRI_TOOLS_VERSION}" ;;
 	cluster) stamp="k8s=${K8S_VERSION} etcd=${ETCD_VERSION} full" ;;
 	minio) stamp="minio=${MINIO_VERSION}" ;;
 	versitygw) stamp="versitygw=${VERSITYGW_VERSION}" ;;
@@ -120,6 +125,12 @@ ensure() {
 		[ ${#need[@]} -eq 0 ] || build_k8s "$t" "${need[@]}"
 		[ -e "$t/etcd" ] || build_etcd "$t"
 		;;
+	cri-tools)
+		log "building crictl ${CRI_TOOLS_VERSION} (cold: about 3 minutes)"
+		CGO_ENABLED=0 GOBIN="$t" go install -trimpath \
+			-ldflags "-s -w -X sigs.k8s.io/cri-tools/pkg/version.Version=${CRI_TOOLS_VERSION}" \
+			"sigs.k8s.io/cri-tools/cmd/crictl@${CRI_TOOLS_VERSION}"
+		;;
 	minio)
 		log "building MinIO ${MINIO_VERSION} (cold: 2-5 minutes)"
 		CGO_ENABLED=0 GOBIN="$t" go install -trimpath -ldflags "-s -w" "github.com/minio/minio@${MINIO_VERSION}"
@@ -142,9 +153,9 @@ ensure() {
 
 case ${1:-} in
 path) set_dir "${2:?usage: $0 path SET}" ;;
-envtest | kube-node | cluster | minio | versitygw | crane | lint) ensure "$1" ;;
+envtest | kube-node | cri-tools | cluster | minio | versitygw | crane | lint) ensure "$1" ;;
 *)
-	sed -n '2,16p' "$0" >&2
+	sed -n '2,17p' "$0" >&2
 	exit 2
 	;;
 esac

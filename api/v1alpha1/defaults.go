@@ -48,7 +48,7 @@ func DefaultDatasources() []Datasource {
 
 // DefaultKubernetesComponents are installed unless kubernetes.components is set.
 func DefaultKubernetesComponents() []KubernetesComponent {
-	return []KubernetesComponent{ComponentKubeadm, ComponentKubelet, ComponentKubectl}
+	return []KubernetesComponent{ComponentKubeadm, ComponentKubelet, ComponentKubectl, ComponentCRITools}
 }
 
 func defaultString[T ~string](v *T, d T) {

@@ -137,7 +137,7 @@ func TestDigestIgnoresNonImageFieldsAndOrderOfSets(t *testing.T) {
 		{Name: "net.bridge.bridge-nf-call-iptables", Value: "1"},
 		{Name: "net.ipv4.ip_forward", Value: "1"},
 	}
-	reordered.Kubernetes.Components = []imagev1.KubernetesComponent{"kubectl", "kubelet", "kubeadm"}
+	reordered.Kubernetes.Components = []imagev1.KubernetesComponent{"kubectl", "cri-tools", "kubelet", "kubeadm"}
 	g.Expect(digestOf(t, reordered.ImageContent)).To(Equal(base))
 
 	// A quantity written another way is the same size.

@@ -277,8 +277,9 @@ type CNIPluginsSpec struct {
 	BinDir string `json:"binDir,omitempty"`
 }
 
-// KubernetesComponent is a Kubernetes node package.
-// +kubebuilder:validation:Enum=kubeadm;kubelet;kubectl
+// KubernetesComponent is a Kubernetes node package, named as in the
+// Kubernetes project's package repository.
+// +kubebuilder:validation:Enum=kubeadm;kubelet;kubectl;cri-tools
 type KubernetesComponent string
 
 const (
@@ -288,6 +289,10 @@ const (
 	ComponentKubelet KubernetesComponent = "kubelet"
 	// ComponentKubectl is kubectl.
 	ComponentKubectl KubernetesComponent = "kubectl"
+	// ComponentCRITools is crictl, the CRI client kubeadm and node
+	// operators use. Its releases follow Kubernetes minor versions
+	// (v1.37.x for Kubernetes v1.37), so it is matched by minor version.
+	ComponentCRITools KubernetesComponent = "cri-tools"
 )
 
 // KubernetesSpec installs Kubernetes node components.
@@ -301,9 +306,9 @@ type KubernetesSpec struct {
 	// components to install.
 	// +optional
 	// +listType=set
-	// +kubebuilder:default={kubeadm,kubelet,kubectl}
+	// +kubebuilder:default={kubeadm,kubelet,kubectl,cri-tools}
 	// +kubebuilder:validation:MinItems=1
-	// +kubebuilder:validation:MaxItems=3
+	// +kubebuilder:validation:MaxItems=4
 	Components []KubernetesComponent `json:"components,omitempty"`
 
 	// aptRepository is the apt repository the components come from. It is

@@ -54,7 +54,7 @@ func (f *fakeRunner) Run(_ context.Context, c Command) error {
 		return f.mmdebstrap(c)
 	case "chroot":
 		if slices.Contains(c.Args, "containerd") && c.Stdout != nil {
-			fmt.Fprint(c.Stdout, "version = 2\n[plugins]\n  [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc.options]\n    SystemdCgroup = false\n")
+			fmt.Fprint(c.Stdout, "version = 2\n[plugins]\n  [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc.options]\n    SystemdCgroup = false\n  [plugins.\"io.containerd.grpc.v1.cri\".cni]\n    bin_dir = \"/usr/lib/cni\"\n")
 		}
 	case "grub-mkimage":
 		out := c.Args[slices.Index(c.Args, "-o")+1]
@@ -88,6 +88,8 @@ func (f *fakeRunner) mmdebstrap(c Command) error {
 					v = "1.7.24~ds1-6"
 				case "kubeadm", "kubelet", "kubectl":
 					v = "1.37.2-1.1"
+				case "cri-tools":
+					v = "1.37.0-1.1"
 				case "jq":
 					v = "1.7.1-6"
 				}
@@ -235,7 +237,7 @@ func TestBuildWithFakeTools(t *testing.T) {
 
 	// Versions picked by resolve are pinned in the rootfs build.
 	joined := strings.Join(e.run.commands, "\n")
-	for _, want := range []string{"kubeadm=1.37.2-1.1", "containerd=1.7.24~ds1-6", "apt-mark hold kubeadm kubectl kubelet", "systemctl mask swap.target", "--skip=essential/unlink"} {
+	for _, want := range []string{"kubeadm=1.37.2-1.1", "containerd=1.7.24~ds1-6", "cri-tools=1.37.0-1.1", "apt-mark hold cri-tools kubeadm kubectl kubelet", "systemctl mask swap.target", "--skip=essential/unlink"} {
 		if !strings.Contains(joined, want) {
 			t.Errorf("no command contains %q", want)
 		}
@@ -254,6 +256,8 @@ func TestBuildWithFakeTools(t *testing.T) {
 	exists := func(p string) bool { _, err := os.Lstat(filepath.Join(root, p)); return err == nil }
 	for p, want := range map[string]string{
 		ContainerdConfig:    "SystemdCgroup = true",
+		CrictlConfig:        "runtime-endpoint: unix:///run/containerd/containerd.sock",
+		NodeExporterReady:   `ss -Hltn "sport = :9100"`,
 		ModulesLoadPath:     "br_netfilter\noverlay\n",
 		SysctlPath:          "net.ipv4.ip_forward = 1",
 		SSHDConfigPath:      "PasswordAuthentication no",
@@ -269,6 +273,10 @@ func TestBuildWithFakeTools(t *testing.T) {
 		if got := read(p); !strings.Contains(got, want) {
 			t.Errorf("%s = %q; want it to contain %q", p, got, want)
 		}
+	}
+	// containerd loads CNI plugins from the spec's directory.
+	if got := read(ContainerdConfig); !strings.Contains(got, `bin_dir = "/opt/cni/bin"`) {
+		t.Errorf("%s has no bin_dir = \"/opt/cni/bin\":\n%s", ContainerdConfig, got)
 	}
 	if swap := swapEntries(read("/etc/fstab")); len(swap) > 0 {
 		t.Errorf("fstab has swap entries %q:\n%s", swap, read("/etc/fstab"))

@@ -101,6 +101,9 @@ type ProvisionParams struct {
 	SystemdCgroup bool
 	// CNIBinDir gets the CNI plugins; empty when CNI plugins are off.
 	CNIBinDir string
+	// Crictl writes /etc/crictl.yaml pointing crictl at containerd's socket
+	// (cri-tools and containerd both installed).
+	Crictl bool
 	// Kubernetes configures the repository in the image; Hold lists the
 	// packages held at their version.
 	Kubernetes *AptSource
@@ -327,6 +330,7 @@ func provisionParams(c *imagev1.ImageContent, kube *AptSource, hold []string) *P
 	}
 	if p.Containerd {
 		p.Enable = append(p.Enable, "containerd.service")
+		p.Crictl = c.Kubernetes != nil && slices.Contains(c.Kubernetes.Components, imagev1.ComponentCRITools)
 	}
 	if *c.Monitoring.NodeExporter.Enabled {
 		p.NodeExporterPort = c.Monitoring.NodeExporter.Port

@@ -116,6 +116,10 @@ func TestPlan(t *testing.T) {
 					t.Errorf("%s request = %+v; want prefix 1.37.2-", c, r)
 				}
 			}
+			// cri-tools follows Kubernetes minors.
+			if r, ok := request(res.Packages, "cri-tools"); !ok || r.Match != MatchPrefix || r.Version != "1.37." {
+				t.Errorf("cri-tools request = %+v; want prefix 1.37.", r)
+			}
 			for _, c := range []string{"conntrack", "ethtool", "iptables"} {
 				if _, ok := request(res.Packages, c); !ok {
 					t.Errorf("kubelet dependency %s missing", c)
@@ -131,8 +135,11 @@ func TestPlan(t *testing.T) {
 				t.Errorf("sources = %+v", res.Sources)
 			}
 			p := steps[2].Provision
-			if !slices.Equal(p.Hold, []string{"kubeadm", "kubectl", "kubelet"}) {
+			if !slices.Equal(p.Hold, []string{"cri-tools", "kubeadm", "kubectl", "kubelet"}) {
 				t.Errorf("hold = %v", p.Hold)
+			}
+			if !p.Crictl {
+				t.Errorf("crictl not configured with containerd and cri-tools")
 			}
 			if !slices.Contains(p.Enable, "kubelet.service") || p.Kubernetes == nil {
 				t.Errorf("kubelet not enabled or repository not configured: %+v", p)

@@ -12,16 +12,19 @@ import (
 	"strings"
 
 	imagev1 "github.com/nodeforge/nodeforge/api/v1alpha1"
+	"github.com/nodeforge/nodeforge/internal/containerd"
 )
 
 // Paths the provision step writes in the image.
 const (
 	PolicyRCPath        = "/usr/sbin/policy-rc.d"
-	ContainerdConfig    = "/etc/containerd/config.toml"
+	ContainerdConfig    = containerd.ConfigPath
+	CrictlConfig        = "/etc/crictl.yaml"
 	ModulesLoadPath     = "/etc/modules-load.d/nodeforge.conf"
 	SysctlPath          = "/etc/sysctl.d/90-nodeforge.conf"
 	SSHDConfigPath      = "/etc/ssh/sshd_config.d/00-nodeforge.conf"
 	NodeExporterDefault = "/etc/default/prometheus-node-exporter"
+	NodeExporterReady   = "/etc/systemd/system/prometheus-node-exporter.service.d/10-nodeforge-ready.conf"
 	FirstBootPath       = "/etc/cloud/cloud.cfg.d/90_nodeforge_firstboot.cfg"
 	WaitOnlineDropIn    = "/etc/systemd/system/systemd-networkd-wait-online.service.d/10-nodeforge-any.conf"
 	DatasourcesPath     = "/etc/cloud/cloud.cfg.d/91_nodeforge_datasources.cfg"
@@ -54,8 +57,11 @@ func (b *build) provision(ctx context.Context, p *ProvisionParams) error {
 		on   bool
 		run  func() error
 	}{
-		{"containerd config", p.Containerd, func() error { return b.containerdConfig(ctx, p.SystemdCgroup) }},
+		{"containerd config", p.Containerd, func() error { return b.containerdConfig(ctx, p.SystemdCgroup, p.CNIBinDir) }},
 		{"CNI plugins", p.CNIBinDir != "", func() error { return b.cniPlugins(p.CNIBinDir) }},
+		{"crictl config", p.Crictl, func() error {
+			return b.writeTreeFile(CrictlConfig, []byte(header+"runtime-endpoint: "+containerd.Socket+"\nimage-endpoint: "+containerd.Socket+"\ntimeout: 10\n"), 0o644)
+		}},
 		{"Kubernetes repository", p.Kubernetes != nil, func() error { return b.kubernetesRepo(*p.Kubernetes) }},
 		{"hold packages", len(p.Hold) > 0, func() error {
 			return b.runner.Run(ctx, b.chroot(append([]string{"apt-mark", "hold"}, p.Hold...)...))
@@ -104,22 +110,16 @@ func (b *build) useBuildResolvConf() error {
 	return b.writeTreeFile("/etc/resolv.conf", host, 0o644)
 }
 
-var systemdCgroupRE = regexp.MustCompile(`(?m)^(\s*)SystemdCgroup\s*=\s*(true|false)\s*$`)
-
-// setSystemdCgroup sets SystemdCgroup for runc in containerd's config.
-func setSystemdCgroup(cfg []byte, on bool) ([]byte, error) {
-	if !systemdCgroupRE.Match(cfg) {
-		return nil, errors.New("containerd's default config has no SystemdCgroup setting")
-	}
-	return systemdCgroupRE.ReplaceAll(cfg, []byte(fmt.Sprintf("${1}SystemdCgroup = %t", on))), nil
-}
-
-func (b *build) containerdConfig(ctx context.Context, systemdCgroup bool) error {
+// containerdConfig writes containerd's default configuration with the
+// runc runtime's cgroup driver and the CRI plugin's CNI directory set, so
+// what containerd loads matches the spec (Debian's containerd otherwise
+// looks for CNI plugins in /usr/lib/cni, where CNI add-ons do not install).
+func (b *build) containerdConfig(ctx context.Context, systemdCgroup bool, cniBinDir string) error {
 	cfg, err := output(ctx, b.runner, b.chroot("containerd", "config", "default"))
 	if err != nil {
 		return err
 	}
-	cfg, err = setSystemdCgroup(cfg, systemdCgroup)
+	cfg, err = containerd.Configure(cfg, systemdCgroup, cniBinDir)
 	if err != nil {
 		return err
 	}
@@ -245,7 +245,21 @@ func (b *build) nodeExporter(port int32) error {
 	} else {
 		cur = append(cur, []byte("\n"+line+"\n")...)
 	}
-	return b.writeTreeFile(NodeExporterDefault, cur, 0o644)
+	if err := b.writeTreeFile(NodeExporterDefault, cur, 0o644); err != nil {
+		return err
+	}
+	return b.writeTreeFile(NodeExporterReady, []byte(nodeExporterReady(port)), 0o644)
+}
+
+// nodeExporterReady is a drop-in that keeps the exporter's start job
+// running until it listens. cloud-init's final stage is ordered after
+// multi-user.target, so "cloud-init status: done" then means the exporter
+// answers, as it means for containerd (Type=notify). It never fails the
+// unit: after 60 s the start completes with a message in the journal.
+func nodeExporterReady(port int32) string {
+	return header + fmt.Sprintf(`[Service]
+ExecStartPost=/bin/sh -c 'i=0; while [ $$i -lt 600 ]; do ss -Hltn "sport = :%[1]d" | grep -q . && exit 0; i=$$((i+1)); sleep 0.1; done; echo "nodeforge: node exporter not listening on :%[1]d after 60s" >&2'
+`, port)
 }
 
 // firstBootConfig makes the first boot faster and the hostname resolvable

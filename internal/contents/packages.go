@@ -123,9 +123,8 @@ func Packages(c *imagev1.ImageContent) []PackageRequest {
 		add(PackageRequest{Name: "containernetworking-plugins", Why: "containerRuntime.cniPlugins"})
 	}
 	if k := c.Kubernetes; k != nil {
-		ver := strings.TrimPrefix(k.Version, "v") + "-"
 		for _, comp := range k.Components {
-			add(PackageRequest{Name: string(comp), Match: MatchPrefix, Version: ver, Why: "kubernetes.version"})
+			add(PackageRequest{Name: string(comp), Match: MatchPrefix, Version: KubernetesPackagePrefix(k.Version, comp), Why: "kubernetes.version"})
 		}
 		// The kubelet's own recommends (installs run without recommends).
 		if slices.Contains(k.Components, imagev1.ComponentKubelet) {
@@ -155,4 +154,18 @@ func Packages(c *imagev1.ImageContent) []PackageRequest {
 		add(r)
 	}
 	return reqs
+}
+
+// KubernetesPackagePrefix is the Debian version prefix a Kubernetes
+// component's package must have for Kubernetes version v (v1.37.2): the
+// exact release for kubeadm, kubelet and kubectl ("1.37.2-"), the minor
+// release for cri-tools, whose versions follow Kubernetes minors ("1.37.").
+func KubernetesPackagePrefix(v string, comp imagev1.KubernetesComponent) string {
+	v = strings.TrimPrefix(v, "v")
+	if comp == imagev1.ComponentCRITools {
+		if i := strings.LastIndexByte(v, '.'); i > 0 {
+			return v[:i+1]
+		}
+	}
+	return v + "-"
 }

@@ -39,7 +39,8 @@ import (
 //	service-<unit>-enabled        the unit is enabled (a *.wants link) and not masked
 //	kernel-modules-configured     modules-load.d loads kernel.modules, and the kernel ships them
 //	sysctls-configured            sysctl.d sets kernel.sysctls to their values (last assignment wins)
-//	containerd-systemd-cgroup     /etc/containerd/config.toml sets SystemdCgroup = true
+//	containerd-systemd-cgroup     /etc/containerd/config.toml gives the CRI's default runtime SystemdCgroup = true
+//	containerd-cni-bin-dir        /etc/containerd/config.toml points the CRI's CNI bin_dir at cniPlugins.binDir
 //	cni-plugins-installed         bridge, host-local, loopback and portmap are executables in cniPlugins.binDir
 //	fstab-no-swap                 /etc/fstab activates no swap
 //	swap-target-masked            swap.target is masked
@@ -67,6 +68,8 @@ import (
 //	boot-no-failed-units          systemctl --failed lists nothing
 //	boot-sshd-effective           sshd -T shows key-only authentication
 //	boot-containerd-active        containerd is active and ctr version answers
+//	boot-containerd-config        containerd config dump (what containerd loaded) has the cgroup driver and CNI dir of the spec
+//	boot-crictl                   crictl version and crictl info answer over the CRI: runtime ready, cgroup driver and CNI dir as the spec says
 //	boot-runc                     runc --version runs
 //	boot-cni-plugins              the CNI plugins run from cniPlugins.binDir
 //	boot-kernel-modules           kernel.modules are loaded
@@ -98,6 +101,7 @@ const (
 	CheckKernelModules      = "kernel-modules-configured"
 	CheckSysctls            = "sysctls-configured"
 	CheckContainerdCgroup   = "containerd-systemd-cgroup"
+	CheckContainerdCNIDir   = "containerd-cni-bin-dir"
 	CheckCNIPlugins         = "cni-plugins-installed"
 	CheckFstabNoSwap        = "fstab-no-swap"
 	CheckSwapTargetMasked   = "swap-target-masked"
@@ -120,6 +124,8 @@ const (
 	CheckBootFailedUnits      = "boot-no-failed-units"
 	CheckBootSSHDEffective    = "boot-sshd-effective"
 	CheckBootContainerd       = "boot-containerd-active"
+	CheckBootContainerdConfig = "boot-containerd-config"
+	CheckBootCrictl           = "boot-crictl"
 	CheckBootRunc             = "boot-runc"
 	CheckBootCNI              = "boot-cni-plugins"
 	CheckBootModules          = "boot-kernel-modules"

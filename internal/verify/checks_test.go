@@ -296,3 +296,39 @@ func TestVerifyRejectsUnknownNamesBeforeRunning(t *testing.T) {
 		t.Fatalf("%d checks ran", ran.Load())
 	}
 }
+
+// crictl info of containerd 1.7.24 (Debian 13), cut to the keys read.
+const crictlInfo = `{
+  "status": {"conditions": [
+    {"type": "RuntimeReady", "status": true, "reason": "", "message": ""},
+    {"type": "NetworkReady", "status": false, "reason": "NetworkPluginNotReady", "message": "Network plugin returns error: cni plugin not initialized"}]},
+  "cniconfig": {"PluginDirs": ["/opt/cni/bin"], "PluginConfDir": "/etc/cni/net.d"},
+  "config": {
+    "containerd": {"snapshotter": "overlayfs", "defaultRuntimeName": "runc",
+      "runtimes": {"runc": {"runtimeType": "io.containerd.runc.v2", "sandboxMode": "podsandbox",
+        "options": {"BinaryName": "", "Root": "", "ShimCgroup": "", "SystemdCgroup": true}}}},
+    "cni": {"binDir": "/opt/cni/bin", "confDir": "/etc/cni/net.d", "maxConfNum": 1}
+  }
+}`
+
+func TestParseCrictlInfo(t *testing.T) {
+	s, ready, err := parseCrictlInfo([]byte(crictlInfo))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !ready || s.DefaultRuntime != "runc" || s.SystemdCgroup == nil || !*s.SystemdCgroup ||
+		len(s.CNIBinDirs) != 1 || s.CNIBinDirs[0] != "/opt/cni/bin" || s.CNIConfDir != "/etc/cni/net.d" {
+		t.Fatalf("parsed %+v ready=%v", s, ready)
+	}
+	notReady := strings.Replace(crictlInfo, `"type": "RuntimeReady", "status": true`, `"type": "RuntimeReady", "status": false`, 1)
+	if _, ready, _ := parseCrictlInfo([]byte(notReady)); ready {
+		t.Error("RuntimeReady false read as ready")
+	}
+	noCgroup := strings.Replace(crictlInfo, `, "SystemdCgroup": true`, ``, 1)
+	if s, _, _ := parseCrictlInfo([]byte(noCgroup)); s.SystemdCgroup != nil {
+		t.Errorf("SystemdCgroup %v read from info without it", *s.SystemdCgroup)
+	}
+	if _, _, err := parseCrictlInfo([]byte("level=fatal msg=\"connect: connection refused\"")); err == nil {
+		t.Error("non-JSON output parsed")
+	}
+}

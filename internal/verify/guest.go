@@ -2,16 +2,19 @@ package verify
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
 
 	imagev1 "github.com/nodeforge/nodeforge/api/v1alpha1"
+	"github.com/nodeforge/nodeforge/internal/containerd"
 )
 
 // PreflightIgnored are the kubeadm preflight errors the boot test ignores:
@@ -42,7 +45,10 @@ func planGuest(b *bootRun) []plannedCheck {
 	}
 	cr := c.ContainerRuntime
 	if boolOf(cr.Containerd.Enabled) {
-		p = append(p, g(CheckBootContainerd, b.checkContainerd))
+		p = append(p, g(CheckBootContainerd, b.checkContainerd), g(CheckBootContainerdConfig, b.checkContainerdConfig))
+		if k := c.Kubernetes; k != nil && slices.Contains(k.Components, imagev1.ComponentCRITools) {
+			p = append(p, g(CheckBootCrictl, b.checkCrictl))
+		}
 	}
 	if boolOf(cr.Runc.Enabled) {
 		p = append(p, g(CheckBootRunc, b.simple("runc --version", `runc version`)))
@@ -237,6 +243,135 @@ func (b *bootRun) checkContainerd(ctx context.Context) (string, error) {
 		return "active, server " + m[1], nil
 	}
 	return "active", nil
+}
+
+// checkContainerdConfig reads what containerd loaded (config dump merges
+// the file over containerd's compiled-in defaults) and checks the CRI's
+// cgroup driver and CNI directory.
+func (b *bootRun) checkContainerdConfig(ctx context.Context) (string, error) {
+	out, code, err := b.run(ctx, "sudo containerd config dump", cmdLimit)
+	if err != nil {
+		return "", err
+	}
+	if code != 0 {
+		return "", fmt.Errorf("containerd config dump exited %d: %s", code, clip(out, 300))
+	}
+	s, err := containerd.Effective([]byte(out))
+	if err != nil {
+		return "", err
+	}
+	return b.criVerdict(s, "containerd config dump")
+}
+
+// criVerdict checks CRI settings against the spec.
+func (b *bootRun) criVerdict(s containerd.CRISettings, from string) (string, error) {
+	cr := b.content.ContainerRuntime
+	var msgs, bad []string
+	if boolOf(cr.Containerd.SystemdCgroup) {
+		if m, err := cgroupVerdict(s, from); err != nil {
+			bad = append(bad, err.Error())
+		} else {
+			msgs = append(msgs, m)
+		}
+	} else if s.SystemdCgroup != nil && *s.SystemdCgroup {
+		bad = append(bad, from+" sets SystemdCgroup = true; containerRuntime.containerd.systemdCgroup is false")
+	}
+	if boolOf(cr.CNIPlugins.Enabled) {
+		if m, err := cniDirVerdict(s, cr.CNIPlugins.BinDir, from); err != nil {
+			bad = append(bad, err.Error())
+		} else {
+			msgs = append(msgs, m)
+		}
+	}
+	if len(bad) > 0 {
+		return "", errors.New(strings.Join(bad, "; "))
+	}
+	return strings.Join(msgs, ", "), nil
+}
+
+// checkCrictl asks containerd over the CRI, as the kubelet and kubeadm do:
+// crictl reads /etc/crictl.yaml for the endpoint, the runtime must report
+// RuntimeReady, and the CRI's own view of its configuration must have the
+// spec's cgroup driver and CNI directory.
+func (b *bootRun) checkCrictl(ctx context.Context) (string, error) {
+	ver, code, err := b.run(ctx, "sudo crictl version 2>&1", cmdLimit)
+	if err != nil {
+		return "", err
+	}
+	if code != 0 || !strings.Contains(ver, "RuntimeName:  containerd") {
+		return "", fmt.Errorf("crictl version exited %d: %s", code, clip(ver, 300))
+	}
+	info, code, err := b.run(ctx, "sudo crictl info 2>/dev/null", cmdLimit)
+	if err != nil {
+		return "", err
+	}
+	if code != 0 {
+		return "", fmt.Errorf("crictl info exited %d: %s", code, clip(info, 300))
+	}
+	s, ready, err := parseCrictlInfo([]byte(info))
+	if err != nil {
+		return "", err
+	}
+	if !ready {
+		return "", fmt.Errorf("crictl info: the runtime is not RuntimeReady: %s", clip(info, 300))
+	}
+	msg, err := b.criVerdict(s, "crictl info")
+	if err != nil {
+		return "", err
+	}
+	rv := regexp.MustCompile(`RuntimeVersion:\s*(\S+)`).FindStringSubmatch(ver)
+	if len(rv) == 2 {
+		msg = "containerd " + rv[1] + " ready over the CRI, " + msg
+	}
+	return msg, nil
+}
+
+// parseCrictlInfo reads the CRI settings and RuntimeReady from crictl
+// info's JSON (containerd's CRI status: its configuration under "config").
+func parseCrictlInfo(b []byte) (containerd.CRISettings, bool, error) {
+	var info struct {
+		Status struct {
+			Conditions []struct {
+				Type   string `json:"type"`
+				Status bool   `json:"status"`
+			} `json:"conditions"`
+		} `json:"status"`
+		Config struct {
+			Containerd struct {
+				DefaultRuntimeName string `json:"defaultRuntimeName"`
+				Runtimes           map[string]struct {
+					Options map[string]any `json:"options"`
+				} `json:"runtimes"`
+			} `json:"containerd"`
+			CNI struct {
+				BinDir  string   `json:"binDir"`
+				BinDirs []string `json:"binDirs"`
+				ConfDir string   `json:"confDir"`
+			} `json:"cni"`
+		} `json:"config"`
+	}
+	if err := json.Unmarshal(b, &info); err != nil {
+		return containerd.CRISettings{}, false, fmt.Errorf("crictl info is not JSON: %w", err)
+	}
+	ready := false
+	for _, c := range info.Status.Conditions {
+		if c.Type == "RuntimeReady" {
+			ready = c.Status
+		}
+	}
+	c := info.Config
+	s := containerd.CRISettings{DefaultRuntime: c.Containerd.DefaultRuntimeName, CNIConfDir: c.CNI.ConfDir}
+	if s.DefaultRuntime == "" {
+		s.DefaultRuntime = "runc"
+	}
+	if v, ok := c.Containerd.Runtimes[s.DefaultRuntime].Options["SystemdCgroup"].(bool); ok {
+		s.SystemdCgroup = &v
+	}
+	s.CNIBinDirs = c.CNI.BinDirs
+	if c.CNI.BinDir != "" {
+		s.CNIBinDirs = append(s.CNIBinDirs, c.CNI.BinDir)
+	}
+	return s, ready, nil
 }
 
 func (b *bootRun) checkCNI(ctx context.Context) (string, error) {

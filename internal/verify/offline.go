@@ -10,12 +10,14 @@ import (
 	"os/exec"
 	"path"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 
 	"sigs.k8s.io/yaml"
 
 	imagev1 "github.com/nodeforge/nodeforge/api/v1alpha1"
+	"github.com/nodeforge/nodeforge/internal/containerd"
 	"github.com/nodeforge/nodeforge/internal/contents"
 	"github.com/nodeforge/nodeforge/internal/debian"
 )
@@ -165,6 +167,9 @@ func planOffline(o *offlineImage) []plannedCheck {
 	cr := c.ContainerRuntime
 	if boolOf(cr.Containerd.Enabled) && boolOf(cr.Containerd.SystemdCgroup) {
 		p = append(p, off(CheckContainerdCgroup, o.checkContainerdCgroup))
+	}
+	if boolOf(cr.Containerd.Enabled) && boolOf(cr.CNIPlugins.Enabled) {
+		p = append(p, off(CheckContainerdCNIDir, o.checkContainerdCNIDir))
 	}
 	if boolOf(cr.CNIPlugins.Enabled) {
 		p = append(p, off(CheckCNIPlugins, o.checkCNI))
@@ -817,45 +822,53 @@ func (o *offlineImage) checkSysctls(context.Context) (string, error) {
 	return strings.Join(good, ", "), nil
 }
 
+// containerdConfig reads the CRI settings of the image's containerd
+// configuration.
+func (o *offlineImage) containerdConfig() (containerd.CRISettings, error) {
+	b, err := o.readFile(containerd.ConfigPath)
+	if err != nil {
+		return containerd.CRISettings{}, err
+	}
+	return containerd.Effective(b)
+}
+
 func (o *offlineImage) checkContainerdCgroup(context.Context) (string, error) {
-	b, err := o.readFile("/etc/containerd/config.toml")
+	s, err := o.containerdConfig()
 	if err != nil {
 		return "", err
 	}
-	ok, msg := containerdSystemdCgroup(b)
-	if !ok {
-		return "", errors.New(msg)
-	}
-	return msg, nil
+	return cgroupVerdict(s, containerd.ConfigPath)
 }
 
-// containerdSystemdCgroup looks for an uncommented SystemdCgroup = true
-// and no SystemdCgroup = false in a containerd config.
-func containerdSystemdCgroup(b []byte) (bool, string) {
-	var trues, falses int
-	for _, l := range strings.Split(string(b), "\n") {
-		l = strings.TrimSpace(l)
-		if strings.HasPrefix(l, "#") {
-			continue
-		}
-		k, v, ok := strings.Cut(l, "=")
-		if !ok || strings.TrimSpace(k) != "SystemdCgroup" {
-			continue
-		}
-		switch strings.TrimSpace(v) {
-		case "true":
-			trues++
-		default:
-			falses++
-		}
+func (o *offlineImage) checkContainerdCNIDir(context.Context) (string, error) {
+	s, err := o.containerdConfig()
+	if err != nil {
+		return "", err
 	}
+	return cniDirVerdict(s, o.content.ContainerRuntime.CNIPlugins.BinDir, containerd.ConfigPath)
+}
+
+// cgroupVerdict checks the CRI's default runtime uses the systemd cgroup
+// driver, which the kubelet's default (cgroupDriver: systemd) needs.
+func cgroupVerdict(s containerd.CRISettings, from string) (string, error) {
 	switch {
-	case falses > 0:
-		return false, "/etc/containerd/config.toml sets SystemdCgroup = false"
-	case trues == 0:
-		return false, "/etc/containerd/config.toml does not set SystemdCgroup = true (containerd then uses cgroupfs, which the kubelet's systemd driver conflicts with)"
+	case s.SystemdCgroup == nil:
+		return "", fmt.Errorf("%s does not set SystemdCgroup for the %s runtime (containerd then uses cgroupfs, which conflicts with the kubelet's systemd driver)", from, s.DefaultRuntime)
+	case !*s.SystemdCgroup:
+		return "", fmt.Errorf("%s sets SystemdCgroup = false for the %s runtime", from, s.DefaultRuntime)
 	}
-	return true, "SystemdCgroup = true"
+	return fmt.Sprintf("SystemdCgroup = true for the %s runtime", s.DefaultRuntime), nil
+}
+
+// cniDirVerdict checks the CRI loads CNI plugins from dir.
+func cniDirVerdict(s containerd.CRISettings, dir, from string) (string, error) {
+	if !slices.Contains(s.CNIBinDirs, dir) {
+		if len(s.CNIBinDirs) == 0 {
+			return "", fmt.Errorf("%s sets no CNI bin_dir: containerd's compiled-in default applies (Debian's: /usr/lib/cni), not %s", from, dir)
+		}
+		return "", fmt.Errorf("the CRI loads CNI plugins from %s (%s), not from cniPlugins.binDir %s", strings.Join(s.CNIBinDirs, ", "), from, dir)
+	}
+	return "CNI bin_dir " + dir, nil
 }
 
 func (o *offlineImage) checkCNI(context.Context) (string, error) {

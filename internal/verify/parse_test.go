@@ -7,6 +7,8 @@ import (
 	"path"
 	"strings"
 	"testing"
+
+	"github.com/nodeforge/nodeforge/internal/containerd"
 )
 
 func TestParseFstab(t *testing.T) {
@@ -117,19 +119,40 @@ func TestEvaluateSysctlFiles(t *testing.T) {
 	}
 }
 
-func TestContainerdSystemdCgroup(t *testing.T) {
+func TestContainerdVerdicts(t *testing.T) {
+	const head = "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc.options]\n"
+	const cni = "[plugins.\"io.containerd.grpc.v1.cri\".cni]\n"
 	tests := []struct {
-		conf string
-		want bool
+		conf              string
+		cgroupErr, dirErr string // "" means the verdict passes
 	}{
-		{"[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc.options]\n  SystemdCgroup = true\n", true},
-		{"  SystemdCgroup = false\n", false},
-		{"  # SystemdCgroup = true\n", false},
-		{"version = 2\n", false},
+		{conf: head + "  SystemdCgroup = true\n" + cni + "  bin_dir = \"/opt/cni/bin\"\n"},
+		{conf: head + "  SystemdCgroup = false\n" + cni + "  bin_dir = \"/usr/lib/cni\"\n",
+			cgroupErr: "sets SystemdCgroup = false", dirErr: "loads CNI plugins from /usr/lib/cni"},
+		{conf: head + "  # SystemdCgroup = true\n", cgroupErr: "does not set SystemdCgroup", dirErr: "sets no CNI bin_dir"},
+		// A version 1 (unversioned) file is not what containerd 1.7 reads as the CRI's.
+		{conf: "[plugins.cri.containerd.runtimes.runc.options]\n  SystemdCgroup = true\n", cgroupErr: "version 1 is not supported", dirErr: "version 1 is not supported"},
 	}
 	for _, tt := range tests {
-		if got, msg := containerdSystemdCgroup([]byte(tt.conf)); got != tt.want {
-			t.Errorf("%q: %v (%s), want %v", tt.conf, got, msg, tt.want)
+		s, err := containerd.Effective([]byte(tt.conf))
+		var cgErr, dirErr error
+		if err != nil {
+			cgErr, dirErr = err, err
+		} else {
+			_, cgErr = cgroupVerdict(s, "config.toml")
+			_, dirErr = cniDirVerdict(s, "/opt/cni/bin", "config.toml")
+		}
+		for _, v := range []struct {
+			what string
+			err  error
+			want string
+		}{{"cgroup", cgErr, tt.cgroupErr}, {"cni dir", dirErr, tt.dirErr}} {
+			switch {
+			case v.want == "" && v.err != nil:
+				t.Errorf("%q: %s: %v, want a pass", tt.conf, v.what, v.err)
+			case v.want != "" && (v.err == nil || !strings.Contains(v.err.Error(), v.want)):
+				t.Errorf("%q: %s: %v, want an error containing %q", tt.conf, v.what, v.err, v.want)
+			}
 		}
 	}
 }

@@ -28,10 +28,13 @@ import (
 )
 
 const (
-	aptK8sVersion  = "v1.37.2"
-	aptDebVersion  = "1.37.2-1.1"
-	aptRepoScript  = "hack/k8s-apt-repo.sh"
-	requireEnvName = "NODEFORGE_REQUIRE_INTEGRATION"
+	aptK8sVersion = "v1.37.2"
+	aptDebVersion = "1.37.2-1.1"
+	// cri-tools follows Kubernetes minors (hack/tools.sh CRI_TOOLS_VERSION).
+	aptCRIVersion    = "v1.37.0"
+	aptCRIDebVersion = "1.37.0-1.1"
+	aptRepoScript    = "hack/k8s-apt-repo.sh"
+	requireEnvName   = "NODEFORGE_REQUIRE_INTEGRATION"
 )
 
 // repoRoot is the module root, two levels above this package.
@@ -213,7 +216,7 @@ func TestOfflineKubernetesAptRepo(t *testing.T) {
 		g.Expect(err).NotTo(HaveOccurred(), "apt-get update: %s", out)
 		g.Expect(out).NotTo(ContainSubstring("W: "), "apt-get update warnings: %s", out)
 
-		out, err = apt.run("download", "kubeadm", "kubelet", "kubectl")
+		out, err = apt.run("download", "kubeadm", "kubelet", "kubectl", "cri-tools")
 		g.Expect(err).NotTo(HaveOccurred(), "apt-get download: %s", out)
 		checkDebs(t, filepath.Join(apt.root, "download"))
 	})
@@ -265,13 +268,20 @@ func checkDebs(t *testing.T, dir string) {
 		"kubeadm": {"./usr/bin/kubeadm", "./usr/lib/systemd/system/kubelet.service.d/10-kubeadm.conf"},
 		"kubelet": {"./usr/bin/kubelet", "./usr/lib/systemd/system/kubelet.service", "./etc/default/kubelet",
 			"./var/lib/kubelet/", "./etc/kubernetes/manifests/"},
-		"kubectl": {"./usr/bin/kubectl"},
+		"kubectl":   {"./usr/bin/kubectl"},
+		"cri-tools": {"./usr/bin/crictl"},
+	}
+	version := func(pkg string) string {
+		if pkg == "cri-tools" {
+			return aptCRIDebVersion
+		}
+		return aptDebVersion
 	}
 	for pkg, want := range files {
-		deb := fmt.Sprintf("%s_%s_amd64.deb", pkg, aptDebVersion)
+		deb := fmt.Sprintf("%s_%s_amd64.deb", pkg, version(pkg))
 		g.Expect(filepath.Join(dir, deb)).To(BeARegularFile())
 		g.Expect(field(deb, "Package")).To(Equal(pkg))
-		g.Expect(field(deb, "Version")).To(Equal(aptDebVersion))
+		g.Expect(field(deb, "Version")).To(Equal(version(pkg)))
 		g.Expect(field(deb, "Architecture")).To(Equal("amd64"))
 		c := contents(deb)
 		for _, f := range want {
@@ -285,8 +295,8 @@ func checkDebs(t *testing.T, dir string) {
 
 	// The unit and the drop-in carry the standard kubeadm wiring.
 	x := t.TempDir()
-	for _, pkg := range []string{"kubeadm", "kubelet", "kubectl"} {
-		out, err := run(t, dir, nil, "dpkg-deb", "-x", fmt.Sprintf("%s_%s_amd64.deb", pkg, aptDebVersion), x)
+	for _, pkg := range []string{"kubeadm", "kubelet", "kubectl", "cri-tools"} {
+		out, err := run(t, dir, nil, "dpkg-deb", "-x", fmt.Sprintf("%s_%s_amd64.deb", pkg, version(pkg)), x)
 		g.Expect(err).NotTo(HaveOccurred(), "dpkg-deb -x: %s", out)
 	}
 	dropin, err := os.ReadFile(filepath.Join(x, "usr/lib/systemd/system/kubelet.service.d/10-kubeadm.conf"))
@@ -300,6 +310,9 @@ func checkDebs(t *testing.T, dir string) {
 	out, err := run(t, x, nil, filepath.Join(x, "usr/bin/kubectl"), "version", "--client")
 	g.Expect(err).NotTo(HaveOccurred(), "kubectl version --client: %s", out)
 	g.Expect(out).To(ContainSubstring(aptK8sVersion))
+	out, err = run(t, x, nil, filepath.Join(x, "usr/bin/crictl"), "--version")
+	g.Expect(err).NotTo(HaveOccurred(), "crictl --version: %s", out)
+	g.Expect(out).To(ContainSubstring(aptCRIVersion))
 }
 
 // otherKey generates an unrelated throwaway key and returns its armored

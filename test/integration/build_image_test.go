@@ -316,11 +316,15 @@ func checkSeedContents(t *testing.T, fs rootFS, repoURL string) {
 	for _, p := range []string{"kubeadm", "kubelet", "kubectl"} {
 		g.Expect(status[p]).To(Equal([2]string{"hold ok installed", "1.37.2-1.1"}), "package %s not held at 1.37.2", p)
 	}
+	g.Expect(status["cri-tools"]).To(Equal([2]string{"hold ok installed", "1.37.0-1.1"}), "cri-tools not held at 1.37.0")
+	g.Expect(fs.cat("/etc/crictl.yaml")).To(ContainSubstring("runtime-endpoint: unix:///run/containerd/containerd.sock"))
 	g.Expect(status["containerd"][1]).To(MatchRegexp(`^1\.(7\.(2[3-9]|[3-9][0-9])|[89]\.|[1-9][0-9]\.)`), "containerd older than 1.7.23")
 
 	// containerd with the systemd cgroup driver; CNI plugins in /opt/cni/bin.
 	g.Expect(fs.cat("/etc/containerd/config.toml")).To(MatchRegexp(`(?m)^\s*SystemdCgroup = true$`))
 	g.Expect(fs.cat("/etc/containerd/config.toml")).NotTo(ContainSubstring("SystemdCgroup = false"))
+	// The CRI loads CNI plugins from there (Debian's default is /usr/lib/cni).
+	g.Expect(fs.cat("/etc/containerd/config.toml")).To(MatchRegexp(`(?m)^\s*bin_dir = "/opt/cni/bin"$`))
 	for _, p := range []string{"bridge", "host-local", "loopback", "portmap"} {
 		g.Expect(fs.link("/opt/cni/bin/"+p)).To(Equal("/usr/lib/cni/"+p), "CNI plugin %s", p)
 		g.Expect(fs.exists("/usr/lib/cni/" + p)).To(BeTrue())

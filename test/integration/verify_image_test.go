@@ -310,6 +310,18 @@ func TestVerifyBrokenImages(t *testing.T) {
 			},
 		},
 		{
+			name: "containerd loads CNI plugins from Debian's dir", check: verify.CheckContainerdCNIDir, message: "/usr/lib/cni",
+			breakIt: func(t *testing.T, raw string, off int64) {
+				verifyWriteRootFile(t, raw, off, "/etc/containerd/config.toml", verifyDebianContainerdConfig(t, raw, off))
+			},
+		},
+		{
+			name: "containerd with the cgroupfs driver", check: verify.CheckContainerdCgroup, message: "SystemdCgroup = false",
+			breakIt: func(t *testing.T, raw string, off int64) {
+				verifyWriteRootFile(t, raw, off, "/etc/containerd/config.toml", verifyDebianContainerdConfig(t, raw, off))
+			},
+		},
+		{
 			name: "zeroed boot sector", check: verify.CheckBootloaderBIOS, message: "MBR",
 			breakIt: func(t *testing.T, raw string, _ int64) {
 				out, err := exec.Command("dd", "if=/dev/zero", "of="+raw, "bs=512", "count=1", "conv=notrunc").CombinedOutput()
@@ -400,6 +412,20 @@ func verifyBrokenCopy(t *testing.T, f verifyFixture, name string, fix func(raw s
 	return raw
 }
 
+// verifyDebianContainerdConfig is the image's containerd configuration
+// with Debian's defaults put back: the CRI's CNI bin_dir /usr/lib/cni and
+// SystemdCgroup = false (what containerd loads without nodeforge's edit).
+func verifyDebianContainerdConfig(t *testing.T, raw string, off int64) string {
+	t.Helper()
+	cfg := verifyDebugfsCat(t, raw, off, "/etc/containerd/config.toml")
+	broken := strings.Replace(cfg, `bin_dir = "/opt/cni/bin"`, `bin_dir = "/usr/lib/cni"`, 1)
+	broken = strings.Replace(broken, "SystemdCgroup = true", "SystemdCgroup = false", 1)
+	if strings.Count(broken, "/usr/lib/cni") == strings.Count(cfg, "/usr/lib/cni") || !strings.Contains(broken, "SystemdCgroup = false") {
+		t.Fatalf("the image's containerd config has no bin_dir /opt/cni/bin or SystemdCgroup = true to change:\n%s", cfg)
+	}
+	return broken
+}
+
 // verifyWriteRootFile replaces (or adds) p in the root file system of raw.
 func verifyWriteRootFile(t *testing.T, raw string, off int64, p, content string) {
 	t.Helper()
@@ -454,14 +480,19 @@ func TestVerifyKernelPanicFailsFast(t *testing.T) {
 }
 
 // TestVerifyCloudInitError boots an image whose cloud-init configuration
-// has a failing bootcmd: SSH comes up, boot-cloud-init-done fails naming
-// the failed module, and the in-guest checks still run and are reported.
+// has a failing bootcmd and whose containerd configuration points the CRI
+// at Debian's CNI directory with the cgroupfs driver: SSH comes up,
+// boot-cloud-init-done fails naming the failed module, the checks of what
+// containerd actually loaded (config dump, and crictl info over the CRI)
+// fail naming the wrong settings, and the other in-guest checks still run
+// and are reported. One boot serves all of these.
 func TestVerifyCloudInitError(t *testing.T) {
 	f := verifyImage(t)
 	verifyNeedTools(t, "qemu-system-x86_64", "cloud-localds")
 	raw := verifyBrokenCopy(t, f, "cloud-init-error", func(raw string, off int64) {
 		verifyWriteRootFile(t, raw, off, "/etc/cloud/cloud.cfg.d/99-nodeforge-test-broken.cfg",
 			"bootcmd:\n  - [sh, -c, \"echo nodeforge-test-bootcmd-fails; exit 3\"]\n")
+		verifyWriteRootFile(t, raw, off, "/etc/containerd/config.toml", verifyDebianContainerdConfig(t, raw, off))
 	})
 	work := t.TempDir()
 	r, err := verify.Verify(context.Background(), raw, f.rawContent(), verify.Options{Boot: true, BootTimeout: verifyBootTimeout, WorkDir: work})
@@ -475,6 +506,16 @@ func TestVerifyCloudInitError(t *testing.T) {
 	ci := verifyFind(t, r, verify.CheckBootCloudInit)
 	if ci.Passed || !ci.Required || !strings.Contains(ci.Message, "bootcmd") {
 		t.Fatalf("boot-cloud-init-done = %+v, want a failed required check naming bootcmd", ci)
+	}
+	for _, name := range []string{verify.CheckBootContainerdConfig, verify.CheckBootCrictl} {
+		c := verifyFind(t, r, name)
+		t.Logf("%s: %s", name, c.Message)
+		if c.Passed || !strings.Contains(c.Message, "SystemdCgroup = false") || !strings.Contains(c.Message, "/usr/lib/cni") {
+			t.Errorf("%s = %+v, want a failure naming SystemdCgroup = false and /usr/lib/cni", name, c)
+		}
+	}
+	if c := verifyFind(t, r, verify.CheckBootContainerd); !c.Passed {
+		t.Errorf("%s = %+v: containerd runs with the wrong settings too", verify.CheckBootContainerd, c)
 	}
 	var guestPassed int
 	for _, ch := range r.Checks {
