@@ -44,8 +44,9 @@ type S3Destination struct {
 	// +kubebuilder:validation:Pattern=`^[a-z0-9][a-z0-9.-]*[a-z0-9]$`
 	Bucket string `json:"bucket"`
 
-	// prefix of every key nodeforge writes; artifacts go to
-	// PREFIX/NAME/DIGEST/.
+	// prefix of every key nodeforge writes, below the NodeImage's
+	// namespace: artifacts go to NAMESPACE/PREFIX/NAME/DIGEST/, so a
+	// NodeImage can only address keys of its own namespace.
 	// +optional
 	// +kubebuilder:validation:MaxLength=512
 	// +kubebuilder:validation:Pattern=`^[A-Za-z0-9!_.*'()/-]*$`

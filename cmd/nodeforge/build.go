@@ -60,7 +60,9 @@ endpoint and bucket come from the spec and the credentials from
 --credentials-dir (a directory of accessKeyID/secretAccessKey files, as a
 mounted Secret) or the environment. An https endpoint trusts the CA in
 AWS_CA_BUNDLE when it is set (required when the spec has caSecretRef); a
-plain-HTTP one (insecure: true) ignores it.
+plain-HTTP one (insecure: true) ignores it. Keys of spec.destination are
+scoped to the file's metadata.namespace (default "default"), as the manager
+scopes them: NAMESPACE/PREFIX/NAME/DIGEST/; a --to URL is taken literally.
 
 --progress json writes one {"progress":{...}} object per line on stdout,
 which is what the builder Pod does for the controller to read.`,
@@ -110,7 +112,7 @@ func runBuild(ctx context.Context, o *buildOptions, stdout, stderr io.Writer) er
 	if err != nil {
 		return fmt.Errorf("resolving %s: %w", o.file, err)
 	}
-	pub, expiry, err := o.publisher(image.Spec.Destination)
+	pub, expiry, err := o.publisher(image.Spec.Destination, namespaceOf(image))
 	if err != nil {
 		return err
 	}
@@ -145,9 +147,19 @@ func runBuild(ctx context.Context, o *buildOptions, stdout, stderr io.Writer) er
 	return nil
 }
 
-// publisher returns where the build publishes: --to, else the spec's
-// destination, else nowhere.
-func (o *buildOptions) publisher(dst *imagev1.DestinationSpec) (*storage.Publisher, time.Duration, error) {
+// namespaceOf is the namespace a NodeImage file's object would be created
+// in by kubectl apply without -n: metadata.namespace, else "default".
+func namespaceOf(ni *imagev1.NodeImage) string {
+	if ni.Namespace != "" {
+		return ni.Namespace
+	}
+	return "default"
+}
+
+// publisher returns where the build publishes: --to (its URL taken
+// literally), else the spec's destination (its keys scoped to namespace,
+// as the manager scopes them), else nowhere.
+func (o *buildOptions) publisher(dst *imagev1.DestinationSpec, namespace string) (*storage.Publisher, time.Duration, error) {
 	switch {
 	case o.credentialsDir != "" && o.to != "":
 		return nil, 0, fmt.Errorf("--credentials-dir applies to spec.destination only: with --to the credentials come from %s and %s",
@@ -184,7 +196,7 @@ func (o *buildOptions) publisher(dst *imagev1.DestinationSpec) (*storage.Publish
 	if err != nil {
 		return nil, 0, err
 	}
-	pub, _, err := storage.OpenDestination(*dst.S3, creds, ca)
+	pub, _, err := storage.OpenDestination(*dst.S3, namespace, creds, ca)
 	if err != nil {
 		return nil, 0, fmt.Errorf("spec.destination.s3: %w", err)
 	}

@@ -80,7 +80,7 @@ func TestBuildPublishesToS3(t *testing.T) {
 	g.Expect(stdout).To(ContainSubstring("artifact:  " + srv.Endpoint() + "/images/" + imageKey + "\n"))
 	g.Expect(stdout).To(MatchRegexp(`presigned: \S+X-Amz-Signature=`))
 
-	pub, _, err := (&buildOptions{to: "s3://images/nodes"}).publisher(nil)
+	pub, _, err := (&buildOptions{to: "s3://images/nodes"}).publisher(nil, "default")
 	g.Expect(err).NotTo(HaveOccurred())
 	art, err := pub.Lookup(ctx, "minimal", m.SpecDigest)
 	g.Expect(err).NotTo(HaveOccurred())

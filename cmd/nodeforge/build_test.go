@@ -52,7 +52,7 @@ func TestBuildPublisherRejectsBadOptions(t *testing.T) {
 	for name, tc := range cases {
 		t.Run(name, func(t *testing.T) {
 			g := NewWithT(t)
-			_, _, err := tc.o.publisher(tc.dst)
+			_, _, err := tc.o.publisher(tc.dst, "default")
 			if tc.want == "" {
 				g.Expect(err).NotTo(HaveOccurred())
 				return
@@ -106,7 +106,7 @@ func TestBuildPublisherCABundle(t *testing.T) {
 		return &imagev1.DestinationSpec{S3: d}
 	}
 	ensure := func(dst *imagev1.DestinationSpec) error {
-		pub, _, err := (&buildOptions{}).publisher(dst)
+		pub, _, err := (&buildOptions{}).publisher(dst, "default")
 		if err != nil {
 			return err
 		}
@@ -148,7 +148,7 @@ func TestBuildPublisherCABundle(t *testing.T) {
 		g := NewWithT(t)
 		useServer(t, plainSrv)
 		t.Setenv(storage.EnvCABundle, caFile)
-		pub, _, err := (&buildOptions{to: "s3://images2", createBucket: true}).publisher(nil)
+		pub, _, err := (&buildOptions{to: "s3://images2", createBucket: true}).publisher(nil, "default")
 		g.Expect(err).NotTo(HaveOccurred())
 		g.Expect(pub.Store.(*storage.S3).EnsureBucket(context.Background())).To(Succeed())
 	})

@@ -93,7 +93,7 @@ func (o *runOptions) execute(ctx context.Context, stdout, stderr io.Writer) *bui
 			"spec digest %s does not match the content (%s): the manager and this builder (%s) disagree on %s",
 			b.Spec.SpecDigest, digest, imagev1.DigestSchema, "how content is addressed"))
 	}
-	pub, expiry, err := o.publisher(b.Spec.Destination)
+	pub, expiry, err := o.publisher(b.Spec.Destination, b.Namespace)
 	if err != nil {
 		return failed(buildresult.ReasonPublishFailed, "publish", err)
 	}
@@ -153,8 +153,9 @@ func readBuild(path string) (*imagev1.NodeImageBuild, error) {
 	return &b, nil
 }
 
-// publisher opens the build's destination with the mounted Secrets.
-func (o *runOptions) publisher(dst *imagev1.DestinationSpec) (*storage.Publisher, time.Duration, error) {
+// publisher opens the build's destination with the mounted Secrets, its
+// keys scoped to the build's namespace.
+func (o *runOptions) publisher(dst *imagev1.DestinationSpec, namespace string) (*storage.Publisher, time.Duration, error) {
 	if dst == nil || dst.S3 == nil {
 		return nil, 0, nil
 	}
@@ -174,7 +175,7 @@ func (o *runOptions) publisher(dst *imagev1.DestinationSpec) (*storage.Publisher
 			return nil, 0, fmt.Errorf("CA Secret %s: %w", d.CASecretRef.Name, err)
 		}
 	}
-	pub, _, err := storage.OpenDestination(d, creds, ca)
+	pub, _, err := storage.OpenDestination(d, namespace, creds, ca)
 	if err != nil {
 		return nil, 0, err
 	}

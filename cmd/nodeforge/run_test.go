@@ -124,7 +124,7 @@ func TestRunReusesAPublishedArtifact(t *testing.T) {
 	g.Expect(err).NotTo(HaveOccurred())
 	m.Name, m.SpecDigest = "demo", b.Spec.SpecDigest
 	g.Expect(m.Write(manPath)).To(Succeed())
-	pub, _, err := storage.OpenDestination(*b.Spec.Destination.S3, storage.NewCredentials(srv.AccessKey, srv.SecretKey, ""), nil)
+	pub, _, err := storage.OpenDestination(*b.Spec.Destination.S3, b.Namespace, storage.NewCredentials(srv.AccessKey, srv.SecretKey, ""), nil)
 	g.Expect(err).NotTo(HaveOccurred())
 	m2, raw, err := readManifest(manPath)
 	g.Expect(err).NotTo(HaveOccurred())

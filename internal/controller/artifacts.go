@@ -128,7 +128,7 @@ func S3Opener(r client.Reader) PublisherOpener {
 			}
 			ca = data["ca.crt"]
 		}
-		pub, _, err := storage.OpenDestination(*d, creds, ca)
+		pub, _, err := storage.OpenDestination(*d, ni.Namespace, creds, ca)
 		if err != nil {
 			return nil, &StallingError{Reason: imagev1.InvalidSpecReason, Err: err}
 		}

@@ -62,7 +62,7 @@ func TestS3ArtifactStore(t *testing.T) {
 	g.Expect(err).To(MatchError(controller.ErrArtifactNotFound), "a bucket the builder will create holds nothing yet")
 
 	// A builder publishes; the manager finds it by digest.
-	pub, _, err := storage.OpenDestination(*ni("images", true, "s3").Spec.Destination.S3,
+	pub, _, err := storage.OpenDestination(*ni("images", true, "s3").Spec.Destination.S3, ni("images", true, "s3").Namespace,
 		storage.NewCredentials(srv.AccessKey, srv.SecretKey, ""), nil)
 	g.Expect(err).NotTo(HaveOccurred())
 	img := filepath.Join(t.TempDir(), "cloud-base.qcow2")
@@ -77,7 +77,9 @@ func TestS3ArtifactStore(t *testing.T) {
 	g.Expect(a.Size).To(Equal(int64(len("qcow2 bytes"))))
 	g.Expect(a.SpecDigest).To(Equal(digest))
 	g.Expect(a.Format).To(Equal(imagev1.FormatQCOW2))
-	g.Expect(a.ManifestURL).To(HaveSuffix("/nodes/cloud-base/" + strings.Repeat("ef", 32) + "/manifest.json"))
+	// Path-style URL: bucket "images", then the key, which starts with the
+	// NodeImage's namespace (also "images"), then the prefix.
+	g.Expect(a.ManifestURL).To(HaveSuffix("/images/images/nodes/cloud-base/"+strings.Repeat("ef", 32)+"/manifest.json"), "keys are scoped to the NodeImage namespace")
 
 	g.Expect(store.DeleteAll(ctx, ni("images", true, "s3"))).To(Succeed())
 	_, err = store.Lookup(ctx, ni("images", true, "s3"), digest)

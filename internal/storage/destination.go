@@ -6,6 +6,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"regexp"
 	"strings"
 
 	"github.com/minio/minio-go/v7/pkg/s3utils"
@@ -147,14 +148,32 @@ func OptionsForDestination(d imagev1.S3Destination, creds Credentials, caPEM []b
 	}
 }
 
-// OpenDestination returns a Publisher on a NodeImage's S3 destination, with
-// the destination's key prefix.
-func OpenDestination(d imagev1.S3Destination, creds Credentials, caPEM []byte) (*Publisher, *S3, error) {
+// OpenDestination returns a Publisher on the S3 destination of a
+// NodeImage in namespace. Its keys are scoped to the namespace:
+// NAMESPACE/PREFIX/NAME/..., so whatever prefix and name a NodeImage
+// chooses, it can only address (publish, prune, delete) keys under its own
+// namespace, never another tenant's in a shared bucket.
+func OpenDestination(d imagev1.S3Destination, namespace string, creds Credentials, caPEM []byte) (*Publisher, *S3, error) {
+	prefix, err := DestinationPrefix(namespace, d.Prefix)
+	if err != nil {
+		return nil, nil, err
+	}
 	s, err := NewS3(OptionsForDestination(d, creds, caPEM))
 	if err != nil {
 		return nil, nil, err
 	}
-	return &Publisher{Store: s, Prefix: path.Clean("/" + d.Prefix)[1:]}, s, nil
+	return &Publisher{Store: s, Prefix: prefix}, s, nil
+}
+
+var namespaceRE = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$`)
+
+// DestinationPrefix is the key prefix of a NodeImage destination:
+// NAMESPACE/PREFIX (PREFIX cleaned, without leading or trailing slash).
+func DestinationPrefix(namespace, prefix string) (string, error) {
+	if !namespaceRE.MatchString(namespace) {
+		return "", errorf(ErrInvalidArgument, "namespace %q: a destination's keys are scoped to the NodeImage's namespace, which must be a DNS label", namespace)
+	}
+	return path.Join(namespace, path.Clean("/" + prefix)[1:]), nil
 }
 
 // CredentialsFromDir reads credentials from a directory holding one file

@@ -156,12 +156,27 @@ func TestOpenDestinationAndCredentialsFromDir(t *testing.T) {
 	if opts.Region != imagev1.DefaultS3Region || opts.Addressing != AddressingAuto || !opts.PlainHTTP {
 		t.Fatalf("destination defaults not applied: %+v", opts)
 	}
-	pub, _, err := OpenDestination(d, creds, nil)
+	pub, _, err := OpenDestination(d, "team-a", creds, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if pub.Prefix != "a/b" {
-		t.Fatalf("prefix %q, want a/b", pub.Prefix)
+	// Keys are scoped to the namespace, whatever the prefix says.
+	if pub.Prefix != "team-a/a/b" {
+		t.Fatalf("prefix %q, want team-a/a/b", pub.Prefix)
+	}
+	for _, tc := range []struct{ ns, prefix, want string }{
+		{"team-a", "", "team-a"},
+		{"team-a", "../../team-b", "team-a/team-b"},
+		{"team-a", "/nodeforge/", "team-a/nodeforge"},
+	} {
+		if got, err := DestinationPrefix(tc.ns, tc.prefix); err != nil || got != tc.want {
+			t.Errorf("DestinationPrefix(%q, %q) = %q, %v; want %q", tc.ns, tc.prefix, got, err, tc.want)
+		}
+	}
+	for _, ns := range []string{"", "Team", "a/b", "..", strings.Repeat("a", 64)} {
+		if _, err := DestinationPrefix(ns, "p"); !errors.Is(err, ErrInvalidArgument) {
+			t.Errorf("DestinationPrefix(%q) = %v, want ErrInvalidArgument", ns, err)
+		}
 	}
 	if strings.Contains(fmt.Sprintf("%v %+v", opts, opts), "s3cr3t-value") {
 		t.Fatal("options print the secret")

@@ -66,7 +66,10 @@
 //
 // # Artifact layout
 //
-// A Publisher writes, under its prefix, content-addressed keys:
+// A Publisher writes, under its prefix, content-addressed keys. For a
+// NodeImage's destination (OpenDestination) the prefix is
+// NAMESPACE/PREFIX, so tenants sharing a bucket cannot reach each other's
+// keys:
 //
 //	PREFIX/NAME/SPECDIGEST/NAME.qcow2          image (or NAME.raw), x-amz-meta-sha256
 //	PREFIX/NAME/SPECDIGEST/NAME.qcow2.sha256   "HEX  NAME.qcow2" for sha256sum -c

@@ -373,7 +373,9 @@ func (p *Publisher) deleteDigest(ctx context.Context, name, digest string) error
 }
 
 // DeleteAll removes every object of name (the Delete deletion policy):
-// the latest pointer first, then each digest.
+// the latest pointer first, then each digest. Only keys of the layout are
+// touched (NAME/latest and NAME/DIGEST/...): another name's keys below
+// NAME/ (another prefix nested under this one) are never deleted.
 func (p *Publisher) DeleteAll(ctx context.Context, name string) error {
 	if !nameRE.MatchString(name) {
 		return errorf(ErrInvalidArgument, "name %q", name)
@@ -390,11 +392,16 @@ func (p *Publisher) DeleteAll(ctx context.Context, name string) error {
 			return err
 		}
 	}
+	// Leftovers of unfinished publishes (a digest without a manifest).
 	objs, err := p.Store.List(ctx, p.nameDir(name))
 	if err != nil {
 		return err
 	}
 	for _, o := range objs {
+		digest, _, ok := strings.Cut(strings.TrimPrefix(o.Key, p.nameDir(name)), "/")
+		if !ok || !specDigestRE.MatchString(digest) {
+			continue
+		}
 		if err := p.Store.Delete(ctx, o.Key); err != nil {
 			return err
 		}

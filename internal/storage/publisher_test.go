@@ -113,3 +113,67 @@ func TestPublisherRejectsBadInput(t *testing.T) {
 	_, err := pub.Prune(ctx, "n", -1)
 	g.Expect(errors.Is(err, ErrInvalidArgument)).To(BeTrue())
 }
+
+// Two tenants share a bucket and both name a NodeImage "worker": keys are
+// scoped to the namespace, so one's prune and delete never touch the
+// other's images, even when team-a picks a prefix that names team-b.
+func TestPublishersOfTwoNamespacesShareABucket(t *testing.T) {
+	g := NewWithT(t)
+	ctx := context.Background()
+	d, err := NewDir(t.TempDir())
+	g.Expect(err).NotTo(HaveOccurred())
+	open := func(ns, prefix string) *Publisher {
+		p, err := DestinationPrefix(ns, prefix)
+		g.Expect(err).NotTo(HaveOccurred())
+		return &Publisher{Store: d, Prefix: p}
+	}
+	teamA, teamB := open("team-a", "nodeforge"), open("team-b", "nodeforge")
+	// team-a aims its prefix at team-b's keys; it lands under team-a/.
+	sneaky := open("team-a", "../team-b/nodeforge")
+	for i, p := range []*Publisher{teamA, teamB, sneaky} {
+		_, err := p.Publish(ctx, PublishInput{Name: "worker", SpecDigest: digestN(i + 1), ImagePath: writeSmall(t, "img"), Manifest: []byte(`{}`)})
+		g.Expect(err).NotTo(HaveOccurred())
+	}
+	g.Expect(sneaky.Prefix).To(Equal("team-a/team-b/nodeforge"))
+
+	g.Expect(teamA.Prune(ctx, "worker", 0)).To(BeEmpty(), "the latest digest is kept")
+	g.Expect(teamA.DeleteAll(ctx, "worker")).To(Succeed())
+	g.Expect(sneaky.DeleteAll(ctx, "worker")).To(Succeed())
+	left, err := d.List(ctx, "")
+	g.Expect(err).NotTo(HaveOccurred())
+	var keys []string
+	for _, o := range left {
+		keys = append(keys, o.Key)
+		g.Expect(o.Key).To(HavePrefix("team-b/nodeforge/worker/"), "only team-b's objects remain")
+	}
+	g.Expect(keys).To(HaveLen(4), "team-b's image, .sha256, manifest and latest pointer: %v", keys)
+	ptr, err := teamB.Latest(ctx, "worker")
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(ptr.SpecDigest).To(Equal(digestN(2)))
+}
+
+// DeleteAll removes the layout's keys of a name only: a key under NAME/
+// that is not NAME/latest or NAME/DIGEST/... belongs to someone else.
+func TestDeleteAllKeepsForeignKeysUnderTheName(t *testing.T) {
+	g := NewWithT(t)
+	ctx := context.Background()
+	d, err := NewDir(t.TempDir())
+	g.Expect(err).NotTo(HaveOccurred())
+	pub := &Publisher{Store: d, Prefix: "team-a"}
+	_, err = pub.Publish(ctx, PublishInput{Name: "n", SpecDigest: digestN(1), ImagePath: writeSmall(t, "img"), Manifest: []byte(`{}`)})
+	g.Expect(err).NotTo(HaveOccurred())
+	nested := &Publisher{Store: d, Prefix: "team-a/n"}
+	_, err = nested.Publish(ctx, PublishInput{Name: "other", SpecDigest: digestN(2), ImagePath: writeSmall(t, "img"), Manifest: []byte(`{}`)})
+	g.Expect(err).NotTo(HaveOccurred())
+	// An unfinished publish of n (no manifest) is n's and goes too.
+	_, err = d.PutBytes(ctx, "team-a/n/"+digestN(3)+"/n.qcow2", []byte("partial"), PutOptions{})
+	g.Expect(err).NotTo(HaveOccurred())
+
+	g.Expect(pub.DeleteAll(ctx, "n")).To(Succeed())
+	left, err := d.List(ctx, "")
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(left).To(HaveLen(4))
+	for _, o := range left {
+		g.Expect(o.Key).To(HavePrefix("team-a/n/other/"))
+	}
+}

@@ -101,12 +101,13 @@ func (st stack) destination(bucket string) *imagev1.S3Destination {
 	}
 }
 
-// store opens bucket with the MinIO credentials, creating the bucket.
-func (st stack) store(ctx context.Context, bucket string) (*storage.Publisher, *storage.S3) {
+// store opens bucket with the MinIO credentials, creating the bucket, for
+// the NodeImages of namespace ns (their keys are under ns/).
+func (st stack) store(ctx context.Context, bucket, ns string) (*storage.Publisher, *storage.S3) {
 	GinkgoHelper()
 	d := *st.destination(bucket)
 	d.Default()
-	pub, s3, err := storage.OpenDestination(d, st.creds, nil)
+	pub, s3, err := storage.OpenDestination(d, ns, st.creds, nil)
 	Expect(err).NotTo(HaveOccurred())
 	Expect(s3.EnsureBucket(ctx)).To(Succeed())
 	return pub, s3
@@ -391,7 +392,7 @@ var _ = Describe("A NodeImage", Ordered, Label("nodeimage"), func() {
 		st = localStack()
 		ns = prepareNamespace(ctx, st, "e2e-nodeimage")
 		bucket = "nodeforge-" + ns
-		pub, s3 = st.store(ctx, bucket)
+		pub, s3 = st.store(ctx, bucket, ns)
 		cacheDir = createCache(ctx, st, ns)
 		ni = cloudBaseOffline(st, ns, name, bucket)
 		ni.Spec.Builder.Cache = &corev1.LocalObjectReference{Name: cacheClaim}
@@ -513,7 +514,8 @@ var _ = Describe("A NodeImage", Ordered, Label("nodeimage"), func() {
 			g.Expect(k8sClient.List(ctx, &cms, client.InNamespace(ns), client.MatchingLabels{backend.LabelNodeImage: name})).To(Succeed())
 			g.Expect(cms.Items).To(BeEmpty())
 		}).WithContext(ctx).WithTimeout(3 * time.Minute).Should(Succeed())
-		objs, err := s3.List(ctx, s3Prefix+"/")
+		// The whole bucket: keys are NAMESPACE/PREFIX/NAME/...
+		objs, err := s3.List(ctx, "")
 		Expect(err).NotTo(HaveOccurred())
 		Expect(objs).To(BeEmpty())
 	})
@@ -526,7 +528,7 @@ var _ = Describe("A NodeImage that cannot be built", Label("nodeimage"), func() 
 		ns := prepareNamespace(ctx, st, "e2e-failure")
 		DeferCleanup(func() { dumpOnFailure(st, ns) })
 		bucket := "nodeforge-" + ns
-		_, s3 := st.store(ctx, bucket)
+		_, s3 := st.store(ctx, bucket, ns)
 
 		ni := cloudBaseOffline(st, ns, name, bucket)
 		ni.Spec.Packages = append(ni.Spec.Packages, missingPackage)
@@ -559,7 +561,7 @@ var _ = Describe("A NodeImage that cannot be built", Label("nodeimage"), func() 
 		Expect(b.Status.LogExcerpt).To(ContainSubstring(missingPackage))
 		GinkgoWriter.Printf("log excerpt in status (%d bytes), last lines:\n%s\n", len(b.Status.LogExcerpt), lastLines(b.Status.LogExcerpt, 8))
 
-		objs, err := s3.List(ctx, s3Prefix+"/")
+		objs, err := s3.List(ctx, "")
 		Expect(err).NotTo(HaveOccurred())
 		Expect(objs).To(BeEmpty(), "a failed build published nothing")
 	})
@@ -617,6 +619,9 @@ func assertPublished(ctx context.Context, pub *storage.Publisher, s3 *storage.S3
 	Expect(found.Size).To(Equal(a.Size))
 	Expect(found.ChecksumKey).To(Equal(found.ImageKey + ".sha256"))
 	Expect(a.ManifestURL).To(HaveSuffix(found.ManifestKey))
+	// The builder published under the NodeImage's namespace (pub's prefix
+	// is NAMESPACE/e2e).
+	Expect(a.URL).To(ContainSubstring("/" + pub.Prefix + "/" + name + "/"))
 
 	info, err := s3.Stat(ctx, found.ImageKey)
 	Expect(err).NotTo(HaveOccurred())
