@@ -46,6 +46,73 @@ const (
 // controller stalls the build with reason InvalidSpec.
 var ErrInvalidConfig = errors.New("invalid builder configuration")
 
+// ErrNameInUse marks a builder that cannot be created because an object
+// of its name exists that this build does not control: most often the
+// builder of an earlier, deleted build of the same name that is still
+// terminating. The build waits for the name (within its timeout) instead
+// of adopting or deleting someone else's object.
+var ErrNameInUse = errors.New("builder name in use")
+
+// NameInUseError is ErrNameInUse for one object.
+type NameInUseError struct {
+	Kind, Name string
+	// Terminating is true when the object is being deleted.
+	Terminating bool
+}
+
+func (e *NameInUseError) Error() string {
+	if e.Terminating {
+		return fmt.Sprintf("%s %s of an earlier build of the same name is still terminating", e.Kind, e.Name)
+	}
+	return fmt.Sprintf("%s %s exists and is not controlled by this build", e.Kind, e.Name)
+}
+
+// Unwrap makes errors.Is(err, ErrNameInUse) true.
+func (e *NameInUseError) Unwrap() error { return ErrNameInUse }
+
+// CreateBuilder creates obj, the builder of kind of b. An object of that
+// name that exists already must be b's (created by an earlier reconcile);
+// one that is not is never adopted: NameInUseError. existing is an empty
+// object of obj's type to read it into.
+func CreateBuilder(ctx context.Context, c client.Client, r client.Reader, kind string, b *imagev1.NodeImageBuild, obj, existing client.Object) error {
+	err := c.Create(ctx, obj)
+	if err == nil {
+		return nil
+	}
+	if !apierrors.IsAlreadyExists(err) {
+		return fmt.Errorf("creating builder %s %s: %w", kind, obj.GetName(), err)
+	}
+	existing.SetNamespace(obj.GetNamespace())
+	existing.SetName(obj.GetName())
+	if err := r.Get(ctx, client.ObjectKeyFromObject(existing), existing); err != nil {
+		return fmt.Errorf("builder %s %s exists but cannot be read: %w", kind, obj.GetName(), err)
+	}
+	return NameInUse(kind, existing, b)
+}
+
+// Controls reads obj (a builder, by its namespace and name) and reports
+// whether b controls it; false when it does not exist. Deleting only what
+// Controls approves never removes an object of someone else's that holds
+// a builder's name.
+func Controls(ctx context.Context, r client.Reader, b *imagev1.NodeImageBuild, obj client.Object) (bool, error) {
+	if err := r.Get(ctx, client.ObjectKeyFromObject(obj), obj); err != nil {
+		if apierrors.IsNotFound(err) {
+			return false, nil
+		}
+		return false, fmt.Errorf("reading builder %s: %w", obj.GetName(), err)
+	}
+	return metav1.IsControlledBy(obj, b), nil
+}
+
+// NameInUse returns a NameInUseError when obj, which has the builder's
+// name, is not controlled by b; nil when it is b's.
+func NameInUse(kind string, obj metav1.Object, b *imagev1.NodeImageBuild) error {
+	if metav1.IsControlledBy(obj, b) {
+		return nil
+	}
+	return &NameInUseError{Kind: kind, Name: obj.GetName(), Terminating: obj.GetDeletionTimestamp() != nil}
+}
+
 // Phase is where a builder stands.
 type Phase string
 

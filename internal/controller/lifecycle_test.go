@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -443,4 +444,85 @@ func TestConfigMapReferenceWatched(t *testing.T) {
 		g.Expect(n.Status.CurrentBuild.Name).NotTo(Equal(first))
 		g.Expect(listBuilds(g, ns)).To(HaveLen(2))
 	}, testTimeout).Should(Succeed())
+}
+
+// A NodeImage deleted and created again gets a build of the same name
+// while the earlier build's Pod is still terminating (held here by a
+// finalizer, as by a kubelet that has not confirmed). The new build must
+// neither adopt nor delete that Pod: it waits for the name, then starts
+// its own builder. With a short timeout, a name that never frees ends the
+// build DeadlineExceeded instead of a reconcile error forever.
+func TestRecreatedBuildWaitsForTerminatingPod(t *testing.T) {
+	needEnv(t)
+	for _, tc := range []struct {
+		name    string
+		timeout time.Duration
+		release bool
+	}{
+		{name: "name frees", timeout: 45 * time.Minute, release: true},
+		{name: "name never frees", timeout: 3 * time.Second},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			g := NewWithT(t)
+			ns := newNamespace(t)
+			ni := newNodeImage(ns, "again")
+			ni.Spec.Builder.Timeout = &metav1.Duration{Duration: tc.timeout}
+			build, podName := startBuild(t, g, ni)
+			const hold = "test.nodeforge.dev/hold"
+			update(g, podKey(ns, podName), func(p *corev1.Pod) { p.Finalizers = append(p.Finalizers, hold) })
+			releasePod := func() {
+				pod := podKey(ns, podName)
+				if err := k8s.Get(ctx, client.ObjectKeyFromObject(pod), pod); err != nil {
+					return
+				}
+				update(g, pod, func(p *corev1.Pod) {
+					p.Finalizers = slices.DeleteFunc(p.Finalizers, func(f string) bool { return f == hold })
+				})
+			}
+			t.Cleanup(releasePod)
+			old := get(g, podKey(ns, podName))
+
+			g.Expect(k8s.Delete(ctx, get(g, ni))).To(Succeed())
+			g.Eventually(func(g Gomega) {
+				err := k8s.Get(ctx, client.ObjectKeyFromObject(ni), &imagev1.NodeImage{})
+				g.Expect(apierrors.IsNotFound(err)).To(BeTrue())
+				g.Expect(listBuilds(g, ns)).To(BeEmpty())
+			}, testTimeout).Should(Succeed())
+			g.Expect(get(g, podKey(ns, podName)).DeletionTimestamp).NotTo(BeNil(), "the old Pod is terminating")
+
+			again := newNodeImage(ns, "again")
+			again.Spec.Builder.Timeout = &metav1.Duration{Duration: tc.timeout}
+			g.Expect(k8s.Create(ctx, again)).To(Succeed())
+			g.Eventually(func(g Gomega) {
+				b := get(g, buildKey(ns, build))
+				c := condition(b, imagev1.ReadyCondition)
+				g.Expect(c).NotTo(BeNil())
+				g.Expect(c.Message).To(ContainSubstring("Pod " + podName + " of an earlier build of the same name is still terminating"))
+			}, testTimeout).Should(Succeed())
+			b := get(g, buildKey(ns, build))
+			g.Expect(b.Status.Attempts).To(BeZero(), "no attempt starts on someone else's Pod")
+			p := get(g, podKey(ns, podName))
+			g.Expect(p.UID).To(Equal(old.UID))
+			g.Expect(metav1.IsControlledBy(p, b)).To(BeFalse(), "the old Pod is not adopted")
+
+			if !tc.release {
+				g.Eventually(func(g Gomega) {
+					b := get(g, buildKey(ns, build))
+					g.Expect(reasonOf(b, imagev1.ReadyCondition)).To(Equal("False/DeadlineExceeded"))
+					g.Expect(reasonOf(b, imagev1.StalledCondition)).To(Equal("True/DeadlineExceeded"))
+					g.Expect(condition(b, imagev1.ReadyCondition).Message).To(ContainSubstring("could not start within 3s"))
+				}, testTimeout).Should(Succeed())
+				g.Expect(get(g, podKey(ns, podName)).UID).To(Equal(old.UID), "the old Pod is not deleted by the new build")
+				return
+			}
+			releasePod()
+			g.Eventually(func(g Gomega) {
+				b := get(g, buildKey(ns, build))
+				p := get(g, podKey(ns, podName))
+				g.Expect(p.UID).NotTo(Equal(old.UID))
+				g.Expect(metav1.IsControlledBy(p, b)).To(BeTrue(), "the new build runs its own builder")
+				g.Expect(b.Status.Attempts).To(Equal(int32(1)))
+			}, testTimeout).Should(Succeed())
+		})
+	}
 }

@@ -255,6 +255,31 @@ func (r *NodeImageBuildReconciler) reconcileBuild(ctx context.Context, b *imagev
 	}
 }
 
+// waitForBuilderName waits, within the build's timeout, for the name of
+// attempt n's builder, which an object this build does not control holds
+// (the builder of an earlier build of the same name, still terminating).
+// The attempt is not started: nothing of someone else's is adopted or
+// deleted, and a name that never frees ends the build DeadlineExceeded
+// instead of a reconcile error forever.
+func (r *NodeImageBuildReconciler) waitForBuilderName(b *imagev1.NodeImageBuild, n int32, inUse error) error {
+	since := b.CreationTimestamp.Time
+	if b.Status.StartTime != nil {
+		since = b.Status.StartTime.Time
+	}
+	timeout := buildTimeout(b)
+	elapsed := r.clock().Since(since)
+	if elapsed >= timeout {
+		msg := fmt.Sprintf("attempt %d could not start within %s: %v", n, timeout, inUse)
+		metrics.BuildsFailed.WithLabelValues(imagev1.DeadlineExceededReason, "true").Inc()
+		r.finish(b, imagev1.DeadlineExceededReason, msg)
+		markStalled(b, imagev1.DeadlineExceededReason, msg)
+		return &StallingError{Reason: imagev1.DeadlineExceededReason, Err: errors.New(msg)}
+	}
+	msg := fmt.Sprintf("attempt %d: waiting for the builder's name: %v", n, inUse)
+	r.markInProgress(b, imagev1.BuildPendingReason, msg)
+	return &WaitingError{Reason: imagev1.BuildPendingReason, RequeueAfter: min(timeout-elapsed, 2*time.Second), Err: errors.New(msg)}
+}
+
 func phaseWord(p backend.Phase) string {
 	if p == backend.PhasePending {
 		return "still pending"
@@ -340,6 +365,9 @@ func (r *NodeImageBuildReconciler) startAttempt(ctx context.Context, b *imagev1.
 		}
 	}
 	if err := be.Ensure(ctx, b, n); err != nil {
+		if errors.Is(err, backend.ErrNameInUse) {
+			return r.waitForBuilderName(b, n, err)
+		}
 		if !apierrors.IsInvalid(err) && !apierrors.IsForbidden(err) && !errors.Is(err, backend.ErrInvalidConfig) {
 			return err
 		}

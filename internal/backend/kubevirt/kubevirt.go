@@ -99,10 +99,7 @@ func (k *Backend) Ensure(ctx context.Context, b *imagev1.NodeImageBuild, attempt
 	if err != nil {
 		return err
 	}
-	if err := k.Client.Create(ctx, vmi); err != nil && !apierrors.IsAlreadyExists(err) {
-		return fmt.Errorf("creating builder VirtualMachineInstance %s: %w", vmi.Name, err)
-	}
-	return nil
+	return backend.CreateBuilder(ctx, k.Client, k.reader(), k.Kind(), b, vmi, &kubevirtv1.VirtualMachineInstance{})
 }
 
 func disk(name, serial string) kubevirtv1.Disk {
@@ -198,8 +195,9 @@ func (k *Backend) Observe(ctx context.Context, b *imagev1.NodeImageBuild, attemp
 		}
 		return obs, fmt.Errorf("reading builder VirtualMachineInstance %s: %w", name, err)
 	}
-	if !metav1.IsControlledBy(&vmi, b) {
-		return obs, fmt.Errorf("VirtualMachineInstance %s exists but is not controlled by NodeImageBuild %s", name, b.Name)
+	if err := backend.NameInUse(k.Kind(), &vmi, b); err != nil {
+		obs.Phase, obs.Message = backend.PhasePending, err.Error()
+		return obs, nil
 	}
 	obs.CreatedAt = vmi.CreationTimestamp.Time
 	switch vmi.Status.Phase {
@@ -280,7 +278,11 @@ func (k *Backend) ActiveBuilds(ctx context.Context) ([]client.ObjectKey, error) 
 // Delete implements backend.Backend.
 func (k *Backend) Delete(ctx context.Context, b *imagev1.NodeImageBuild, attempt int32) (bool, error) {
 	if attempt > 0 {
-		return k.deleteVMI(ctx, b.Namespace, backend.BuilderName(b.Name, attempt))
+		vmi := &kubevirtv1.VirtualMachineInstance{ObjectMeta: metav1.ObjectMeta{Namespace: b.Namespace, Name: backend.BuilderName(b.Name, attempt)}}
+		if ours, err := backend.Controls(ctx, k.reader(), b, vmi); err != nil || !ours {
+			return err == nil, err
+		}
+		return k.deleteVMI(ctx, b.Namespace, vmi.Name)
 	}
 	var list kubevirtv1.VirtualMachineInstanceList
 	if err := k.Client.List(ctx, &list, client.InNamespace(b.Namespace), client.MatchingLabels{backend.LabelBuild: b.Name}); err != nil {

@@ -121,10 +121,7 @@ func (p *Backend) Ensure(ctx context.Context, b *imagev1.NodeImageBuild, attempt
 	if err != nil {
 		return err
 	}
-	if err := p.Client.Create(ctx, pod); err != nil && !apierrors.IsAlreadyExists(err) {
-		return fmt.Errorf("creating builder Pod %s: %w", pod.Name, err)
-	}
-	return nil
+	return backend.CreateBuilder(ctx, p.Client, p.reader(), p.Kind(), b, pod, &corev1.Pod{})
 }
 
 // PodFor returns the builder Pod of attempt.
@@ -286,8 +283,11 @@ func (p *Backend) Observe(ctx context.Context, b *imagev1.NodeImageBuild, attemp
 		}
 		return obs, fmt.Errorf("reading builder Pod %s: %w", name, err)
 	}
-	if !metav1.IsControlledBy(&pod, b) {
-		return obs, fmt.Errorf("pod %s exists but is not controlled by NodeImageBuild %s", name, b.Name)
+	if err := backend.NameInUse(p.Kind(), &pod, b); err != nil {
+		// Not ours (it replaced ours, or ours was never created): the
+		// attempt waits, under its deadline, and never reads its result.
+		obs.Phase, obs.Message = backend.PhasePending, err.Error()
+		return obs, nil
 	}
 	obs.CreatedAt = pod.CreationTimestamp.Time
 	state := containerState(&pod)
@@ -370,7 +370,13 @@ func pendingMessage(pod *corev1.Pod) string {
 // Delete implements backend.Backend.
 func (p *Backend) Delete(ctx context.Context, b *imagev1.NodeImageBuild, attempt int32) (bool, error) {
 	if attempt > 0 {
-		return p.deletePod(ctx, b.Namespace, backend.BuilderName(b.Name, attempt))
+		// Only ours: a Pod of the name that another owner controls is left
+		// alone (and is no builder of this build).
+		pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: b.Namespace, Name: backend.BuilderName(b.Name, attempt)}}
+		if ours, err := backend.Controls(ctx, p.reader(), b, pod); err != nil || !ours {
+			return err == nil, err
+		}
+		return p.deletePod(ctx, b.Namespace, pod.Name)
 	}
 	var pods corev1.PodList
 	if err := p.Client.List(ctx, &pods, client.InNamespace(b.Namespace), client.MatchingLabels{backend.LabelBuild: b.Name}); err != nil {
