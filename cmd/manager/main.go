@@ -71,7 +71,7 @@ func run() error {
 	flag.BoolVar(&o.leaderElect, "leader-elect", false, "Use leader election so that only one replica reconciles.")
 	flag.StringVar(&o.leaderElectionNamespace, "leader-election-namespace", "", "Namespace of the leader election Lease (default: the manager's namespace).")
 	flag.StringVar(&o.builderImage, "builder-image", os.Getenv("NODEFORGE_BUILDER_IMAGE"), "Builder container image (env NODEFORGE_BUILDER_IMAGE); spec.builder.image overrides it.")
-	flag.StringVar(&o.allowedImages, "allowed-builder-images", "", "Comma-separated image prefixes that spec.builder.image may use (builders run privileged). Empty: no overrides, only --builder-image runs.")
+	flag.StringVar(&o.allowedImages, "allowed-builder-images", "", "Comma-separated image prefixes that spec.builder.image may use (builders run privileged); a prefix matches at a /, : or @ boundary of the reference only. Empty: no overrides, only --builder-image runs.")
 	flag.StringVar(&o.applianceImage, "builder-appliance-image", os.Getenv("NODEFORGE_APPLIANCE_IMAGE"), "KubeVirt builder appliance containerDisk image (env NODEFORGE_APPLIANCE_IMAGE).")
 	flag.StringVar(&o.builderServiceAccount, "builder-service-account", pod.DefaultServiceAccount, "ServiceAccount of builder Pods; it must exist in every namespace with NodeImages and have no API rights.")
 	flag.StringVar(&o.namespaces, "build-namespace", os.Getenv("NODEFORGE_BUILD_NAMESPACE"), "Comma-separated namespaces whose NodeImages this manager builds (builds, builder Pods and Secrets stay in the NodeImage's namespace); empty means all.")

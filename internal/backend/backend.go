@@ -239,6 +239,18 @@ func SpecDocument(b *imagev1.NodeImageBuild) ([]byte, error) {
 	return json.MarshalIndent(&doc, "", "  ")
 }
 
+// prefixAtBoundary reports whether pre is a prefix of the image reference
+// ending at a component boundary of it.
+func prefixAtBoundary(image, pre string) bool {
+	if pre == "" || !strings.HasPrefix(image, pre) {
+		return false
+	}
+	if len(image) == len(pre) || strings.ContainsAny(pre[len(pre)-1:], "/:@") {
+		return true
+	}
+	return strings.ContainsAny(image[len(pre):len(pre)+1], "/:@")
+}
+
 // EnsureSpecConfigMap creates the ConfigMap with the build spec, owned by
 // the build, unless it exists.
 func EnsureSpecConfigMap(ctx context.Context, c client.Client, scheme *runtime.Scheme, b *imagev1.NodeImageBuild) error {
@@ -285,14 +297,19 @@ func ptrTo[T any](v T) *T { return &v }
 // override is allowed and only the manager's configured builder image runs.
 type ImagePolicy struct {
 	// AllowedPrefixes lists image reference prefixes that may be used as
-	// overrides, such as "registry.example.com/nodeforge/builder:".
+	// overrides, such as "registry.example.com/nodeforge/builder:". A
+	// prefix matches at a boundary of the reference only: it ends in "/",
+	// ":" or "@", or the image continues there with one of them (or is
+	// the prefix itself), so "registry.example.com/nodeforge" admits
+	// ".../nodeforge:v2" and ".../nodeforge/builder", never
+	// ".../nodeforge-evil" or "registry.example.com.evil.example/...".
 	AllowedPrefixes []string
 }
 
 // Check returns an error when image may not be used as an override.
 func (p ImagePolicy) Check(image string) error {
 	for _, pre := range p.AllowedPrefixes {
-		if pre != "" && strings.HasPrefix(image, pre) {
+		if prefixAtBoundary(image, pre) {
 			return nil
 		}
 	}

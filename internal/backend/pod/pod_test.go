@@ -95,6 +95,9 @@ func TestPodForImageOverride(t *testing.T) {
 		{name: "no overrides by default", want: ""},
 		{name: "allowed prefix", allowed: []string{"registry.example.com/nodeforge/"}, want: "registry.example.com/nodeforge/builder:v2"},
 		{name: "other prefix", allowed: []string{"registry.example.com/other/"}, want: ""},
+		{name: "repository prefix at a boundary", allowed: []string{"registry.example.com/nodeforge/builder"}, want: "registry.example.com/nodeforge/builder:v2"},
+		{name: "a longer repository name is not the allowed one", allowed: []string{"registry.example.com/nodeforge/build"}, want: ""},
+		{name: "a longer host name is not the allowed one", allowed: []string{"registry.example"}, want: ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			b := &Backend{Scheme: testScheme(t), Image: "nodeforge-builder:dev", Images: backend.ImagePolicy{AllowedPrefixes: tc.allowed}}
