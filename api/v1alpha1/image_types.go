@@ -362,7 +362,9 @@ type AptRepository struct {
 type KeySource struct {
 	// url to fetch the (ASCII-armored or binary) key from at build time.
 	// https:// (redirects included); plain http:// only on a loopback host
-	// (127.0.0.0/8, ::1, localhost); keys are at most 1 MiB.
+	// (127.0.0.0/8, ::1, localhost); file:// only when the nodeforge CLI
+	// builds on the spec author's machine, never in a builder Pod (it would
+	// read the builder's files into the image); keys are at most 1 MiB.
 	// +optional
 	// +kubebuilder:validation:MaxLength=2048
 	// +kubebuilder:validation:Pattern=`^(https?|file)://[^\s]+$`

@@ -123,10 +123,11 @@ func runBuild(ctx context.Context, o *buildOptions, stdout, stderr io.Writer) er
 		SkipVerify:    o.noVerify,
 		Publisher:     pub,
 		PresignExpiry: expiry,
-		Builder:       builder.Options{WorkDir: o.workDir, OutDir: o.outDir, CacheDir: o.cacheDir, KeepWork: o.keepWork},
-		Progress:      o.progress,
-		Stdout:        stdout,
-		Stderr:        stderr,
+		// The spec's author runs the CLI: file:// key URLs read their files.
+		Builder:  builder.Options{WorkDir: o.workDir, OutDir: o.outDir, CacheDir: o.cacheDir, KeepWork: o.keepWork, LocalFiles: true},
+		Progress: o.progress,
+		Stdout:   stdout,
+		Stderr:   stderr,
 	}
 	start := time.Now()
 	res, err := p.run(ctx)

@@ -53,6 +53,11 @@ type Options struct {
 	// KeepWork keeps WorkDir's contents (the tree, the raw disk, the build
 	// log) for debugging.
 	KeepWork bool
+	// LocalFiles lets file:// signing-key URLs read the builder's own
+	// files. Only the CLI on the spec author's machine sets it: in a
+	// builder Pod a file:// URL would copy any file the builder can read
+	// (the mounted S3 credentials among them) into the published image.
+	LocalFiles bool
 
 	// Runner runs external tools; nil means an ExecRunner logging to
 	// WorkDir/build.log.

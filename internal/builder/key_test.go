@@ -8,6 +8,8 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -72,24 +74,38 @@ func TestFetchKey(t *testing.T) {
 	guardKeyTransport(t, secure.Client().Transport.(*http.Transport).TLSClientConfig)
 
 	localhost := strings.Replace(plain.URL, "127.0.0.1", "localhost", 1)
+	keyFile := filepath.Join(t.TempDir(), "key.asc")
+	if err := os.WriteFile(keyFile, key, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	bigFile := filepath.Join(t.TempDir(), "big.asc")
+	if err := os.WriteFile(bigFile, big, 0o600); err != nil {
+		t.Fatal(err)
+	}
 	for _, tc := range []struct {
-		name, url string
-		want      []byte
-		err       string // empty: success
+		name, url  string
+		localFiles bool
+		want       []byte
+		err        string // empty: success
 	}{
-		{"http on 127.0.0.1", plain.URL + "/key", key, ""},
-		{"http on localhost", localhost + "/key", key, ""},
-		{"https", secure.URL + "/key", key, ""},
-		{"https redirected to http on loopback", secure.URL + "/to-loopback-http", key, ""},
-		{"exactly the limit", plain.URL + "/max", big[:maxKeySize], ""},
-		{"over the limit", plain.URL + "/big", nil, "larger than 1048576 bytes"},
-		{"http on a remote host", "http://nodeforge-test.invalid/key", nil, "loopback hosts only"},
-		{"http with userinfo on a remote host", "http://u:p@nodeforge-test.invalid/key", nil, "loopback hosts only"},
-		{"https redirected to http on a remote host", secure.URL + "/to-remote-http", nil, "loopback hosts only"},
-		{"unknown scheme", "ftp://nodeforge-test.invalid/key", nil, "not supported"},
+		// file:// only for the CLI: in a builder Pod it would copy any
+		// readable file (the mounted credentials) into the image.
+		{name: "file on the CLI", url: "file://" + keyFile, localFiles: true, want: key},
+		{name: "file over the limit on the CLI", url: "file://" + bigFile, localFiles: true, err: "larger than 1048576 bytes"},
+		{name: "file in a builder", url: "file:///var/run/nodeforge/credentials/secretAccessKey", err: "file:// is read only by the nodeforge CLI"},
+		{name: "http on 127.0.0.1", url: plain.URL + "/key", want: key, err: ""},
+		{name: "http on localhost", url: localhost + "/key", want: key, err: ""},
+		{name: "https", url: secure.URL + "/key", want: key, err: ""},
+		{name: "https redirected to http on loopback", url: secure.URL + "/to-loopback-http", want: key, err: ""},
+		{name: "exactly the limit", url: plain.URL + "/max", want: big[:maxKeySize], err: ""},
+		{name: "over the limit", url: plain.URL + "/big", want: nil, err: "larger than 1048576 bytes"},
+		{name: "http on a remote host", url: "http://nodeforge-test.invalid/key", want: nil, err: "loopback hosts only"},
+		{name: "http with userinfo on a remote host", url: "http://u:p@nodeforge-test.invalid/key", want: nil, err: "loopback hosts only"},
+		{name: "https redirected to http on a remote host", url: secure.URL + "/to-remote-http", want: nil, err: "loopback hosts only"},
+		{name: "unknown scheme", url: "ftp://nodeforge-test.invalid/key", want: nil, err: "not supported"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			got, err := fetchKey(context.Background(), imagev1.KeySource{URL: tc.url})
+			got, err := fetchKey(context.Background(), imagev1.KeySource{URL: tc.url}, tc.localFiles)
 			if tc.err == "" {
 				if err != nil || !bytes.Equal(got, tc.want) {
 					t.Errorf("fetchKey = %d bytes, %v; want %d bytes", len(got), err, len(tc.want))

@@ -47,7 +47,7 @@ func (b *build) resolve(ctx context.Context, p *ResolveParams) error {
 	}
 	for _, s := range p.Sources {
 		b.progress(0.05, "fetching the signing key of "+stripUserinfo(s.URL))
-		key, err := fetchKey(ctx, s.Key)
+		key, err := fetchKey(ctx, s.Key, b.opts.LocalFiles)
 		if err != nil {
 			return fmt.Errorf("signing key for %s: %w", stripUserinfo(s.URL), err)
 		}
@@ -238,8 +238,9 @@ func firstMirror(sl []byte) string {
 	return ""
 }
 
-// fetchKey returns the key bytes of a resolved KeySource.
-func fetchKey(ctx context.Context, k imagev1.KeySource) ([]byte, error) {
+// fetchKey returns the key bytes of a resolved KeySource; file:// URLs
+// only with localFiles (Options.LocalFiles).
+func fetchKey(ctx context.Context, k imagev1.KeySource, localFiles bool) ([]byte, error) {
 	switch {
 	case k.Armored != "":
 		return []byte(k.Armored), nil
@@ -249,7 +250,10 @@ func fetchKey(ctx context.Context, k imagev1.KeySource) ([]byte, error) {
 			return nil, err
 		}
 		if u.Scheme == "file" {
-			return os.ReadFile(u.Path)
+			if !localFiles {
+				return nil, inputErrorf("signing key URL %s: file:// is read only by the nodeforge CLI on the spec author's machine, not by a builder in a cluster; use armored, configMapKeyRef or https://", u.Redacted())
+			}
+			return readKeyFile(u.Path)
 		}
 		// The key decides what apt trusts: fetch it over TLS only (the
 		// offline repository on loopback excepted), redirects included.
@@ -292,6 +296,23 @@ func fetchKey(ctx context.Context, k imagev1.KeySource) ([]byte, error) {
 
 // maxKeySize bounds a fetched signing key.
 const maxKeySize = 1 << 20
+
+// readKeyFile reads a local key file of at most maxKeySize bytes.
+func readKeyFile(p string) ([]byte, error) {
+	f, err := os.Open(p)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	key, err := io.ReadAll(io.LimitReader(f, maxKeySize+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(key) > maxKeySize {
+		return nil, inputErrorf("the key file %s is larger than %d bytes", p, maxKeySize)
+	}
+	return key, nil
+}
 
 // keyTransport fetches signing keys (a test guards its dialing).
 var keyTransport http.RoundTripper = http.DefaultTransport
