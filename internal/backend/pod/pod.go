@@ -174,7 +174,14 @@ func (p *Backend) PodFor(b *imagev1.NodeImageBuild, attempt int32) (*corev1.Pod,
 		volumes = append(volumes, corev1.Volume{Name: "scratch", VolumeSource: corev1.VolumeSource{
 			EmptyDir: &corev1.EmptyDirVolumeSource{SizeLimit: &scratchSize},
 		}})
+		// The scheduler sees the scratch space only as a request: place
+		// the builder where it fits, not on a node it would fill.
+		setDefault(&resources, corev1.ResourceEphemeralStorage, scratchSize)
 	}
+	// What a build needs at least (mmdebstrap, mkfs, qemu-img, and the
+	// boot test's 2 GiB, 2 vCPU guest), unless spec.builder.resources says.
+	setDefault(&resources, corev1.ResourceCPU, resource.MustParse(DefaultCPURequest))
+	setDefault(&resources, corev1.ResourceMemory, resource.MustParse(DefaultMemoryRequest))
 	if d := b.Spec.Destination; d != nil && d.S3 != nil {
 		volumes = append(volumes, corev1.Volume{Name: "credentials", VolumeSource: corev1.VolumeSource{
 			Secret: &corev1.SecretVolumeSource{SecretName: d.S3.CredentialsSecretRef.Name, DefaultMode: ptr.To[int32](0o400)},
@@ -270,6 +277,27 @@ func (p *Backend) PodFor(b *imagev1.NodeImageBuild, attempt int32) (*corev1.Pod,
 		return nil, err
 	}
 	return pod, nil
+}
+
+// Requests a builder gets unless spec.builder.resources sets them.
+const (
+	DefaultCPURequest    = "1"
+	DefaultMemoryRequest = "3Gi"
+)
+
+// setDefault sets a request of r unless the request or a limit of that
+// resource is set (a limit alone makes the request equal it).
+func setDefault(r *corev1.ResourceRequirements, name corev1.ResourceName, q resource.Quantity) {
+	if _, ok := r.Requests[name]; ok {
+		return
+	}
+	if _, ok := r.Limits[name]; ok {
+		return
+	}
+	if r.Requests == nil {
+		r.Requests = corev1.ResourceList{}
+	}
+	r.Requests[name] = q
 }
 
 // Observe implements backend.Backend.

@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
@@ -117,5 +118,55 @@ func TestPodForImageOverride(t *testing.T) {
 				t.Errorf("image = %s, want %s", got, tc.want)
 			}
 		})
+	}
+}
+
+// A builder Pod asks the scheduler for what it uses: its scratch emptyDir
+// as ephemeral storage, and enough CPU and memory for the build and the
+// boot test's guest, unless spec.builder.resources says otherwise.
+func TestPodForRequests(t *testing.T) {
+	b := &Backend{Scheme: testScheme(t), Image: "nodeforge-builder:dev"}
+	pod, err := b.PodFor(testBuild(), 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req := pod.Spec.Containers[0].Resources.Requests
+	for name, want := range map[corev1.ResourceName]string{
+		corev1.ResourceEphemeralStorage: DefaultScratchSize,
+		corev1.ResourceCPU:              DefaultCPURequest,
+		corev1.ResourceMemory:           DefaultMemoryRequest,
+	} {
+		if q, ok := req[name]; !ok || q.Cmp(resource.MustParse(want)) != 0 {
+			t.Errorf("request %s = %v, want %s", name, req[name], want)
+		}
+	}
+
+	// The spec's own values win; a limit alone is left to set the request.
+	build := testBuild()
+	build.Spec.Builder.Resources = corev1.ResourceRequirements{
+		Requests: corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("3")},
+		Limits:   corev1.ResourceList{corev1.ResourceMemory: resource.MustParse("8Gi")},
+	}
+	pod, err = b.PodFor(build, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := pod.Spec.Containers[0].Resources
+	if q := r.Requests[corev1.ResourceCPU]; q.Cmp(resource.MustParse("3")) != 0 {
+		t.Errorf("cpu request %v, want the spec's 3", q)
+	}
+	if _, ok := r.Requests[corev1.ResourceMemory]; ok {
+		t.Errorf("memory request %v set beside the spec's limit", r.Requests[corev1.ResourceMemory])
+	}
+
+	// A cache volume instead of the emptyDir: no ephemeral-storage request.
+	build = testBuild()
+	build.Spec.Builder.Cache = &corev1.LocalObjectReference{Name: "cache"}
+	pod, err = b.PodFor(build, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := pod.Spec.Containers[0].Resources.Requests[corev1.ResourceEphemeralStorage]; ok {
+		t.Error("ephemeral-storage requested with a cache volume")
 	}
 }
