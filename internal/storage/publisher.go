@@ -51,6 +51,32 @@ type Publisher struct {
 	Logger *slog.Logger
 }
 
+// StaleUploadAge is how old an incomplete multipart upload under a name
+// must be before Prune aborts it: longer than any build may run
+// (spec.builder.timeout is at most 24h), so no upload in progress is cut.
+const StaleUploadAge = 48 * time.Hour
+
+// uploadAborter is a Store that can abort incomplete multipart uploads
+// (S3): the parts of an upload whose builder was killed mid-way hold space
+// without ever becoming an object.
+type uploadAborter interface {
+	AbortIncompleteUploads(ctx context.Context, prefix string, olderThan time.Duration) (int, error)
+}
+
+// abortStaleUploads aborts the incomplete uploads under name older than
+// olderThan, when the store has any.
+func (p *Publisher) abortStaleUploads(ctx context.Context, name string, olderThan time.Duration) error {
+	a, ok := p.Store.(uploadAborter)
+	if !ok {
+		return nil
+	}
+	n, err := a.AbortIncompleteUploads(ctx, p.nameDir(name), olderThan)
+	if n > 0 {
+		p.log().Info("aborted incomplete uploads", "name", name, "count", n)
+	}
+	return err
+}
+
 // PublishInput describes one image to publish.
 type PublishInput struct {
 	// Name is the NodeImage name (lowercase DNS-like).
@@ -322,7 +348,8 @@ func (p *Publisher) Published(ctx context.Context, name string) ([]Artifact, err
 
 // Prune keeps the keep newest published digests of name and deletes the
 // others, never the one the latest pointer names. Digests without a
-// manifest (a publish in progress, or one that failed) are left alone. It
+// manifest (a publish in progress, or one that failed) are left alone;
+// incomplete multipart uploads older than StaleUploadAge are aborted. It
 // returns the deleted digests.
 func (p *Publisher) Prune(ctx context.Context, name string, keep int) ([]string, error) {
 	if keep < 0 {
@@ -349,6 +376,9 @@ func (p *Publisher) Prune(ctx context.Context, name string, keep int) ([]string,
 		}
 		p.log().Info("pruned artifact", "name", name, "specDigest", a.SpecDigest)
 		deleted = append(deleted, a.SpecDigest)
+	}
+	if err := p.abortStaleUploads(ctx, name, StaleUploadAge); err != nil {
+		return deleted, fmt.Errorf("prune %s: %w", name, err)
 	}
 	return deleted, nil
 }
@@ -381,6 +411,11 @@ func (p *Publisher) DeleteAll(ctx context.Context, name string) error {
 		return errorf(ErrInvalidArgument, "name %q", name)
 	}
 	if err := p.Store.Delete(ctx, p.LatestKey(name)); err != nil {
+		return err
+	}
+	// The NodeImage and its builders are gone: every upload of the name
+	// is a leftover.
+	if err := p.abortStaleUploads(ctx, name, 0); err != nil {
 		return err
 	}
 	published, err := p.Published(ctx, name)

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/minio/minio-go/v7"
 	. "github.com/onsi/gomega"
 )
 
@@ -119,4 +120,40 @@ func TestS3PublishLookupPruneDelete(t *testing.T) {
 	g.Expect(objs).To(BeEmpty())
 	_, err = pub.Lookup(ctx, "worker2", digestN(1))
 	g.Expect(err).NotTo(HaveOccurred())
+}
+
+// A builder killed mid-upload leaves an incomplete multipart upload that
+// no abort ever reached: it holds space without being an object. Prune
+// aborts such uploads of the name once older than StaleUploadAge (never a
+// fresh one, which may be in progress), and DeleteAll aborts them all;
+// other names' uploads stay.
+func TestS3PruneAndDeleteAbortLeftoverUploads(t *testing.T) {
+	g := NewWithT(t)
+	srv := startMinio(t, minioConfig{})
+	st := srv.bucketStore(t)
+	pub := &Publisher{Store: st, Prefix: "team-a/nodes"}
+	ctx := context.Background()
+	start := func(key string) {
+		_, err := st.core.NewMultipartUpload(ctx, st.Bucket(), key, minio.PutObjectOptions{})
+		g.Expect(err).NotTo(HaveOccurred())
+	}
+	uploads := func() []string {
+		var keys []string
+		for u := range st.client.ListIncompleteUploads(ctx, st.Bucket(), "", true) {
+			g.Expect(u.Err).NotTo(HaveOccurred())
+			keys = append(keys, u.Key)
+		}
+		return keys
+	}
+	mine := pub.ImageKey("worker", digestN(1), FormatQCOW2)
+	other := (&Publisher{Prefix: "team-a/nodes"}).ImageKey("worker2", digestN(1), FormatQCOW2)
+	start(mine)
+	start(other)
+
+	_, err := pub.Prune(ctx, "worker", 3)
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(uploads()).To(ConsistOf(mine, other), "a fresh upload may be in progress: Prune leaves it")
+
+	g.Expect(pub.DeleteAll(ctx, "worker")).To(Succeed())
+	g.Expect(uploads()).To(ConsistOf(other), "DeleteAll aborts the name's uploads only")
 }

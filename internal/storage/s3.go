@@ -480,17 +480,24 @@ func (s *S3) PresignGet(ctx context.Context, key string, expiry time.Duration) (
 // than olderThan ago: leftovers of uploads whose abort could not reach the
 // server (it was down). They are never visible as objects, but hold space
 // until aborted. Give olderThan a margin longer than any upload, since an
-// upload in progress elsewhere would be aborted too.
+// upload in progress elsewhere would be aborted too; 0 aborts every one
+// (whatever the server's clock says of its start).
 func (s *S3) AbortIncompleteUploads(ctx context.Context, prefix string, olderThan time.Duration) (int, error) {
 	n := 0
 	cutoff := time.Now().Add(-olderThan)
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	for u := range s.client.ListIncompleteUploads(ctx, s.bucket, prefix, true) {
+	// The whole bucket's uploads, filtered here: MinIO lists uploads for
+	// an exact key or the whole bucket only, and answers a shorter prefix
+	// with nothing.
+	for u := range s.client.ListIncompleteUploads(ctx, s.bucket, "", true) {
 		if u.Err != nil {
 			return n, s.opError("list uploads", prefix, u.Err)
 		}
-		if u.Initiated.After(cutoff) {
+		if !strings.HasPrefix(u.Key, prefix) {
+			continue
+		}
+		if olderThan > 0 && u.Initiated.After(cutoff) {
 			continue
 		}
 		if err := s.core.AbortMultipartUpload(ctx, s.bucket, u.Key, u.UploadID); err != nil {
