@@ -143,7 +143,6 @@ func bootTest(ctx context.Context, r *Report, sel selector, image string, c *ima
 	// a failure under TCG is the image's.
 	fallback := func(why string) error {
 		b.stop()
-		disableKVM(why)
 		accel = AccelTCG
 		r.AcceleratorNote = "the boot under KVM failed (" + why + "); booted again under TCG"
 		b, err = start(accel)
@@ -152,6 +151,9 @@ func bootTest(ctx context.Context, r *Report, sel selector, image string, c *ima
 	kvmAuto := func() bool { return auto && accel == AccelKVM }
 	if err == nil && kvmAuto() {
 		if kerr := b.waitKernel(bctx, kvmKernelWindow); kerr != nil && bctx.Err() == nil {
+			// The vCPU cannot even start the kernel: KVM's fault, for the
+			// rest of the process.
+			disableKVM(kerr.Error())
 			err = fallback(kerr.Error())
 		}
 	}
@@ -169,10 +171,15 @@ func bootTest(ctx context.Context, r *Report, sel selector, image string, c *ima
 		}
 		err := b.waitSSH(ctx, silence)
 		if err != nil && kvmAuto() && ctx.Err() == nil {
-			if ferr := fallback(err.Error()); ferr != nil {
+			why := err.Error()
+			if ferr := fallback(why); ferr != nil {
 				return "", ferr
 			}
-			err = b.waitSSH(ctx, 0)
+			// KVM is given up for the process only when TCG then gets
+			// through: a guest that fails both ways is the image's fault.
+			if err = b.waitSSH(ctx, 0); err == nil {
+				disableKVM(why)
+			}
 		}
 		if err != nil {
 			if errors.Is(err, context.DeadlineExceeded) || ctx.Err() != nil {
@@ -185,7 +192,9 @@ func bootTest(ctx context.Context, r *Report, sel selector, image string, c *ima
 	}}, opts.Progress)
 	r.Accelerator = accel
 	if !sshCheck.Passed {
-		r.ConsoleTail = b.consoleTail(4000)
+		if b != nil { // nil when the TCG attempt could not even be prepared
+			r.ConsoleTail = b.consoleTail(4000)
+		}
 		msg := "no SSH session"
 		for _, n := range append([]string{CheckBootCloudInit}, bootNames(c)...) {
 			sel.failWith(r, n, Boot, "not run: "+msg, opts.Progress)
