@@ -57,6 +57,7 @@ type options struct {
 	maxBuildsPerNode        int
 	maxConcurrentReconciles int
 	useKVMResource          bool
+	mountKVM                bool
 	builderHostNetwork      bool
 	scratchSize             string
 	enableKubeVirt          string
@@ -79,6 +80,7 @@ func run() error {
 	flag.IntVar(&o.maxBuildsPerNode, "max-builds-per-node", 1, "Builder Pods per node: 1 (pod anti-affinity) or 0 (no limit); other values are refused until they can be enforced.")
 	flag.IntVar(&o.maxConcurrentReconciles, "max-concurrent-reconciles", 2, "Parallel reconciles per controller.")
 	flag.BoolVar(&o.useKVMResource, "kvm-device-resource", false, "Request the devices.kubevirt.io/kvm extended resource instead of mounting /dev/kvm from the host.")
+	flag.BoolVar(&o.mountKVM, "mount-kvm", true, "Mount the node's /dev/kvm into builder Pods. false: for nodes without KVM; builders then boot their test VM under TCG (slower), and status says why.")
 	flag.BoolVar(&o.builderHostNetwork, "builder-host-network", false, "Run builder Pods with hostNetwork (dnsPolicy ClusterFirstWithHostNet). For single-node development clusters such as hack/local-cluster.sh, whose Pods have no default route: the builder then reaches the package mirror and services on the node's 127.0.0.1 (a local S3 server or apt repository).")
 	flag.StringVar(&o.scratchSize, "scratch-size", pod.DefaultScratchSize, "Size limit of the builder's emptyDir scratch volume.")
 	flag.StringVar(&o.enableKubeVirt, "kubevirt", "auto", "KubeVirt backend: auto (when the VirtualMachineInstance API exists), true or false.")
@@ -144,7 +146,7 @@ func run() error {
 		Client: mgr.GetClient(), Reader: mgr.GetAPIReader(), Scheme: scheme,
 		Logs:  pod.ClientsetLogs{Clientset: clientset},
 		Image: o.builderImage, ServiceAccount: o.builderServiceAccount,
-		UseKVMResource: o.useKVMResource, ScratchSize: o.scratchSize,
+		UseKVMResource: o.useKVMResource, NoKVM: !o.mountKVM, ScratchSize: o.scratchSize,
 		OneBuildPerNode: o.maxBuildsPerNode == 1,
 		HostNetwork:     o.builderHostNetwork,
 		Images:          o.imagePolicy(),
@@ -194,6 +196,9 @@ func (o *options) validate() error {
 	var errs []error
 	if o.builderImage == "" {
 		errs = append(errs, errors.New("--builder-image (or NODEFORGE_BUILDER_IMAGE) is required"))
+	}
+	if o.useKVMResource && !o.mountKVM {
+		errs = append(errs, errors.New("--kvm-device-resource and --mount-kvm=false contradict each other: request the KVM device or give builders none"))
 	}
 	if o.maxConcurrentBuilds < 0 {
 		errs = append(errs, fmt.Errorf("--max-concurrent-builds=%d: must be 0 (no limit) or more", o.maxConcurrentBuilds))

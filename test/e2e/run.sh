@@ -208,9 +208,18 @@ log "builder image imported in $((SECONDS - t0))s"
 # as is and never looks for it in a public registry.
 export NODEFORGE_E2E_BUILDER_IMAGE=nodeforge.local/builder:dev
 
+# A host without /dev/kvm (some machine kinds have none): builders get no
+# KVM device and boot under TCG, and the suite skips its /dev/kvm spec.
+kvm_flags=()
+if [ ! -c /dev/kvm ]; then
+	kvm_flags=(--mount-kvm=false)
+	export NODEFORGE_E2E_NO_KVM=1
+	log "this host has no /dev/kvm: builders get none (--mount-kvm=false) and boot under TCG"
+fi
 KUBECONFIG=$state/manager.kubeconfig setsid "$state/manager" \
 	--builder-image="$NODEFORGE_E2E_BUILDER_IMAGE" \
 	--builder-host-network \
+	"${kvm_flags[@]}" \
 	--kubevirt=false \
 	--metrics-bind-address=0 \
 	--health-probe-bind-address=0 \

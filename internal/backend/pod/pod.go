@@ -84,6 +84,9 @@ type Backend struct {
 	// UseKVMResource requests devices.kubevirt.io/kvm instead of mounting
 	// /dev/kvm from the host.
 	UseKVMResource bool
+	// NoKVM gives builders no KVM device at all, for nodes without one:
+	// their boot test runs under TCG.
+	NoKVM bool
 	// ScratchSize limits the emptyDir scratch volume; DefaultScratchSize
 	// when empty.
 	ScratchSize string
@@ -197,7 +200,12 @@ func (p *Backend) PodFor(b *imagev1.NodeImageBuild, attempt int32) (*corev1.Pod,
 			mounts = append(mounts, corev1.VolumeMount{Name: "ca", MountPath: buildresult.CADir, ReadOnly: true})
 		}
 	}
-	if p.UseKVMResource {
+	switch {
+	case p.NoKVM:
+		// Nodes without KVM: no device to mount (a hostPath of type
+		// CharDevice would keep the Pod from starting); the boot test
+		// runs under TCG and its report says why.
+	case p.UseKVMResource:
 		if resources.Limits == nil {
 			resources.Limits = corev1.ResourceList{}
 		}
@@ -205,7 +213,7 @@ func (p *Backend) PodFor(b *imagev1.NodeImageBuild, attempt int32) (*corev1.Pod,
 		if resources.Requests != nil {
 			resources.Requests[KVMResource] = resource.MustParse("1")
 		}
-	} else {
+	default:
 		volumes = append(volumes, corev1.Volume{Name: "kvm", VolumeSource: corev1.VolumeSource{
 			HostPath: &corev1.HostPathVolumeSource{Path: "/dev/kvm", Type: ptr.To(corev1.HostPathCharDev)},
 		}})

@@ -170,3 +170,33 @@ func TestPodForRequests(t *testing.T) {
 		t.Error("ephemeral-storage requested with a cache volume")
 	}
 }
+
+// On nodes without KVM (--mount-kvm=false) a builder gets no /dev/kvm: a
+// hostPath of type CharDevice would keep it from ever starting there.
+func TestPodForWithoutKVM(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		b       *Backend
+		wantKVM bool
+	}{
+		{name: "default mounts /dev/kvm", b: &Backend{}, wantKVM: true},
+		{name: "no KVM", b: &Backend{NoKVM: true}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tc.b.Scheme, tc.b.Image = testScheme(t), "nodeforge-builder:dev"
+			pod, err := tc.b.PodFor(testBuild(), 1)
+			if err != nil {
+				t.Fatal(err)
+			}
+			has := false
+			for _, v := range pod.Spec.Volumes {
+				if v.HostPath != nil && v.HostPath.Path == "/dev/kvm" {
+					has = true
+				}
+			}
+			if has != tc.wantKVM {
+				t.Errorf("/dev/kvm volume = %v, want %v", has, tc.wantKVM)
+			}
+		})
+	}
+}
