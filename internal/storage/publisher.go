@@ -64,17 +64,21 @@ type uploadAborter interface {
 }
 
 // abortStaleUploads aborts the incomplete uploads under name older than
-// olderThan, when the store has any.
-func (p *Publisher) abortStaleUploads(ctx context.Context, name string, olderThan time.Duration) error {
+// olderThan, when the store has any. It is housekeeping: credentials
+// without the right to list uploads, or a failed abort, are logged and
+// never fail (or block) the prune or delete that asked for it.
+func (p *Publisher) abortStaleUploads(ctx context.Context, name string, olderThan time.Duration) {
 	a, ok := p.Store.(uploadAborter)
 	if !ok {
-		return nil
+		return
 	}
 	n, err := a.AbortIncompleteUploads(ctx, p.nameDir(name), olderThan)
 	if n > 0 {
 		p.log().Info("aborted incomplete uploads", "name", name, "count", n)
 	}
-	return err
+	if err != nil {
+		p.log().Warn("could not abort incomplete uploads; the server's expiry rule removes them", "name", name, "error", err.Error())
+	}
 }
 
 // PublishInput describes one image to publish.
@@ -377,9 +381,7 @@ func (p *Publisher) Prune(ctx context.Context, name string, keep int) ([]string,
 		p.log().Info("pruned artifact", "name", name, "specDigest", a.SpecDigest)
 		deleted = append(deleted, a.SpecDigest)
 	}
-	if err := p.abortStaleUploads(ctx, name, StaleUploadAge); err != nil {
-		return deleted, fmt.Errorf("prune %s: %w", name, err)
-	}
+	p.abortStaleUploads(ctx, name, StaleUploadAge)
 	return deleted, nil
 }
 
@@ -415,9 +417,7 @@ func (p *Publisher) DeleteAll(ctx context.Context, name string) error {
 	}
 	// The NodeImage and its builders are gone: every upload of the name
 	// is a leftover.
-	if err := p.abortStaleUploads(ctx, name, 0); err != nil {
-		return err
-	}
+	p.abortStaleUploads(ctx, name, 0)
 	published, err := p.Published(ctx, name)
 	if err != nil {
 		return err
