@@ -163,11 +163,15 @@ type BuilderSpec struct {
 	// +kubebuilder:validation:MaxLength=512
 	Image string `json:"image,omitempty"`
 
-	// nodeSelector constrains the builder to nodes with these labels.
+	// nodeSelector constrains the builder to nodes with these labels. Only
+	// the label keys the manager allows (--allowed-node-selector-keys; none
+	// by default) may be used: builders are privileged, so their placement
+	// is the platform admin's choice.
 	// +optional
 	NodeSelector map[string]string `json:"nodeSelector,omitempty"`
 
-	// tolerations of the builder.
+	// tolerations of the builder, each within those the manager allows
+	// (--allowed-builder-tolerations; none by default).
 	// +optional
 	// +listType=atomic
 	Tolerations []corev1.Toleration `json:"tolerations,omitempty"`

@@ -61,6 +61,10 @@ type options struct {
 	builderHostNetwork      bool
 	scratchSize             string
 	enableKubeVirt          string
+
+	builderNodeSelector, builderTolerations     string
+	allowedNodeSelectorKeys, allowedTolerations string
+	placement                                   backend.PlacementPolicy // parsed by validate
 }
 
 func run() error {
@@ -74,6 +78,10 @@ func run() error {
 	flag.StringVar(&o.builderImage, "builder-image", os.Getenv("NODEFORGE_BUILDER_IMAGE"), "Builder container image (env NODEFORGE_BUILDER_IMAGE); spec.builder.image overrides it.")
 	flag.StringVar(&o.allowedImages, "allowed-builder-images", "", "Comma-separated image prefixes that spec.builder.image may use (builders run privileged); a prefix matches at a /, : or @ boundary of the reference only. Empty: no overrides, only --builder-image runs.")
 	flag.StringVar(&o.applianceImage, "builder-appliance-image", os.Getenv("NODEFORGE_APPLIANCE_IMAGE"), "KubeVirt builder appliance containerDisk image (env NODEFORGE_APPLIANCE_IMAGE).")
+	flag.StringVar(&o.builderNodeSelector, "builder-node-selector", "", "Comma-separated key=value node labels every builder gets (for example nodeforge.dev/builder=true); NodeImages cannot change these keys.")
+	flag.StringVar(&o.builderTolerations, "builder-tolerations", "", "Comma-separated tolerations every builder gets, as KEY[=VALUE][:EFFECT] (kubectl taint form; without a value the operator is Exists, without an effect every effect).")
+	flag.StringVar(&o.allowedNodeSelectorKeys, "allowed-node-selector-keys", "", "Comma-separated node label keys that spec.builder.nodeSelector may use. Empty: a NodeImage cannot choose nodes (builders are privileged).")
+	flag.StringVar(&o.allowedTolerations, "allowed-builder-tolerations", "", "Comma-separated tolerations (KEY[=VALUE][:EFFECT]) that spec.builder.tolerations may contain. Empty: a NodeImage cannot add tolerations, so it cannot reach tainted nodes such as control-plane nodes.")
 	flag.StringVar(&o.builderServiceAccount, "builder-service-account", pod.DefaultServiceAccount, "ServiceAccount of builder Pods; it must exist in every namespace with NodeImages and have no API rights.")
 	flag.StringVar(&o.namespaces, "build-namespace", os.Getenv("NODEFORGE_BUILD_NAMESPACE"), "Comma-separated namespaces whose NodeImages this manager builds (builds, builder Pods and Secrets stay in the NodeImage's namespace); empty means all.")
 	flag.IntVar(&o.maxConcurrentBuilds, "max-concurrent-builds", 4, "Builds running at once, cluster-wide (0: no limit).")
@@ -150,6 +158,7 @@ func run() error {
 		OneBuildPerNode: o.maxBuildsPerNode == 1,
 		HostNetwork:     o.builderHostNetwork,
 		Images:          o.imagePolicy(),
+		Placement:       o.placement,
 	}
 	backends := map[imagev1.BuilderBackend]backend.Backend{imagev1.BuilderBackendPod: podBackend}
 	var owned []client.Object
@@ -157,6 +166,7 @@ func run() error {
 		artifacts := controller.PublisherStore{Open: controller.S3Opener(mgr.GetAPIReader())}
 		backends[imagev1.BuilderBackendKubeVirt] = &kubevirt.Backend{
 			Client: mgr.GetClient(), Reader: mgr.GetAPIReader(), Scheme: scheme, Image: o.applianceImage, Images: o.imagePolicy(),
+			Placement:      o.placement,
 			ArtifactLookup: controller.BuildArtifactLookup(artifacts),
 		}
 		owned = append(owned, &kubevirtv1.VirtualMachineInstance{})
@@ -220,6 +230,19 @@ func (o *options) validate() error {
 	}
 	if q, err := resource.ParseQuantity(o.scratchSize); err != nil || q.Sign() <= 0 {
 		errs = append(errs, fmt.Errorf("--scratch-size=%q: want a positive quantity such as 40Gi", o.scratchSize))
+	}
+	var err error
+	if o.placement.NodeSelector, err = backend.ParseNodeSelector(o.builderNodeSelector); err != nil {
+		errs = append(errs, fmt.Errorf("--builder-node-selector: %w", err))
+	}
+	if o.placement.Tolerations, err = backend.ParseTolerations(o.builderTolerations); err != nil {
+		errs = append(errs, fmt.Errorf("--builder-tolerations: %w", err))
+	}
+	if o.placement.AllowedNodeSelectorKeys, err = backend.ParseLabelKeys(o.allowedNodeSelectorKeys); err != nil {
+		errs = append(errs, fmt.Errorf("--allowed-node-selector-keys: %w", err))
+	}
+	if o.placement.AllowedTolerations, err = backend.ParseTolerations(o.allowedTolerations); err != nil {
+		errs = append(errs, fmt.Errorf("--allowed-builder-tolerations: %w", err))
 	}
 	return errors.Join(errs...)
 }

@@ -23,6 +23,10 @@ func TestOptionsValidate(t *testing.T) {
 		"kubevirt, no image":   {func(o *options) { o.enableKubeVirt = "true" }, "--builder-appliance-image"},
 		"scratch not quantity": {func(o *options) { o.scratchSize = "lots" }, `--scratch-size="lots"`},
 		"scratch zero":         {func(o *options) { o.scratchSize = "0" }, `--scratch-size="0"`},
+		"selector without =":   {func(o *options) { o.builderNodeSelector = "pool" }, "--builder-node-selector"},
+		"toleration effect":    {func(o *options) { o.builderTolerations = "dedicated=builds:Never" }, "--builder-tolerations"},
+		"allowed key invalid":  {func(o *options) { o.allowedNodeSelectorKeys = "a b" }, "--allowed-node-selector-keys"},
+		"wildcard toleration":  {func(o *options) { o.allowedTolerations = ":NoSchedule" }, "--allowed-builder-tolerations"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			o := valid

@@ -15,6 +15,14 @@ const (
 	SecretKeySessionToken    = "sessionToken" // optional
 )
 
+// CredentialSecretKeys are every key of a Secret that
+// CredentialsFromSecretData reads: a builder is given these and nothing
+// else of the Secret.
+var CredentialSecretKeys = []string{
+	SecretKeyAccessKeyID, SecretKeySecretAccessKey, SecretKeySessionToken,
+	EnvAccessKeyID, EnvSecretAccessKey, EnvSessionToken,
+}
+
 // Standard environment variables read by CredentialsFromEnv.
 const (
 	EnvAccessKeyID     = "AWS_ACCESS_KEY_ID"

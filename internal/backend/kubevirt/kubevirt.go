@@ -67,6 +67,9 @@ type Backend struct {
 	// Images decides which spec.builder.image overrides may run; none by
 	// default.
 	Images backend.ImagePolicy
+	// Placement decides the VM's node selector and tolerations, as for
+	// builder Pods.
+	Placement backend.PlacementPolicy
 	// ArtifactLookup returns the artifact published for the build's spec
 	// digest and when it was published; used when a VMI Succeeded without
 	// a relayed result. Nil makes such a VMI a failure.
@@ -121,6 +124,13 @@ func (k *Backend) VMIFor(b *imagev1.NodeImageBuild, attempt int32) (*kubevirtv1.
 	if image == "" {
 		return nil, fmt.Errorf("%w: no builder appliance image: set --builder-appliance-image or spec.builder.image", backend.ErrInvalidConfig)
 	}
+	nodeSelector, tolerations, err := k.Placement.Place(spec)
+	if err != nil {
+		return nil, err
+	}
+	if len(nodeSelector) == 0 {
+		nodeSelector = nil
+	}
 	requests := corev1.ResourceList{corev1.ResourceMemory: resource.MustParse(DefaultMemory)}
 	if m, ok := spec.Resources.Requests[corev1.ResourceMemory]; ok {
 		requests[corev1.ResourceMemory] = m
@@ -173,8 +183,8 @@ func (k *Backend) VMIFor(b *imagev1.NodeImageBuild, attempt int32) (*kubevirtv1.
 				Devices:   kubevirtv1.Devices{Disks: disks},
 			},
 			Volumes:                       volumes,
-			NodeSelector:                  spec.NodeSelector,
-			Tolerations:                   spec.Tolerations,
+			NodeSelector:                  nodeSelector,
+			Tolerations:                   tolerations,
 			TerminationGracePeriodSeconds: ptr.To[int64](30),
 		},
 	}

@@ -11,6 +11,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"maps"
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
@@ -26,6 +27,7 @@ import (
 	imagev1 "github.com/nodeforge/nodeforge/api/v1alpha1"
 	"github.com/nodeforge/nodeforge/internal/backend"
 	"github.com/nodeforge/nodeforge/internal/buildresult"
+	"github.com/nodeforge/nodeforge/internal/storage"
 )
 
 // Defaults.
@@ -101,6 +103,9 @@ type Backend struct {
 	// Images decides which spec.builder.image overrides may run; none by
 	// default.
 	Images backend.ImagePolicy
+	// Placement decides the builder's node selector and tolerations;
+	// spec.builder.nodeSelector and tolerations are refused by default.
+	Placement backend.PlacementPolicy
 }
 
 var _ backend.Backend = &Backend{}
@@ -186,9 +191,7 @@ func (p *Backend) PodFor(b *imagev1.NodeImageBuild, attempt int32) (*corev1.Pod,
 	setDefault(&resources, corev1.ResourceCPU, resource.MustParse(DefaultCPURequest))
 	setDefault(&resources, corev1.ResourceMemory, resource.MustParse(DefaultMemoryRequest))
 	if d := b.Spec.Destination; d != nil && d.S3 != nil {
-		volumes = append(volumes, corev1.Volume{Name: "credentials", VolumeSource: corev1.VolumeSource{
-			Secret: &corev1.SecretVolumeSource{SecretName: d.S3.CredentialsSecretRef.Name, DefaultMode: ptr.To[int32](0o400)},
-		}})
+		volumes = append(volumes, credentialsVolume(d.S3.CredentialsSecretRef.Name))
 		mounts = append(mounts, corev1.VolumeMount{Name: "credentials", MountPath: buildresult.CredentialsDir, ReadOnly: true})
 		if d.S3.CASecretRef != nil {
 			volumes = append(volumes, corev1.Volume{Name: "ca", VolumeSource: corev1.VolumeSource{
@@ -220,10 +223,12 @@ func (p *Backend) PodFor(b *imagev1.NodeImageBuild, attempt int32) (*corev1.Pod,
 		mounts = append(mounts, corev1.VolumeMount{Name: "kvm", MountPath: "/dev/kvm"})
 	}
 
-	nodeSelector := map[string]string{corev1.LabelArchStable: string(imagev1.ArchitectureAMD64)}
-	for k, v := range spec.NodeSelector {
-		nodeSelector[k] = v
+	placed, tolerations, err := p.Placement.Place(spec)
+	if err != nil {
+		return nil, err
 	}
+	nodeSelector := map[string]string{corev1.LabelArchStable: string(imagev1.ArchitectureAMD64)}
+	maps.Copy(nodeSelector, placed)
 
 	pod := &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{
@@ -238,7 +243,7 @@ func (p *Backend) PodFor(b *imagev1.NodeImageBuild, attempt int32) (*corev1.Pod,
 			AutomountServiceAccountToken:  ptr.To(false),
 			EnableServiceLinks:            ptr.To(false),
 			NodeSelector:                  nodeSelector,
-			Tolerations:                   spec.Tolerations,
+			Tolerations:                   tolerations,
 			TerminationGracePeriodSeconds: ptr.To[int64](30),
 			Volumes:                       volumes,
 			Containers: []corev1.Container{{
@@ -285,6 +290,25 @@ func (p *Backend) PodFor(b *imagev1.NodeImageBuild, attempt int32) (*corev1.Pod,
 		return nil, err
 	}
 	return pod, nil
+}
+
+// credentialsVolume projects only the keys of the credentials Secret that
+// the builder reads (storage.CredentialSecretKeys), each optional because
+// either spelling may be used: whatever else the Secret holds never
+// reaches the builder. A Secret missing both spellings of a key fails the
+// build with the key named (storage.CredentialsFromDir).
+func credentialsVolume(secret string) corev1.Volume {
+	var sources []corev1.VolumeProjection
+	for _, k := range storage.CredentialSecretKeys {
+		sources = append(sources, corev1.VolumeProjection{Secret: &corev1.SecretProjection{
+			LocalObjectReference: corev1.LocalObjectReference{Name: secret},
+			Items:                []corev1.KeyToPath{{Key: k, Path: k}},
+			Optional:             ptr.To(true),
+		}})
+	}
+	return corev1.Volume{Name: "credentials", VolumeSource: corev1.VolumeSource{
+		Projected: &corev1.ProjectedVolumeSource{Sources: sources, DefaultMode: ptr.To[int32](0o400)},
+	}}
 }
 
 // Requests a builder gets unless spec.builder.resources sets them.

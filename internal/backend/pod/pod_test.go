@@ -2,6 +2,7 @@ package pod
 
 import (
 	"errors"
+	"reflect"
 	"strings"
 	"testing"
 
@@ -198,5 +199,61 @@ func TestPodForWithoutKVM(t *testing.T) {
 				t.Errorf("/dev/kvm volume = %v, want %v", has, tc.wantKVM)
 			}
 		})
+	}
+}
+
+func TestPodForPlacement(t *testing.T) {
+	b := &Backend{Scheme: testScheme(t), Image: "nodeforge-builder:dev"}
+	build := testBuild()
+	build.Spec.Builder.NodeSelector = map[string]string{"node-role.kubernetes.io/control-plane": ""}
+	build.Spec.Builder.Tolerations = []corev1.Toleration{{Key: "node-role.kubernetes.io/control-plane", Operator: corev1.TolerationOpExists}}
+	if _, err := b.PodFor(build, 1); !errors.Is(err, backend.ErrInvalidConfig) || !strings.Contains(err.Error(), "spec.builder.nodeSelector[node-role.kubernetes.io/control-plane]") {
+		t.Fatalf("a control-plane placement by default: err = %v", err)
+	}
+	b.Placement = backend.PlacementPolicy{
+		NodeSelector: map[string]string{"nodeforge.dev/builder": "true"},
+		Tolerations:  []corev1.Toleration{{Key: "dedicated", Operator: corev1.TolerationOpEqual, Value: "builds"}},
+	}
+	pod, err := b.PodFor(testBuild(), 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{corev1.LabelArchStable: "amd64", "nodeforge.dev/builder": "true"}
+	if !reflect.DeepEqual(pod.Spec.NodeSelector, want) || len(pod.Spec.Tolerations) != 1 || pod.Spec.Tolerations[0].Key != "dedicated" {
+		t.Errorf("nodeSelector %v, tolerations %v; want %v and the admin's toleration", pod.Spec.NodeSelector, pod.Spec.Tolerations, want)
+	}
+}
+
+// The builder gets the credential keys it reads, never the whole Secret.
+func TestPodForProjectsCredentialKeysOnly(t *testing.T) {
+	b := &Backend{Scheme: testScheme(t), Image: "nodeforge-builder:dev"}
+	pod, err := b.PodFor(testBuild(), 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var keys []string
+	for _, v := range pod.Spec.Volumes {
+		if v.Secret != nil && v.Secret.SecretName == "s3" {
+			t.Fatalf("the credentials Secret is mounted whole: %+v", v)
+		}
+		if v.Name != "credentials" {
+			continue
+		}
+		if v.Projected == nil {
+			t.Fatalf("credentials volume %+v is not a projection", v)
+		}
+		for _, src := range v.Projected.Sources {
+			if src.Secret == nil || src.Secret.Name != "s3" || src.Secret.Optional == nil || !*src.Secret.Optional {
+				t.Errorf("source %+v: want an optional key of Secret s3", src)
+				continue
+			}
+			for _, it := range src.Secret.Items {
+				keys = append(keys, it.Key)
+			}
+		}
+	}
+	want := []string{"accessKeyID", "secretAccessKey", "sessionToken", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"}
+	if !reflect.DeepEqual(keys, want) {
+		t.Errorf("projected keys %v, want %v", keys, want)
 	}
 }
