@@ -62,9 +62,9 @@ func TestPlace(t *testing.T) {
 		{
 			// Exists for a key tolerates every value: not covered by an
 			// allowed Equal toleration.
-			name:   "a wider toleration than allowed",
-			policy: PlacementPolicy{AllowedTolerations: []corev1.Toleration{builds}},
-			spec:   imagev1.BuilderSpec{Tolerations: []corev1.Toleration{{Key: "dedicated", Operator: corev1.TolerationOpExists, Effect: corev1.TaintEffectNoSchedule}}},
+			name:    "a wider toleration than allowed",
+			policy:  PlacementPolicy{AllowedTolerations: []corev1.Toleration{builds}},
+			spec:    imagev1.BuilderSpec{Tolerations: []corev1.Toleration{{Key: "dedicated", Operator: corev1.TolerationOpExists, Effect: corev1.TaintEffectNoSchedule}}},
 			wantErr: []string{"spec.builder.tolerations[0]: dedicated:NoSchedule is not allowed (the manager's --allowed-builder-tolerations: dedicated=builds:NoSchedule)"},
 		},
 		{
