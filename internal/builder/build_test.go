@@ -16,6 +16,7 @@ import (
 
 	imagev1 "github.com/nodeforge/nodeforge/api/v1alpha1"
 	"github.com/nodeforge/nodeforge/internal/manifest"
+	"github.com/nodeforge/nodeforge/internal/sandbox"
 )
 
 // fakeRunner plays the external tools: it records every command and makes
@@ -29,14 +30,30 @@ type fakeRunner struct {
 	// leave partial output behind, as a real tool would).
 	afterFail func(c Command)
 
-	mu       sync.Mutex
-	commands []string
-	cmds     []Command
+	mu        sync.Mutex
+	commands  []string
+	cmds      []Command
+	sandboxes []sandbox.Spec
 }
 
 var madisonOut = regexp.MustCompile(`> '([^']+/madison)'`)
 
 func (f *fakeRunner) Run(_ context.Context, c Command) error {
+	if c.Name == "chroot" || c.Name == "ansible-playbook" {
+		f.t.Errorf("%s runs unsandboxed", c.Short())
+	}
+	// A sandboxed command is recorded as what runs inside: "chroot ROOT
+	// ARGV" on a tree, ARGV itself on a view of the host.
+	if s, argv, ok := sandbox.Parse(c.Name, c.Args, c.Env); ok {
+		if s.Root != "" {
+			c.Name, c.Args = "chroot", append([]string{s.Root}, argv...)
+		} else {
+			c.Name, c.Args = argv[0], argv[1:]
+		}
+		f.mu.Lock()
+		f.sandboxes = append(f.sandboxes, s)
+		f.mu.Unlock()
+	}
 	f.mu.Lock()
 	f.commands = append(f.commands, c.String())
 	f.cmds = append(f.cmds, c)
@@ -48,8 +65,6 @@ func (f *fakeRunner) Run(_ context.Context, c Command) error {
 		return &CommandError{Command: c.String(), Err: errors.New("exit status 1"), Tail: f.failOutput}
 	}
 	switch c.Name {
-	case "unshare":
-		return errors.New("no namespaces in tests")
 	case "mmdebstrap":
 		return f.mmdebstrap(c)
 	case "chroot":

@@ -90,8 +90,6 @@ type build struct {
 	cacheDir  string
 	cacheLock *os.File
 
-	namespaces bool // chroot commands run in a private mount namespace
-
 	// Set by steps.
 	pins          map[string]string // package -> exact version (from resolve)
 	mirror        string
@@ -204,7 +202,6 @@ func (b *build) run(ctx context.Context, steps []Step) (*Result, error) {
 		b.totalWeight += s.Weight
 	}
 	b.rep.Plan(names)
-	b.namespaces = probeNamespaces(ctx, b.runner)
 	for _, s := range steps {
 		if err := ctx.Err(); err != nil {
 			return nil, stepError(s.Name, err)

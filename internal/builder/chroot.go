@@ -1,8 +1,10 @@
 package builder
 
 import (
-	"context"
 	"strings"
+
+	"github.com/nodeforge/nodeforge/internal/buildresult"
+	"github.com/nodeforge/nodeforge/internal/sandbox"
 )
 
 // chrootEnv is the environment of commands run inside the image: all of
@@ -16,42 +18,42 @@ var chrootEnv = []string{
 	"HOME=/root",
 }
 
-// nsScript mounts /proc, /sys, /dev and a fresh /run into the tree given as
-// $1 and execs the rest of the arguments. It runs as the first process of a
-// private mount namespace (unshare --mount --propagation private), so the
-// mounts exist only for that process tree and vanish when it exits, however
-// it exits: nothing can leak into the host's mount table or be left behind
-// in the work dir.
-const nsScript = `set -e
-r=$1; shift
-mount -t proc proc "$r/proc"
-mount -t sysfs sysfs "$r/sys"
-mount --bind /dev "$r/dev"
-mount -t tmpfs -o mode=0755 tmpfs "$r/run"
-exec "$@"`
-
-// probeNamespaces reports whether private mount namespaces work here (root
-// with CAP_SYS_ADMIN). Without them, chroot commands run with no /proc,
-// /sys or /dev mounts, which is enough for the builder's own steps.
-func probeNamespaces(ctx context.Context, r Runner) bool {
-	return r.Run(ctx, Command{Name: "unshare", Args: []string{"--mount", "--propagation", "private", "true"}}) == nil
+// hiddenFromHostTools are the builder's paths that a sandboxed host tool
+// (ansible-playbook) must not read: the mounted object-store credentials
+// and a service account token, were one ever mounted. The termination log
+// (the result channel) lives in /dev, which the sandbox replaces.
+var hiddenFromHostTools = []string{
+	buildresult.CredentialsDir,
+	"/var/run/secrets",
+	"/run/secrets",
 }
 
-// inTree returns a command that runs args with the tree's mounts in place:
-// args[0] runs on the host (ansible-playbook) unless it is "chroot".
-func (b *build) inTree(env []string, args ...string) Command {
-	if !b.namespaces {
-		return Command{Name: args[0], Args: args[1:], Env: env}
-	}
-	a := append([]string{"--mount", "--propagation", "private", "sh", "-c", nsScript, "sh", b.root}, args...)
-	return Command{Name: "unshare", Args: a, Env: env}
-}
-
-// chroot returns a command running args inside the image.
+// chroot returns a command running args inside the image, in a sandbox
+// whose root is the tree (package sandbox).
 func (b *build) chroot(args ...string) Command {
-	c := b.inTree(chrootEnv, append([]string{"chroot", b.root}, args...)...)
-	c.Clean = true
-	return c
+	return b.sandboxed(sandbox.Spec{Root: b.root}, chrootEnv, true, args...)
+}
+
+// onTree returns a command running a host tool (args[0], such as
+// ansible-playbook) in a sandbox that sees the builder's root read-only
+// except for the tree and the given work dirs, without the builder's
+// devices, processes or credentials.
+func (b *build) onTree(env []string, writable []string, args ...string) Command {
+	return b.sandboxed(sandbox.Spec{
+		Writable: append([]string{b.root}, writable...),
+		Tree:     b.root,
+		Hidden:   hiddenFromHostTools,
+	}, env, false, args...)
+}
+
+func (b *build) sandboxed(s sandbox.Spec, env []string, clean bool, args ...string) Command {
+	name, a, extra, err := sandbox.Exec(s, args)
+	if err != nil {
+		// Only a bug makes an invalid spec: run something that fails
+		// with the reason rather than the command unsandboxed.
+		return Command{Name: "false", Args: []string{"sandbox: " + err.Error()}}
+	}
+	return Command{Name: name, Args: a, Env: append(append([]string(nil), env...), extra...), Clean: clean}
 }
 
 // shq quotes s for a POSIX shell.

@@ -431,7 +431,7 @@ func (b *build) ansible(ctx context.Context, p *ProvisionerParams) error {
 		"TMPDIR=/tmp",
 	}
 	b.progress(0.1, "ansible-playbook (chroot connection)")
-	c := b.inTree(env, ansibleArgs(b.root, playbook, varsFile)...)
+	c := b.onTree(env, []string{dir}, ansibleArgs(b.root, playbook, varsFile)...)
 	if err := b.runner.Run(ctx, c); err != nil {
 		return fmt.Errorf("ansible provisioner %s: %w", p.Name, err)
 	}
