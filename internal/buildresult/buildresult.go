@@ -325,7 +325,18 @@ func ResultLine(r *Result) ([]byte, error) {
 	return append(append([]byte(`{"result":`), b...), '}', '\n'), nil
 }
 
-// LastProgress returns the last progress line in a log tail.
+// Bounds of what LastProgress reports: the builder's log is written by the
+// builder, not the manager, so its lines are untrusted input to status.
+const (
+	// MaxProgressStep bounds Progress.Step ("provisioner/" and a
+	// provisioner's name fit).
+	MaxProgressStep = 128
+	// MaxProgressMessage bounds Progress.Message.
+	MaxProgressMessage = 256
+)
+
+// LastProgress returns the last progress line in a log tail, with Step
+// and Message shortened to MaxProgressStep and MaxProgressMessage bytes.
 func LastProgress(log []byte) (Progress, bool) {
 	var last Progress
 	found := false
@@ -344,7 +355,8 @@ func LastProgress(log []byte) (Progress, bool) {
 		}
 		p := *l.Progress
 		p.Percent = min(max(p.Percent, 0), 100)
-		p.Message = Truncate(p.Message, 256)
+		p.Step = Truncate(p.Step, MaxProgressStep)
+		p.Message = Truncate(p.Message, MaxProgressMessage)
 		last, found = p, true
 	}
 	return last, found

@@ -67,6 +67,12 @@ func TestLastProgress(t *testing.T) {
 	if _, ok := LastProgress([]byte("nothing\n")); ok {
 		t.Fatal("found progress in a log without any")
 	}
+	// A builder cannot put an unbounded step or message into status.
+	long := strings.Repeat("s", 100000)
+	p, ok = LastProgress(ProgressLine(Progress{Step: long, Message: long}))
+	if !ok || len(p.Step) > MaxProgressStep || len(p.Message) > MaxProgressMessage || !strings.HasPrefix(p.Step, "sss") {
+		t.Fatalf("got step of %d bytes, message of %d (%v)", len(p.Step), len(p.Message), ok)
+	}
 }
 
 func TestResultLine(t *testing.T) {
