@@ -36,15 +36,34 @@ type ArtifactStore interface {
 // destination.
 type PublisherOpener func(ctx context.Context, ni *imagev1.NodeImage) (*storage.Publisher, error)
 
+// DefaultStoreCallTimeout bounds one ArtifactStore call of PublisherStore.
+const DefaultStoreCallTimeout = time.Minute
+
 // PublisherStore implements ArtifactStore with storage.Publisher.
 type PublisherStore struct {
 	Open PublisherOpener
+	// CallTimeout bounds each Lookup, Prune and DeleteAll, opening the
+	// destination included: a tenant's slow or silent endpoint holds one
+	// reconcile worker for at most this long and the NodeImage is retried
+	// with backoff, instead of stalling the workers every NodeImage shares.
+	// DefaultStoreCallTimeout when zero.
+	CallTimeout time.Duration
+}
+
+func (s PublisherStore) bound(ctx context.Context) (context.Context, context.CancelFunc) {
+	d := s.CallTimeout
+	if d <= 0 {
+		d = DefaultStoreCallTimeout
+	}
+	return context.WithTimeout(ctx, d)
 }
 
 var _ ArtifactStore = PublisherStore{}
 
 // Lookup implements ArtifactStore.
 func (s PublisherStore) Lookup(ctx context.Context, ni *imagev1.NodeImage, digest string) (*imagev1.Artifact, error) {
+	ctx, cancel := s.bound(ctx)
+	defer cancel()
 	p, err := s.Open(ctx, ni)
 	if err != nil {
 		return nil, err
@@ -83,6 +102,8 @@ func (s PublisherStore) Lookup(ctx context.Context, ni *imagev1.NodeImage, diges
 
 // Prune implements ArtifactStore.
 func (s PublisherStore) Prune(ctx context.Context, ni *imagev1.NodeImage, keep int) error {
+	ctx, cancel := s.bound(ctx)
+	defer cancel()
 	p, err := s.Open(ctx, ni)
 	if err != nil {
 		return err
@@ -93,6 +114,8 @@ func (s PublisherStore) Prune(ctx context.Context, ni *imagev1.NodeImage, keep i
 
 // DeleteAll implements ArtifactStore.
 func (s PublisherStore) DeleteAll(ctx context.Context, ni *imagev1.NodeImage) error {
+	ctx, cancel := s.bound(ctx)
+	defer cancel()
 	p, err := s.Open(ctx, ni)
 	if err != nil {
 		return err

@@ -3,10 +3,13 @@ package controller_test
 import (
 	"context"
 	"errors"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	. "github.com/onsi/gomega"
 	corev1 "k8s.io/api/core/v1"
@@ -84,4 +87,60 @@ func TestS3ArtifactStore(t *testing.T) {
 	g.Expect(store.DeleteAll(ctx, ni("images", true, "s3"))).To(Succeed())
 	_, err = store.Lookup(ctx, ni("images", true, "s3"), digest)
 	g.Expect(err).To(MatchError(controller.ErrArtifactNotFound))
+}
+
+// TestArtifactStoreCallTimeout: an endpoint that accepts connections and
+// never answers holds a call for CallTimeout, not for ever.
+func TestArtifactStoreCallTimeout(t *testing.T) {
+	g := NewWithT(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	g.Expect(err).NotTo(HaveOccurred())
+	var mu sync.Mutex
+	var conns []net.Conn
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c) // read nothing, answer nothing
+			mu.Unlock()
+		}
+	}()
+	t.Cleanup(func() {
+		_ = ln.Close()
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range conns {
+			_ = c.Close()
+		}
+	})
+	secret := &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{Name: "s3", Namespace: "images"},
+		Data:       map[string][]byte{"accessKeyID": []byte("AKIDSILENT"), "secretAccessKey": []byte("silent-secret-key")},
+	}
+	c := fake.NewClientBuilder().WithScheme(testenv.Scheme()).WithObjects(secret).Build()
+	store := controller.PublisherStore{Open: controller.S3Opener(c), CallTimeout: 500 * time.Millisecond}
+	ni := &imagev1.NodeImage{
+		ObjectMeta: metav1.ObjectMeta{Name: "cloud-base", Namespace: "images"},
+		Spec: imagev1.NodeImageSpec{Destination: &imagev1.DestinationSpec{S3: &imagev1.S3Destination{
+			Endpoint: "http://" + ln.Addr().String(), Bucket: "images", Insecure: true,
+			CredentialsSecretRef: corev1.LocalObjectReference{Name: "s3"},
+		}}},
+	}
+	for name, call := range map[string]func() error{
+		"Lookup": func() error {
+			_, err := store.Lookup(context.Background(), ni, "sha256:"+strings.Repeat("ab", 32))
+			return err
+		},
+		"Prune":     func() error { return store.Prune(context.Background(), ni, 1) },
+		"DeleteAll": func() error { return store.DeleteAll(context.Background(), ni) },
+	} {
+		start := time.Now()
+		err := call()
+		g.Expect(err).To(HaveOccurred(), name)
+		g.Expect(time.Since(start)).To(BeNumerically("<", 10*time.Second), "%s waited for the silent endpoint: %v", name, err)
+		g.Expect(err.Error()).NotTo(ContainSubstring("silent-secret-key"))
+	}
 }
