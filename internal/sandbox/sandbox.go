@@ -31,6 +31,9 @@
 // package's init recognizes the helper by an environment variable, the way
 // reexec helpers of container runtimes do. Any program that imports this
 // package (the nodeforge CLI, the manager, test binaries) can be a helper.
+//
+// The read-only view uses mount_setattr(2): build nodes need Linux 5.12 or
+// later.
 package sandbox
 
 import (
