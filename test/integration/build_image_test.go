@@ -386,6 +386,11 @@ func checkSeedContents(t *testing.T, fs rootFS, repoURL string) {
 	// Customisations from the spec.
 	g.Expect(fs.cat("/etc/nodeforge/test.conf")).To(Equal("hello\n"))
 	g.Expect(fs.cat("/etc/nodeforge/marker")).To(Equal("provisioned\n"))
+	// The shell provisioner ran in the sandbox (sandboxProbe).
+	seen := fs.cat("/etc/nodeforge/sandbox")
+	g.Expect(seen).To(ContainSubstring("pid1=sh\n"), "the provisioner is not PID 1 of its own PID namespace")
+	g.Expect(seen).To(ContainSubstring("mount=refused\n"), "the provisioner could mount")
+	g.Expect(seen).To(MatchRegexp(`dev=(null|zero|full|random|urandom|tty|pts|shm|ptmx|fd|stdin|stdout|stderr| )+\n`), "the provisioner's /dev has more than the sandbox's")
 	g.Expect(fs.cat("/etc/nodeforge/role")).To(Equal("worker\n"), "the Ansible provisioner ran")
 	g.Expect(fs.exists("/tmp/.ansible")).To(BeFalse(), "Ansible temp files left in the image")
 

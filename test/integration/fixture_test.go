@@ -110,7 +110,7 @@ func buildCloudBase(t *testing.T) (*cloudBase, error) {
 	content.Files = append(content.Files, imagev1.FileSpec{Path: "/etc/nodeforge/test.conf", Content: "hello\n", Mode: "0640", Owner: "root:root"})
 	content.Units = append(content.Units, imagev1.UnitSpec{Name: "nodeforge-test.service", Content: "[Unit]\nDescription=test\n[Service]\nType=oneshot\nExecStart=/bin/true\n[Install]\nWantedBy=multi-user.target\n"})
 	content.Provisioners = append(content.Provisioners,
-		imagev1.Provisioner{Name: "marker", Shell: &imagev1.ShellProvisioner{Inline: "test -x /usr/bin/kubeadm\necho provisioned > /etc/nodeforge/marker\n"}},
+		imagev1.Provisioner{Name: "marker", Shell: &imagev1.ShellProvisioner{Inline: "test -x /usr/bin/kubeadm\necho provisioned > /etc/nodeforge/marker\n" + sandboxProbe}},
 		imagev1.Provisioner{Name: "site", Ansible: &imagev1.AnsibleProvisioner{
 			Playbook:  ansiblePlaybook,
 			ExtraVars: []imagev1.AnsibleVar{{Name: "node_role", Value: "worker"}},
@@ -133,3 +133,14 @@ func buildCloudBase(t *testing.T) (*cloudBase, error) {
 	return &cloudBase{Result: res, Content: *content, RepoURL: url, BuildLog: log.String(),
 		BuildTime: time.Since(start), WorkDir: work}, nil
 }
+
+// sandboxProbe, appended to the fixture's shell provisioner, records what
+// a provisioner sees of the node (TestBuildCloudBaseImage reads it back):
+// in the sandbox it is PID 1 itself, its /dev has no disks or KVM, and a
+// mount is refused.
+const sandboxProbe = `{
+echo "pid1=$(cat /proc/1/comm)"
+echo "dev=$(ls /dev | tr '\n' ' ')"
+if mount -t tmpfs probe /mnt 2>/dev/null; then umount /mnt; echo mount=ok; else echo mount=refused; fi
+} > /etc/nodeforge/sandbox
+`
