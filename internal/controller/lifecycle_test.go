@@ -71,7 +71,14 @@ func TestFirstBuild(t *testing.T) {
 	g.Expect(vols["kvm"].HostPath.Path).To(Equal("/dev/kvm"))
 	g.Expect(*vols["kvm"].HostPath.Type).To(Equal(corev1.HostPathCharDev))
 	g.Expect(vols["scratch"].EmptyDir.SizeLimit.String()).To(Equal("40Gi"))
-	g.Expect(vols["credentials"].Secret.SecretName).To(Equal("s3-creds"))
+	// Only the credential keys, projected one by one, reach the builder.
+	g.Expect(vols["credentials"].Secret).To(BeNil(), "the credentials Secret is mounted whole")
+	g.Expect(vols["credentials"].Projected).NotTo(BeNil())
+	for _, src := range vols["credentials"].Projected.Sources {
+		g.Expect(src.Secret.Name).To(Equal("s3-creds"))
+		g.Expect(src.Secret.Items).To(HaveLen(1))
+		g.Expect(storage.CredentialSecretKeys).To(ContainElement(src.Secret.Items[0].Key))
+	}
 	g.Expect(vols["spec"].ConfigMap.Name).To(Equal(build + "-spec"))
 	g.Expect(p.Spec.Affinity.PodAntiAffinity).NotTo(BeNil())
 	cm := &corev1.ConfigMap{}
