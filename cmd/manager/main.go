@@ -8,7 +8,6 @@ import (
 	"flag"
 	"fmt"
 	"os"
-	"strings"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -126,12 +125,7 @@ func run() error {
 	if kubevirtOn {
 		builderKinds = append(builderKinds, &kubevirtv1.VirtualMachineInstance{})
 	}
-	var namespaces []string
-	for _, ns := range strings.Split(o.namespaces, ",") {
-		if ns = strings.TrimSpace(ns); ns != "" {
-			namespaces = append(namespaces, ns)
-		}
-	}
+	namespaces := backend.SplitList(o.namespaces)
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
 		Scheme:                        scheme,
 		Metrics:                       metricsOpts,
@@ -248,13 +242,7 @@ func (o *options) validate() error {
 }
 
 func (o *options) imagePolicy() backend.ImagePolicy {
-	var p backend.ImagePolicy
-	for _, pre := range strings.Split(o.allowedImages, ",") {
-		if pre = strings.TrimSpace(pre); pre != "" {
-			p.AllowedPrefixes = append(p.AllowedPrefixes, pre)
-		}
-	}
-	return p
+	return backend.ImagePolicy{AllowedPrefixes: backend.SplitList(o.allowedImages)}
 }
 
 // kubevirtEnabled decides the KubeVirt backend before the manager starts,

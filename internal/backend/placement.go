@@ -66,6 +66,9 @@ func (p PlacementPolicy) Place(spec imagev1.BuilderSpec) (map[string]string, []c
 	if len(problems) > 0 {
 		return nil, nil, fmt.Errorf("%w: %s", ErrInvalidConfig, strings.Join(problems, "; "))
 	}
+	if len(selector) == 0 {
+		selector = nil
+	}
 	if len(tolerations) == 0 {
 		tolerations = nil
 	}
@@ -90,7 +93,7 @@ func operator(t corev1.Toleration) corev1.TolerationOperator {
 // ParseNodeSelector reads "key=value,key=value" (a flag's value).
 func ParseNodeSelector(s string) (map[string]string, error) {
 	out := map[string]string{}
-	for _, kv := range splitList(s) {
+	for _, kv := range SplitList(s) {
 		k, v, ok := strings.Cut(kv, "=")
 		if !ok {
 			return nil, fmt.Errorf("%q: want key=value", kv)
@@ -108,7 +111,7 @@ func ParseNodeSelector(s string) (map[string]string, error) {
 
 // ParseLabelKeys reads "key,key" (a flag's value).
 func ParseLabelKeys(s string) ([]string, error) {
-	keys := splitList(s)
+	keys := SplitList(s)
 	for _, k := range keys {
 		if errs := validation.IsQualifiedName(k); len(errs) > 0 {
 			return nil, fmt.Errorf("label key %q: %s", k, strings.Join(errs, "; "))
@@ -122,7 +125,7 @@ func ParseLabelKeys(s string) ([]string, error) {
 // is Equal, without it Exists; without an effect every effect is meant.
 func ParseTolerations(s string) ([]corev1.Toleration, error) {
 	var out []corev1.Toleration
-	for _, item := range splitList(s) {
+	for _, item := range SplitList(s) {
 		rest, effect, _ := strings.Cut(item, ":")
 		key, value, hasValue := strings.Cut(rest, "=")
 		t := corev1.Toleration{Key: key, Operator: corev1.TolerationOpExists, Effect: corev1.TaintEffect(effect)}
@@ -175,7 +178,9 @@ func listOrNone(s []string) string {
 	return strings.Join(s, ", ")
 }
 
-func splitList(s string) []string {
+// SplitList returns the non-empty, trimmed items of a comma-separated
+// list (a flag's value).
+func SplitList(s string) []string {
 	var out []string
 	for _, item := range strings.Split(s, ",") {
 		if item = strings.TrimSpace(item); item != "" {

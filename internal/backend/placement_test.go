@@ -31,7 +31,7 @@ func TestPlace(t *testing.T) {
 		tolerates []corev1.Toleration
 		wantErr   []string // each must be in the error
 	}{
-		{name: "default policy, empty spec", selector: map[string]string{}},
+		{name: "default policy, empty spec"},
 		{
 			name: "default policy refuses a control-plane node", spec: imagev1.BuilderSpec{
 				NodeSelector: map[string]string{"node-role.kubernetes.io/control-plane": ""},

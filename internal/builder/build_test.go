@@ -30,10 +30,9 @@ type fakeRunner struct {
 	// leave partial output behind, as a real tool would).
 	afterFail func(c Command)
 
-	mu        sync.Mutex
-	commands  []string
-	cmds      []Command
-	sandboxes []sandbox.Spec
+	mu       sync.Mutex
+	commands []string
+	cmds     []Command
 }
 
 var madisonOut = regexp.MustCompile(`> '([^']+/madison)'`)
@@ -50,9 +49,6 @@ func (f *fakeRunner) Run(_ context.Context, c Command) error {
 		} else {
 			c.Name, c.Args = argv[0], argv[1:]
 		}
-		f.mu.Lock()
-		f.sandboxes = append(f.sandboxes, s)
-		f.mu.Unlock()
 	}
 	f.mu.Lock()
 	f.commands = append(f.commands, c.String())

@@ -128,9 +128,6 @@ func (k *Backend) VMIFor(b *imagev1.NodeImageBuild, attempt int32) (*kubevirtv1.
 	if err != nil {
 		return nil, err
 	}
-	if len(nodeSelector) == 0 {
-		nodeSelector = nil
-	}
 	requests := corev1.ResourceList{corev1.ResourceMemory: resource.MustParse(DefaultMemory)}
 	if m, ok := spec.Resources.Requests[corev1.ResourceMemory]; ok {
 		requests[corev1.ResourceMemory] = m
