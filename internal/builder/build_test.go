@@ -15,6 +15,7 @@ import (
 	"testing"
 
 	imagev1 "github.com/nodeforge/nodeforge/api/v1alpha1"
+	"github.com/nodeforge/nodeforge/internal/buildresult"
 	"github.com/nodeforge/nodeforge/internal/manifest"
 	"github.com/nodeforge/nodeforge/internal/sandbox"
 )
@@ -33,12 +34,14 @@ type fakeRunner struct {
 	mu       sync.Mutex
 	commands []string
 	cmds     []Command
+	// bootstraps are the sandboxes mmdebstrap ran in, in order.
+	bootstraps []sandbox.Spec
 }
 
 var madisonOut = regexp.MustCompile(`> '([^']+/madison)'`)
 
 func (f *fakeRunner) Run(_ context.Context, c Command) error {
-	if c.Name == "chroot" || c.Name == "ansible-playbook" {
+	if c.Name == "chroot" || c.Name == "ansible-playbook" || c.Name == "mmdebstrap" {
 		f.t.Errorf("%s runs unsandboxed", c.Short())
 	}
 	// A sandboxed command is recorded as what runs inside: "chroot ROOT
@@ -48,6 +51,11 @@ func (f *fakeRunner) Run(_ context.Context, c Command) error {
 			c.Name, c.Args = "chroot", append([]string{s.Root}, argv...)
 		} else {
 			c.Name, c.Args = argv[0], argv[1:]
+		}
+		if c.Name == "mmdebstrap" {
+			f.mu.Lock()
+			f.bootstraps = append(f.bootstraps, s)
+			f.mu.Unlock()
 		}
 	}
 	f.mu.Lock()
@@ -260,6 +268,20 @@ func TestBuildWithFakeTools(t *testing.T) {
 		t.Fatalf("work dir = %v", work)
 	}
 	root := filepath.Join(e.opts.WorkDir, work[0], "rootfs")
+
+	// mmdebstrap, and with it every maintainer script, ran sandboxed (the
+	// resolution pass and the root filesystem): on a view of the builder
+	// that hides the credentials, in a user namespace of its own, with
+	// only the work dir (the tree in it) and the package cache writable.
+	if len(e.run.bootstraps) != 2 {
+		t.Fatalf("mmdebstrap ran in %d sandboxes; want 2 (resolve, rootfs)", len(e.run.bootstraps))
+	}
+	for i, s := range e.run.bootstraps {
+		if s.Root != "" || !s.Bootstrap || !slices.Contains(s.Hidden, buildresult.CredentialsDir) ||
+			!slices.Equal(s.Writable, []string{filepath.Dir(root), e.opts.CacheDir}) {
+			t.Errorf("mmdebstrap sandbox %d = %+v; want a bootstrap view writing only %s and %s, hiding the credentials", i, s, filepath.Dir(root), e.opts.CacheDir)
+		}
+	}
 	read := func(p string) string {
 		b, _ := os.ReadFile(filepath.Join(root, p))
 		return string(b)

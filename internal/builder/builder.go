@@ -1,7 +1,7 @@
 // Package builder turns a resolved NodeImage content spec into a bootable
 // Debian disk image without an installer VM, SSH, loop devices or mounts of
 // the image: mmdebstrap builds the root filesystem tree, provisioning edits
-// it in place (tools run in a chroot inside a private mount namespace), and
+// it in place (tools run in the sandbox of package sandbox), and
 // the disk is assembled straight into a file (sfdisk, mkfs.ext4 -d,
 // mkfs.fat + mtools, GRUB images written by hand), then converted.
 //
@@ -10,12 +10,12 @@
 // the builder Pod and on a workstation through `nodeforge build`.
 //
 // Privileges: the builder runs as root (mmdebstrap --mode=root; the builder
-// Pod and `make image` are root). Chroot commands get /proc, /sys and /dev
-// in a private mount namespace when CAP_SYS_ADMIN allows one, and run
-// without them otherwise (enough for the builder's own steps, not for every
-// provisioner). Rootless builds (mmdebstrap --mode=unshare) are not wired
-// up: they would need the tree's device nodes recreated after mkfs.ext4 -d
-// (an unprivileged mkfs.ext4 -d sees no device nodes in the tree).
+// Pod and `make image` are root). Everything that runs code of the image
+// or of the NodeImage author (mmdebstrap with every maintainer script,
+// commands in the tree, shell and Ansible provisioners) runs in a sandbox
+// (package sandbox) with its own namespaces, /dev, /proc and a reduced
+// capability bounding set; the builder's own Go code writes the tree only
+// through inRoot, which resolves the tree's symlinks inside the tree.
 package builder
 
 import (

@@ -46,6 +46,21 @@ func (b *build) onTree(env []string, writable []string, args ...string) Command 
 	}, env, false, args...)
 }
 
+// mmdebstrap returns mmdebstrap with args, run in a sandbox: a read-only
+// view of the builder in which only the work dir (the tree, the build's
+// apt sources, temporary files) and the package cache can be written,
+// without the builder's devices, processes or credentials, as root of a
+// user namespace of its own (sandbox.Spec.Bootstrap), where mmdebstrap
+// mounts /proc, /sys and /dev into the tree as usual while its
+// capabilities count nowhere else. Everything mmdebstrap starts runs there
+// too: apt and its hooks, our setup and customize hooks, and the
+// maintainer scripts of every package, which come from repositories the
+// NodeImage author names (spec.base.mirror, spec.kubernetes.aptRepository).
+func (b *build) mmdebstrap(args ...string) Command {
+	s := sandbox.Spec{Writable: []string{b.work, b.cacheDir}, Hidden: hiddenFromHostTools, Bootstrap: true}
+	return b.sandboxed(s, b.tmpEnv(), false, append([]string{"mmdebstrap"}, args...)...)
+}
+
 func (b *build) sandboxed(s sandbox.Spec, env []string, clean bool, args ...string) Command {
 	name, a, extra, err := sandbox.Exec(s, args)
 	if err != nil {

@@ -79,7 +79,7 @@ cat "$1"/etc/apt/sources.list > %s 2>/dev/null || true
 	args = append(args, p.Release, "/dev/null")
 	args = append(args, mirrorArgs(p.Mirror, p.Release)...)
 	b.progress(0.2, "apt-get update and package resolution")
-	if err := b.runner.Run(ctx, Command{Name: "mmdebstrap", Args: args, Env: b.tmpEnv()}); err != nil {
+	if err := b.runner.Run(ctx, b.mmdebstrap(args...)); err != nil {
 		return fmt.Errorf("resolving packages (mirror, signatures, package lists): %w", err)
 	}
 	madison, err := os.ReadFile(filepath.Join(out, "madison"))

@@ -55,14 +55,15 @@ func (b *build) rootfs(ctx context.Context, p *RootfsParams) error {
 	args = append(args, p.Release, b.root)
 	args = append(args, mirrorArgs(p.Mirror, p.Release)...)
 
-	cmd := Command{Name: "mmdebstrap", Args: args, Env: b.tmpEnv(), OnLine: func(line string) {
+	cmd := b.mmdebstrap(args...)
+	cmd.OnLine = func(line string) {
 		for _, ph := range rootfsPhases {
 			if strings.HasPrefix(line, ph.prefix) {
 				b.progress(ph.frac, ph.msg)
 				return
 			}
 		}
-	}}
+	}
 	if err := b.runner.Run(ctx, cmd); err != nil {
 		return fmt.Errorf("mmdebstrap: %w", err)
 	}

@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -38,6 +39,12 @@ var KeepCapabilities = []uintptr{
 	unix.CAP_AUDIT_WRITE,
 }
 
+// BootstrapCapabilities are kept in the bounding set on top of
+// KeepCapabilities for a Spec.Bootstrap command, which runs in a user
+// namespace of its own where they count only there: CAP_SYS_ADMIN for
+// mmdebstrap's mounts of /proc, /sys and /dev into the tree it installs.
+var BootstrapCapabilities = []uintptr{unix.CAP_SYS_ADMIN}
+
 // devices are the character devices bind-mounted into the sandbox's /dev.
 var devices = []string{"null", "zero", "full", "random", "urandom", "tty"}
 
@@ -52,7 +59,25 @@ var (
 	readOnlyProc = []string{"bus", "fs", "irq", "sys"}
 )
 
+// userNSEnv marks the helper's second stage, started in the user namespace
+// of a Spec.Bootstrap command (runInUserNamespace): a new user namespace
+// starts with every capability in its bounding set, so the bounding set is
+// cut again there before the command starts. Its value is the command.
+const userNSEnv = "_NODEFORGE_SANDBOX_USERNS"
+
 func init() {
+	if bin, ok := os.LookupEnv(userNSEnv); ok {
+		runtime.LockOSThread()
+		err := os.Unsetenv(userNSEnv)
+		if err == nil {
+			err = dropCapabilities(BootstrapCapabilities...)
+		}
+		if err == nil {
+			err = syscall.Exec(bin, os.Args[1:], os.Environ())
+		}
+		fmt.Fprintf(os.Stderr, "nodeforge sandbox: in the user namespace: %v\n", err)
+		os.Exit(126)
+	}
 	spec, ok := os.LookupEnv(helperEnv)
 	if !ok {
 		return
@@ -115,7 +140,11 @@ func helper(specJSON string, argv []string) error {
 	if err := os.Chdir(dir); err != nil {
 		return err
 	}
-	if err := dropCapabilities(); err != nil {
+	var extra []uintptr
+	if s.Bootstrap {
+		extra = BootstrapCapabilities
+	}
+	if err := dropCapabilities(extra...); err != nil {
 		return err
 	}
 	bin := argv[0]
@@ -128,7 +157,48 @@ func helper(specJSON string, argv []string) error {
 		}
 		bin = p
 	}
+	if s.Bootstrap {
+		return runInUserNamespace(bin, argv)
+	}
 	return syscall.Exec(bin, argv, os.Environ())
+}
+
+// runInUserNamespace runs argv as root of a new user namespace that maps
+// every user and group to itself, with a mount namespace of its own
+// (Spec.Bootstrap), and exits with its status. Its capabilities count only
+// there: it can mount tmpfs, devpts and binds of what it sees (mmdebstrap
+// binds the sandbox's /proc and /sys into the tree: a fresh proc or sysfs
+// is refused, the sandbox's being partly masked), but no device or disk
+// file system, and the view's mounts are locked, so the hidden and
+// read-only paths stay as they are. Identity-mapped, files keep their real
+// owners.
+func runInUserNamespace(bin string, argv []string) error {
+	// The helper's own executable, which the view may not show by path.
+	const self = "/proc/self/exe"
+	all := []syscall.SysProcIDMap{{ContainerID: 0, HostID: 0, Size: 1<<32 - 1}}
+	cmd := &exec.Cmd{
+		Path: self, Args: argv, Env: append(os.Environ(), userNSEnv+"="+bin),
+		Stdin: os.Stdin, Stdout: os.Stdout, Stderr: os.Stderr,
+		SysProcAttr: &syscall.SysProcAttr{
+			Cloneflags:                 syscall.CLONE_NEWUSER | syscall.CLONE_NEWNS,
+			UidMappings:                all,
+			GidMappings:                all,
+			GidMappingsEnableSetgroups: true,
+		},
+	}
+	err := cmd.Run()
+	var exit *exec.ExitError
+	if errors.As(err, &exit) {
+		if st, ok := exit.Sys().(syscall.WaitStatus); ok && st.Signaled() {
+			os.Exit(128 + int(st.Signal()))
+		}
+		os.Exit(exit.ExitCode())
+	}
+	if err != nil {
+		return fmt.Errorf("starting %s in a user namespace: %w", bin, err)
+	}
+	os.Exit(0)
+	return nil
 }
 
 // prepareRoot makes the directory that becomes "/" a mount point and
@@ -192,8 +262,9 @@ func bindInto(root, p string, readOnly bool) error {
 		return err
 	}
 	if _, err := os.Stat(dst); errors.Is(err, os.ErrNotExist) && fi.IsDir() {
-		// Below the view's own /tmp.
-		if err := os.MkdirAll(dst, 0o700); err != nil {
+		// Below the view's own /tmp. Traversable: apt's _apt user
+		// reaches the tree's package cache through it.
+		if err := os.MkdirAll(dst, 0o755); err != nil {
 			return err
 		}
 	}
@@ -308,9 +379,10 @@ func enter(root string) error {
 }
 
 // dropCapabilities limits the bounding set (what any later exec, setuid
-// programs included, can have) to KeepCapabilities, and the inheritable
+// programs included, can have) to KeepCapabilities and extra, the
+// effective and permitted sets to KeepCapabilities, and the inheritable
 // and ambient sets to nothing.
-func dropCapabilities() error {
+func dropCapabilities(extra ...uintptr) error {
 	last, err := lastCapability()
 	if err != nil {
 		return err
@@ -323,6 +395,9 @@ func dropCapabilities() error {
 	for c := uintptr(0); c <= last; c++ {
 		if keep[c] {
 			kept[c/32] |= 1 << (c % 32)
+			continue
+		}
+		if slices.Contains(extra, c) {
 			continue
 		}
 		if err := unix.Prctl(unix.PR_CAPBSET_DROP, c, 0, 0, 0); err != nil {

@@ -32,8 +32,12 @@
 // reexec helpers of container runtimes do. Any program that imports this
 // package (the nodeforge CLI, the manager, test binaries) can be a helper.
 //
+// A Spec.Bootstrap command (mmdebstrap) runs one step further in, as root
+// of an identity-mapped user namespace that the helper creates for it.
+//
 // The read-only view uses mount_setattr(2): build nodes need Linux 5.12 or
-// later.
+// later, and user namespaces enabled (user.max_user_namespaces > 0) for
+// the bootstrap sandbox.
 package sandbox
 
 import (
@@ -62,6 +66,15 @@ type Spec struct {
 	// into (Ansible's chroot connection): it gets the sandbox's /proc,
 	// /sys, /dev and /run too. Only without Root.
 	Tree string `json:"tree,omitempty"`
+	// Bootstrap runs the command as root of a user namespace of its own
+	// that maps every user to itself, with its own mount namespace and
+	// CAP_SYS_ADMIN there (BootstrapCapabilities): it can
+	// mount into its writable paths what a root filesystem being installed
+	// needs (mmdebstrap's /proc, /sys and /dev in the tree), and nothing
+	// that reaches further, since its capabilities count only in its
+	// namespaces and the view's mounts are locked. Only for a view, without
+	// Tree: the command makes the tree's mounts itself.
+	Bootstrap bool `json:"bootstrap,omitempty"`
 	// Hidden are paths of the builder's root covered by something empty in
 	// the view (secret mounts, the termination log). Only without Root.
 	Hidden []string `json:"hidden,omitempty"`
@@ -81,6 +94,9 @@ func (s Spec) Validate() error {
 	}
 	if s.Tree != "" && (s.Root != "" || !slices.Contains(s.Writable, s.Tree)) {
 		return fmt.Errorf("sandbox tree %q must be one of the writable paths of a view", s.Tree)
+	}
+	if s.Bootstrap && (s.Root != "" || s.Tree != "") {
+		return fmt.Errorf("sandbox: bootstrap applies to a view without a tree (the command mounts the tree's file systems itself)")
 	}
 	for _, p := range append(append([]string(nil), s.Writable...), s.Hidden...) {
 		if !filepath.IsAbs(p) || filepath.Clean(p) == "/" {

@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -39,6 +40,8 @@ type report struct {
 	Hostname  string   `json:"hostname"`
 	ExeDev    []string `json:"exeDev"`    // /dev of the dir the probe runs from
 	SecretEnv bool     `json:"secretEnv"` // the helper's variable leaked
+	Remount   string   `json:"remount"`   // error of remounting "/" read-write
+	UserNS    string   `json:"userNS"`    // the user namespace it runs in
 }
 
 func TestMain(m *testing.M) {
@@ -82,6 +85,8 @@ func probe(paths []string) {
 	r.Mknod = errText(unix.Mknod("/tmp/disk", unix.S_IFBLK|0o600, int(unix.Mkdev(8, 0))))
 	r.Sysrq = errText(os.WriteFile("/proc/sysrq-trigger", []byte("h"), 0))
 	r.ProcSys = errText(os.WriteFile("/proc/sys/kernel/domainname", []byte("x"), 0))
+	r.Remount = errText(unix.Mount("", "/", "", unix.MS_REMOUNT|unix.MS_BIND, ""))
+	r.UserNS, _ = os.Readlink("/proc/self/ns/user")
 	// The classic escape: chroot into a subdirectory, climb out of it.
 	if err := os.MkdirAll("/tmp/jail", 0o755); err == nil {
 		if err := unix.Chroot("/tmp/jail"); err == nil {
@@ -101,6 +106,8 @@ func probe(paths []string) {
 		if p == "" {
 			continue
 		}
+		// A hidden path is covered by a mount: taking it away must fail.
+		_ = unix.Unmount(p, unix.MNT_DETACH)
 		if f, err := os.Open(filepath.Join(p, "marker")); err == nil {
 			r.Read = append(r.Read, p)
 			f.Close()
@@ -205,7 +212,7 @@ func checkConfined(t *testing.T, r report) {
 	if r.CapEff&(1<<unix.CAP_CHOWN) == 0 {
 		t.Errorf("effective %#x lacks CAP_CHOWN: package installs would fail", r.CapEff)
 	}
-	for what, e := range map[string]string{"mount": r.Mount, "mknod": r.Mknod, "sysrq-trigger": r.Sysrq, "/proc/sys": r.ProcSys} {
+	for what, e := range map[string]string{"mount": r.Mount, "mknod": r.Mknod, "sysrq-trigger": r.Sysrq, "/proc/sys": r.ProcSys, "remount / read-write": r.Remount} {
 		if e == "ok" {
 			t.Errorf("%s succeeded in the sandbox", what)
 		}
@@ -287,6 +294,78 @@ func TestViewSandbox(t *testing.T) {
 	}
 }
 
+// A bootstrap sandbox (mmdebstrap) runs its command as root of a user
+// namespace of its own: it may mount there, and still reaches nothing
+// more than a view's command: no devices, no kernel knobs, no hidden or
+// read-only paths, whose mounts it cannot take away.
+func TestBootstrapSandbox(t *testing.T) {
+	needRoot(t)
+	dirs := map[string]string{}
+	for _, n := range []string{"writable", "hidden", "other"} {
+		d, err := os.MkdirTemp("/var/tmp", "sandbox-"+n+"-")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = os.RemoveAll(d) })
+		if err := os.WriteFile(filepath.Join(d, "marker"), nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		dirs[n] = d
+	}
+	bin := tree(t)
+	s := Spec{Writable: []string{dirs["writable"], bin}, Hidden: []string{dirs["hidden"]}, Bootstrap: true}
+	r := run(t, s, []string{dirs["writable"], dirs["hidden"], dirs["other"]}, filepath.Join(bin, "probe"))
+	own, err := os.Readlink("/proc/self/ns/user")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.UserNS == "" || r.UserNS == own {
+		t.Errorf("user namespace %q; want one of its own (the test's is %s)", r.UserNS, own)
+	}
+	// Only the sandbox's processes: the helper (PID 1) and the command.
+	if len(r.Procs) != 2 {
+		t.Errorf("processes %v; want the helper and the command", r.Procs)
+	}
+	for _, d := range r.Dev {
+		if !slices.Contains([]string{"null", "zero", "full", "random", "urandom", "tty", "pts", "shm", "ptmx", "fd", "stdin", "stdout", "stderr"}, d) {
+			t.Errorf("/dev has %s", d)
+		}
+	}
+	var keep uint64
+	for _, c := range append(slices.Clone(KeepCapabilities), BootstrapCapabilities...) {
+		keep |= 1 << c
+	}
+	if r.CapBnd&^keep != 0 || r.CapBnd&(1<<unix.CAP_SYS_ADMIN) == 0 {
+		t.Errorf("bounding %#x; want %#x", r.CapBnd, keep)
+	}
+	if r.Mount != "ok" {
+		t.Errorf("mount in its own namespaces: %s; mmdebstrap needs it", r.Mount)
+	}
+	for what, e := range map[string]string{"mknod": r.Mknod, "sysrq-trigger": r.Sysrq, "/proc/sys": r.ProcSys, "remount / read-write": r.Remount} {
+		if e == "ok" {
+			t.Errorf("%s succeeded in the sandbox", what)
+		}
+	}
+	if want := []string{dirs["writable"], dirs["other"]}; !slices.Equal(r.Read, want) {
+		t.Errorf("readable %v; want %v (the hidden dir stays hidden)", r.Read, want)
+	}
+	if want := []string{dirs["writable"]}; !slices.Equal(r.Write, want) {
+		t.Errorf("writable %v; want %v", r.Write, want)
+	}
+	// Files it writes keep their real owner (the user namespace maps
+	// every user to itself).
+	fi, err := os.Stat(filepath.Join(dirs["writable"], "written"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st := fi.Sys().(*syscall.Stat_t); st.Uid != 0 || st.Gid != 0 {
+		t.Errorf("written as %d:%d; want 0:0", st.Uid, st.Gid)
+	}
+	if r.SecretEnv {
+		t.Errorf("the helper's %s reached the command", helperEnv)
+	}
+}
+
 func TestSpecValidate(t *testing.T) {
 	for _, s := range []Spec{
 		{Root: "relative"},
@@ -295,6 +374,8 @@ func TestSpecValidate(t *testing.T) {
 		{Hidden: []string{"x"}},
 		{Writable: []string{"/w"}, Tree: "/t"},
 		{Root: "/tree", Tree: "/tree"},
+		{Root: "/tree", Bootstrap: true},
+		{Writable: []string{"/w"}, Tree: "/w", Bootstrap: true},
 	} {
 		if err := s.Validate(); err == nil {
 			t.Errorf("%+v: no error", s)

@@ -2,8 +2,9 @@ package integration
 
 // TestBuildCloudBaseImage takes the shared cloud-base image (fixture_test.go:
 // Debian's packages from the default mirror, kubeadm/kubelet/kubectl from the
-// offline Kubernetes apt repository served on 127.0.0.1 from a private state
-// dir, built through internal/builder). It inspects the image
+// offline Kubernetes packages in a repository served on 127.0.0.1 that
+// stands for one the NodeImage author controls, built through
+// internal/builder). It inspects the image
 // offline (qemu-img info, sfdisk, debugfs on the raw root partition) and
 // asserts every item of the seed image's contents, and boots it under QEMU
 // TCG (BIOS, then UEFI when OVMF is installed) until the kernel hands over to
@@ -29,11 +30,14 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	. "github.com/onsi/gomega"
+	"golang.org/x/sys/unix"
 
 	"github.com/nodeforge/nodeforge/internal/builder"
 	"github.com/nodeforge/nodeforge/internal/manifest"
@@ -85,42 +89,25 @@ func buildExec(ctx context.Context, env []string, name string, args ...string) (
 	return out.String(), err
 }
 
-// startOfflineRepo serves the offline Kubernetes repository from a private
-// state dir (so it never touches another server) and stops it at cleanup.
-func startOfflineRepo(t *testing.T, root string) (url, keyFile string) {
+// offlineRepoDir is the offline Kubernetes repository's directory, built
+// first when NODEFORGE_REQUIRE_INTEGRATION=1 and it is missing.
+func offlineRepoDir(t *testing.T, root string) string {
 	t.Helper()
 	script := filepath.Join(root, "hack", "k8s-apt-repo.sh")
-	env := []string{"NODEFORGE_CACHE=" + buildCacheRoot(), "NODEFORGE_APT_STATE=" + filepath.Join(t.TempDir(), "apt-state")}
+	env := []string{"NODEFORGE_CACHE=" + buildCacheRoot()}
 	ctx := context.Background()
-	if out, err := buildExec(ctx, env, script, "path"); err != nil {
+	out, err := buildExec(ctx, env, script, "path")
+	if err != nil {
 		if os.Getenv("NODEFORGE_REQUIRE_INTEGRATION") != "1" {
 			buildUnavailable(t, "the offline Kubernetes apt repository is not built (hack/k8s-apt-repo.sh build, 10-20 minutes cold): %s", strings.TrimSpace(out))
 		}
-		if out, err := buildExec(ctx, env, script, "build"); err != nil {
+		if out, err = buildExec(ctx, env, script, "build"); err != nil {
 			t.Fatalf("hack/k8s-apt-repo.sh build: %v\n%s", err, out)
 		}
 	}
-	out, err := buildExec(ctx, env, script, "serve")
-	if err != nil {
-		t.Fatalf("hack/k8s-apt-repo.sh serve: %v\n%s", err, out)
-	}
-	t.Cleanup(func() {
-		if out, err := buildExec(context.Background(), env, script, "stop"); err != nil {
-			t.Errorf("stopping the repository server: %v\n%s", err, out)
-		}
-	})
-	for _, l := range strings.Split(out, "\n") {
-		if v, ok := strings.CutPrefix(l, "export NODEFORGE_K8S_APT_URL="); ok {
-			url = v
-		}
-		if v, ok := strings.CutPrefix(l, "export NODEFORGE_K8S_APT_KEY="); ok {
-			keyFile = v
-		}
-	}
-	if url == "" || keyFile == "" {
-		t.Fatalf("no export lines from hack/k8s-apt-repo.sh serve:\n%s", out)
-	}
-	return url, keyFile
+	// The script's progress goes to stderr, the directory is the last line.
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	return lines[len(lines)-1]
 }
 
 // rootFS reads files of the image's root filesystem with debugfs, without
@@ -391,6 +378,27 @@ func checkSeedContents(t *testing.T, fs rootFS, repoURL string) {
 	g.Expect(seen).To(ContainSubstring("pid1=sh\n"), "the provisioner is not PID 1 of its own PID namespace")
 	g.Expect(seen).To(ContainSubstring("mount=refused\n"), "the provisioner could mount")
 	g.Expect(seen).To(MatchRegexp(`dev=(null|zero|full|random|urandom|tty|pts|shm|ptmx|fd|stdin|stdout|stderr| )+\n`), "the provisioner's /dev has more than the sandbox's")
+	// So did the maintainer script of the author's repository's package
+	// (probePostinst): in user, mount and PID namespaces that are not the
+	// builder's (here: this test's), with the sandbox's /dev and without
+	// device nodes, modules or raw I/O in its bounding set. (It keeps
+	// CAP_SYS_ADMIN for mmdebstrap's mounts, counting only in its own user
+	// namespace.)
+	post := fs.cat("/etc/nodeforge/postinst-probe")
+	for _, ns := range []string{"user", "mnt", "pid"} {
+		own, err := os.Readlink("/proc/self/ns/" + ns)
+		g.Expect(err).NotTo(HaveOccurred())
+		g.Expect(post).To(MatchRegexp(`(?m)^`+ns+`=`+ns+`:\[[0-9]+\]$`), "no %s namespace recorded: %q", ns, post)
+		g.Expect(post).NotTo(ContainSubstring(ns+"="+own+"\n"), "maintainer scripts run in the builder's %s namespace", ns)
+	}
+	g.Expect(post).To(MatchRegexp(`dev=(null|zero|full|random|urandom|tty|pts|shm|ptmx|fd|stdin|stdout|stderr| )+\n`), "the maintainer script's /dev has more than the sandbox's")
+	capbnd := regexp.MustCompile(`capbnd=([0-9a-f]+)\n`).FindStringSubmatch(post)
+	g.Expect(capbnd).To(HaveLen(2), "no capability bounding set recorded: %q", post)
+	bnd, err := strconv.ParseUint(capbnd[1], 16, 64)
+	g.Expect(err).NotTo(HaveOccurred())
+	for name, c := range map[string]uint{"CAP_MKNOD": unix.CAP_MKNOD, "CAP_SYS_MODULE": unix.CAP_SYS_MODULE, "CAP_SYS_RAWIO": unix.CAP_SYS_RAWIO, "CAP_SYS_PTRACE": unix.CAP_SYS_PTRACE} {
+		g.Expect(bnd&(1<<c)).To(BeZero(), "maintainer scripts keep %s", name)
+	}
 	g.Expect(fs.cat("/etc/nodeforge/role")).To(Equal("worker\n"), "the Ansible provisioner ran")
 	g.Expect(fs.exists("/tmp/.ansible")).To(BeFalse(), "Ansible temp files left in the image")
 

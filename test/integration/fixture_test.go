@@ -9,9 +9,12 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -92,7 +95,7 @@ func builtCloudBase(t *testing.T) *cloudBase {
 
 func buildCloudBase(t *testing.T) (*cloudBase, error) {
 	root := buildRepoRoot(t)
-	url, keyFile := startOfflineRepo(t, root)
+	url, key := startAuthorRepo(t, offlineRepoDir(t, root))
 	img, get, err := resolve.LoadFile(filepath.Join(root, buildSample))
 	if err != nil {
 		return nil, err
@@ -101,12 +104,9 @@ func buildCloudBase(t *testing.T) (*cloudBase, error) {
 	if err != nil {
 		return nil, err
 	}
-	key, err := os.ReadFile(keyFile)
-	if err != nil {
-		return nil, err
-	}
 	content.Kubernetes.AptRepository.URL = url
 	content.Kubernetes.AptRepository.SigningKey = imagev1.KeySource{Armored: string(key)}
+	content.Packages = append(content.Packages, probePackage)
 	content.Files = append(content.Files, imagev1.FileSpec{Path: "/etc/nodeforge/test.conf", Content: "hello\n", Mode: "0640", Owner: "root:root"})
 	content.Units = append(content.Units, imagev1.UnitSpec{Name: "nodeforge-test.service", Content: "[Unit]\nDescription=test\n[Service]\nType=oneshot\nExecStart=/bin/true\n[Install]\nWantedBy=multi-user.target\n"})
 	content.Provisioners = append(content.Provisioners,
@@ -144,3 +144,89 @@ echo "dev=$(ls /dev | tr '\n' ' ')"
 if mount -t tmpfs probe /mnt 2>/dev/null; then umount /mnt; echo mount=ok; else echo mount=refused; fi
 } > /etc/nodeforge/sandbox
 `
+
+// probePackage is the package of the author's repository whose maintainer
+// script records what it sees of the builder: its user, mount and PID
+// namespaces, the capability bounding set and /dev.
+// TestBuildCloudBaseImage reads the record back.
+const probePackage = "nodeforge-postinst-probe"
+
+const probePostinst = `#!/bin/sh
+set -e
+mkdir -p /etc/nodeforge
+{
+for ns in user mnt pid; do echo "$ns=$(readlink /proc/self/ns/$ns)"; done
+echo "capbnd=$(sed -n 's/^CapBnd:[[:space:]]*//p' /proc/self/status)"
+echo "dev=$(ls /dev | tr '\n' ' ')"
+} > /etc/nodeforge/postinst-probe
+`
+
+// startAuthorRepo serves, on 127.0.0.1 for as long as t runs, a repository
+// that stands for one a NodeImage author controls (spec.kubernetes.
+// aptRepository): the offline Kubernetes packages from offline plus
+// probePackage, indexed and signed with a throwaway key. It returns the
+// repository's URL and its armored public key.
+func startAuthorRepo(t *testing.T, offline string) (string, []byte) {
+	t.Helper()
+	for _, tool := range []string{"apt-ftparchive", "dpkg-deb", "gpg", "gpgconf"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			buildUnavailable(t, "%s is not installed", tool)
+		}
+	}
+	dir := t.TempDir()
+	repo := filepath.Join(dir, "repo")
+	debs, err := filepath.Glob(filepath.Join(offline, "amd64", "*.deb"))
+	if err != nil || len(debs) == 0 {
+		t.Fatalf("no packages in the offline repository %s", offline)
+	}
+	if err := os.MkdirAll(filepath.Join(repo, "amd64"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range debs {
+		if err := os.Link(d, filepath.Join(repo, "amd64", filepath.Base(d))); err != nil {
+			b, rerr := os.ReadFile(d)
+			if rerr != nil {
+				t.Fatal(rerr)
+			}
+			if err := os.WriteFile(filepath.Join(repo, "amd64", filepath.Base(d)), b, 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	pkg := filepath.Join(dir, "pkg")
+	control := fmt.Sprintf("Package: %s\nVersion: 1.0\nArchitecture: all\nMaintainer: nodeforge tests <tests@nodeforge.invalid>\nDescription: records what a maintainer script sees of the builder\n", probePackage)
+	for name, body := range map[string]string{"control": control, "postinst": probePostinst} {
+		if err := os.MkdirAll(filepath.Join(pkg, "DEBIAN"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(pkg, "DEBIAN", name), []byte(body), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	gnupg := filepath.Join(dir, "gnupg")
+	if err := os.Mkdir(gnupg, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	// The agent gpg starts for the key is this test's: stop it.
+	t.Cleanup(func() { _ = exec.Command("gpgconf", "--homedir", gnupg, "--kill", "gpg-agent").Run() })
+	gpg := []string{"gpg", "--homedir", gnupg, "--batch", "--no-tty", "--quiet"}
+	const uid = "nodeforge author repository (throwaway test key) <author@nodeforge.invalid>"
+	for _, c := range [][]string{
+		{"dpkg-deb", "--root-owner-group", "-Zgzip", "--build", pkg, filepath.Join(repo, "amd64", probePackage+"_1.0_all.deb")},
+		{"sh", "-c", "cd " + repo + " && apt-ftparchive packages amd64 > Packages && apt-ftparchive release . > Release"},
+		append(gpg, "--passphrase", "", "--quick-generate-key", uid, "ed25519", "sign", "never"),
+		append(gpg, "--yes", "--local-user", uid, "--clearsign", "-o", filepath.Join(repo, "InRelease"), filepath.Join(repo, "Release")),
+		append(gpg, "--yes", "--armor", "-o", filepath.Join(dir, "key.asc"), "--export", uid),
+	} {
+		if out, err := exec.Command(c[0], c[1:]...).CombinedOutput(); err != nil {
+			t.Fatalf("%s: %v\n%s", strings.Join(c, " "), err, out)
+		}
+	}
+	key, err := os.ReadFile(filepath.Join(dir, "key.asc"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(http.FileServer(http.Dir(repo)))
+	t.Cleanup(srv.Close)
+	return srv.URL + "/", key
+}
