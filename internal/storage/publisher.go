@@ -186,7 +186,9 @@ func validateNameDigest(name, digest string) error {
 // Publish uploads the image, its .sha256 file and the manifest, each
 // verified by the store, and only then moves the latest pointer. On error
 // nothing published earlier is touched: older digests and the previous
-// latest pointer stay as they were.
+// latest pointer stay as they were. Republishing the same digest first
+// removes its manifest, so a failure half-way leaves the digest not
+// published (Lookup finds nothing) rather than inconsistent.
 func (p *Publisher) Publish(ctx context.Context, in PublishInput) (Artifact, error) {
 	digest := normalizeDigest(in.SpecDigest)
 	if err := validateNameDigest(in.Name, digest); err != nil {
@@ -211,7 +213,21 @@ func (p *Publisher) Publish(ctx context.Context, in PublishInput) (Artifact, err
 
 	fileName := in.Name + "." + format
 	imageKey := p.ImageKey(in.Name, digest, format)
+	manifestKey := p.digestDir(in.Name, digest) + ManifestFileName
 	log := p.log().With("name", in.Name, "specDigest", digest)
+	// Republishing a digest (a rebuild of the same spec) takes its
+	// manifest, which marks the digest as published, away first: until the
+	// new image, its .sha256 and the manifest are all in place, the digest
+	// reads as not published, never as one image with another's checksum.
+	switch _, err := p.Store.Stat(ctx, manifestKey); {
+	case err == nil:
+		log.Info("republishing: the digest is unpublished until its new objects are in place", "key", manifestKey)
+		if err := p.Store.Delete(ctx, manifestKey); err != nil {
+			return Artifact{}, fmt.Errorf("publish %s: unpublishing the earlier upload: %w", in.Name, err)
+		}
+	case !errors.Is(err, ErrNotFound):
+		return Artifact{}, fmt.Errorf("publish %s: %w", in.Name, err)
+	}
 	log.Info("uploading image", "key", imageKey)
 	img, err := p.Store.PutFile(ctx, imageKey, in.ImagePath, PutOptions{
 		SHA256: in.SHA256, Progress: in.Progress, ContentType: "application/octet-stream",
@@ -221,7 +237,7 @@ func (p *Publisher) Publish(ctx context.Context, in PublishInput) (Artifact, err
 	}
 	a := Artifact{
 		Name: in.Name, SpecDigest: digest, ImageKey: imageKey,
-		ChecksumKey: imageKey + ".sha256", ManifestKey: p.digestDir(in.Name, digest) + ManifestFileName,
+		ChecksumKey: imageKey + ".sha256", ManifestKey: manifestKey,
 		SHA256: img.SHA256, Size: img.Size, URL: p.Store.URL(imageKey),
 	}
 	if _, err := p.Store.PutBytes(ctx, a.ChecksumKey, []byte(SHA256SumLine(img.SHA256, fileName)), PutOptions{ContentType: "text/plain"}); err != nil {

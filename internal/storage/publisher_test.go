@@ -3,6 +3,7 @@ package storage
 import (
 	"context"
 	"errors"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -87,6 +88,38 @@ func TestPublisherOnDir(t *testing.T) {
 	objs, err := d.List(ctx, "")
 	g.Expect(err).NotTo(HaveOccurred())
 	g.Expect(objs).To(BeEmpty())
+}
+
+// Republishing a digest that fails after the new image is up leaves the
+// digest not published, never the new image beside the old .sha256; a
+// retry publishes it whole.
+func TestRepublishFailureLeavesDigestUnpublished(t *testing.T) {
+	g := NewWithT(t)
+	ctx := context.Background()
+	d, err := NewDir(t.TempDir())
+	g.Expect(err).NotTo(HaveOccurred())
+	pub := &Publisher{Store: d}
+	first, err := pub.Publish(ctx, PublishInput{Name: "n", SpecDigest: digestN(1), ImagePath: writeSmall(t, "first build"), Manifest: []byte(`{"build":1}`)})
+	g.Expect(err).NotTo(HaveOccurred())
+
+	failing := &Publisher{Store: &failingStore{Store: d, failSuffix: ".sha256"}}
+	_, err = failing.Publish(ctx, PublishInput{Name: "n", SpecDigest: digestN(1), ImagePath: writeSmall(t, "second build"), Manifest: []byte(`{"build":2}`)})
+	g.Expect(err).To(HaveOccurred())
+	_, err = pub.Lookup(ctx, "n", digestN(1))
+	g.Expect(errors.Is(err, ErrNotFound)).To(BeTrue(), "after a failed republish the digest must read as not published: %v", err)
+
+	again, err := pub.Publish(ctx, PublishInput{Name: "n", SpecDigest: digestN(1), ImagePath: writeSmall(t, "second build"), Manifest: []byte(`{"build":2}`)})
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(again.SHA256).NotTo(Equal(first.SHA256))
+	found, err := pub.Lookup(ctx, "n", digestN(1))
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(found.SHA256).To(Equal(again.SHA256))
+	rc, _, err := d.Get(ctx, found.ChecksumKey)
+	g.Expect(err).NotTo(HaveOccurred())
+	defer rc.Close()
+	sum := new(strings.Builder)
+	_, _ = io.Copy(sum, rc)
+	g.Expect(sum.String()).To(HavePrefix(again.SHA256), "the .sha256 matches the image")
 }
 
 func TestPublisherRejectsBadInput(t *testing.T) {
