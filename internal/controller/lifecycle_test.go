@@ -453,6 +453,36 @@ func TestConfigMapReferenceWatched(t *testing.T) {
 	}, testTimeout).Should(Succeed())
 }
 
+// A ConfigMap whose content the NodeImage cannot check (it only names the
+// key) but the build's schema refuses (a file over 256 KiB) stalls the
+// NodeImage with the field named, instead of failing every reconcile; a
+// fixed ConfigMap starts the build.
+func TestConfigMapContentRejectedByTheBuildStalls(t *testing.T) {
+	needEnv(t)
+	g := NewWithT(t)
+	ns := newNamespace(t)
+	cm := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "big"},
+		Data: map[string]string{"file": strings.Repeat("x", 300<<10)}}
+	g.Expect(k8s.Create(ctx, cm)).To(Succeed())
+	ni := newNodeImage(ns, "bigfile")
+	ni.Spec.Files = []imagev1.FileSpec{{Path: "/etc/big", ConfigMapKeyRef: &corev1.ConfigMapKeySelector{
+		LocalObjectReference: corev1.LocalObjectReference{Name: "big"}, Key: "file"}}}
+	g.Expect(k8s.Create(ctx, ni)).To(Succeed())
+	g.Eventually(func(g Gomega) {
+		n := get(g, ni)
+		g.Expect(reasonOf(n, imagev1.StalledCondition)).To(Equal("True/InvalidSpec"))
+		g.Expect(condition(n, imagev1.StalledCondition).Message).To(ContainSubstring("spec.image.files[0].content"))
+	}, testTimeout).Should(Succeed())
+	g.Expect(listBuilds(g, ns)).To(BeEmpty())
+
+	update(g, cm, func(cm *corev1.ConfigMap) { cm.Data["file"] = "small" })
+	g.Eventually(func(g Gomega) {
+		n := get(g, ni)
+		g.Expect(condition(n, imagev1.StalledCondition)).To(BeNil())
+		g.Expect(listBuilds(g, ns)).To(HaveLen(1))
+	}, testTimeout).Should(Succeed())
+}
+
 // A NodeImage deleted and created again gets a build of the same name
 // while the earlier build's Pod is still terminating (held here by a
 // finalizer, as by a kubelet that has not confirmed). The new build must

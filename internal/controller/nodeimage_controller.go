@@ -381,6 +381,13 @@ func (r *NodeImageReconciler) ensureBuild(ctx context.Context, st *imageState) e
 		if err := r.Get(ctx, client.ObjectKeyFromObject(b), b); err != nil {
 			return err
 		}
+	case apierrors.IsInvalid(err):
+		// The NodeImage was admitted, but what its ConfigMaps hold makes an
+		// invalid build (a file over the size limit, a key that is not an
+		// armored key): retrying cannot help until the NodeImage or one of
+		// its ConfigMaps changes, and both are watched.
+		return &StallingError{Reason: imagev1.InvalidSpecReason,
+			Err: fmt.Errorf("the content resolved from the referenced ConfigMaps is not valid: %w", err)}
 	case err != nil:
 		return fmt.Errorf("creating build %s: %w", name, err)
 	default:
