@@ -2,8 +2,16 @@ package integration
 
 // The cloud-base image that the build and verify tests share. It is built
 // once per test run, through internal/builder, from Debian's packages and
-// the offline Kubernetes apt repository, with one of each customisation
-// (file, unit, shell provisioner) added so those paths run for real too.
+// the offline Kubernetes packages (served, with a probe package, as a
+// repository standing for one the NodeImage author controls), with one of
+// each customisation (file, unit, shell and Ansible provisioner) added so
+// those paths run for real too.
+//
+// The tests that build or boot after it run in parallel, two at a time
+// (go test's -parallel, GOMAXPROCS by default): a TCG boot leaves part of
+// two cores idle and a build's package installs use one, so two side by
+// side finish sooner than one after the other. Each has its own work
+// dirs; the shared image is only read.
 
 import (
 	"bytes"

@@ -138,6 +138,7 @@ func verifyFileDigest(t *testing.T, p string) string {
 // required check passes, the artifact is unchanged, and the JSON report
 // has the documented shape.
 func TestVerifyGoodImage(t *testing.T) {
+	t.Parallel() // see fixture_test.go
 	f := verifyImage(t)
 	verifyNeedTools(t, "qemu-system-x86_64", "cloud-localds")
 	before := verifyFileDigest(t, f.path)
@@ -275,6 +276,7 @@ func verifyDebugfsCat(t *testing.T, raw string, off int64, p string) string {
 // TestVerifyBrokenImages feeds deliberately broken copies of the image and
 // asserts the matching check fails with a message saying what is wrong.
 func TestVerifyBrokenImages(t *testing.T) {
+	t.Parallel() // see fixture_test.go
 	f := verifyImage(t)
 	cases := []struct {
 		name    string
@@ -357,6 +359,7 @@ func TestVerifyBrokenImages(t *testing.T) {
 // boot test must end well within its timeout with a failed boot-ssh that
 // carries the console (firmware) tail, QEMU reaped and the work dir clean.
 func TestVerifyUnbootableImage(t *testing.T) {
+	t.Parallel() // see fixture_test.go
 	f := verifyImage(t)
 	verifyNeedTools(t, "qemu-system-x86_64", "cloud-localds")
 	dir := t.TempDir()
@@ -443,6 +446,7 @@ func verifyWriteRootFile(t *testing.T, raw string, off int64, p, content string)
 // initramfs, and panics; init= would not do, as initramfs-tools falls back
 // to /sbin/init.)
 func TestVerifyKernelPanicFailsFast(t *testing.T) {
+	t.Parallel() // see fixture_test.go
 	f := verifyImage(t)
 	verifyNeedTools(t, "qemu-system-x86_64", "cloud-localds")
 	raw := verifyBrokenCopy(t, f, "kernel-panic", func(raw string, off int64) {
@@ -487,6 +491,7 @@ func TestVerifyKernelPanicFailsFast(t *testing.T) {
 // fail naming the wrong settings, and the other in-guest checks still run
 // and are reported. One boot serves all of these.
 func TestVerifyCloudInitError(t *testing.T) {
+	t.Parallel() // see fixture_test.go
 	f := verifyImage(t)
 	verifyNeedTools(t, "qemu-system-x86_64", "cloud-localds")
 	raw := verifyBrokenCopy(t, f, "cloud-init-error", func(raw string, off int64) {
