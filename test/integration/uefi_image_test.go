@@ -21,7 +21,7 @@ import (
 // cloud-init. Cost: a build of about 40 s with a warm package cache and a
 // TCG boot of about a minute.
 func TestBuildAndVerifyUEFIOnlyImage(t *testing.T) {
-	t.Parallel() // see fixture_test.go
+	t.Parallel()      // see fixture_test.go
 	builtCloudBase(t) // the same prerequisites (root, tools), and a warm package cache
 	verifyNeedTools(t, "cloud-localds")
 	if _, err := os.Stat("/usr/share/OVMF/OVMF_CODE_4M.fd"); err != nil {
