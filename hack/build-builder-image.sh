@@ -10,7 +10,8 @@
 # Load it with `podman load -i out/builder-image.tar` or
 # `ctr -n k8s.io images import out/builder-image.tar`. Needs root (mmdebstrap
 # root mode) and the Debian mirror; downloaded .debs are reused from
-# $NODEFORGE_CACHE/apt-archives/archives when present.
+# $NODEFORGE_CACHE/apt-archives/archives when present, and the root
+# filesystem layer from $NODEFORGE_CACHE/builder-rootfs (see below).
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -47,19 +48,39 @@ mkdir -p "$work/bin/usr/local/bin"
 (cd "$root" && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$work/bin/usr/local/bin/nodeforge" ./cmd/nodeforge)
 tar -C "$work/bin" --owner=0 --group=0 --numeric-owner -cf "$work/nodeforge.tar" usr
 
-log "building the trixie root filesystem (mmdebstrap)"
 archives=$cache/apt-archives/archives
 mkdir -p "$archives"
-mmdebstrap --mode=root --variant=apt --format=tar \
-	--aptopt='APT::Install-Recommends "false"' \
-	--dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/doc/*' \
-	--dpkgopt='path-include=/usr/share/doc/*/copyright' --dpkgopt='path-exclude=/usr/share/locale/*' \
-	--include="$BUILDER_PACKAGES" \
-	--skip=essential/unlink \
-	--setup-hook="d=\"\$1/var/cache/apt/archives\"; mkdir -p \"\$d/partial\"; set -- '$archives'/*.deb; [ -e \"\$1\" ] || exit 0; cp -l -t \"\$d\" \"\$@\" 2>/dev/null || cp -t \"\$d\" \"\$@\"" \
-	--customize-hook="for f in \"\$1\"/var/cache/apt/archives/*.deb; do [ -e \"$archives/\${f##*/}\" ] || cp \"\$f\" \"$archives/\"; done" \
-	--customize-hook='rm -f "$1"/etc/machine-id "$1"/etc/hostname "$1"/etc/resolv.conf; : > "$1"/etc/machine-id' \
-	trixie "$work/rootfs.tar"
+mmdebstrap_args=(
+	--mode=root --variant=apt --format=tar
+	--aptopt='APT::Install-Recommends "false"'
+	--dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/doc/*'
+	--dpkgopt='path-include=/usr/share/doc/*/copyright' --dpkgopt='path-exclude=/usr/share/locale/*'
+	--include="$BUILDER_PACKAGES"
+	--skip=essential/unlink
+	--setup-hook="d=\"\$1/var/cache/apt/archives\"; mkdir -p \"\$d/partial\"; set -- '$archives'/*.deb; [ -e \"\$1\" ] || exit 0; cp -l -t \"\$d\" \"\$@\" 2>/dev/null || cp -t \"\$d\" \"\$@\""
+	--customize-hook="for f in \"\$1\"/var/cache/apt/archives/*.deb; do n=\${f##*/}; [ -e \"$archives/\$n\" ] || { cp \"\$f\" \"$archives/.\$n.tmp\" && mv \"$archives/.\$n.tmp\" \"$archives/\$n\"; }; done"
+	--customize-hook='rm -f "$1"/etc/machine-id "$1"/etc/hostname "$1"/etc/resolv.conf; : > "$1"/etc/machine-id'
+	trixie
+)
+# The root filesystem layer depends on the package list and these options,
+# not on nodeforge's code: it is cached, keyed by them and the ISO week, so
+# a code change rebuilds only the binary layer (seconds instead of minutes)
+# and Debian's updates still reach the image within a week.
+# NODEFORGE_BUILDER_ROOTFS_FRESH=1 rebuilds it now.
+rootfs_cache=$cache/builder-rootfs
+rootfs_key=$({ printf '%s\n' "${mmdebstrap_args[@]}"; date -u +%G-W%V; } | sha256sum | cut -c1-16)
+rootfs_tar=$rootfs_cache/rootfs-$rootfs_key.tar
+if [ -s "$rootfs_tar" ] && [ -z "${NODEFORGE_BUILDER_ROOTFS_FRESH:-}" ]; then
+	log "reusing the trixie root filesystem $rootfs_tar"
+else
+	log "building the trixie root filesystem (mmdebstrap)"
+	mmdebstrap "${mmdebstrap_args[@]}" "$work/rootfs.tar"
+	mkdir -p "$rootfs_cache"
+	# Only the newest is kept; a concurrent build's copy is replaced whole.
+	find "$rootfs_cache" -maxdepth 1 -name 'rootfs-*.tar' ! -name "rootfs-$rootfs_key.tar" -delete
+	cp "$work/rootfs.tar" "$rootfs_tar.$$.tmp"
+	mv "$rootfs_tar.$$.tmp" "$rootfs_tar"
+fi
 
 log "assembling the image with crane"
 port_file=$work/registry.port
@@ -73,7 +94,7 @@ for _ in $(seq 1 50); do
 done
 [ -n "${port:-}" ] || die "crane registry did not start: $(cat "$work/registry.log")"
 ref=127.0.0.1:$port/nodeforge-builder:build
-"$crane" append --insecure --oci-empty-base -f "$work/rootfs.tar" -f "$work/nodeforge.tar" -t "$ref" >/dev/null
+"$crane" append --insecure --oci-empty-base -f "$rootfs_tar" -f "$work/nodeforge.tar" -t "$ref" >/dev/null
 mkdir -p "$(dirname "$out")"
 "$crane" mutate --insecure "$ref" --set-platform linux/amd64 \
 	--entrypoint /usr/local/bin/nodeforge --cmd build,--help \
