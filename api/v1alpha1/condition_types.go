@@ -78,7 +78,8 @@ const (
 	// by the schema but not built yet.
 	UnsupportedArchitectureReason = "UnsupportedArchitecture"
 
-	// SuspendedReason: spec.suspend is true; no new build starts.
+	// SuspendedReason: spec.suspend is true; no new build starts. On Ready
+	// (True): settled as asked, with no artifact of the current digest.
 	SuspendedReason = "Suspended"
 
 	// ProgressingReason: the controller is working on a new generation.

@@ -343,12 +343,46 @@ func TestSuspend(t *testing.T) {
 	ni.Spec.Suspend = true
 	g.Expect(k8s.Create(ctx, ni)).To(Succeed())
 	g.Eventually(func(g Gomega) {
-		g.Expect(reasonOf(get(g, ni), imagev1.ReadyCondition)).To(Equal("False/Suspended"))
+		n := get(g, ni)
+		g.Expect(reasonOf(n, imagev1.ReadyCondition)).To(Equal("True/Suspended"))
+		// Suspended is settled, not in progress: GitOps tools wait on it.
+		g.Expect(n.Status.ObservedGeneration).To(Equal(n.Generation))
+		g.Expect(kstatusOf(g, n)).To(Equal(status.CurrentStatus))
 	}, testTimeout).Should(Succeed())
 	g.Consistently(func(g Gomega) { g.Expect(listBuilds(g, ns)).To(BeEmpty()) }, time.Second).Should(Succeed())
 
 	update(g, ni.DeepCopy(), func(n *imagev1.NodeImage) { n.Spec.Suspend = false })
 	g.Eventually(func(g Gomega) { g.Expect(listBuilds(g, ns)).To(HaveLen(1)) }, testTimeout).Should(Succeed())
+}
+
+// A build running when its NodeImage is suspended finishes on its own, and
+// its outcome still reaches the NodeImage's status.
+func TestSuspendKeepsTheRunningBuildsResult(t *testing.T) {
+	needEnv(t)
+	g := NewWithT(t)
+	ns := newNamespace(t)
+	ni := newNodeImage(ns, "suspended-mid-build")
+	digest := digestOf(g, ni)
+	build, podName := startBuild(t, g, ni)
+	playPod(g, ns, podName, corev1.PodRunning, nil)
+	update(g, ni.DeepCopy(), func(n *imagev1.NodeImage) { n.Spec.Suspend = true })
+	g.Eventually(func(g Gomega) {
+		n := get(g, ni)
+		g.Expect(n.Status.CurrentBuild).NotTo(BeNil())
+		g.Expect(n.Status.CurrentBuild.Name).To(Equal(build))
+		g.Expect(reasonOf(n, imagev1.ReadyCondition)).To(Equal("False/Building"))
+		g.Expect(kstatusOf(g, n)).To(Equal(status.InProgressStatus), "a build is still running")
+	}, testTimeout).Should(Succeed())
+
+	playPod(g, ns, podName, corev1.PodSucceeded, succeeded(ni, digest))
+	g.Eventually(func(g Gomega) {
+		n := get(g, ni)
+		g.Expect(n.Status.Artifact).NotTo(BeNil())
+		g.Expect(n.Status.Artifact.SpecDigest).To(Equal(digest))
+		g.Expect(reasonOf(n, imagev1.ReadyCondition)).To(Equal("True/Succeeded"))
+		g.Expect(kstatusOf(g, n)).To(Equal(status.CurrentStatus))
+	}, testTimeout).Should(Succeed())
+	g.Expect(listBuilds(g, ns)).To(HaveLen(1))
 }
 
 func TestDeletionPolicies(t *testing.T) {

@@ -186,8 +186,7 @@ func (r *NodeImageReconciler) Reconcile(ctx context.Context, req ctrl.Request) (
 		return resultOf(r.stallOnError(ni, err))
 	}
 	if ni.Spec.Suspend {
-		r.suspended(st)
-		return ctrl.Result{}, nil
+		return resultOf(r.stallOnError(ni, r.suspended(ctx, st)))
 	}
 	for _, step := range []imageStep{r.listBuilds, r.findArtifact, r.ensureBuild, r.supersede, r.mirror, r.pruneHistory} {
 		if err := step(ctx, st); err != nil {
@@ -233,14 +232,33 @@ func (r *NodeImageReconciler) resolve(ctx context.Context, st *imageState) error
 	return nil
 }
 
-// suspended starts nothing; a running build finishes on its own.
-func (r *NodeImageReconciler) suspended(st *imageState) {
+// suspended starts, stops and prunes nothing. A build of the current
+// digest that is running finishes on its own and is shown as usual (its
+// progress, then its artifact or failure). Without one, the NodeImage is
+// settled as asked: the generation counts as handled and, unless the
+// artifact in status is the current digest's, Ready is True with reason
+// Suspended, so that GitOps health checks (kstatus reads Ready) see it
+// Current rather than in progress forever; ArtifactAvailable and
+// status.artifact.specDigest tell whether the current spec's image exists.
+func (r *NodeImageReconciler) suspended(ctx context.Context, st *imageState) error {
 	ni := st.ni
-	markSettled(ni)
-	if a := ni.Status.Artifact; a == nil || a.SpecDigest != st.digest {
-		setCondition(ni, imagev1.ReadyCondition, metav1.ConditionFalse, imagev1.SuspendedReason,
-			"spec.suspend is true: no build is started for "+shortDigest(st.digest))
+	if err := r.listBuilds(ctx, st); err != nil {
+		return err
 	}
+	if st.desired != nil {
+		return r.mirror(ctx, st)
+	}
+	markSettled(ni)
+	r.setArtifactAvailable(ni)
+	ni.Status.ObservedGeneration = ni.Generation
+	if a := ni.Status.Artifact; a == nil || a.SpecDigest != st.digest {
+		msg := "spec.suspend is true: no build is started for " + shortDigest(st.digest) + "; no artifact published yet"
+		if a := ni.Status.Artifact; a != nil {
+			msg = "spec.suspend is true: no build is started for " + shortDigest(st.digest) + "; the artifact in status is of " + shortDigest(a.SpecDigest)
+		}
+		setCondition(ni, imagev1.ReadyCondition, metav1.ConditionTrue, imagev1.SuspendedReason, msg)
+	}
+	return nil
 }
 
 // listBuilds lists the NodeImage's builds and picks the one that stands

@@ -305,7 +305,7 @@ func TestNodeImageReconcile(t *testing.T) {
 		{name: "arm64 stalls", ni: testImage(func(ni *imagev1.NodeImage) { ni.Spec.Base.Architecture = imagev1.ArchitectureARM64 }),
 			artifacts: &fakeArtifacts{}, wantReady: "False/UnsupportedArchitecture", wantStalled: "True/UnsupportedArchitecture", wantObsGen: true},
 		{name: "suspended starts nothing", ni: testImage(func(ni *imagev1.NodeImage) { ni.Spec.Suspend = true }),
-			artifacts: &fakeArtifacts{}, wantReady: "False/Suspended"},
+			artifacts: &fakeArtifacts{}, wantReady: "True/Suspended", wantObsGen: true},
 		{name: "AlreadyExists is success", ni: testImage(nil), artifacts: &fakeArtifacts{}, funcs: alreadyExists,
 			wantBuilds: 1, wantReady: "False/BuildPending", wantRecon: "True/BuildPending"},
 		{name: "create error is returned", ni: testImage(nil), artifacts: &fakeArtifacts{}, funcs: createFails,
