@@ -150,9 +150,15 @@ type Artifact struct {
 	// +required
 	URL string `json:"url"`
 
-	// presignedURL is a time-limited HTTP(S) download URL.
+	// presignedURL is a time-limited HTTP(S) download URL. On a NodeImage
+	// the manager renews it before it expires (presignedURLExpiresAt).
 	// +optional
 	PresignedURL string `json:"presignedURL,omitempty"`
+
+	// presignedURLExpiresAt is when presignedURL stops working; unset when
+	// not known (a build's own record).
+	// +optional
+	PresignedURLExpiresAt *metav1.Time `json:"presignedURLExpiresAt,omitempty"`
 
 	// manifestURL is the location of the build manifest JSON.
 	// +optional

@@ -30,6 +30,10 @@ type ArtifactStore interface {
 	Lookup(ctx context.Context, ni *imagev1.NodeImage, specDigest string) (*imagev1.Artifact, error)
 	Prune(ctx context.Context, ni *imagev1.NodeImage, keep int) error
 	DeleteAll(ctx context.Context, ni *imagev1.NodeImage) error
+	// Presign returns a fresh time-limited download URL of the artifact's
+	// image, valid for the destination's presignExpiry, and when it
+	// expires. Signing happens locally with the destination's credentials.
+	Presign(ctx context.Context, ni *imagev1.NodeImage, a *imagev1.Artifact) (string, time.Time, error)
 }
 
 // PublisherOpener returns the storage.Publisher for a NodeImage's
@@ -98,6 +102,32 @@ func (s PublisherStore) Lookup(ctx context.Context, ni *imagev1.NodeImage, diges
 		BuiltAt:     metav1.NewTime(a.PublishedAt),
 		SpecDigest:  "sha256:" + imagev1.DigestHex(digest),
 	}, nil
+}
+
+// Presign implements ArtifactStore.
+func (s PublisherStore) Presign(ctx context.Context, ni *imagev1.NodeImage, a *imagev1.Artifact) (string, time.Time, error) {
+	ctx, cancel := s.bound(ctx)
+	defer cancel()
+	p, err := s.Open(ctx, ni)
+	if err != nil {
+		return "", time.Time{}, err
+	}
+	expiry := presignExpiry(ni)
+	key := p.ImageKey(ni.Name, imagev1.DigestHex(a.SpecDigest), string(a.Format))
+	now := time.Now()
+	u, err := p.Store.PresignGet(ctx, key, expiry)
+	if err != nil {
+		return "", time.Time{}, fmt.Errorf("presigning %s: %w", key, err)
+	}
+	return u, now.Add(expiry), nil
+}
+
+// presignExpiry is the NodeImage's presignExpiry, defaulted.
+func presignExpiry(ni *imagev1.NodeImage) time.Duration {
+	if d := ni.Spec.Destination; d != nil && d.S3 != nil && d.S3.PresignExpiry != nil && d.S3.PresignExpiry.Duration > 0 {
+		return d.S3.PresignExpiry.Duration
+	}
+	return imagev1.DefaultPresignExpiry
 }
 
 // Prune implements ArtifactStore.

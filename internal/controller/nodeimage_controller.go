@@ -15,6 +15,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/tools/events"
 	"k8s.io/klog/v2"
+	"k8s.io/utils/clock"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -47,9 +48,18 @@ type NodeImageReconciler struct {
 	// APIReader reads Namespaces and ConfigMaps uncached; SetupWithManager
 	// sets it.
 	APIReader client.Reader
+	// Clock is injected for tests; clock.RealClock{} by default.
+	Clock clock.Clock
 }
 
 var _ reconcile.Reconciler = &NodeImageReconciler{}
+
+func (r *NodeImageReconciler) clock() clock.Clock {
+	if r.Clock == nil {
+		return clock.RealClock{}
+	}
+	return r.Clock
+}
 
 // +kubebuilder:rbac:groups=image.nodeforge.dev,resources=nodeimages,verbs=get;list;watch;patch
 // +kubebuilder:rbac:groups=image.nodeforge.dev,resources=nodeimages/status,verbs=get;patch
@@ -153,6 +163,9 @@ type imageState struct {
 	desired *imagev1.NodeImageBuild
 	// found is a published artifact of the current digest (cache hit).
 	found *imagev1.Artifact
+	// requeueAfter, when set, brings the NodeImage back after a settled
+	// reconcile (to renew the presigned URL in status).
+	requeueAfter time.Duration
 }
 
 type imageStep func(context.Context, *imageState) error
@@ -188,12 +201,12 @@ func (r *NodeImageReconciler) Reconcile(ctx context.Context, req ctrl.Request) (
 	if ni.Spec.Suspend {
 		return resultOf(r.stallOnError(ni, r.suspended(ctx, st)))
 	}
-	for _, step := range []imageStep{r.listBuilds, r.findArtifact, r.ensureBuild, r.supersede, r.mirror, r.pruneHistory} {
+	for _, step := range []imageStep{r.listBuilds, r.findArtifact, r.ensureBuild, r.supersede, r.mirror, r.pruneHistory, r.renewPresignedURL} {
 		if err := step(ctx, st); err != nil {
 			return resultOf(r.stallOnError(ni, err))
 		}
 	}
-	return ctrl.Result{}, nil
+	return ctrl.Result{RequeueAfter: st.requeueAfter}, nil
 }
 
 // stallOnError records a stalling error in the conditions; the generation
@@ -509,6 +522,46 @@ func (r *NodeImageReconciler) mirror(ctx context.Context, st *imageState) error 
 		markReconciling(ni, reason, msg)
 		setCondition(ni, imagev1.ReadyCondition, metav1.ConditionFalse, reason, msg)
 	}
+	return nil
+}
+
+// presignRenewal is the part of a presigned URL's lifetime left when the
+// manager renews it: a consumer reading status gets a URL valid for at
+// least this fraction of presignExpiry.
+const presignRenewal = 5 // renew when less than a fifth is left
+
+// renewPresignedURL keeps the presigned URL of the artifact in status
+// usable: one that is missing, of unknown age (as the builder recorded
+// it) or in the last fifth of its lifetime is replaced by a fresh one, and
+// the NodeImage comes back when the new one reaches that point. A failure
+// keeps the old URL and is reported as an event; the next reconcile tries
+// again.
+func (r *NodeImageReconciler) renewPresignedURL(ctx context.Context, st *imageState) error {
+	ni := st.ni
+	a := ni.Status.Artifact
+	if a == nil || r.Artifacts == nil || ni.Spec.Destination == nil || ni.Spec.Destination.S3 == nil ||
+		getCondition(ni, imagev1.ReconcilingCondition) != nil {
+		return nil
+	}
+	expiry := presignExpiry(ni)
+	margin := expiry / presignRenewal
+	now := r.clock().Now()
+	if a.PresignedURL != "" && a.PresignedURLExpiresAt != nil {
+		if left := a.PresignedURLExpiresAt.Sub(now); left > margin {
+			st.requeueAfter = left - margin
+			return nil
+		}
+	}
+	u, expires, err := r.Artifacts.Presign(ctx, ni, a)
+	if err != nil {
+		r.event(ni, corev1.EventTypeWarning, "PresignFailed", "renewing the presigned URL: "+err.Error())
+		st.requeueAfter = time.Minute
+		return nil
+	}
+	a.PresignedURL = u
+	t := metav1.NewTime(expires)
+	a.PresignedURLExpiresAt = &t
+	st.requeueAfter = expiry - margin
 	return nil
 }
 

@@ -226,6 +226,22 @@ type fakeArtifacts struct {
 	found   *imagev1.Artifact
 	err     error
 	deleted bool
+	// presigned counts Presign calls; presignErr fails them.
+	presigned  int
+	presignErr error
+	now        func() time.Time
+}
+
+func (f *fakeArtifacts) Presign(_ context.Context, ni *imagev1.NodeImage, a *imagev1.Artifact) (string, time.Time, error) {
+	if f.presignErr != nil {
+		return "", time.Time{}, f.presignErr
+	}
+	f.presigned++
+	now := time.Now()
+	if f.now != nil {
+		now = f.now()
+	}
+	return fmt.Sprintf("https://s3.example.com/b/%s?signature=%d", ni.Name, f.presigned), now.Add(presignExpiry(ni)), nil
 }
 
 func (f *fakeArtifacts) Lookup(context.Context, *imagev1.NodeImage, string) (*imagev1.Artifact, error) {
@@ -667,4 +683,53 @@ func TestBuilderGoneWhileCacheIsBehind(t *testing.T) {
 			}
 		})
 	}
+}
+
+// The presigned URL in a settled NodeImage's status is renewed before it
+// expires: at once when its age is unknown (the builder's record), then
+// each time less than a fifth of presignExpiry is left. A failed renewal
+// keeps the old URL and tries again a minute later.
+func TestRenewPresignedURL(t *testing.T) {
+	g := NewWithT(t)
+	t0 := time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC)
+	clk := clocktesting.NewFakeClock(t0)
+	arts := &fakeArtifacts{now: clk.Now}
+	r := &NodeImageReconciler{Artifacts: arts, Clock: clk, Recorder: events.NewFakeRecorder(20)}
+	ni := testImage(func(ni *imagev1.NodeImage) {
+		ni.Spec.Destination.S3.PresignExpiry = &metav1.Duration{Duration: 10 * time.Hour}
+		ni.Status.Artifact = &imagev1.Artifact{URL: "s3://b/ns/img/x/img.qcow2", PresignedURL: "https://builder-signed", SpecDigest: "sha256:" + "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", Format: imagev1.FormatQCOW2}
+	})
+	st := &imageState{ni: ni}
+
+	g.Expect(r.renewPresignedURL(context.Background(), st)).To(Succeed())
+	a := ni.Status.Artifact
+	g.Expect(a.PresignedURL).To(Equal("https://s3.example.com/b/img?signature=1"), "the builder's URL of unknown age is replaced")
+	g.Expect(a.PresignedURLExpiresAt.Time).To(Equal(t0.Add(10 * time.Hour)))
+	g.Expect(st.requeueAfter).To(Equal(8 * time.Hour))
+
+	clk.SetTime(t0.Add(7 * time.Hour))
+	st = &imageState{ni: ni}
+	g.Expect(r.renewPresignedURL(context.Background(), st)).To(Succeed())
+	g.Expect(arts.presigned).To(Equal(1), "3h of 10h left: not renewed yet")
+	g.Expect(st.requeueAfter).To(Equal(time.Hour))
+
+	clk.SetTime(t0.Add(8*time.Hour + time.Minute))
+	st = &imageState{ni: ni}
+	g.Expect(r.renewPresignedURL(context.Background(), st)).To(Succeed())
+	g.Expect(a.PresignedURL).To(Equal("https://s3.example.com/b/img?signature=2"))
+	g.Expect(a.PresignedURLExpiresAt.Time).To(Equal(clk.Now().Add(10 * time.Hour)))
+
+	arts.presignErr = errors.New("endpoint down")
+	clk.SetTime(clk.Now().Add(9 * time.Hour))
+	st = &imageState{ni: ni}
+	g.Expect(r.renewPresignedURL(context.Background(), st)).To(Succeed())
+	g.Expect(a.PresignedURL).To(Equal("https://s3.example.com/b/img?signature=2"), "a failed renewal keeps the URL")
+	g.Expect(st.requeueAfter).To(Equal(time.Minute))
+
+	// While a build is on its way nothing is renewed.
+	arts.presignErr = nil
+	markReconciling(ni, imagev1.BuildPendingReason, "building")
+	st = &imageState{ni: ni}
+	g.Expect(r.renewPresignedURL(context.Background(), st)).To(Succeed())
+	g.Expect(arts.presigned).To(Equal(2))
 }

@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
@@ -434,7 +435,14 @@ var _ = Describe("A NodeImage", Ordered, Label("nodeimage"), func() {
 		By("the image, its .sha256 and its manifest are in S3 and match status")
 		got := getNodeImage(ctx, ns, name)
 		Expect(got.Status.Artifact).NotTo(BeNil())
-		Expect(*got.Status.Artifact).To(Equal(*first.Status.Artifact))
+		// The manager renewed the builder's presigned URL, whose age it
+		// cannot know; the rest is the build's record.
+		want := first.Status.Artifact.DeepCopy()
+		want.PresignedURL, want.PresignedURLExpiresAt = got.Status.Artifact.PresignedURL, got.Status.Artifact.PresignedURLExpiresAt
+		Expect(*got.Status.Artifact).To(Equal(*want))
+		Expect(got.Status.Artifact.PresignedURLExpiresAt).NotTo(BeNil())
+		Expect(got.Status.Artifact.PresignedURLExpiresAt.Time).To(BeTemporally(">", time.Now().Add(time.Hour)))
+		assertDownload(ctx, got.Status.Artifact.PresignedURL, got.Status.Artifact.SHA256)
 		Expect(got.Status.Artifact.SpecDigest).To(Equal(got.Status.SpecDigest))
 		assertPublished(ctx, pub, s3, name, got.Status.Artifact)
 	})
@@ -657,6 +665,23 @@ func assertPublished(ctx context.Context, pub *storage.Publisher, s3 *storage.S3
 	var m manifest.Manifest
 	Expect(json.Unmarshal(readObject(ctx, s3, found.ManifestKey), &m)).To(Succeed())
 	Expect(m.Image.SHA256).To(Equal(a.SHA256))
+}
+
+// assertDownload fetches a presigned URL as a consumer would, without
+// credentials, and checks the bytes.
+func assertDownload(ctx context.Context, url, sha string) {
+	GinkgoHelper()
+	Expect(url).To(HavePrefix("http://127.0.0.1:"), "the presigned URL points at the local MinIO")
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	Expect(err).NotTo(HaveOccurred())
+	resp, err := http.DefaultClient.Do(req)
+	Expect(err).NotTo(HaveOccurred())
+	defer func() { _ = resp.Body.Close() }()
+	Expect(resp.StatusCode).To(Equal(http.StatusOK))
+	h := sha256.New()
+	_, err = io.Copy(h, resp.Body)
+	Expect(err).NotTo(HaveOccurred())
+	Expect(hex.EncodeToString(h.Sum(nil))).To(Equal(sha), "the presigned URL serves the image")
 }
 
 func readObject(ctx context.Context, s3 *storage.S3, key string) []byte {
