@@ -174,6 +174,7 @@ func run() error {
 		Recorder:            mgr.GetEventRecorder("nodeimagebuild-controller"),
 		Backends:            backends,
 		MaxConcurrentBuilds: o.maxConcurrentBuilds,
+		Namespaces:          namespaces,
 	}).SetupWithManager(mgr, owned, ctrlOpts); err != nil {
 		return fmt.Errorf("setting up the NodeImageBuild controller: %w", err)
 	}

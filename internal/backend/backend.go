@@ -172,12 +172,35 @@ type Backend interface {
 	Delete(ctx context.Context, b *imagev1.NodeImageBuild, attempt int32) (gone bool, err error)
 }
 
-// ActiveLister is implemented by backends that can list, cluster-wide and
-// from the API server (not a cache), the builds whose builder is live: not
-// terminated and not being deleted. The build controller counts them
-// against --max-concurrent-builds.
+// ActiveLister is implemented by backends that can list, from the API
+// server (not a cache), the builds whose builder is live: not terminated
+// and not being deleted. namespaces limits the listing to those
+// namespaces (the manager's --build-namespace, where it may have no right
+// to list cluster-wide); empty means cluster-wide. The build controller
+// counts them against --max-concurrent-builds.
 type ActiveLister interface {
-	ActiveBuilds(ctx context.Context) ([]client.ObjectKey, error)
+	ActiveBuilds(ctx context.Context, namespaces []string) ([]client.ObjectKey, error)
+}
+
+// ListInNamespaces lists into a fresh list from newList for each of
+// namespaces (or once, cluster-wide, when there are none) and hands each
+// result to add.
+func ListInNamespaces[L client.ObjectList](ctx context.Context, r client.Reader, namespaces []string, newList func() L, add func(L), opts ...client.ListOption) error {
+	if len(namespaces) == 0 {
+		namespaces = []string{""}
+	}
+	for _, ns := range namespaces {
+		l := newList()
+		o := opts
+		if ns != "" {
+			o = append(append([]client.ListOption(nil), opts...), client.InNamespace(ns))
+		}
+		if err := r.List(ctx, l, o...); err != nil {
+			return err
+		}
+		add(l)
+	}
+	return nil
 }
 
 // BuilderSelector selects every builder object nodeforge made.
@@ -189,19 +212,20 @@ func BuildOf(o metav1.Object) client.ObjectKey {
 }
 
 // ActivePodBuilds lists the builds with a live builder Pod through r (the
-// manager's API reader).
-func ActivePodBuilds(ctx context.Context, r client.Reader) ([]client.ObjectKey, error) {
-	var pods corev1.PodList
-	if err := r.List(ctx, &pods, BuilderSelector); err != nil {
-		return nil, fmt.Errorf("listing builder Pods: %w", err)
-	}
+// manager's API reader), in namespaces (empty: cluster-wide).
+func ActivePodBuilds(ctx context.Context, r client.Reader, namespaces []string) ([]client.ObjectKey, error) {
 	var keys []client.ObjectKey
-	for i := range pods.Items {
-		p := &pods.Items[i]
-		if p.DeletionTimestamp != nil || p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed {
-			continue
+	err := ListInNamespaces(ctx, r, namespaces, func() *corev1.PodList { return &corev1.PodList{} }, func(pods *corev1.PodList) {
+		for i := range pods.Items {
+			p := &pods.Items[i]
+			if p.DeletionTimestamp != nil || p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed {
+				continue
+			}
+			keys = append(keys, BuildOf(p))
 		}
-		keys = append(keys, BuildOf(p))
+	}, BuilderSelector)
+	if err != nil {
+		return nil, fmt.Errorf("listing builder Pods: %w", err)
 	}
 	return keys, nil
 }

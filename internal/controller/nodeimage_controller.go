@@ -684,8 +684,15 @@ func (r *NodeImageReconciler) reconcileDelete(ctx context.Context, ni *imagev1.N
 
 // namespaceTerminating reports whether ns is being deleted.
 func (r *NodeImageReconciler) namespaceTerminating(ctx context.Context, ns string) bool {
+	return namespaceTerminating(ctx, r.apiReader(), ns)
+}
+
+// namespaceTerminating reports whether ns is being deleted, read through r
+// (an uncached reader: the manager's rights to read Namespaces are get
+// only).
+func namespaceTerminating(ctx context.Context, r client.Reader, ns string) bool {
 	var n corev1.Namespace
-	if err := r.apiReader().Get(ctx, client.ObjectKey{Name: ns}, &n); err != nil {
+	if err := r.Get(ctx, client.ObjectKey{Name: ns}, &n); err != nil {
 		return false
 	}
 	return !n.DeletionTimestamp.IsZero()

@@ -67,8 +67,12 @@ type NodeImageBuildReconciler struct {
 	RetryBackoff, MaxRetryBackoff time.Duration
 	// PollInterval is how often a running builder's progress is read.
 	PollInterval time.Duration
-	// MaxConcurrentBuilds limits running builds cluster-wide (0: no limit).
+	// MaxConcurrentBuilds limits running builds cluster-wide (0: no limit),
+	// or across Namespaces when those are set.
 	MaxConcurrentBuilds int
+	// Namespaces are the manager's --build-namespace: builders are counted
+	// in these namespaces only, where its rights may end. Empty: all.
+	Namespaces []string
 	// APIReader reads live builders uncached for the build limit; the
 	// manager's API reader by default (SetupWithManager), else Client.
 	APIReader client.Reader
@@ -154,6 +158,19 @@ func (r *NodeImageBuildReconciler) reconcileDelete(ctx context.Context, b *image
 	if be, err := r.backendFor(b); err == nil {
 		gone, err := be.Delete(ctx, b, 0)
 		if err != nil {
+			reader := r.APIReader
+			if reader == nil {
+				reader = r.Client
+			}
+			if namespaceTerminating(ctx, reader, b.Namespace) {
+				// The namespace is being deleted, and with it the builders
+				// and perhaps already the RoleBinding that lets the manager
+				// delete them (the per-namespace mode): leave them to the
+				// namespace's deletion rather than hold it up forever.
+				r.event(b, corev1.EventTypeWarning, "DeleteFailed",
+					"builders are left to the namespace's deletion: "+err.Error())
+				return removeFinalizer(ctx, r.Client, b, BuildFinalizer)
+			}
 			return err
 		}
 		if !gone {
@@ -466,12 +483,12 @@ func (r *NodeImageBuildReconciler) liveBuilds(ctx context.Context) ([]client.Obj
 		var err error
 		switch l := be.(type) {
 		case backend.ActiveLister:
-			k, err = l.ActiveBuilds(ctx)
+			k, err = l.ActiveBuilds(ctx, r.Namespaces)
 		default:
 			if be.Kind() != "Pod" {
 				continue
 			}
-			k, err = backend.ActivePodBuilds(ctx, reader)
+			k, err = backend.ActivePodBuilds(ctx, reader, r.Namespaces)
 		}
 		if err != nil {
 			return nil, err

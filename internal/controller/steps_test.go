@@ -529,6 +529,38 @@ func TestMaxConcurrentBuilds(t *testing.T) {
 		g.Expect(c.Get(context.Background(), client.ObjectKeyFromObject(b), got)).To(Succeed())
 		g.Expect(getCondition(got, imagev1.ReadyCondition).Message).To(ContainSubstring("waiting for a build slot"))
 	})
+	t.Run("with --build-namespace, builders are counted in those namespaces only", func(t *testing.T) {
+		g := NewWithT(t)
+		b := testBuild(func(b *imagev1.NodeImageBuild) { b.UID = "uid-b" })
+		other := testBuild(func(b *imagev1.NodeImageBuild) { b.Name, b.UID = "other", "uid-other" })
+		live := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "other-1", Labels: backend.Labels(other, "builder", 1)},
+			Status: corev1.PodStatus{Phase: corev1.PodPending}}
+		foreign := testBuild(func(b *imagev1.NodeImageBuild) { b.Namespace, b.Name, b.UID = "elsewhere", "foreign", "uid-foreign" })
+		outside := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "elsewhere", Name: "foreign-1", Labels: backend.Labels(foreign, "builder", 1)},
+			Status: corev1.PodStatus{Phase: corev1.PodRunning}}
+		// RBAC of the namespaced mode: no right to list Pods cluster-wide.
+		funcs := interceptor.Funcs{List: func(ctx context.Context, c client.WithWatch, list client.ObjectList, opts ...client.ListOption) error {
+			lo := (&client.ListOptions{}).ApplyOptions(opts)
+			if _, pods := list.(*corev1.PodList); pods && lo.Namespace == "" {
+				return apierrors.NewForbidden(schema.GroupResource{Resource: "pods"}, "", errors.New("cluster-wide list not granted"))
+			}
+			return c.List(ctx, list, opts...)
+		}}
+		for _, tc := range []struct {
+			max  int
+			want bool // Ensure called
+		}{{max: 1, want: false}, {max: 2, want: true}} {
+			c := newFakeClient(scheme, funcs, b, other, live, outside)
+			be := &fakeBackend{}
+			r := &NodeImageBuildReconciler{Client: c, Clock: clocktesting.NewFakeClock(t0), MaxConcurrentBuilds: tc.max, Namespaces: []string{"ns"},
+				Backends: map[imagev1.BuilderBackend]backend.Backend{imagev1.BuilderBackendPod: be}}
+			_, err := r.Reconcile(context.Background(), ctrl.Request{NamespacedName: client.ObjectKeyFromObject(b)})
+			g.Expect(err).NotTo(HaveOccurred())
+			// ns's live builder takes the one slot of max 1; with max 2 the
+			// builder in "elsewhere" (not ours to count) leaves one free.
+			g.Expect(len(be.ensured) > 0).To(Equal(tc.want), "max %d: ensured %v", tc.max, be.ensured)
+		}
+	})
 	t.Run("concurrent reconciles", func(t *testing.T) {
 		g := NewWithT(t)
 		b1 := testBuild(func(b *imagev1.NodeImageBuild) { b.Name, b.UID = "b1", "uid-1" })

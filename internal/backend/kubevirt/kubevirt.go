@@ -266,18 +266,20 @@ func (k *Backend) resultFromArtifact(ctx context.Context, b *imagev1.NodeImageBu
 var _ backend.ActiveLister = &Backend{}
 
 // ActiveBuilds implements backend.ActiveLister.
-func (k *Backend) ActiveBuilds(ctx context.Context) ([]client.ObjectKey, error) {
-	var list kubevirtv1.VirtualMachineInstanceList
-	if err := k.reader().List(ctx, &list, backend.BuilderSelector); err != nil {
-		return nil, fmt.Errorf("listing builder VirtualMachineInstances: %w", err)
-	}
+func (k *Backend) ActiveBuilds(ctx context.Context, namespaces []string) ([]client.ObjectKey, error) {
 	var keys []client.ObjectKey
-	for i := range list.Items {
-		v := &list.Items[i]
-		if v.DeletionTimestamp != nil || v.Status.Phase == kubevirtv1.Succeeded || v.Status.Phase == kubevirtv1.Failed {
-			continue
-		}
-		keys = append(keys, backend.BuildOf(v))
+	err := backend.ListInNamespaces(ctx, k.reader(), namespaces, func() *kubevirtv1.VirtualMachineInstanceList { return &kubevirtv1.VirtualMachineInstanceList{} },
+		func(list *kubevirtv1.VirtualMachineInstanceList) {
+			for i := range list.Items {
+				v := &list.Items[i]
+				if v.DeletionTimestamp != nil || v.Status.Phase == kubevirtv1.Succeeded || v.Status.Phase == kubevirtv1.Failed {
+					continue
+				}
+				keys = append(keys, backend.BuildOf(v))
+			}
+		}, backend.BuilderSelector)
+	if err != nil {
+		return nil, fmt.Errorf("listing builder VirtualMachineInstances: %w", err)
 	}
 	return keys, nil
 }
