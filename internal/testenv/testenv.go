@@ -178,6 +178,17 @@ func childProcs(pid int) []proc {
 // Stop stops the API server and etcd and removes their data.
 func (e *Env) Stop() error { return e.env.Stop() }
 
+// UserConfig returns a rest.Config that authenticates as user (in groups),
+// whose rights are only what RBAC grants it: for tests of the manager's
+// roles. The suite's own Config is a cluster admin.
+func (e *Env) UserConfig(user string, groups ...string) (*rest.Config, error) {
+	u, err := e.env.AddUser(envtest.User{Name: user, Groups: groups}, e.Config)
+	if err != nil {
+		return nil, fmt.Errorf("adding user %s: %w", user, err)
+	}
+	return u.Config(), nil
+}
+
 // KubectlPath returns the kubectl binary next to the envtest binaries.
 func KubectlPath() string {
 	return filepath.Join(os.Getenv("KUBEBUILDER_ASSETS"), "kubectl")
