@@ -257,12 +257,13 @@ func TestTreeSandbox(t *testing.T) {
 	}
 }
 
-func TestViewSandbox(t *testing.T) {
-	needRoot(t)
+// markedDirs makes the dirs "writable", "hidden" and "other", each with a
+// file "marker", outside /tmp, which a view replaces: else hiding and
+// read-only would hold for the wrong reason.
+func markedDirs(t *testing.T) map[string]string {
+	t.Helper()
 	dirs := map[string]string{}
 	for _, n := range []string{"writable", "hidden", "other"} {
-		// Outside /tmp, which the view replaces: else hiding and
-		// read-only would hold for the wrong reason.
 		d, err := os.MkdirTemp("/var/tmp", "sandbox-"+n+"-")
 		if err != nil {
 			t.Fatal(err)
@@ -273,6 +274,12 @@ func TestViewSandbox(t *testing.T) {
 		}
 		dirs[n] = d
 	}
+	return dirs
+}
+
+func TestViewSandbox(t *testing.T) {
+	needRoot(t)
+	dirs := markedDirs(t)
 	// The probe runs from a writable dir: the view's /tmp, where the test
 	// binary is, is a tmpfs of its own.
 	bin := tree(t)
@@ -300,18 +307,7 @@ func TestViewSandbox(t *testing.T) {
 // read-only paths, whose mounts it cannot take away.
 func TestBootstrapSandbox(t *testing.T) {
 	needRoot(t)
-	dirs := map[string]string{}
-	for _, n := range []string{"writable", "hidden", "other"} {
-		d, err := os.MkdirTemp("/var/tmp", "sandbox-"+n+"-")
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = os.RemoveAll(d) })
-		if err := os.WriteFile(filepath.Join(d, "marker"), nil, 0o644); err != nil {
-			t.Fatal(err)
-		}
-		dirs[n] = d
-	}
+	dirs := markedDirs(t)
 	bin := tree(t)
 	s := Spec{Writable: []string{dirs["writable"], bin}, Hidden: []string{dirs["hidden"]}, Bootstrap: true}
 	r := run(t, s, []string{dirs["writable"], dirs["hidden"], dirs["other"]}, filepath.Join(bin, "probe"))

@@ -59,6 +59,12 @@ func (noLogs) TailLogs(context.Context, string, string, string, int64) ([]byte, 
 // applyManifest creates the objects of a YAML file of the repository (one
 // or more documents) with the admin client.
 func applyManifest(t *testing.T, g Gomega, c client.Client, path string, objs ...client.Object) {
+	applyManifestFixed(t, g, c, path, func() {}, objs...)
+}
+
+// applyManifestFixed is applyManifest with a fix-up of the decoded objects
+// before they are created (what kustomize would set).
+func applyManifestFixed(t *testing.T, g Gomega, c client.Client, path string, fix func(), objs ...client.Object) {
 	t.Helper()
 	b, err := os.ReadFile(filepath.Join(testenv.RepoRoot(), path))
 	g.Expect(err).NotTo(HaveOccurred())
@@ -66,6 +72,9 @@ func applyManifest(t *testing.T, g Gomega, c client.Client, path string, objs ..
 	g.Expect(docs).To(HaveLen(len(objs)), "%s: documents", path)
 	for i, d := range docs {
 		g.Expect(yaml.Unmarshal(d, objs[i])).To(Succeed(), "%s: document %d", path, i)
+	}
+	fix()
+	for i := range objs {
 		g.Expect(c.Create(context.Background(), objs[i])).To(Succeed(), "%s: document %d", path, i)
 	}
 }
@@ -109,9 +118,9 @@ func TestPerNamespaceMode(t *testing.T) {
 	applyManifest(t, g, admin, "config/rbac/secret_reader_role.yaml", &rbacv1.ClusterRole{})
 	applyManifest(t, g, admin, "config/rbac/own_objects_role.yaml", &rbacv1.ClusterRole{})
 	own := &rbacv1.ClusterRoleBinding{}
-	applyManifestAs(t, g, admin, "config/rbac/own_objects_role_binding.yaml", own, func() {
-		own.Subjects[0].Namespace = "nodeforge-system"
-	})
+	applyManifestFixed(t, g, admin, "config/rbac/own_objects_role_binding.yaml", func() {
+		own.Subjects[0].Namespace = "nodeforge-system" // kustomize's namespace
+	}, own)
 	rbs := []client.Object{&rbacv1.RoleBinding{}, &rbacv1.RoleBinding{}}
 	applyManifest(t, g, admin, "config/namespaced/namespace_role_bindings.yaml", rbs...)
 
@@ -190,17 +199,6 @@ func TestPerNamespaceMode(t *testing.T) {
 		g.Expect(admin.List(ctx, &builds, client.InNamespace(buildNS))).To(Succeed())
 		g.Expect(builds.Items).To(BeEmpty(), "builds still there")
 	}, timeout).Should(Succeed())
-}
-
-// applyManifestAs is applyManifest for one document with a fix-up before
-// it is created (kustomize's namespace for the subjects).
-func applyManifestAs(t *testing.T, g Gomega, c client.Client, path string, obj client.Object, fix func()) {
-	t.Helper()
-	b, err := os.ReadFile(filepath.Join(testenv.RepoRoot(), path))
-	g.Expect(err).NotTo(HaveOccurred())
-	g.Expect(yaml.Unmarshal(b, obj)).To(Succeed())
-	fix()
-	g.Expect(c.Create(context.Background(), obj)).To(Succeed())
 }
 
 func nodeImage(ns, name string) *imagev1.NodeImage {
