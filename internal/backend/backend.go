@@ -300,6 +300,11 @@ func EnsureSpecConfigMap(ctx context.Context, c client.Client, scheme *runtime.S
 	return nil
 }
 
+// CredentialsSecretName is the name of the Secret that holds only the
+// credential keys of a build's destination Secret, for builders that can
+// mount a Secret only whole (KubeVirt VMs).
+func CredentialsSecretName(build string) string { return build + "-credentials" }
+
 // DeleteSpecConfigMap deletes the spec ConfigMap; gone is true when it no
 // longer exists.
 func DeleteSpecConfigMap(ctx context.Context, c client.Client, b *imagev1.NodeImageBuild) (bool, error) {

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	. "github.com/onsi/gomega"
+	corev1 "k8s.io/api/core/v1"
 	v1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	kubevirtv1 "kubevirt.io/api/core/v1"
 	"sigs.k8s.io/cli-utils/pkg/kstatus/status"
@@ -44,6 +45,10 @@ func TestKubeVirtBackend(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			g := NewWithT(t)
 			ns := newNamespace(t)
+			// A key that is not a credential stays out of the VM.
+			update(g, &corev1.Secret{ObjectMeta: v1.ObjectMeta{Namespace: ns, Name: "s3-creds"}}, func(s *corev1.Secret) {
+				s.Data["unrelated"] = []byte("not for the builder")
+			})
 			ni := newNodeImage(ns, name)
 			ni.Spec.Builder.Backend = imagev1.BuilderBackendKubeVirt
 			digest := digestOf(g, ni)
@@ -61,7 +66,12 @@ func TestKubeVirtBackend(t *testing.T) {
 			}
 			g.Expect(vols["appliance"].ContainerDisk.Image).To(Equal("nodeforge-appliance:test"))
 			g.Expect(vols["spec"].ConfigMap.Name).To(Equal(build + "-spec"))
-			g.Expect(vols["credentials"].Secret.SecretName).To(Equal("s3-creds"))
+			g.Expect(vols["credentials"].Secret.SecretName).To(Equal(build+"-credentials"), "the VM gets the copy of the credential keys")
+			creds := get(g, &corev1.Secret{ObjectMeta: v1.ObjectMeta{Namespace: ns, Name: build + "-credentials"}})
+			g.Expect(creds.Data).To(HaveLen(2))
+			g.Expect(creds.Data).To(HaveKeyWithValue("secretAccessKey", []byte("sup3r-s3cret-value")))
+			g.Expect(creds.Data).To(HaveKey("accessKeyID"))
+			g.Expect(v1.IsControlledBy(creds, get(g, buildKey(ns, build)))).To(BeTrue())
 			g.Expect(vols["scratch"].EmptyDisk).NotTo(BeNil())
 			serials := map[string]string{}
 			for _, d := range vmi.Spec.Domain.Devices.Disks {

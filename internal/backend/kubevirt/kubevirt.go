@@ -6,8 +6,10 @@
 //
 //   - The spec ConfigMap "<build>-spec" is attached as a disk with serial
 //     "nfspec" (the appliance mounts it at buildresult.SpecDir); the
-//     credentials Secret as a disk with serial "nfcreds"; scratch space as an
-//     emptyDisk (or the cache PVC) with serial "nfscratch".
+//     credential keys of the destination's Secret, copied into a Secret of
+//     the build's own ("<build>-credentials"), as a disk with serial
+//     "nfcreds"; scratch space as an emptyDisk (or the cache PVC) with
+//     serial "nfscratch".
 //   - The appliance prints {"progress":...} and {"result":...} lines on its
 //     serial console and powers off: a clean power-off makes the VMI
 //     Succeeded, a crash Failed.
@@ -39,6 +41,7 @@ import (
 	imagev1 "github.com/nodeforge/nodeforge/api/v1alpha1"
 	"github.com/nodeforge/nodeforge/internal/backend"
 	"github.com/nodeforge/nodeforge/internal/buildresult"
+	"github.com/nodeforge/nodeforge/internal/storage"
 )
 
 // ResultAnnotation on a VMI carries the builder's Result as JSON.
@@ -98,11 +101,61 @@ func (k *Backend) Ensure(ctx context.Context, b *imagev1.NodeImageBuild, attempt
 	if err := backend.EnsureSpecConfigMap(ctx, k.Client, k.Scheme, b); err != nil {
 		return err
 	}
+	if d := b.Spec.Destination; d != nil && d.S3 != nil {
+		if err := k.ensureCredentials(ctx, b, d.S3.CredentialsSecretRef.Name); err != nil {
+			return err
+		}
+	}
 	vmi, err := k.VMIFor(b, attempt)
 	if err != nil {
 		return err
 	}
 	return backend.CreateBuilder(ctx, k.Client, k.reader(), k.Kind(), b, vmi, &kubevirtv1.VirtualMachineInstance{})
+}
+
+// ensureCredentials copies the credential keys (storage.CredentialSecretKeys)
+// of the destination's Secret, and nothing else of it, into a Secret of
+// the build's own (backend.CredentialsSecretName), which the VM gets as a
+// disk: a KubeVirt Secret volume has no item selection, and the VM must
+// not receive whatever else the user keeps in that Secret. The copy is
+// controlled by the build, so it goes with it.
+func (k *Backend) ensureCredentials(ctx context.Context, b *imagev1.NodeImageBuild, source string) error {
+	var src corev1.Secret
+	if err := k.reader().Get(ctx, client.ObjectKey{Namespace: b.Namespace, Name: source}, &src); err != nil {
+		return fmt.Errorf("reading the credentials Secret %s: %w", source, err)
+	}
+	data := map[string][]byte{}
+	for _, key := range storage.CredentialSecretKeys {
+		if v, ok := src.Data[key]; ok {
+			data[key] = v
+		}
+	}
+	s := &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{
+			Name:      backend.CredentialsSecretName(b.Name),
+			Namespace: b.Namespace,
+			Labels:    backend.Labels(b, "credentials", 0),
+		},
+		Data:      data,
+		Immutable: ptr.To(true),
+	}
+	if err := controllerutil.SetControllerReference(b, s, k.Scheme); err != nil {
+		return err
+	}
+	err := k.Client.Create(ctx, s)
+	if apierrors.IsAlreadyExists(err) {
+		if ours, err := backend.Controls(ctx, k.reader(), b, &corev1.Secret{ObjectMeta: s.ObjectMeta}); err != nil || !ours {
+			if err == nil {
+				err = fmt.Errorf("secret %s exists and is not this build's", s.Name)
+			}
+			return err
+		}
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("creating the credentials Secret %s: %w", s.Name, err)
+	}
+	return nil
 }
 
 func disk(name, serial string) kubevirtv1.Disk {
@@ -158,7 +211,7 @@ func (k *Backend) VMIFor(b *imagev1.NodeImageBuild, attempt int32) (*kubevirtv1.
 	if d := b.Spec.Destination; d != nil && d.S3 != nil {
 		disks = append(disks, disk("credentials", "nfcreds"))
 		volumes = append(volumes, kubevirtv1.Volume{Name: "credentials", VolumeSource: kubevirtv1.VolumeSource{
-			Secret: &kubevirtv1.SecretVolumeSource{SecretName: d.S3.CredentialsSecretRef.Name},
+			Secret: &kubevirtv1.SecretVolumeSource{SecretName: backend.CredentialsSecretName(b.Name)},
 		}})
 		if d.S3.CASecretRef != nil {
 			disks = append(disks, disk("ca", "nfca"))
@@ -309,7 +362,14 @@ func (k *Backend) Delete(ctx context.Context, b *imagev1.NodeImageBuild, attempt
 		gone = gone && g
 	}
 	cmGone, err := backend.DeleteSpecConfigMap(ctx, k.Client, b)
-	return gone && cmGone, err
+	if err != nil {
+		return false, err
+	}
+	creds := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: b.Namespace, Name: backend.CredentialsSecretName(b.Name)}}
+	if err := k.Client.Delete(ctx, creds); err != nil && !apierrors.IsNotFound(err) {
+		return false, fmt.Errorf("deleting the credentials Secret %s: %w", creds.Name, err)
+	}
+	return gone && cmGone, nil
 }
 
 func (k *Backend) deleteVMI(ctx context.Context, ns, name string) (bool, error) {
