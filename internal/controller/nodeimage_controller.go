@@ -477,6 +477,9 @@ func (r *NodeImageReconciler) mirror(ctx context.Context, st *imageState) error 
 	if st.found != nil {
 		if a := ni.Status.Artifact; a == nil || a.SpecDigest != st.found.SpecDigest || a.URL != st.found.URL {
 			metrics.CacheHits.Inc()
+		} else if a.SHA256 == st.found.SHA256 {
+			// The same artifact: keep the presigned URL renewed for it.
+			st.found.PresignedURL, st.found.PresignedURLExpiresAt = a.PresignedURL, a.PresignedURLExpiresAt
 		}
 		ni.Status.Artifact = st.found
 		ni.Status.CurrentBuild = nil

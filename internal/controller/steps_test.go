@@ -765,3 +765,25 @@ func TestRenewPresignedURL(t *testing.T) {
 	g.Expect(r.renewPresignedURL(context.Background(), st)).To(Succeed())
 	g.Expect(arts.presigned).To(Equal(2))
 }
+
+// A cache hit found again keeps the presigned URL renewed for the same
+// artifact instead of signing a new one on every reconcile.
+func TestCacheHitKeepsThePresignedURL(t *testing.T) {
+	g := NewWithT(t)
+	found := &imagev1.Artifact{URL: "s3://b/ns/img/x/img.qcow2", SHA256: "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+		Size: 1, Format: imagev1.FormatQCOW2}
+	ni := testImage(nil)
+	found.SpecDigest = digestOfImage(ni)
+	arts := &fakeArtifacts{found: found}
+	c := newFakeClient(testenv.Scheme(), interceptor.Funcs{}, ni)
+	r := &NodeImageReconciler{Client: c, Recorder: events.NewFakeRecorder(20), Artifacts: arts}
+	for range 3 {
+		arts.found = found.DeepCopy()
+		_, err := r.Reconcile(context.Background(), ctrl.Request{NamespacedName: client.ObjectKeyFromObject(ni)})
+		g.Expect(err).NotTo(HaveOccurred())
+	}
+	got := &imagev1.NodeImage{}
+	g.Expect(c.Get(context.Background(), client.ObjectKeyFromObject(ni), got)).To(Succeed())
+	g.Expect(got.Status.Artifact.PresignedURL).To(Equal("https://s3.example.com/b/img?signature=1"))
+	g.Expect(arts.presigned).To(Equal(1), "signed once, kept after")
+}
