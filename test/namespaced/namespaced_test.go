@@ -167,7 +167,7 @@ func TestPerNamespaceMode(t *testing.T) {
 		n := &imagev1.NodeImage{}
 		g.Expect(admin.Get(ctx, client.ObjectKeyFromObject(ni), n)).To(Succeed())
 		g.Expect(n.Status.Artifact).NotTo(BeNil(), "conditions: %+v", n.Status.Conditions)
-		g.Expect(meta(n, imagev1.ReadyCondition)).To(Equal("True/Succeeded"))
+		g.Expect(conditionOf(n, imagev1.ReadyCondition)).To(Equal("True/Succeeded"))
 	}, timeout).Should(Succeed())
 
 	// The other namespace is not the manager's: untouched.
@@ -214,7 +214,8 @@ func nodeImage(ns, name string) *imagev1.NodeImage {
 	}
 }
 
-func meta(n *imagev1.NodeImage, typ string) string {
+// conditionOf is "Status/Reason" of the condition typ, or "".
+func conditionOf(n *imagev1.NodeImage, typ string) string {
 	for _, c := range n.Status.Conditions {
 		if c.Type == typ {
 			return string(c.Status) + "/" + c.Reason
