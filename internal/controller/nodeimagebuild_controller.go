@@ -111,6 +111,15 @@ func (r *NodeImageBuildReconciler) SetupWithManager(mgr ctrl.Manager, owned []cl
 	return b.Complete(r)
 }
 
+// apiReader is the uncached reader, or the client when none is set (unit
+// tests that build the reconciler by hand).
+func (r *NodeImageBuildReconciler) apiReader() client.Reader {
+	if r.APIReader == nil {
+		return r.Client
+	}
+	return r.APIReader
+}
+
 func (r *NodeImageBuildReconciler) clock() clock.Clock {
 	if r.Clock == nil {
 		return clock.RealClock{}
@@ -158,11 +167,7 @@ func (r *NodeImageBuildReconciler) reconcileDelete(ctx context.Context, b *image
 	if be, err := r.backendFor(b); err == nil {
 		gone, err := be.Delete(ctx, b, 0)
 		if err != nil {
-			reader := r.APIReader
-			if reader == nil {
-				reader = r.Client
-			}
-			if namespaceTerminating(ctx, reader, b.Namespace) {
+			if namespaceTerminating(ctx, r.apiReader(), b.Namespace) {
 				// The namespace is being deleted, and with it the builders
 				// and perhaps already the RoleBinding that lets the manager
 				// delete them (the per-namespace mode): leave them to the
@@ -468,10 +473,7 @@ func (r *NodeImageBuildReconciler) cacheBehind(ctx context.Context, b *imagev1.N
 
 // liveBuilds lists the builds with a live builder, from every backend.
 func (r *NodeImageBuildReconciler) liveBuilds(ctx context.Context) ([]client.ObjectKey, error) {
-	reader := r.APIReader
-	if reader == nil {
-		reader = r.Client
-	}
+	reader := r.apiReader()
 	var keys []client.ObjectKey
 	seen := map[backend.Backend]bool{}
 	for _, be := range r.Backends {

@@ -373,11 +373,13 @@ func checkSeedContents(t *testing.T, fs rootFS, repoURL string) {
 	// Customisations from the spec.
 	g.Expect(fs.cat("/etc/nodeforge/test.conf")).To(Equal("hello\n"))
 	g.Expect(fs.cat("/etc/nodeforge/marker")).To(Equal("provisioned\n"))
+	// A /dev listing that holds the sandbox's devices and links only.
+	const sandboxDev = `dev=(null|zero|full|random|urandom|tty|pts|shm|ptmx|fd|stdin|stdout|stderr| )+\n`
 	// The shell provisioner ran in the sandbox (sandboxProbe).
 	seen := fs.cat("/etc/nodeforge/sandbox")
 	g.Expect(seen).To(ContainSubstring("pid1=sh\n"), "the provisioner is not PID 1 of its own PID namespace")
 	g.Expect(seen).To(ContainSubstring("mount=refused\n"), "the provisioner could mount")
-	g.Expect(seen).To(MatchRegexp(`dev=(null|zero|full|random|urandom|tty|pts|shm|ptmx|fd|stdin|stdout|stderr| )+\n`), "the provisioner's /dev has more than the sandbox's")
+	g.Expect(seen).To(MatchRegexp(sandboxDev), "the provisioner's /dev has more than the sandbox's")
 	// So did the maintainer script of the author's repository's package
 	// (probePostinst): in user, mount and PID namespaces that are not the
 	// builder's (here: this test's), with the sandbox's /dev and without
@@ -391,7 +393,7 @@ func checkSeedContents(t *testing.T, fs rootFS, repoURL string) {
 		g.Expect(post).To(MatchRegexp(`(?m)^`+ns+`=`+ns+`:\[[0-9]+\]$`), "no %s namespace recorded: %q", ns, post)
 		g.Expect(post).NotTo(ContainSubstring(ns+"="+own+"\n"), "maintainer scripts run in the builder's %s namespace", ns)
 	}
-	g.Expect(post).To(MatchRegexp(`dev=(null|zero|full|random|urandom|tty|pts|shm|ptmx|fd|stdin|stdout|stderr| )+\n`), "the maintainer script's /dev has more than the sandbox's")
+	g.Expect(post).To(MatchRegexp(sandboxDev), "the maintainer script's /dev has more than the sandbox's")
 	capbnd := regexp.MustCompile(`capbnd=([0-9a-f]+)\n`).FindStringSubmatch(post)
 	g.Expect(capbnd).To(HaveLen(2), "no capability bounding set recorded: %q", post)
 	bnd, err := strconv.ParseUint(capbnd[1], 16, 64)

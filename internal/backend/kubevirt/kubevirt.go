@@ -143,17 +143,20 @@ func (k *Backend) ensureCredentials(ctx context.Context, b *imagev1.NodeImageBui
 		return err
 	}
 	err := k.Client.Create(ctx, s)
-	if apierrors.IsAlreadyExists(err) {
-		if ours, err := backend.Controls(ctx, k.reader(), b, &corev1.Secret{ObjectMeta: s.ObjectMeta}); err != nil || !ours {
-			if err == nil {
-				err = fmt.Errorf("secret %s exists and is not this build's", s.Name)
-			}
-			return err
-		}
+	if err == nil {
 		return nil
 	}
-	if err != nil {
+	if !apierrors.IsAlreadyExists(err) {
 		return fmt.Errorf("creating the credentials Secret %s: %w", s.Name, err)
+	}
+	// An earlier attempt's copy is reused; anything else of that name is
+	// not ours to use.
+	ours, err := backend.Controls(ctx, k.reader(), b, &corev1.Secret{ObjectMeta: s.ObjectMeta})
+	if err != nil {
+		return err
+	}
+	if !ours {
+		return fmt.Errorf("secret %s exists and is not this build's", s.Name)
 	}
 	return nil
 }
@@ -365,9 +368,15 @@ func (k *Backend) Delete(ctx context.Context, b *imagev1.NodeImageBuild, attempt
 	if err != nil {
 		return false, err
 	}
+	// Only the build's own copy: a Secret of that name someone else made
+	// stays.
 	creds := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: b.Namespace, Name: backend.CredentialsSecretName(b.Name)}}
-	if err := k.Client.Delete(ctx, creds); err != nil && !apierrors.IsNotFound(err) {
-		return false, fmt.Errorf("deleting the credentials Secret %s: %w", creds.Name, err)
+	if ours, err := backend.Controls(ctx, k.reader(), b, creds); err != nil {
+		return false, err
+	} else if ours {
+		if err := k.Client.Delete(ctx, creds); err != nil && !apierrors.IsNotFound(err) {
+			return false, fmt.Errorf("deleting the credentials Secret %s: %w", creds.Name, err)
+		}
 	}
 	return gone && cmGone, nil
 }
