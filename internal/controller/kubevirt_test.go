@@ -163,6 +163,39 @@ func TestKubeVirtBuilderFailure(t *testing.T) {
 	}, testTimeout).Should(Succeed())
 }
 
+// A Secret named like the build's credentials copy that the build does not
+// control is neither used nor deleted with the build: the VM never starts
+// with it, and it outlives the NodeImage.
+func TestKubeVirtForeignCredentialsSecretSurvives(t *testing.T) {
+	needEnv(t)
+	g := NewWithT(t)
+	ns := newNamespace(t)
+	ni := newNodeImage(ns, "kv-foreign")
+	ni.Spec.Builder.Backend = imagev1.BuilderBackendKubeVirt
+	build := controller.BuildName(ni.Name, digestOf(g, ni))
+	foreign := &corev1.Secret{
+		ObjectMeta: v1.ObjectMeta{Namespace: ns, Name: build + "-credentials"},
+		Data:       map[string][]byte{"secretAccessKey": []byte("someone else's")},
+	}
+	g.Expect(k8s.Create(ctx, foreign)).To(Succeed())
+	g.Expect(k8s.Create(ctx, ni)).To(Succeed())
+
+	g.Eventually(func(g Gomega) { get(g, buildKey(ns, build)) }, testTimeout).Should(Succeed())
+	g.Consistently(func(g Gomega) {
+		var l kubevirtv1.VirtualMachineInstanceList
+		g.Expect(k8s.List(ctx, &l)).To(Succeed())
+		for _, v := range l.Items {
+			g.Expect(v.Namespace).NotTo(Equal(ns), "a VM started with a Secret the build does not own")
+		}
+	}, 2*time.Second).Should(Succeed())
+
+	g.Expect(k8s.Delete(ctx, get(g, ni))).To(Succeed())
+	g.Eventually(func(g Gomega) { g.Expect(listBuilds(g, ns)).To(BeEmpty()) }, testTimeout).Should(Succeed())
+	s := get(g, foreign)
+	g.Expect(s.Data).To(HaveKeyWithValue("secretAccessKey", []byte("someone else's")))
+	g.Expect(s.OwnerReferences).To(BeEmpty())
+}
+
 // A VM that powers off without relaying a result does not get credit for an
 // artifact published before it was created (another run's output).
 func TestKubeVirtStaleArtifactIsNotTheVMsOutput(t *testing.T) {
