@@ -7,6 +7,9 @@
 #   hack/k8s-apt-repo.sh serve [--port N] serves the repo on 127.0.0.1 in the background; prints export lines
 #   hack/k8s-apt-repo.sh env              prints the export lines of the running server (exit 1 if none)
 #   hack/k8s-apt-repo.sh stop             stops the server (by its PID) and removes the state dir
+#   hack/k8s-apt-repo.sh index [--gnupg D] [--uid U] [--label L] DIR
+#                                         indexes and signs the .debs in DIR/amd64 as a flat repo in DIR
+#                                         (a throwaway key in D, made if missing; default: the repo's key)
 #
 # The repo lives in $NODEFORGE_CACHE/k8s-apt-repo-v1.37.2 (NODEFORGE_CACHE defaults
 # to ${XDG_CACHE_HOME:-~/.cache}/nodeforge) and is rebuilt only when the version
@@ -225,9 +228,9 @@ make_repo() {
 		gzip -9n <Packages >Packages.gz
 		apt-ftparchive \
 			-o APT::FTPArchive::Release::Origin="nodeforge" \
-			-o APT::FTPArchive::Release::Label="nodeforge offline Kubernetes ${K8S_VERSION%.*}" \
+			-o APT::FTPArchive::Release::Label="${REPO_LABEL:-nodeforge offline Kubernetes ${K8S_VERSION%.*}}" \
 			-o APT::FTPArchive::Release::Architectures="$ARCH" \
-			-o APT::FTPArchive::Release::Description="kubeadm, kubelet, kubectl ${K8S_VERSION} and cri-tools ${CRI_TOOLS_VERSION} built by nodeforge" \
+			-o APT::FTPArchive::Release::Description="${REPO_DESCRIPTION:-kubeadm, kubelet, kubectl ${K8S_VERSION} and cri-tools ${CRI_TOOLS_VERSION} built by nodeforge}" \
 			release . >Release.new
 		mv Release.new Release
 	)
@@ -291,6 +294,42 @@ cmd_path() {
 		echo "no built repository at $repo_dir (run: hack/k8s-apt-repo.sh build)" >&2
 		exit 1
 	fi
+}
+
+# cmd_index indexes and signs a directory of .debs the way build does its
+# own, for repositories a test makes (the integration tests' stand-in for
+# a NodeImage author's repository): the same files, checked the same way.
+cmd_index() {
+	local label="" dir=""
+	while [ $# -gt 0 ]; do
+		case $1 in
+		--gnupg)
+			gnupg_dir=${2:?--gnupg needs a directory}
+			shift 2
+			;;
+		--uid)
+			KEY_UID=${2:?--uid needs a user id}
+			shift 2
+			;;
+		--label)
+			label=${2:?--label needs a text}
+			shift 2
+			;;
+		-*) die "index: unknown option '$1' (usage: index [--gnupg DIR] [--uid UID] [--label TEXT] DIR)" ;;
+		*)
+			[ -z "$dir" ] || die "index: one directory only"
+			dir=$1
+			shift
+			;;
+		esac
+	done
+	[ -n "$dir" ] || die "index: no directory (usage: index [--gnupg DIR] [--uid UID] [--label TEXT] DIR)"
+	compgen -G "$dir/$ARCH/*.deb" >/dev/null || die "index: no .deb in $dir/$ARCH"
+	need apt-ftparchive gpg gpgv gpgconf gzip
+	trap stop_agent EXIT
+	ensure_key
+	REPO_LABEL=${label:-$(basename "$dir")} REPO_DESCRIPTION=${label:-packages indexed by nodeforge} make_repo "$dir"
+	log "indexed and signed $dir"
 }
 
 # ---------------------------------------------------------------- serving
@@ -428,8 +467,12 @@ serve)
 	;;
 env) cmd_env ;;
 stop) cmd_stop ;;
+index)
+	shift
+	cmd_index "$@"
+	;;
 *)
-	sed -n '2,14p' "$0" >&2
+	sed -n '2,17p' "$0" >&2
 	exit 2
 	;;
 esac

@@ -22,7 +22,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -103,7 +102,7 @@ func builtCloudBase(t *testing.T) *cloudBase {
 
 func buildCloudBase(t *testing.T) (*cloudBase, error) {
 	root := buildRepoRoot(t)
-	url, key := startAuthorRepo(t, offlineRepoDir(t, root))
+	url, key := startAuthorRepo(t, root, offlineRepoDir(t, root))
 	img, get, err := resolve.LoadFile(filepath.Join(root, buildSample))
 	if err != nil {
 		return nil, err
@@ -172,9 +171,10 @@ echo "dev=$(ls /dev | tr '\n' ' ')"
 // startAuthorRepo serves, on 127.0.0.1 for as long as t runs, a repository
 // that stands for one a NodeImage author controls (spec.kubernetes.
 // aptRepository): the offline Kubernetes packages from offline plus
-// probePackage, indexed and signed with a throwaway key. It returns the
+// probePackage, indexed and signed with a throwaway key (hack/k8s-apt-repo.sh
+// index, from the checkout at root). It returns the
 // repository's URL and its armored public key.
-func startAuthorRepo(t *testing.T, offline string) (string, []byte) {
+func startAuthorRepo(t *testing.T, root, offline string) (string, []byte) {
 	t.Helper()
 	for _, tool := range []string{"apt-ftparchive", "dpkg-deb", "gpg", "gpgconf"} {
 		if _, err := exec.LookPath(tool); err != nil {
@@ -211,26 +211,20 @@ func startAuthorRepo(t *testing.T, offline string) (string, []byte) {
 			t.Fatal(err)
 		}
 	}
+	if out, err := exec.Command("dpkg-deb", "--root-owner-group", "-Zgzip", "--build", pkg, filepath.Join(repo, "amd64", probePackage+"_1.0_all.deb")).CombinedOutput(); err != nil {
+		t.Fatalf("dpkg-deb: %v\n%s", err, out)
+	}
+	// Indexed and signed as hack/k8s-apt-repo.sh does its own repository,
+	// with a throwaway key of this test's.
 	gnupg := filepath.Join(dir, "gnupg")
-	if err := os.Mkdir(gnupg, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	// The agent gpg starts for the key is this test's: stop it.
 	t.Cleanup(func() { _ = exec.Command("gpgconf", "--homedir", gnupg, "--kill", "gpg-agent").Run() })
-	gpg := []string{"gpg", "--homedir", gnupg, "--batch", "--no-tty", "--quiet"}
-	const uid = "nodeforge author repository (throwaway test key) <author@nodeforge.invalid>"
-	for _, c := range [][]string{
-		{"dpkg-deb", "--root-owner-group", "-Zgzip", "--build", pkg, filepath.Join(repo, "amd64", probePackage+"_1.0_all.deb")},
-		{"sh", "-c", "cd " + repo + " && apt-ftparchive packages amd64 > Packages && apt-ftparchive release . > Release"},
-		append(gpg, "--passphrase", "", "--quick-generate-key", uid, "ed25519", "sign", "never"),
-		append(gpg, "--yes", "--local-user", uid, "--clearsign", "-o", filepath.Join(repo, "InRelease"), filepath.Join(repo, "Release")),
-		append(gpg, "--yes", "--armor", "-o", filepath.Join(dir, "key.asc"), "--export", uid),
-	} {
-		if out, err := exec.Command(c[0], c[1:]...).CombinedOutput(); err != nil {
-			t.Fatalf("%s: %v\n%s", strings.Join(c, " "), err, out)
-		}
+	index := exec.Command(filepath.Join(root, "hack", "k8s-apt-repo.sh"), "index", "--gnupg", gnupg,
+		"--uid", "nodeforge author repository (throwaway test key) <author@nodeforge.invalid>",
+		"--label", "nodeforge author repository (test)", repo)
+	if out, err := index.CombinedOutput(); err != nil {
+		t.Fatalf("hack/k8s-apt-repo.sh index: %v\n%s", err, out)
 	}
-	key, err := os.ReadFile(filepath.Join(dir, "key.asc"))
+	key, err := os.ReadFile(filepath.Join(repo, "Release.key"))
 	if err != nil {
 		t.Fatal(err)
 	}
