@@ -33,6 +33,6 @@ func newRootCmd() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newBuildCmd(), newRunCmd(), newVerifyCmd(), newPublishCmd(), newVersionCmd())
+	root.AddCommand(newBuildCmd(), newRunCmd(), newVerifyCmd(), newPublishCmd(), newDiffCmd(), newVersionCmd())
 	return root
 }
