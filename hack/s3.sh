@@ -102,7 +102,11 @@ up() {
 		pid=$!
 		echo "$pid" >"$pidfile"
 		for _ in $(seq 1 150); do
-			if curl -fsS -o /dev/null "http://127.0.0.1:$port/minio/health/ready" 2>/dev/null; then
+			# Ready, and serving S3 requests: MinIO reports ready a moment
+			# before its object layer answers anything but 503 (an
+			# unsigned listing then gets 403).
+			if curl -fsS -o /dev/null "http://127.0.0.1:$port/minio/health/ready" 2>/dev/null &&
+				[ "$(curl -sS -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/" 2>/dev/null)" != 503 ]; then
 				umask 077
 				cat >"$envfile" <<EOF
 export AWS_ENDPOINT_URL=http://127.0.0.1:$port

@@ -181,17 +181,32 @@ func (s *Server) Start() {
 	defer tr.CloseIdleConnections()
 	deadline := time.Now().Add(60 * time.Second)
 	for time.Now().Before(deadline) {
-		resp, err := client.Get(s.Endpoint() + "/minio/health/ready")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return
-			}
+		if s.ready(client) {
+			return
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
 	s.Stop()
 	s.t.Fatalf("minio on %s not ready after 60s; log:\n%s", s.Addr, s.log.String())
+}
+
+// ready reports whether the server answers S3 requests. The health
+// endpoint alone is not enough: MinIO reports ready before its object layer
+// is initialized, and for a moment after answers every S3 request with 503
+// XMinioServerNotInitialized (seen on a loaded CI host). An unsigned bucket
+// listing answers 403 once requests are served.
+func (s *Server) ready(client *http.Client) bool {
+	for _, path := range []string{"/minio/health/ready", "/"} {
+		resp, err := client.Get(s.Endpoint() + path)
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		if resp.StatusCode == http.StatusServiceUnavailable || (path != "/" && resp.StatusCode != http.StatusOK) {
+			return false
+		}
+	}
+	return true
 }
 
 // Kill stops the server abruptly (SIGKILL to its PID), as a crash would.
