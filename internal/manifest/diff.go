@@ -46,13 +46,14 @@ func DiffPackages(older, newer []Package) PackageDiff {
 		k := key{p.Name, p.Architecture}
 		seen[k] = true
 		from, ok := was[k]
-		switch {
+		c := PackageChange{Name: p.Name, Architecture: p.Architecture, From: from, To: p.Version}
+		switch order := debian.Compare(p.Version, from); {
 		case !ok:
-			d.Added = append(d.Added, PackageChange{Name: p.Name, Architecture: p.Architecture, To: p.Version})
-		case debian.Compare(p.Version, from) > 0:
-			d.Upgraded = append(d.Upgraded, PackageChange{Name: p.Name, Architecture: p.Architecture, From: from, To: p.Version})
-		case debian.Compare(p.Version, from) < 0:
-			d.Downgraded = append(d.Downgraded, PackageChange{Name: p.Name, Architecture: p.Architecture, From: from, To: p.Version})
+			d.Added = append(d.Added, c)
+		case order > 0:
+			d.Upgraded = append(d.Upgraded, c)
+		case order < 0:
+			d.Downgraded = append(d.Downgraded, c)
 		}
 	}
 	for _, p := range older {

@@ -24,6 +24,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	apimeta "k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/rest"
 	"k8s.io/utils/ptr"
@@ -216,10 +217,8 @@ func nodeImage(ns, name string) *imagev1.NodeImage {
 
 // conditionOf is "Status/Reason" of the condition typ, or "".
 func conditionOf(n *imagev1.NodeImage, typ string) string {
-	for _, c := range n.Status.Conditions {
-		if c.Type == typ {
-			return string(c.Status) + "/" + c.Reason
-		}
+	if c := apimeta.FindStatusCondition(n.Status.Conditions, typ); c != nil {
+		return string(c.Status) + "/" + c.Reason
 	}
 	return ""
 }

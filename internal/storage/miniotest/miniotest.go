@@ -196,17 +196,19 @@ func (s *Server) Start() {
 // XMinioServerNotInitialized (seen on a loaded CI host). An unsigned bucket
 // listing answers 403 once requests are served.
 func (s *Server) ready(client *http.Client) bool {
-	for _, path := range []string{"/minio/health/ready", "/"} {
+	status := func(path string) int {
 		resp, err := client.Get(s.Endpoint() + path)
 		if err != nil {
-			return false
+			return 0
 		}
 		resp.Body.Close()
-		if resp.StatusCode == http.StatusServiceUnavailable || (path != "/" && resp.StatusCode != http.StatusOK) {
-			return false
-		}
+		return resp.StatusCode
 	}
-	return true
+	if status("/minio/health/ready") != http.StatusOK {
+		return false
+	}
+	code := status("/")
+	return code != 0 && code != http.StatusServiceUnavailable
 }
 
 // Kill stops the server abruptly (SIGKILL to its PID), as a crash would.
