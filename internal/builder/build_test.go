@@ -30,6 +30,11 @@ type fakeRunner struct {
 	// afterFail, when set, runs before the failing command returns (to
 	// leave partial output behind, as a real tool would).
 	afterFail func(c Command)
+	// versions override the fake archive's version of a package (its
+	// candidate); older adds an older one.
+	versions, older map[string]string
+	// simulateError makes the simulated install of the base fail with it.
+	simulateError string
 
 	mu       sync.Mutex
 	commands []string
@@ -38,7 +43,29 @@ type fakeRunner struct {
 	bootstraps []sandbox.Spec
 }
 
-var madisonOut = regexp.MustCompile(`> '([^']+/madison)'`)
+var (
+	madisonOut = regexp.MustCompile(`> '([^']+/madison)'`)
+	closureOut = regexp.MustCompile(`> '([^']+/base-closure)'`)
+	quotedName = regexp.MustCompile(`'([a-z0-9.+-]+)'`)
+)
+
+// version is the fake archive's version of a package.
+func (f *fakeRunner) version(name string) string {
+	if v, ok := f.versions[name]; ok {
+		return v
+	}
+	switch name {
+	case "containerd":
+		return "1.7.24~ds1-6"
+	case "kubeadm", "kubelet", "kubectl":
+		return "1.37.2-1.1"
+	case "cri-tools":
+		return "1.37.0-1.1"
+	case "jq":
+		return "1.7.1-6"
+	}
+	return "1.0-1"
+}
 
 func (f *fakeRunner) Run(_ context.Context, c Command) error {
 	if c.Name == "chroot" || c.Name == "ansible-playbook" || c.Name == "mmdebstrap" {
@@ -71,6 +98,11 @@ func (f *fakeRunner) Run(_ context.Context, c Command) error {
 	switch c.Name {
 	case "mmdebstrap":
 		return f.mmdebstrap(c)
+	case "tar":
+		// Saving a base layer: the real tar's output stands for the tree.
+		if i := slices.Index(c.Args, "-cf"); i >= 0 {
+			return os.WriteFile(c.Args[i+1], []byte("base layer of "+c.Args[slices.Index(c.Args, "-C")+1]), 0o644)
+		}
 	case "chroot":
 		if slices.Contains(c.Args, "containerd") && c.Stdout != nil {
 			fmt.Fprint(c.Stdout, "version = 2\n[plugins]\n  [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc.options]\n    SystemdCgroup = false\n  [plugins.\"io.containerd.grpc.v1.cri\".cni]\n    bin_dir = \"/usr/lib/cni\"\n")
@@ -92,29 +124,39 @@ func (f *fakeRunner) Run(_ context.Context, c Command) error {
 }
 
 func (f *fakeRunner) mmdebstrap(c Command) error {
-	if slices.Contains(c.Args, "--variant=custom") {
-		// The resolution pass: answer madison for every package asked.
+	if slices.Contains(c.Args, "--format=null") {
+		// The resolution pass: answer madison for every package asked,
+		// and simulate the base's install.
 		for _, a := range c.Args {
 			m := madisonOut.FindStringSubmatch(a)
 			if m == nil {
 				continue
 			}
 			var b bytes.Buffer
-			for _, q := range regexp.MustCompile(`'([a-z0-9.+-]+)'`).FindAllStringSubmatch(a[:strings.Index(a, ">")], -1) {
-				v := "1.0-1"
-				switch q[1] {
-				case "containerd":
-					v = "1.7.24~ds1-6"
-				case "kubeadm", "kubelet", "kubectl":
-					v = "1.37.2-1.1"
-				case "cri-tools":
-					v = "1.37.0-1.1"
-				case "jq":
-					v = "1.7.1-6"
+			for _, q := range quotedName.FindAllStringSubmatch(a[:strings.Index(a, ">")], -1) {
+				fmt.Fprintf(&b, "%s | %s | http://127.0.0.1/debian trixie/main amd64 Packages\n", q[1], f.version(q[1]))
+				if v, ok := f.older[q[1]]; ok {
+					fmt.Fprintf(&b, "%s | %s | http://127.0.0.1/debian trixie/main amd64 Packages\n", q[1], v)
 				}
-				fmt.Fprintf(&b, "%s | %s | http://127.0.0.1/debian trixie/main amd64 Packages\n", q[1], v)
 			}
-			return os.WriteFile(m[1], b.Bytes(), 0o644)
+			if err := os.WriteFile(m[1], b.Bytes(), 0o644); err != nil {
+				return err
+			}
+			if m := closureOut.FindStringSubmatch(a); m != nil {
+				b.Reset()
+				sim := a[strings.Index(a, "apt-get --simulate"):]
+				sim = sim[strings.Index(sim, " install ")+9 : strings.LastIndex(sim, ">")]
+				if f.simulateError != "" {
+					fmt.Fprintf(&b, "E: %s\n", f.simulateError)
+				} else {
+					for _, name := range append([]string{"libc6", "base-files"}, quotedName.FindAllString(sim, -1)...) {
+						name = strings.Trim(name, "'")
+						fmt.Fprintf(&b, "Inst %s (%s Debian:13.8/stable [amd64])\n", name, f.version(name))
+					}
+				}
+				return os.WriteFile(m[1], b.Bytes(), 0o644)
+			}
+			return nil
 		}
 		return errors.New("no madison output path in the resolution hook")
 	}
@@ -270,16 +312,23 @@ func TestBuildWithFakeTools(t *testing.T) {
 	root := filepath.Join(e.opts.WorkDir, work[0], "rootfs")
 
 	// mmdebstrap, and with it every maintainer script, ran sandboxed (the
-	// resolution pass and the root filesystem): on a view of the builder
-	// that hides the credentials, in a user namespace of its own, with
-	// only the work dir (the tree in it) and the package cache writable.
-	if len(e.run.bootstraps) != 2 {
-		t.Fatalf("mmdebstrap ran in %d sandboxes; want 2 (resolve, rootfs)", len(e.run.bootstraps))
+	// resolution pass, the base layer and the layer on top): on a view of
+	// the builder that hides the credentials, in a user namespace of its
+	// own, with only the work dir (the tree in it) and the package cache
+	// writable; the layer, whose packages come from the author's
+	// repository, cannot write the cached base layers.
+	if len(e.run.bootstraps) != 3 {
+		t.Fatalf("mmdebstrap ran in %d sandboxes; want 3 (resolve, base layer, layer)", len(e.run.bootstraps))
 	}
 	for i, s := range e.run.bootstraps {
+		writable, readOnly := []string{filepath.Dir(root), e.opts.CacheDir}, []string(nil)
+		if i == 2 {
+			writable = []string{filepath.Dir(root), filepath.Join(e.opts.CacheDir, "archives")}
+			readOnly = []string{filepath.Join(e.opts.CacheDir, "base")}
+		}
 		if s.Root != "" || !s.Bootstrap || !slices.Contains(s.Hidden, buildresult.CredentialsDir) ||
-			!slices.Equal(s.Writable, []string{filepath.Dir(root), e.opts.CacheDir}) {
-			t.Errorf("mmdebstrap sandbox %d = %+v; want a bootstrap view writing only %s and %s, hiding the credentials", i, s, filepath.Dir(root), e.opts.CacheDir)
+			!slices.Equal(s.Writable, writable) || !slices.Equal(s.ReadOnly, readOnly) {
+			t.Errorf("mmdebstrap sandbox %d = %+v; want a bootstrap view writing only %s (reading %s), hiding the credentials", i, s, writable, readOnly)
 		}
 	}
 	read := func(p string) string {

@@ -92,6 +92,10 @@ type build struct {
 
 	// Set by steps.
 	pins          map[string]string // package -> exact version (from resolve)
+	baseClosure   []string          // the base layer's simulated install (from resolve)
+	baseUncached  string            // why the base layer cannot be cached, if so
+	baseLayer     string            // the base layer's key, when the rootfs step used the cache
+	baseReused    bool              // the base layer came from the cache
 	mirror        string
 	suites        []string // the suites installed from mirror
 	kernelVersion string

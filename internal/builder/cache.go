@@ -1,21 +1,27 @@
 package builder
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 )
 
-// The package cache (CacheDir) holds two directories:
+// The package cache (CacheDir) holds three directories:
 //
 //	archives/  every .deb a build downloaded, hard-linked into the chroot's
 //	           /var/cache/apt/archives before apt runs (copied when the
 //	           cache is on another filesystem) and back out after, so apt
 //	           finds them and downloads only what is new;
 //	lists/     the apt package lists of the last resolution pass, so apt-get
-//	           update only revalidates them (HTTP 304s).
+//	           update only revalidates them (HTTP 304s);
+//	base/      the base layers (rootfs.go), <key>.tar each, the few most
+//	           recently used kept.
 //
 // mmdebstrap keeps the essential packages it extracted (--skip=essential/
 // unlink) until the customize hook has copied them out, then removes the
@@ -96,4 +102,39 @@ func (b *build) cachedDebs() map[string]int64 {
 		}
 	}
 	return out
+}
+
+// baseKey is the cache key of p's base layer: the sha256 of everything
+// that decides what it holds, the exact closure of its install first.
+// It is empty, with the reason, when the base cannot be cached.
+func (b *build) baseKey(p *RootfsParams) (key, why string) {
+	switch {
+	case b.opts.CacheDir == "":
+		return "", "no package cache dir"
+	case b.baseUncached != "":
+		return "", b.baseUncached
+	case len(b.baseClosure) == 0:
+		return "", "its install was not simulated"
+	}
+	var reqs []string
+	for _, r := range p.Packages {
+		if !r.Layer {
+			reqs = append(reqs, b.pinned(r))
+		}
+	}
+	slices.Sort(reqs)
+	in, err := json.Marshal(struct {
+		Version, Release, Architecture, Variant, Mirror string
+		Suites, AptOptions, DpkgOptions, Requests       []string
+		Closure                                         []string
+	}{
+		baseKeyVersion, p.Release, p.Architecture, p.Variant, b.mirror,
+		b.suites, p.AptOptions, p.DpkgOptions, reqs,
+		b.baseClosure,
+	})
+	if err != nil {
+		return "", err.Error()
+	}
+	sum := sha256.Sum256(in)
+	return hex.EncodeToString(sum[:]), ""
 }

@@ -57,7 +57,14 @@ func (b *build) onTree(env []string, writable []string, args ...string) Command 
 // maintainer scripts of every package, which come from repositories the
 // NodeImage author names (spec.base.mirror, spec.kubernetes.aptRepository).
 func (b *build) mmdebstrap(args ...string) Command {
-	s := sandbox.Spec{Writable: []string{b.work, b.cacheDir}, Hidden: hiddenFromHostTools, Bootstrap: true}
+	return b.mmdebstrapIn([]string{b.work, b.cacheDir}, nil, args...)
+}
+
+// mmdebstrapIn is mmdebstrap in a sandbox where of the builder's paths
+// only writable can be written, and readOnly are visible too even when
+// below the builder's /tmp.
+func (b *build) mmdebstrapIn(writable, readOnly []string, args ...string) Command {
+	s := sandbox.Spec{Writable: writable, ReadOnly: readOnly, Hidden: hiddenFromHostTools, Bootstrap: true}
 	return b.sandboxed(s, b.tmpEnv(), false, append([]string{"mmdebstrap"}, args...)...)
 }
 

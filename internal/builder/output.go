@@ -91,6 +91,8 @@ func (b *build) writeManifest(ctx context.Context, _ *ManifestParams) error {
 			Mirror:        stripUserinfo(b.mirror),
 			Suites:        b.suites,
 			KernelVersion: b.kernelVersion,
+			Layer:         b.baseLayer,
+			LayerReused:   b.baseReused,
 		},
 		InstalledSizeBytes: b.treeBytes,
 		Packages:           packages,

@@ -76,6 +76,11 @@ type ResolveParams struct {
 	// NeedsAnsible: an Ansible provisioner follows, so ansible-playbook
 	// must be on the build host; checked before anything is downloaded.
 	NeedsAnsible bool
+	// BaseInstall are the apt-get install arguments of the base layer
+	// (the variant's own set, then the base requests). Resolve simulates
+	// that install from the Debian sources alone; the closure it prints,
+	// every package with its exact version, keys the cached base layer.
+	BaseInstall []string
 }
 
 // RootfsParams builds the root filesystem tree with mmdebstrap.
@@ -84,7 +89,9 @@ type RootfsParams struct {
 	Architecture string
 	Mirror       string
 	Variant      string
-	// Packages are installed in one apt run; versions come from resolve.
+	// Packages are installed with the versions resolve picked: those
+	// without Layer in the base layer, from the Debian sources alone
+	// (cached, see cache.go), the others on top of it from every source.
 	Packages []PackageRequest
 	Sources  []AptSource
 	// AptOptions and DpkgOptions go to --aptopt and --dpkgopt (and stay in
@@ -212,6 +219,7 @@ func Plan(content imagev1.ImageContent) ([]Step, error) {
 			Release: string(c.Base.Release), Architecture: string(c.Base.Architecture),
 			Mirror: c.Base.Mirror, Sources: sources, Packages: reqs,
 			NeedsAnsible: slices.ContainsFunc(c.Provisioners, func(p imagev1.Provisioner) bool { return p.Ansible != nil }),
+			BaseInstall:  baseInstall(reqs),
 		}},
 		{Name: StepRootfs, Weight: 55, Rootfs: &RootfsParams{
 			Release: string(c.Base.Release), Architecture: string(c.Base.Architecture),
@@ -248,6 +256,23 @@ func Plan(content imagev1.ImageContent) ([]Step, error) {
 		Step{Name: StepManifest, Weight: 3, Manifest: &ManifestParams{}},
 	)
 	return steps, nil
+}
+
+// minbaseSet is what mmdebstrap's minbase variant installs besides the
+// requested packages, as apt-get install arguments (apt patterns).
+var minbaseSet = []string{"?essential", "?priority(required)", "apt"}
+
+// baseInstall lists the apt-get install arguments of the base layer: the
+// minbase set and the base requests, by name (resolve compares the
+// closure's versions with its pins).
+func baseInstall(reqs []PackageRequest) []string {
+	out := slices.Clone(minbaseSet)
+	for _, r := range reqs {
+		if !r.Layer {
+			out = append(out, r.Name)
+		}
+	}
+	return out
 }
 
 // builderOwned are the image paths the builder writes, replaces or

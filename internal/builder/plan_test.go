@@ -128,6 +128,14 @@ func TestPlan(t *testing.T) {
 			if r, _ := request(res.Packages, "jq"); r.Match != MatchExact || r.Version != "1.7.1-6" {
 				t.Errorf("jq = %+v; want exact 1.7.1-6", r)
 			}
+			// The base layer's simulated install: minbase's own set and the
+			// requests from Debian alone, not the Kubernetes packages or
+			// spec.packages.
+			if bi := res.BaseInstall; !slices.Equal(bi[:3], []string{"?essential", "?priority(required)", "apt"}) ||
+				!slices.Contains(bi, "containerd") || !slices.Contains(bi, "conntrack") ||
+				slices.Contains(bi, "kubeadm") || slices.Contains(bi, "jq") || slices.Contains(bi, "vim") {
+				t.Errorf("base install = %v", bi)
+			}
 			if r, _ := request(res.Packages, "vim"); r.Match != MatchAny {
 				t.Errorf("vim = %+v; want any", r)
 			}

@@ -72,6 +72,9 @@ func (b *build) resolve(ctx context.Context, p *ResolveParams) error {
 APT_CONFIG="$MMDEBSTRAP_APT_CONFIG" apt-cache madison %s > %s
 cat "$1"/etc/apt/sources.list > %s 2>/dev/null || true
 %s`, strings.Join(quoteAll(names), " "), shq(filepath.Join(out, "madison")), shq(filepath.Join(out, "sources.list")), b.listsSyncOut())
+	if len(p.BaseInstall) > 0 {
+		hook += "\n" + simulateBase(p.BaseInstall, filepath.Join(out, "no-sources.d"), filepath.Join(out, "base-closure"))
+	}
 
 	args := []string{"--mode=root", "--variant=custom", "--format=null", "--skip=check/empty"}
 	args = append(args, b.sourceHooks(p.Sources)...)
@@ -91,6 +94,13 @@ cat "$1"/etc/apt/sources.list > %s 2>/dev/null || true
 		return err
 	}
 	b.pins = pins
+	if len(p.BaseInstall) > 0 {
+		sim, err := os.ReadFile(filepath.Join(out, "base-closure"))
+		if err != nil {
+			return err
+		}
+		b.baseClosure, b.baseUncached = baseClosure(sim, p.Packages, pins)
+	}
 	if p.Mirror != "" {
 		b.mirror = p.Mirror
 		b.suites = mirrorSuites(p.Release)
@@ -100,6 +110,63 @@ cat "$1"/etc/apt/sources.list > %s 2>/dev/null || true
 	}
 	b.progress(1, fmt.Sprintf("%d packages resolved, %d pinned", len(p.Packages), len(pins)))
 	return nil
+}
+
+// simulateBase is the part of the resolution hook that simulates the base
+// layer's install (apt-get --simulate, recommends off as in the rootfs
+// step) from the release's sources.list alone: the extra repositories'
+// files in sources.list.d are left out by pointing apt at an empty
+// directory instead. A failure is recorded in the output, not raised: the
+// base is then built uncached, and the rootfs step reports apt's error.
+func simulateBase(args []string, emptyDir, out string) string {
+	return fmt.Sprintf(`mkdir -p %[1]s
+if APT_CONFIG="$MMDEBSTRAP_APT_CONFIG" apt-get --simulate -o Dir::Etc::SourceParts=%[1]s -o APT::Install-Recommends=false -o APT::Install-Suggests=false install %[2]s > %[3]s 2>&1; then :; else echo "E: apt-get --simulate exited with status $?" >> %[3]s; fi`,
+		shq(emptyDir), strings.Join(quoteAll(args), " "), shq(out))
+}
+
+// baseClosure reads the simulated install of the base layer: it returns
+// the closure, one "name version architecture" line per package, sorted;
+// or, when that closure cannot key the layer, why not (the simulation
+// failed, or a pinned base package is not the version apt would choose).
+func baseClosure(sim []byte, reqs []PackageRequest, pins map[string]string) ([]string, string) {
+	var lines []string
+	versions := map[string]string{}
+	sc := bufio.NewScanner(bytes.NewReader(sim))
+	sc.Buffer(make([]byte, 0, 64*1024), 1<<20)
+	var failed string
+	for sc.Scan() {
+		l := sc.Text()
+		if strings.HasPrefix(l, "E: ") && failed == "" {
+			failed = strings.TrimPrefix(l, "E: ")
+		}
+		// Inst libc6 (2.41-12 Debian:13.2/stable [amd64]) []
+		f := strings.Fields(l)
+		if len(f) < 3 || f[0] != "Inst" || !strings.HasPrefix(f[2], "(") {
+			continue
+		}
+		name, version, arch := f[1], strings.TrimPrefix(f[2], "("), ""
+		for _, x := range f[3:] {
+			if strings.HasPrefix(x, "[") {
+				arch = strings.Trim(x, "[])")
+				break
+			}
+		}
+		versions[name] = version
+		lines = append(lines, name+" "+version+" "+arch)
+	}
+	if failed != "" {
+		return nil, "simulating its install failed: " + failed
+	}
+	if len(lines) == 0 {
+		return nil, "simulating its install listed no packages"
+	}
+	for _, r := range reqs {
+		if v, ok := pins[r.Name]; ok && !r.Layer && versions[r.Name] != v {
+			return nil, fmt.Sprintf("%s is pinned to %s (%s), not apt's candidate %s", r.Name, v, r.Why, versions[r.Name])
+		}
+	}
+	slices.Sort(lines)
+	return lines, ""
 }
 
 // mirrorArgs are mmdebstrap's MIRROR arguments: none for its default

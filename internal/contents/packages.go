@@ -38,6 +38,12 @@ type PackageRequest struct {
 	Version string
 	// Why names the spec field the request comes from, for errors.
 	Why string
+	// Layer marks a request the builder installs on top of its cached
+	// base layer rather than in it: the Kubernetes packages (from their
+	// own repository, with a patch release every few weeks) and
+	// spec.packages (the part of a spec that changes most). Everything
+	// else comes from the Debian archive alone and is the base.
+	Layer bool
 }
 
 // Matches reports whether a Debian version satisfies the request.
@@ -124,7 +130,7 @@ func Packages(c *imagev1.ImageContent) []PackageRequest {
 	}
 	if k := c.Kubernetes; k != nil {
 		for _, comp := range k.Components {
-			add(PackageRequest{Name: string(comp), Match: MatchPrefix, Version: KubernetesPackagePrefix(k.Version, comp), Why: "kubernetes.version"})
+			add(PackageRequest{Name: string(comp), Match: MatchPrefix, Version: KubernetesPackagePrefix(k.Version, comp), Why: "kubernetes.version", Layer: true})
 		}
 		// The kubelet's own recommends (installs run without recommends).
 		if slices.Contains(k.Components, imagev1.ComponentKubelet) {
@@ -147,7 +153,7 @@ func Packages(c *imagev1.ImageContent) []PackageRequest {
 	}
 	for _, p := range c.Packages {
 		name, ver, pinned := strings.Cut(p, "=")
-		r := PackageRequest{Name: name, Why: "packages"}
+		r := PackageRequest{Name: name, Why: "packages", Layer: true}
 		if pinned {
 			r.Match, r.Version = MatchExact, ver
 		}

@@ -28,6 +28,30 @@ func TestPackagesLaterSpecificRequestWins(t *testing.T) {
 	}
 }
 
+// TestPackagesLayer: the Kubernetes packages and spec.packages go on top of
+// the builder's cached base layer; the seed and the features' packages are
+// the base, unless spec.packages pins one of them.
+func TestPackagesLayer(t *testing.T) {
+	c := imagev1.ImageContent{
+		Packages:   []string{"containerd=1.7.24~ds1-6", "jq", "openssh-server"},
+		Kubernetes: &imagev1.KubernetesSpec{Version: "v1.37.2"},
+	}
+	c.Default()
+	got := map[string]bool{}
+	for _, r := range Packages(&c) {
+		got[r.Name] = r.Layer
+	}
+	for name, layer := range map[string]bool{
+		"kubeadm": true, "kubelet": true, "kubectl": true, "cri-tools": true,
+		"jq": true, "containerd": true,
+		"openssh-server": false, "conntrack": false, "runc": false, "cloud-init": false, "linux-image-cloud-amd64": false,
+	} {
+		if l, ok := got[name]; !ok || l != layer {
+			t.Errorf("%s: requested %v, layer %v; want requested, layer %v", name, ok, l, layer)
+		}
+	}
+}
+
 func TestMatches(t *testing.T) {
 	for _, tc := range []struct {
 		r       PackageRequest

@@ -62,6 +62,12 @@ type Base struct {
 	// release, -updates and -security).
 	Suites        []string `json:"suites,omitempty"`
 	KernelVersion string   `json:"kernelVersion,omitempty"`
+	// Layer is the key of the cached base layer the tree was built on
+	// (sha256 of its exact package closure and build parameters); empty
+	// when the tree was built in one run.
+	Layer string `json:"layer,omitempty"`
+	// LayerReused says the base layer came from the builder's cache.
+	LayerReused bool `json:"layerReused,omitempty"`
 }
 
 // Package is one installed Debian package.

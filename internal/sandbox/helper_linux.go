@@ -246,6 +246,16 @@ func prepareRoot(s Spec) (string, error) {
 			return "", fmt.Errorf("writable %s: %w", w, err)
 		}
 	}
+	for _, r := range s.ReadOnly {
+		err := bindInto(root, r, true)
+		if err == nil {
+			// Mounts below it too.
+			err = unix.MountSetattr(unix.AT_FDCWD, filepath.Join(root, r), unix.AT_RECURSIVE, &unix.MountAttr{Attr_set: unix.MOUNT_ATTR_RDONLY})
+		}
+		if err != nil {
+			return "", fmt.Errorf("read-only %s: %w", r, err)
+		}
+	}
 	for _, h := range s.Hidden {
 		if err := hide(filepath.Join(root, h)); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return "", fmt.Errorf("hiding %s: %w", h, err)

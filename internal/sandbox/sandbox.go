@@ -62,6 +62,12 @@ type Spec struct {
 	// Writable are paths of the builder's root that stay writable in the
 	// view (the tree, a provisioner's work dir). Only without Root.
 	Writable []string `json:"writable,omitempty"`
+	// ReadOnly are paths of the builder's root bound read-only into the
+	// view, after Writable: a path below the builder's /tmp (which the view
+	// replaces) becomes visible, and one below a writable path stays
+	// read-only (a cache whose part the command may only read). Only
+	// without Root.
+	ReadOnly []string `json:"readOnly,omitempty"`
 	// Tree is a path of Writable that is an image tree a tool chroots
 	// into (Ansible's chroot connection): it gets the sandbox's /proc,
 	// /sys, /dev and /run too. Only without Root.
@@ -89,8 +95,8 @@ func (s Spec) Validate() error {
 	if s.Root != "" && !filepath.IsAbs(s.Root) {
 		return fmt.Errorf("sandbox root %q is not absolute", s.Root)
 	}
-	if s.Root != "" && (len(s.Writable) > 0 || len(s.Hidden) > 0) {
-		return fmt.Errorf("sandbox: writable and hidden paths apply to a view of the builder's root, not to root %s", s.Root)
+	if s.Root != "" && (len(s.Writable) > 0 || len(s.ReadOnly) > 0 || len(s.Hidden) > 0) {
+		return fmt.Errorf("sandbox: writable, read-only and hidden paths apply to a view of the builder's root, not to root %s", s.Root)
 	}
 	if s.Tree != "" && (s.Root != "" || !slices.Contains(s.Writable, s.Tree)) {
 		return fmt.Errorf("sandbox tree %q must be one of the writable paths of a view", s.Tree)
@@ -98,7 +104,7 @@ func (s Spec) Validate() error {
 	if s.Bootstrap && (s.Root != "" || s.Tree != "") {
 		return fmt.Errorf("sandbox: bootstrap applies to a view without a tree (the command mounts the tree's file systems itself)")
 	}
-	for _, p := range append(append([]string(nil), s.Writable...), s.Hidden...) {
+	for _, p := range slices.Concat(s.Writable, s.ReadOnly, s.Hidden) {
 		if !filepath.IsAbs(p) || filepath.Clean(p) == "/" {
 			return fmt.Errorf("sandbox path %q must be absolute and not /", p)
 		}

@@ -309,8 +309,20 @@ func TestBootstrapSandbox(t *testing.T) {
 	needRoot(t)
 	dirs := markedDirs(t)
 	bin := tree(t)
-	s := Spec{Writable: []string{dirs["writable"], bin}, Hidden: []string{dirs["hidden"]}, Bootstrap: true}
-	r := run(t, s, []string{dirs["writable"], dirs["hidden"], dirs["other"]}, filepath.Join(bin, "probe"))
+	// Read-only: a dir below the builder's /tmp (which the view replaces)
+	// and one below a writable dir.
+	tmpRO := t.TempDir()
+	nestedRO := filepath.Join(dirs["writable"], "read-only")
+	for _, d := range []string{tmpRO, nestedRO} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(d, "marker"), nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s := Spec{Writable: []string{dirs["writable"], bin}, ReadOnly: []string{tmpRO, nestedRO}, Hidden: []string{dirs["hidden"]}, Bootstrap: true}
+	r := run(t, s, []string{dirs["writable"], dirs["hidden"], dirs["other"], tmpRO, nestedRO}, filepath.Join(bin, "probe"))
 	own, err := os.Readlink("/proc/self/ns/user")
 	if err != nil {
 		t.Fatal(err)
@@ -342,7 +354,7 @@ func TestBootstrapSandbox(t *testing.T) {
 			t.Errorf("%s succeeded in the sandbox", what)
 		}
 	}
-	if want := []string{dirs["writable"], dirs["other"]}; !slices.Equal(r.Read, want) {
+	if want := []string{dirs["writable"], dirs["other"], tmpRO, nestedRO}; !slices.Equal(r.Read, want) {
 		t.Errorf("readable %v; want %v (the hidden dir stays hidden)", r.Read, want)
 	}
 	if want := []string{dirs["writable"]}; !slices.Equal(r.Write, want) {
@@ -366,6 +378,8 @@ func TestSpecValidate(t *testing.T) {
 	for _, s := range []Spec{
 		{Root: "relative"},
 		{Root: "/tree", Writable: []string{"/w"}},
+		{Root: "/tree", ReadOnly: []string{"/r"}},
+		{ReadOnly: []string{"relative"}},
 		{Writable: []string{"/"}},
 		{Hidden: []string{"x"}},
 		{Writable: []string{"/w"}, Tree: "/t"},

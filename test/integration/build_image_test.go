@@ -223,6 +223,10 @@ func TestBuildCloudBaseImage(t *testing.T) {
 	}
 	g.Expect(names).To(HaveKeyWithValue("kubeadm", "1.37.2-1.1"))
 	g.Expect(m.Base.KernelVersion).To(MatchRegexp(`^6\.1[2-9]\.`))
+	// Built on a base layer (from the package cache or made for it), with
+	// the author's packages (the repository's probe, kubeadm) on top.
+	g.Expect(m.Base.Layer).To(MatchRegexp(`^[0-9a-f]{64}$`), "no cached base layer")
+	g.Expect(names).To(HaveKey(probePackage))
 
 	// qemu-img: qcow2, zstd, 8 GiB.
 	info, err := buildExec(ctx, nil, "qemu-img", "info", "--output=json", res.ImagePath)

@@ -3,14 +3,17 @@ package integration
 import (
 	"bytes"
 	"context"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"testing"
 	"time"
 
 	imagev1 "github.com/nodeforge/nodeforge/api/v1alpha1"
 	"github.com/nodeforge/nodeforge/internal/builder"
+	"github.com/nodeforge/nodeforge/internal/manifest"
 	"github.com/nodeforge/nodeforge/internal/verify"
 )
 
@@ -74,5 +77,59 @@ func TestBuildAndVerifyUEFIOnlyImage(t *testing.T) {
 	}
 	if !bytes.Contains(bytes.ToUpper(out), []byte(verify.GUIDESP)) || bytes.Contains(bytes.ToUpper(out), []byte(verify.GUIDBIOSBoot)) {
 		t.Errorf("want an ESP and no BIOS boot partition:\n%s", out)
+	}
+
+	t.Run("a package added rebuilds on the cached base layer", func(t *testing.T) {
+		rebuildOnCachedBase(ctx, t, c, res, r)
+	})
+}
+
+// rebuildOnCachedBase builds content c again with one package added (the
+// incremental rebuild of issue 15): the base layer c's build used (made or
+// reused) is reused, the new image holds exactly the old one's packages
+// plus the new one and its dependencies, and the offline checks come out
+// the same.
+func rebuildOnCachedBase(ctx context.Context, t *testing.T, c imagev1.ImageContent, first *builder.Result, firstReport *verify.Report) {
+	if first.Manifest.Base.Layer == "" {
+		t.Fatal("the first build used no base layer")
+	}
+	c.Packages = append(c.Packages, "jq")
+	dir := t.TempDir()
+	var log bytes.Buffer
+	res, err := builder.Build(ctx, builder.Options{
+		Name: "uefi-only", WorkDir: filepath.Join(dir, "work"), OutDir: filepath.Join(dir, "out"),
+		CacheDir: filepath.Join(buildCacheRoot(), "apt-archives"),
+		Reporter: &builder.PlainReporter{W: &log},
+	}, c)
+	if err != nil {
+		t.Fatalf("build: %v\n%s", err, log.String())
+	}
+	t.Logf("rebuild steps: %+v", res.Manifest.Steps)
+	if b := res.Manifest.Base; b.Layer != first.Manifest.Base.Layer || !b.LayerReused {
+		t.Errorf("base layer %q reused %v; want %s reused", b.Layer, b.LayerReused, first.Manifest.Base.Layer)
+	}
+	d := manifest.DiffPackages(first.Manifest.Packages, res.Manifest.Packages)
+	var added []string
+	for _, p := range d.Added {
+		added = append(added, p.Name)
+	}
+	if len(d.Upgraded)+len(d.Downgraded)+len(d.Removed) > 0 || !slices.Contains(added, "jq") {
+		t.Errorf("packages changed by more than jq and its dependencies: %+v", d)
+	}
+	r, err := verify.Verify(ctx, res.ImagePath, c, verify.Options{WorkDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	offline := func(r *verify.Report) map[string]bool {
+		out := map[string]bool{}
+		for _, ch := range r.Checks {
+			if ch.Category != verify.Boot {
+				out[ch.Name] = ch.Passed
+			}
+		}
+		return out
+	}
+	if a, b := offline(firstReport), offline(r); !maps.Equal(a, b) {
+		t.Errorf("offline checks differ:\nfirst build %v\nrebuild     %v", a, b)
 	}
 }
