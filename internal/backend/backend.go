@@ -99,7 +99,7 @@ func Controls(ctx context.Context, r client.Reader, b *imagev1.NodeImageBuild, o
 		if apierrors.IsNotFound(err) {
 			return false, nil
 		}
-		return false, fmt.Errorf("reading builder %s: %w", obj.GetName(), err)
+		return false, fmt.Errorf("reading %s: %w", obj.GetName(), err)
 	}
 	return metav1.IsControlledBy(obj, b), nil
 }
@@ -305,15 +305,33 @@ func EnsureSpecConfigMap(ctx context.Context, c client.Client, scheme *runtime.S
 // mount a Secret only whole (KubeVirt VMs).
 func CredentialsSecretName(build string) string { return build + "-credentials" }
 
-// DeleteSpecConfigMap deletes the spec ConfigMap; gone is true when it no
-// longer exists.
-func DeleteSpecConfigMap(ctx context.Context, c client.Client, b *imagev1.NodeImageBuild) (bool, error) {
+// DeleteSpecConfigMap deletes the build's spec ConfigMap; gone is true when
+// no ConfigMap of the build's remains (one of that name that the build
+// does not control is left alone). r should be an uncached reader.
+func DeleteSpecConfigMap(ctx context.Context, c client.Client, r client.Reader, b *imagev1.NodeImageBuild) (bool, error) {
 	cm := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: SpecConfigMapName(b.Name), Namespace: b.Namespace}}
-	if err := c.Delete(ctx, cm); err != nil {
-		if apierrors.IsNotFound(err) {
+	return DeleteControlled(ctx, c, r, b, cm)
+}
+
+// DeleteControlled deletes obj (name and namespace set) when b controls
+// it, with a UID precondition, so an object replaced between the read and
+// the delete is never deleted. gone is true when no object of b's remains
+// under the name. r should be an uncached reader.
+func DeleteControlled(ctx context.Context, c client.Client, r client.Reader, b *imagev1.NodeImageBuild, obj client.Object) (bool, error) {
+	ours, err := Controls(ctx, r, b, obj)
+	if err != nil {
+		return false, err
+	}
+	if !ours {
+		return true, nil
+	}
+	uid := obj.GetUID()
+	if err := c.Delete(ctx, obj, client.Preconditions{UID: &uid}); err != nil {
+		// Conflict: what has the name now is another object.
+		if apierrors.IsNotFound(err) || apierrors.IsConflict(err) {
 			return true, nil
 		}
-		return false, fmt.Errorf("deleting spec ConfigMap %s: %w", cm.Name, err)
+		return false, fmt.Errorf("deleting %s: %w", obj.GetName(), err)
 	}
 	return true, nil
 }

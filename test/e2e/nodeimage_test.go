@@ -387,6 +387,8 @@ var _ = Describe("A NodeImage", Ordered, Label("nodeimage"), func() {
 		pub      *storage.Publisher
 		s3       *storage.S3
 		first    imagev1.NodeImageBuild
+		// firstLayer is the base layer of the first build's manifest.
+		firstLayer string
 	)
 
 	BeforeAll(func(ctx SpecContext) {
@@ -444,7 +446,9 @@ var _ = Describe("A NodeImage", Ordered, Label("nodeimage"), func() {
 		Expect(got.Status.Artifact.PresignedURLExpiresAt.Time).To(BeTemporally(">", time.Now().Add(time.Hour)))
 		assertDownload(ctx, got.Status.Artifact.PresignedURL, got.Status.Artifact.SHA256)
 		Expect(got.Status.Artifact.SpecDigest).To(Equal(got.Status.SpecDigest))
-		assertPublished(ctx, pub, s3, name, got.Status.Artifact)
+		m := assertPublished(ctx, pub, s3, name, got.Status.Artifact)
+		firstLayer = m.Base.Layer
+		Expect(firstLayer).To(MatchRegexp(`^[0-9a-f]{64}$`), "built on a base layer in the cache volume")
 	})
 
 	It("starts no build when the same spec is applied again", func(ctx SpecContext) {
@@ -461,7 +465,7 @@ var _ = Describe("A NodeImage", Ordered, Label("nodeimage"), func() {
 		}).WithContext(ctx).WithTimeout(20 * time.Second).WithPolling(2 * time.Second).Should(Succeed())
 	})
 
-	It("starts exactly one build when a package is added, superseding nothing and reusing the package cache", func(ctx SpecContext) {
+	It("starts exactly one build when a package is added, superseding nothing and reusing the package cache and the base layer", func(ctx SpecContext) {
 		cached := cacheArchives(cacheDir)
 		Expect(cached).NotTo(BeEmpty(), "the first build left no packages in the cache volume %s", cacheDir)
 		GinkgoWriter.Printf("%d packages in the cache after the first build\n", len(cached))
@@ -510,7 +514,11 @@ var _ = Describe("A NodeImage", Ordered, Label("nodeimage"), func() {
 		got := getNodeImage(ctx, ns, name)
 		Expect(got.Status.Artifact.SpecDigest).To(Equal(second.Spec.SpecDigest))
 		Expect(got.Status.Artifact.SpecDigest).NotTo(Equal(first.Spec.SpecDigest))
-		assertPublished(ctx, pub, s3, name, got.Status.Artifact)
+		m := assertPublished(ctx, pub, s3, name, got.Status.Artifact)
+
+		By("the base layer the first build cached was reused: only the layer on top was installed")
+		Expect(m.Base.Layer).To(Equal(firstLayer))
+		Expect(m.Base.LayerReused).To(BeTrue())
 	})
 
 	It("removes its Pods, builds and objects when deleted with deletionPolicy Delete", func(ctx SpecContext) {
@@ -634,8 +642,9 @@ func assertVerified(b *imagev1.NodeImageBuild, booted bool) {
 }
 
 // assertPublished checks the image, its checksum file and its manifest are
-// in S3 and agree with the artifact in status, down to the image's bytes.
-func assertPublished(ctx context.Context, pub *storage.Publisher, s3 *storage.S3, name string, a *imagev1.Artifact) {
+// in S3 and agree with the artifact in status, down to the image's bytes,
+// and returns the manifest.
+func assertPublished(ctx context.Context, pub *storage.Publisher, s3 *storage.S3, name string, a *imagev1.Artifact) *manifest.Manifest {
 	GinkgoHelper()
 	found, err := pub.Lookup(ctx, name, a.SpecDigest)
 	Expect(err).NotTo(HaveOccurred())
@@ -665,6 +674,7 @@ func assertPublished(ctx context.Context, pub *storage.Publisher, s3 *storage.S3
 	var m manifest.Manifest
 	Expect(json.Unmarshal(readObject(ctx, s3, found.ManifestKey), &m)).To(Succeed())
 	Expect(m.Image.SHA256).To(Equal(a.SHA256))
+	return &m
 }
 
 // assertDownload fetches a presigned URL as a consumer would, without

@@ -364,19 +364,15 @@ func (k *Backend) Delete(ctx context.Context, b *imagev1.NodeImageBuild, attempt
 		}
 		gone = gone && g
 	}
-	cmGone, err := backend.DeleteSpecConfigMap(ctx, k.Client, b)
+	cmGone, err := backend.DeleteSpecConfigMap(ctx, k.Client, k.reader(), b)
 	if err != nil {
 		return false, err
 	}
 	// Only the build's own copy: a Secret of that name someone else made
 	// stays.
 	creds := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: b.Namespace, Name: backend.CredentialsSecretName(b.Name)}}
-	if ours, err := backend.Controls(ctx, k.reader(), b, creds); err != nil {
-		return false, err
-	} else if ours {
-		if err := k.Client.Delete(ctx, creds); err != nil && !apierrors.IsNotFound(err) {
-			return false, fmt.Errorf("deleting the credentials Secret %s: %w", creds.Name, err)
-		}
+	if _, err := backend.DeleteControlled(ctx, k.Client, k.reader(), b, creds); err != nil {
+		return false, fmt.Errorf("the credentials Secret: %w", err)
 	}
 	return gone && cmGone, nil
 }

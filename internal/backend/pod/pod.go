@@ -453,7 +453,7 @@ func (p *Backend) Delete(ctx context.Context, b *imagev1.NodeImageBuild, attempt
 		}
 		gone = gone && g
 	}
-	cmGone, err := backend.DeleteSpecConfigMap(ctx, p.Client, b)
+	cmGone, err := backend.DeleteSpecConfigMap(ctx, p.Client, p.reader(), b)
 	return gone && cmGone, err
 }
 
