@@ -1,6 +1,7 @@
 package builder
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"os"
@@ -232,7 +233,7 @@ func (b *build) pruneBaseLayers(keep string) {
 		}
 		layers = append(layers, layer{path, info.ModTime().UnixNano()})
 	}
-	slices.SortFunc(layers, func(a, b layer) int { return int(b.used - a.used) })
+	slices.SortFunc(layers, func(a, b layer) int { return cmp.Compare(b.used, a.used) })
 	for i, l := range layers {
 		if i >= keepBaseLayers-1 {
 			_ = os.Remove(l.path)
