@@ -129,10 +129,10 @@ func TestPlan(t *testing.T) {
 				t.Errorf("jq = %+v; want exact 1.7.1-6", r)
 			}
 			// The base layer's simulated install: minbase's own set and the
-			// requests from Debian alone, not the Kubernetes packages or
-			// spec.packages.
+			// base requests, not Kubernetes (its packages, the kubelet's
+			// recommends) or spec.packages.
 			if bi := res.BaseInstall; !slices.Equal(bi[:3], []string{"?essential", "?priority(required)", "apt"}) ||
-				!slices.Contains(bi, "containerd") || !slices.Contains(bi, "conntrack") ||
+				!slices.Contains(bi, "containerd") || !slices.Contains(bi, "openssh-server") || slices.Contains(bi, "conntrack") ||
 				slices.Contains(bi, "kubeadm") || slices.Contains(bi, "jq") || slices.Contains(bi, "vim") {
 				t.Errorf("base install = %v", bi)
 			}

@@ -10,10 +10,11 @@ import (
 	"strings"
 )
 
-// The root filesystem is built in two layers. The base holds what comes
-// from the Debian archive alone (the seed, kernel, container runtime,
-// SSH, node exporter; RootfsParams.Packages without Layer); the layer on
-// top holds the Kubernetes packages and spec.packages, from every source.
+// The root filesystem is built in two layers. The base holds the node's
+// system from the Debian archive alone (the seed, kernel, container
+// runtime, SSH, node exporter; RootfsParams.Packages without Layer), the
+// same for most specs; the layer on top holds Kubernetes, what
+// provisioners need and spec.packages, from every source.
 // The base is cached as a tarball (CacheDir/base/<key>.tar) whose key is
 // the exact closure resolve simulated for it, so a build whose base
 // packages have not changed (the common case: a Kubernetes patch release,

@@ -39,10 +39,12 @@ type PackageRequest struct {
 	// Why names the spec field the request comes from, for errors.
 	Why string
 	// Layer marks a request the builder installs on top of its cached
-	// base layer rather than in it: the Kubernetes packages (from their
-	// own repository, with a patch release every few weeks) and
-	// spec.packages (the part of a spec that changes most). Everything
-	// else comes from the Debian archive alone and is the base.
+	// base layer rather than in it: Kubernetes (its packages, from their
+	// own repository with a patch release every few weeks, and the
+	// kubelet's recommends), what a provisioner needs, and spec.packages
+	// (the part of a spec that changes most). The base is the rest, from
+	// the Debian archive alone: the seed and the node's runtime, the
+	// same for most specs, so one cached base serves them all.
 	Layer bool
 }
 
@@ -135,7 +137,7 @@ func Packages(c *imagev1.ImageContent) []PackageRequest {
 		// The kubelet's own recommends (installs run without recommends).
 		if slices.Contains(k.Components, imagev1.ComponentKubelet) {
 			for _, p := range []string{"conntrack", "ethtool", "iptables", "socat"} {
-				add(PackageRequest{Name: p, Why: "kubernetes (kubelet)"})
+				add(PackageRequest{Name: p, Why: "kubernetes (kubelet)", Layer: true})
 			}
 		}
 	}
@@ -148,7 +150,7 @@ func Packages(c *imagev1.ImageContent) []PackageRequest {
 	for _, p := range c.Provisioners {
 		if p.Ansible != nil {
 			// Ansible's chroot connection runs modules with the image's python3.
-			add(PackageRequest{Name: "python3", Why: fmt.Sprintf("provisioners[%s].ansible", p.Name)})
+			add(PackageRequest{Name: "python3", Why: fmt.Sprintf("provisioners[%s].ansible", p.Name), Layer: true})
 		}
 	}
 	for _, p := range c.Packages {

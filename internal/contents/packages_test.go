@@ -1,6 +1,7 @@
 package contents
 
 import (
+	"slices"
 	"testing"
 
 	imagev1 "github.com/nodeforge/nodeforge/api/v1alpha1"
@@ -28,13 +29,16 @@ func TestPackagesLaterSpecificRequestWins(t *testing.T) {
 	}
 }
 
-// TestPackagesLayer: the Kubernetes packages and spec.packages go on top of
-// the builder's cached base layer; the seed and the features' packages are
-// the base, unless spec.packages pins one of them.
+// TestPackagesLayer: Kubernetes (its packages and the kubelet's
+// recommends), a provisioner's python3 and spec.packages go on top of the
+// builder's cached base layer; the seed and the runtime's packages are the
+// base, unless spec.packages pins one of them. A spec without Kubernetes or
+// provisioners has the same base as one with them.
 func TestPackagesLayer(t *testing.T) {
 	c := imagev1.ImageContent{
-		Packages:   []string{"containerd=1.7.24~ds1-6", "jq", "openssh-server"},
-		Kubernetes: &imagev1.KubernetesSpec{Version: "v1.37.2"},
+		Packages:     []string{"containerd=1.7.24~ds1-6", "jq", "openssh-server"},
+		Kubernetes:   &imagev1.KubernetesSpec{Version: "v1.37.2"},
+		Provisioners: []imagev1.Provisioner{{Name: "site", Ansible: &imagev1.AnsibleProvisioner{Playbook: "- hosts: all"}}},
 	}
 	c.Default()
 	got := map[string]bool{}
@@ -42,13 +46,33 @@ func TestPackagesLayer(t *testing.T) {
 		got[r.Name] = r.Layer
 	}
 	for name, layer := range map[string]bool{
-		"kubeadm": true, "kubelet": true, "kubectl": true, "cri-tools": true,
+		"kubeadm": true, "kubelet": true, "kubectl": true, "cri-tools": true, "conntrack": true, "python3": true,
 		"jq": true, "containerd": true,
-		"openssh-server": false, "conntrack": false, "runc": false, "cloud-init": false, "linux-image-cloud-amd64": false,
+		"openssh-server": false, "runc": false, "cloud-init": false, "linux-image-cloud-amd64": false,
 	} {
 		if l, ok := got[name]; !ok || l != layer {
 			t.Errorf("%s: requested %v, layer %v; want requested, layer %v", name, ok, l, layer)
 		}
+	}
+
+	base := func(c imagev1.ImageContent) []string {
+		c.Default()
+		var out []string
+		for _, r := range Packages(&c) {
+			if !r.Layer {
+				out = append(out, r.String())
+			}
+		}
+		return out
+	}
+	plain := imagev1.ImageContent{}
+	withAll := imagev1.ImageContent{
+		Packages:     []string{"jq"},
+		Kubernetes:   &imagev1.KubernetesSpec{Version: "v1.37.2"},
+		Provisioners: c.Provisioners,
+	}
+	if a, b := base(plain), base(withAll); !slices.Equal(a, b) {
+		t.Errorf("base requests differ:\nplain %v\nwith Kubernetes, a provisioner, a package %v", a, b)
 	}
 }
 
