@@ -36,18 +36,9 @@ func TestBuildAndVerifyUEFIOnlyImage(t *testing.T) {
 	c.Disk.BootMode = imagev1.BootModeUEFI
 	c.Default()
 
-	dir := t.TempDir()
-	var log bytes.Buffer
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	defer cancel()
-	res, err := builder.Build(ctx, builder.Options{
-		Name: "uefi-only", WorkDir: filepath.Join(dir, "work"), OutDir: filepath.Join(dir, "out"),
-		CacheDir: filepath.Join(buildCacheRoot(), "apt-archives"),
-		Reporter: &builder.PlainReporter{W: &log},
-	}, c)
-	if err != nil {
-		t.Fatalf("build: %v\n%s", err, log.String())
-	}
+	res := buildUEFIOnly(ctx, t, c)
 
 	r, err := verify.Verify(ctx, res.ImagePath, c, verify.Options{Boot: true, BootTimeout: verifyBootTimeout, WorkDir: t.TempDir()})
 	if err != nil {
@@ -67,7 +58,7 @@ func TestBuildAndVerifyUEFIOnlyImage(t *testing.T) {
 			t.Errorf("a UEFI-only image was checked for BIOS boot code: %+v", ch)
 		}
 	}
-	raw := filepath.Join(dir, "uefi.raw")
+	raw := filepath.Join(t.TempDir(), "uefi.raw")
 	if out, err := exec.Command("qemu-img", "convert", "-O", "raw", res.ImagePath, raw).CombinedOutput(); err != nil {
 		t.Fatalf("qemu-img convert: %v: %s", err, out)
 	}
@@ -84,16 +75,10 @@ func TestBuildAndVerifyUEFIOnlyImage(t *testing.T) {
 	})
 }
 
-// rebuildOnCachedBase builds content c again with one package added (the
-// incremental rebuild of issue 15): the base layer c's build used (made or
-// reused) is reused, the new image holds exactly the old one's packages
-// plus the new one and its dependencies, and the offline checks come out
-// the same (with the new package's check added).
-func rebuildOnCachedBase(ctx context.Context, t *testing.T, c imagev1.ImageContent, first *builder.Result, firstReport *verify.Report) {
-	if first.Manifest.Base.Layer == "" {
-		t.Fatal("the first build used no base layer")
-	}
-	c.Packages = append(c.Packages, "jq")
+// buildUEFIOnly builds c as "uefi-only" into a temp dir (out/ and work/)
+// with the shared package cache.
+func buildUEFIOnly(ctx context.Context, t *testing.T, c imagev1.ImageContent) *builder.Result {
+	t.Helper()
 	dir := t.TempDir()
 	var log bytes.Buffer
 	res, err := builder.Build(ctx, builder.Options{
@@ -104,6 +89,20 @@ func rebuildOnCachedBase(ctx context.Context, t *testing.T, c imagev1.ImageConte
 	if err != nil {
 		t.Fatalf("build: %v\n%s", err, log.String())
 	}
+	return res
+}
+
+// rebuildOnCachedBase builds content c again with one package added (the
+// incremental rebuild of issue 15): the base layer c's build used (made or
+// reused) is reused, the new image holds exactly the old one's packages
+// plus the new one and its dependencies, and the offline checks come out
+// the same (with the new package's check added).
+func rebuildOnCachedBase(ctx context.Context, t *testing.T, c imagev1.ImageContent, first *builder.Result, firstReport *verify.Report) {
+	if first.Manifest.Base.Layer == "" {
+		t.Fatal("the first build used no base layer")
+	}
+	c.Packages = append(c.Packages, "jq")
+	res := buildUEFIOnly(ctx, t, c)
 	t.Logf("rebuild steps: %+v", res.Manifest.Steps)
 	if b := res.Manifest.Base; b.Layer != first.Manifest.Base.Layer || !b.LayerReused {
 		t.Errorf("base layer %q reused %v; want %s reused", b.Layer, b.LayerReused, first.Manifest.Base.Layer)
