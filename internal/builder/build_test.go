@@ -315,16 +315,17 @@ func TestBuildWithFakeTools(t *testing.T) {
 	// resolution pass, the base layer and the layer on top): on a view of
 	// the builder that hides the credentials, in a user namespace of its
 	// own, with only the work dir (the tree in it) and the package cache
-	// writable; the layer, whose packages come from the author's
-	// repository, cannot write the cached base layers.
+	// writable. The runs that install packages (whose maintainer scripts
+	// may come from a repository the author names) write only the cache's
+	// archives and read its lists and base layers.
 	if len(e.run.bootstraps) != 3 {
 		t.Fatalf("mmdebstrap ran in %d sandboxes; want 3 (resolve, base layer, layer)", len(e.run.bootstraps))
 	}
 	for i, s := range e.run.bootstraps {
 		writable, readOnly := []string{filepath.Dir(root), e.opts.CacheDir}, []string(nil)
-		if i == 2 {
+		if i > 0 {
 			writable = []string{filepath.Dir(root), filepath.Join(e.opts.CacheDir, "archives")}
-			readOnly = []string{filepath.Join(e.opts.CacheDir, "base")}
+			readOnly = []string{filepath.Join(e.opts.CacheDir, "lists"), filepath.Join(e.opts.CacheDir, "base")}
 		}
 		if s.Root != "" || !s.Bootstrap || !slices.Contains(s.Hidden, buildresult.CredentialsDir) ||
 			!slices.Equal(s.Writable, writable) || !slices.Equal(s.ReadOnly, readOnly) {

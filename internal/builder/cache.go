@@ -37,7 +37,7 @@ func (b *build) lockCache() error {
 	if b.cacheLock != nil {
 		return nil
 	}
-	for _, d := range []string{b.archivesDir(), b.listsDir()} {
+	for _, d := range []string{b.archivesDir(), b.listsDir(), b.baseDir()} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			return fmt.Errorf("package cache: %w", err)
 		}

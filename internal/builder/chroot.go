@@ -60,6 +60,15 @@ func (b *build) mmdebstrap(args ...string) Command {
 	return b.mmdebstrapIn([]string{b.work, b.cacheDir}, nil, args...)
 }
 
+// mmdebstrapInstalling is mmdebstrap for a run that installs packages,
+// whose maintainer scripts may come from a repository the author names:
+// of the package cache it may write only the archives (which apt checks
+// against the lists before it uses them) and read the lists and the base
+// layers, so no build can change what another one resolves or extracts.
+func (b *build) mmdebstrapInstalling(args ...string) Command {
+	return b.mmdebstrapIn([]string{b.work, b.archivesDir()}, []string{b.listsDir(), b.baseDir()}, args...)
+}
+
 // mmdebstrapIn is mmdebstrap in a sandbox where of the builder's paths
 // only writable can be written, and readOnly are visible too even when
 // below the builder's /tmp.

@@ -110,7 +110,7 @@ func (b *build) rootfsSingle(ctx context.Context, p *RootfsParams) error {
 	)
 	args = append(args, p.Release, b.root)
 	args = append(args, mirrorArgs(p.Mirror, p.Release)...)
-	return b.runMmdebstrap(ctx, b.mmdebstrap(args...), 0, 1)
+	return b.runMmdebstrap(ctx, b.mmdebstrapInstalling(args...), 0, 1)
 }
 
 // rootfsLayered builds the base into the cache unless it is there, then
@@ -155,12 +155,7 @@ func (b *build) rootfsLayered(ctx context.Context, p *RootfsParams, key string) 
 	args = append(args, "--customize-hook="+b.archivesSyncOut())
 	args = append(args, p.Release, b.root)
 	args = append(args, mirrorArgs(p.Mirror, p.Release)...)
-	// The layer's packages come from repositories the spec's author may
-	// control: their maintainer scripts may write the package cache's
-	// archives (which apt checks against the lists before use), and only
-	// read the cached base layers.
-	cmd := b.mmdebstrapIn([]string{b.work, b.archivesDir()}, []string{b.baseDir()}, args...)
-	return b.runMmdebstrapPhases(ctx, cmd, layerFrom, 1, layerPhases)
+	return b.runMmdebstrapPhases(ctx, b.mmdebstrapInstalling(args...), layerFrom, 1, layerPhases)
 }
 
 // buildBase runs mmdebstrap for the base alone, from the Debian sources,
@@ -181,7 +176,7 @@ func (b *build) buildBase(ctx context.Context, p *RootfsParams, tarball string) 
 	)
 	args = append(args, p.Release, dir)
 	args = append(args, mirrorArgs(p.Mirror, p.Release)...)
-	if err := b.runMmdebstrap(ctx, b.mmdebstrap(args...), 0.05, 0.7); err != nil {
+	if err := b.runMmdebstrap(ctx, b.mmdebstrapInstalling(args...), 0.05, 0.7); err != nil {
 		return fmt.Errorf("base layer: %w", err)
 	}
 	b.progress(0.7, "saving the base layer "+b.baseLayer[:12])
