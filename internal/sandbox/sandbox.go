@@ -15,7 +15,8 @@
 //     root in which only the paths in Spec.Writable can be written and the
 //     paths in Spec.Hidden (the credentials Secret, the termination log)
 //     are empty, with a /tmp of its own (a tmpfs: a path below the
-//     builder's /tmp is visible in the view only when it is writable);
+//     builder's /tmp is visible in the view only when it is in
+//     Spec.Writable or Spec.ReadOnly);
 //   - a /dev of its own with null, zero, full, random, urandom, tty, a
 //     private devpts and shm: no disks, no /dev/kvm, no loop devices;
 //   - a /proc of the new PID namespace with the kernel's sensitive files
