@@ -10,6 +10,10 @@
 #   hack/tools.sh minio        the MinIO server; prints the dir
 #   hack/tools.sh versitygw    the versitygw S3 gateway (upload benchmark); prints the dir
 #   hack/tools.sh crane        crane, for OCI image tarballs; prints the dir
+#   hack/tools.sh registry     the distribution (CNCF Distribution) registry; prints the dir
+#   hack/tools.sh control-plane  the binaries of the control-plane images kubeadm names
+#                              (kube-apiserver, -controller-manager, -scheduler, kube-proxy,
+#                              etcd and CoreDNS at kubeadm's versions, pause); prints the dir
 #   hack/tools.sh lint         golangci-lint; prints the dir
 #   hack/tools.sh path SET     prints the cache dir of SET without building
 #
@@ -28,6 +32,12 @@ CRI_TOOLS_VERSION=v1.37.0
 MINIO_VERSION=v0.0.0-20260212201848-7aac2a2c5b7c
 VERSITYGW_VERSION=v1.8.0
 CRANE_VERSION=v0.22.1
+DISTRIBUTION_VERSION=v3.1.2
+# The etcd and CoreDNS versions kubeadm ${K8S_VERSION} names
+# (`kubeadm config images list`); hack/registry.sh checks they still match.
+# They are pinned in hack/tools/etcd-image and hack/tools/coredns.
+IMAGE_ETCD_VERSION=v3.7.0
+IMAGE_COREDNS_VERSION=v1.14.6
 GOLANGCI_LINT_VERSION=v2.15.0
 
 log() { printf '[tools] %s\n' "$*" >&2; }
@@ -70,6 +80,8 @@ set_dir() {
 	minio) echo "$cache_root/minio-${MINIO_VERSION}" ;;
 	versitygw) echo "$cache_root/versitygw-${VERSITYGW_VERSION}" ;;
 	crane) echo "$cache_root/crane-${CRANE_VERSION}" ;;
+	registry) echo "$cache_root/registry-${DISTRIBUTION_VERSION}" ;;
+	control-plane) echo "$cache_root/control-plane-k8s-${K8S_VERSION}-etcd-${IMAGE_ETCD_VERSION}-coredns-${IMAGE_COREDNS_VERSION}" ;;
 	lint) echo "$cache_root/golangci-lint-${GOLANGCI_LINT_VERSION}" ;;
 	*)
 		echo "unknown tool set: $1" >&2
@@ -99,6 +111,8 @@ ensure() {
 	minio) stamp="minio=${MINIO_VERSION}" ;;
 	versitygw) stamp="versitygw=${VERSITYGW_VERSION}" ;;
 	crane) stamp="crane=${CRANE_VERSION}" ;;
+	registry) stamp="distribution=${DISTRIBUTION_VERSION}" ;;
+	control-plane) stamp="k8s=${K8S_VERSION} etcd=${IMAGE_ETCD_VERSION} coredns=${IMAGE_COREDNS_VERSION} pause=$(sha256sum "$here/tools/pause/main.go" | cut -c1-16)" ;;
 	lint) stamp="golangci-lint=${GOLANGCI_LINT_VERSION}" ;;
 	esac
 	if cached "$dir" "$stamp"; then
@@ -118,6 +132,7 @@ ensure() {
 	cluster)
 		copy_from "$(set_dir envtest)" "$t" kube-apiserver kubectl etcd
 		copy_from "$(set_dir kube-node)" "$t" kubeadm kubelet
+		copy_from "$(set_dir control-plane)" "$t" kube-controller-manager kube-scheduler
 		local need=()
 		for c in kube-apiserver kube-controller-manager kube-scheduler kubelet kubeadm kubectl; do
 			[ -e "$t/$c" ] || need+=("$c")
@@ -142,6 +157,23 @@ ensure() {
 	crane)
 		CGO_ENABLED=0 GOBIN="$t" go install -trimpath -ldflags "-s -w" "github.com/google/go-containerregistry/cmd/crane@${CRANE_VERSION}"
 		;;
+	registry)
+		log "building the distribution registry ${DISTRIBUTION_VERSION} (cold: about 2 minutes)"
+		CGO_ENABLED=0 GOBIN="$t" go install -trimpath -ldflags "-s -w" "github.com/distribution/distribution/v3/cmd/registry@${DISTRIBUTION_VERSION}"
+		;;
+	control-plane)
+		copy_from "$(set_dir cluster)" "$t" kube-apiserver kube-controller-manager kube-scheduler
+		copy_from "$(set_dir envtest)" "$t" kube-apiserver
+		local need=()
+		for c in kube-apiserver kube-controller-manager kube-scheduler kube-proxy; do
+			[ -e "$t/$c" ] || need+=("$c")
+		done
+		build_k8s "$t" "${need[@]}"
+		log "building etcd ${IMAGE_ETCD_VERSION} and CoreDNS ${IMAGE_COREDNS_VERSION} for the images"
+		(cd "$here/tools/etcd-image" && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$t/etcd" go.etcd.io/etcd/server/v3)
+		(cd "$here/tools/coredns" && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$t/coredns" .)
+		(cd "$here/.." && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$t/pause" ./hack/tools/pause)
+		;;
 	lint)
 		CGO_ENABLED=0 GOBIN="$t" go install -trimpath "github.com/golangci/golangci-lint/v2/cmd/golangci-lint@${GOLANGCI_LINT_VERSION}"
 		;;
@@ -153,9 +185,9 @@ ensure() {
 
 case ${1:-} in
 path) set_dir "${2:?usage: $0 path SET}" ;;
-envtest | kube-node | cri-tools | cluster | minio | versitygw | crane | lint) ensure "$1" ;;
+envtest | kube-node | cri-tools | cluster | minio | versitygw | crane | registry | control-plane | lint) ensure "$1" ;;
 *)
-	sed -n '2,17p' "$0" >&2
+	sed -n '2,21p' "$0" >&2
 	exit 2
 	;;
 esac
