@@ -23,6 +23,7 @@ const (
 	DefaultS3Region                     = "us-east-1"
 	DefaultPresignExpiry                = 24 * time.Hour
 	DefaultBootTimeout                  = 10 * time.Minute
+	DefaultClusterTimeout               = 15 * time.Minute
 	DefaultBuildTimeout                 = 45 * time.Minute
 	DefaultBuildRetries                 = 2
 	DefaultSuccessfulBuildsHistoryLimit = 3
@@ -118,6 +119,9 @@ func (c *ImageContent) Default() {
 		defaultString(&k.AptRepository.Suite, "/")
 		defaultTrue(&k.Hold)
 		defaultTrue(&k.EnableKubelet)
+		if k.Images != nil {
+			defaultTrue(&k.Images.ControlPlane)
+		}
 	}
 
 	if c.Kernel.Modules == nil {
@@ -162,6 +166,8 @@ func (d *S3Destination) Default() {
 func (v *VerificationSpec) Default() {
 	defaultTrue(&v.Boot.Enabled)
 	defaultDuration(&v.Boot.Timeout, DefaultBootTimeout)
+	defaultTrue(&v.Cluster.Enabled)
+	defaultDuration(&v.Cluster.Timeout, DefaultClusterTimeout)
 }
 
 // Default fills unset builder fields.

@@ -108,6 +108,15 @@ type VerificationSpec struct {
 	// +kubebuilder:default={}
 	Boot BootVerificationSpec `json:"boot,omitempty"`
 
+	// cluster runs, in the same boot after the boot checks, `kubeadm init`
+	// offline on the image and waits for a Ready single-node cluster (the
+	// API server's /readyz, the node Ready, CoreDNS and a test Pod
+	// Running). It applies to images with kubeadm, the kubelet and
+	// kubernetes.images.controlPlane, when the boot test runs.
+	// +optional
+	// +kubebuilder:default={}
+	Cluster ClusterVerificationSpec `json:"cluster,omitempty"`
+
 	// optional lists checks whose failure is recorded but does not fail the
 	// build.
 	// +optional
@@ -134,6 +143,22 @@ type BootVerificationSpec struct {
 	// +optional
 	// +kubebuilder:default="10m"
 	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('1m') && duration(self) <= duration('2h')",message="verification.boot.timeout must be between 1m and 2h"
+	Timeout *metav1.Duration `json:"timeout,omitempty"`
+}
+
+// ClusterVerificationSpec configures the cluster checks.
+type ClusterVerificationSpec struct {
+	// enabled runs the cluster checks where they apply.
+	// +optional
+	// +kubebuilder:default=true
+	Enabled *bool `json:"enabled,omitempty"`
+
+	// timeout bounds the cluster checks, from kubeadm init to the last
+	// one, on top of boot.timeout. Under TCG (no usable KVM) a control
+	// plane takes minutes to come up.
+	// +optional
+	// +kubebuilder:default="15m"
+	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('1m') && duration(self) <= duration('2h')",message="verification.cluster.timeout must be between 1m and 2h"
 	Timeout *metav1.Duration `json:"timeout,omitempty"`
 }
 

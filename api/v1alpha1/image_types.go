@@ -296,6 +296,7 @@ const (
 )
 
 // KubernetesSpec installs Kubernetes node components.
+// +kubebuilder:validation:XValidation:rule="!has(self.images) || !has(self.components) || self.components.exists(c, c == 'kubeadm')",message="kubernetes.images needs kubeadm in kubernetes.components (it names the control-plane images)"
 type KubernetesSpec struct {
 	// version of the Kubernetes packages, such as v1.37.2.
 	// +required
@@ -327,6 +328,45 @@ type KubernetesSpec struct {
 	// +optional
 	// +kubebuilder:default=true
 	EnableKubelet *bool `json:"enableKubelet,omitempty"`
+
+	// images preloads container images into the image's containerd (the
+	// k8s.io namespace the kubelet uses), unpacked, so a node runs
+	// `kubeadm init` or `kubeadm join` without pulling them: no registry
+	// at boot, no import at first boot. Needs kubeadm among components
+	// and containerd enabled.
+	// +optional
+	Images *KubernetesImagesSpec `json:"images,omitempty"`
+}
+
+// KubernetesImagesSpec lists the container images an image ships.
+type KubernetesImagesSpec struct {
+	// controlPlane preloads the images the installed kubeadm names for
+	// version (`kubeadm config images list`): kube-apiserver,
+	// kube-controller-manager, kube-scheduler, kube-proxy, etcd, CoreDNS
+	// and pause. containerd's sandbox image is set to that pause image.
+	// +optional
+	// +kubebuilder:default=true
+	ControlPlane *bool `json:"controlPlane,omitempty"`
+
+	// mirror is a registry (host[:port][/path]) serving registry.k8s.io's
+	// repositories under the same names; images are pulled from it and
+	// stored under their registry.k8s.io names, so kubeadm's defaults find
+	// them. Empty pulls from registry.k8s.io. Plain HTTP is used only for a
+	// loopback host (127.0.0.0/8, ::1, localhost).
+	// +optional
+	// +kubebuilder:validation:MaxLength=255
+	// +kubebuilder:validation:Pattern=`^[A-Za-z0-9.-]+(:[0-9]+)?(/[a-z0-9._/-]+)?$`
+	Mirror string `json:"mirror,omitempty"`
+
+	// extra images to preload, as full references (registry/repository
+	// with a tag and/or digest). Those under registry.k8s.io are pulled
+	// through mirror too.
+	// +optional
+	// +listType=set
+	// +kubebuilder:validation:MaxItems=32
+	// +kubebuilder:validation:items:MaxLength=512
+	// +kubebuilder:validation:items:Pattern=`^[a-z0-9][a-z0-9.-]*(:[0-9]+)?/[a-z0-9._/-]+(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(@sha256:[a-f0-9]{64})?$`
+	Extra []string `json:"extra,omitempty"`
 }
 
 // AptRepository is an apt repository and the key that signs it.

@@ -191,7 +191,7 @@ type Artifact struct {
 }
 
 // CheckCategory says how a check looks at the image.
-// +kubebuilder:validation:Enum=offline;boot
+// +kubebuilder:validation:Enum=offline;boot;cluster
 type CheckCategory string
 
 const (
@@ -199,6 +199,9 @@ const (
 	CheckCategoryOffline CheckCategory = "offline"
 	// CheckCategoryBoot checks run inside the booted image.
 	CheckCategoryBoot CheckCategory = "boot"
+	// CheckCategoryCluster checks run in the same boot, after the boot
+	// checks: kubeadm init on the image to a Ready single-node cluster.
+	CheckCategoryCluster CheckCategory = "cluster"
 )
 
 // CheckResult is one verification check's outcome.

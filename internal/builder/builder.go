@@ -91,22 +91,23 @@ type build struct {
 	cacheLock *os.File
 
 	// Set by steps.
-	pins          map[string]string // package -> exact version (from resolve)
-	baseClosure   []string          // the base layer's simulated install (from resolve)
-	baseUncached  string            // why the base layer cannot be cached, if so
-	baseLayer     string            // the base layer's key, when the rootfs step used the cache
-	baseReused    bool              // the base layer came from the cache
-	mirror        string
-	suites        []string // the suites installed from mirror
-	kernelVersion string
-	treeBytes     int64
-	downloaded    int64
-	partImage     string // OUT/.name.format.partial
-	partManifest  string
-	imagePath     string
-	manifestPath  string
-	manifest      *manifest.Manifest
-	timings       []manifest.Step
+	pins            map[string]string // package -> exact version (from resolve)
+	baseClosure     []string          // the base layer's simulated install (from resolve)
+	baseUncached    string            // why the base layer cannot be cached, if so
+	baseLayer       string            // the base layer's key, when the rootfs step used the cache
+	baseReused      bool              // the base layer came from the cache
+	mirror          string
+	suites          []string // the suites installed from mirror
+	kernelVersion   string
+	containerImages []manifest.ContainerImage // preloaded (from images)
+	treeBytes       int64
+	downloaded      int64
+	partImage       string // OUT/.name.format.partial
+	partManifest    string
+	imagePath       string
+	manifestPath    string
+	manifest        *manifest.Manifest
+	timings         []manifest.Step
 
 	// progress bookkeeping
 	doneWeight, totalWeight, stepWeight int
@@ -248,6 +249,8 @@ func (b *build) runStep(ctx context.Context, s Step) error {
 		return b.rootfs(ctx, s.Rootfs)
 	case s.Provision != nil:
 		return b.provision(ctx, s.Provision)
+	case s.Images != nil:
+		return b.images(ctx, s.Images)
 	case s.Provisioner != nil:
 		return b.provisioner(ctx, s.Provisioner)
 	case s.Hygiene != nil:

@@ -96,6 +96,7 @@ func (b *build) writeManifest(ctx context.Context, _ *ManifestParams) error {
 		},
 		InstalledSizeBytes: b.treeBytes,
 		Packages:           packages,
+		Images:             b.containerImages,
 		Content:            manifestContent(b.content),
 	}
 	b.progress(1, fmt.Sprintf("%d packages, %.1f MiB image", len(b.manifest.Packages), float64(size)/(1<<20)))

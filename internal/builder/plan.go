@@ -16,6 +16,7 @@ const (
 	StepResolve   = "resolve"
 	StepRootfs    = "rootfs"
 	StepProvision = "provision"
+	StepImages    = "images"
 	StepHygiene   = "hygiene"
 	StepDisk      = "disk"
 	StepConvert   = "convert"
@@ -35,6 +36,7 @@ type Step struct {
 	Resolve     *ResolveParams
 	Rootfs      *RootfsParams
 	Provision   *ProvisionParams
+	Images      *ImagesParams
 	Provisioner *ProvisionerParams
 	Hygiene     *HygieneParams
 	Disk        *DiskParams
@@ -232,6 +234,23 @@ func Plan(content imagev1.ImageContent) ([]Step, error) {
 			DpkgOptions: dpkgExcludes(),
 		}},
 		{Name: StepProvision, Weight: 8, Provision: provisionParams(c, kube, hold)},
+	}
+	if k := c.Kubernetes; k != nil && k.Images != nil {
+		ip := &ImagesParams{KubernetesVersion: k.Version, ControlPlane: *k.Images.ControlPlane, Mirror: k.Images.Mirror, Extra: k.Images.Extra}
+		if ip.ControlPlane && !slices.Contains(k.Components, imagev1.ComponentKubeadm) {
+			return nil, inputErrorf("kubernetes.images.controlPlane needs kubeadm in kubernetes.components (it names the images)")
+		}
+		if !*c.ContainerRuntime.Containerd.Enabled {
+			return nil, inputErrorf("kubernetes.images needs containerRuntime.containerd.enabled (the images are preloaded into its store)")
+		}
+		for i, e := range ip.Extra {
+			if _, err := parseImageRef(e, ip.Mirror); err != nil {
+				return nil, inputErrorf("kubernetes.images.extra[%d]: %v", i, err)
+			}
+		}
+		if ip.ControlPlane || len(ip.Extra) > 0 {
+			steps = append(steps, Step{Name: StepImages, Weight: 6, Images: ip})
+		}
 	}
 	for _, p := range c.Provisioners {
 		pp := &ProvisionerParams{Name: p.Name}

@@ -271,6 +271,23 @@ func TestPlanRejects(t *testing.T) {
 	}{
 		{"arm64", imagev1.ImageContent{Base: imagev1.BaseSpec{Architecture: imagev1.ArchitectureARM64}}, "arm64"},
 		{"unresolved reference", imagev1.ImageContent{Files: []imagev1.FileSpec{{Path: "/etc/x", ConfigMapKeyRef: &corev1.ConfigMapKeySelector{LocalObjectReference: corev1.LocalObjectReference{Name: "cm"}, Key: "k"}}}}, "not resolved"},
+		{"control-plane images without kubeadm", func() imagev1.ImageContent {
+			c := kubeContent()
+			c.Kubernetes.Components = []imagev1.KubernetesComponent{imagev1.ComponentKubelet}
+			c.Kubernetes.Images = &imagev1.KubernetesImagesSpec{}
+			return c
+		}(), "kubernetes.images.controlPlane needs kubeadm"},
+		{"images without containerd", func() imagev1.ImageContent {
+			c := kubeContent()
+			c.Kubernetes.Images = &imagev1.KubernetesImagesSpec{}
+			c.ContainerRuntime.Containerd.Enabled = ptr.To(false)
+			return c
+		}(), "containerRuntime.containerd.enabled"},
+		{"an extra image without a tag", func() imagev1.ImageContent {
+			c := kubeContent()
+			c.Kubernetes.Images = &imagev1.KubernetesImagesSpec{Extra: []string{"quay.io/a/b:1", "quay.io/team/tool"}}
+			return c
+		}(), "kubernetes.images.extra[1]"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := Plan(tc.content)
@@ -278,6 +295,29 @@ func TestPlanRejects(t *testing.T) {
 				t.Fatalf("Plan() error = %v; want an input error about %q", err, tc.want)
 			}
 		})
+	}
+}
+
+func TestPlanImages(t *testing.T) {
+	c := kubeContent()
+	if slices.Contains(stepNames(mustPlan(t, c)), StepImages) {
+		t.Fatal("an image without kubernetes.images plans an images step")
+	}
+	c.Kubernetes.Images = &imagev1.KubernetesImagesSpec{Mirror: "127.0.0.1:5000", Extra: []string{"quay.io/team/tool:1.0"}}
+	steps := mustPlan(t, c)
+	names := stepNames(steps)
+	i := slices.Index(names, StepImages)
+	if i < 0 || names[i-1] != StepProvision {
+		t.Fatalf("steps %q: want images right after provision (containerd configured, before the author's provisioners)", names)
+	}
+	want := ImagesParams{KubernetesVersion: "v1.37.2", ControlPlane: true, Mirror: "127.0.0.1:5000", Extra: []string{"quay.io/team/tool:1.0"}}
+	if got := *steps[i].Images; got.KubernetesVersion != want.KubernetesVersion || got.ControlPlane != want.ControlPlane ||
+		got.Mirror != want.Mirror || !slices.Equal(got.Extra, want.Extra) {
+		t.Fatalf("images params %+v, want %+v", got, want)
+	}
+	c.Kubernetes.Images = &imagev1.KubernetesImagesSpec{ControlPlane: ptr.To(false)}
+	if slices.Contains(stepNames(mustPlan(t, c)), StepImages) {
+		t.Fatal("no control-plane images and no extra ones plan an images step")
 	}
 }
 

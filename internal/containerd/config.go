@@ -31,6 +31,7 @@ const (
 const (
 	criPluginV2 = "io.containerd.grpc.v1.cri"
 	criPluginV3 = "io.containerd.cri.v1.runtime"
+	criImagesV3 = "io.containerd.cri.v1.images"
 )
 
 // CRISettings are the node-relevant settings of containerd's CRI plugin.
@@ -49,6 +50,9 @@ type CRISettings struct {
 	CNIBinDirs []string
 	// CNIConfDir is where CNI network configurations are read from.
 	CNIConfDir string
+	// SandboxImage is the pause image pods are started with; empty when
+	// the configuration does not set it (containerd's compiled-in default).
+	SandboxImage string
 }
 
 // Effective reads the CRI settings from a containerd configuration, as
@@ -99,7 +103,55 @@ func Effective(cfg []byte) (CRISettings, error) {
 		}
 	}
 	s.CNIConfDir, _ = cni["conf_dir"].(string)
+	if s.Version == 2 {
+		s.SandboxImage, _ = cri["sandbox_image"].(string)
+	} else {
+		imgs, _ := plugins[criImagesV3].(map[string]any)
+		pinned, _ := imgs["pinned_images"].(map[string]any)
+		s.SandboxImage, _ = pinned["sandbox"].(string)
+	}
 	return s, nil
+}
+
+// SetSandboxImage sets the CRI's sandbox (pause) image: sandbox_image of
+// a version 2 configuration, pinned_images.sandbox of a version 3 one,
+// editing the line containerd's default configuration has for it.
+func SetSandboxImage(cfg []byte, ref string) ([]byte, error) {
+	before, err := Effective(cfg)
+	if err != nil {
+		return nil, err
+	}
+	section, key := criPluginV2, "sandbox_image"
+	if before.Version == 3 {
+		section, key = criImagesV3+".pinned_images", "sandbox"
+	}
+	norm := func(sec string) string { return strings.NewReplacer(`"`, "", `'`, "", " ", "").Replace(sec) }
+	want := "plugins." + section
+	lines := strings.Split(string(cfg), "\n")
+	var cur string
+	set := false
+	for i, l := range lines {
+		if m := sectionRE.FindStringSubmatch(l); m != nil {
+			cur = norm(m[1])
+			continue
+		}
+		if m := keyRE.FindStringSubmatch(l); m != nil && cur == want && m[2] == key {
+			lines[i] = m[1] + key + " = " + strconv.Quote(ref)
+			set = true
+		}
+	}
+	if !set {
+		return nil, fmt.Errorf("containerd's configuration has no %s in [%s]", key, want)
+	}
+	out := []byte(strings.Join(lines, "\n"))
+	after, err := Effective(out)
+	if err != nil {
+		return nil, err
+	}
+	if after.SandboxImage != ref {
+		return nil, fmt.Errorf("the edited containerd configuration reads back sandbox image %q, want %q", after.SandboxImage, ref)
+	}
+	return out, nil
 }
 
 var (

@@ -2,6 +2,7 @@ package containerd
 
 import (
 	"os"
+	"reflect"
 	"strings"
 	"testing"
 )
@@ -134,4 +135,50 @@ func TestEffectiveIgnoresOtherSchemas(t *testing.T) {
 	if s.SystemdCgroup != nil {
 		t.Fatalf("SystemdCgroup = %v from a section containerd 1.x does not read", *s.SystemdCgroup)
 	}
+}
+
+func TestSetSandboxImage(t *testing.T) {
+	const pause = "registry.k8s.io/pause:3.10.2"
+	v3 := v3Default + `
+  [plugins.'io.containerd.cri.v1.images']
+    snapshotter = 'overlayfs'
+
+    [plugins.'io.containerd.cri.v1.images'.pinned_images]
+      sandbox = 'registry.k8s.io/pause:3.10'
+`
+	for name, cfg := range map[string][]byte{"debian 1.7 (version 2)": debianDefault(t), "version 3": []byte(v3)} {
+		t.Run(name, func(t *testing.T) {
+			before, err := Effective(cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if before.SandboxImage == "" || before.SandboxImage == pause {
+				t.Fatalf("the default's sandbox image is %q; the test needs another one", before.SandboxImage)
+			}
+			out, err := SetSandboxImage(cfg, pause)
+			if err != nil {
+				t.Fatal(err)
+			}
+			after, err := Effective(out)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if after.SandboxImage != pause {
+				t.Fatalf("sandbox image %q after SetSandboxImage, want %q", after.SandboxImage, pause)
+			}
+			// Nothing else changed.
+			before.SandboxImage = pause
+			if !reflect.DeepEqual(before, after) {
+				t.Fatalf("settings changed beyond the sandbox image: %+v, want %+v", after, before)
+			}
+			if d := len(strings.Split(string(out), "\n")) - len(strings.Split(string(cfg), "\n")); d != 0 {
+				t.Fatalf("line count changed by %d", d)
+			}
+		})
+	}
+	t.Run("no sandbox image line", func(t *testing.T) {
+		if _, err := SetSandboxImage([]byte(v3Default), pause); err == nil || !strings.Contains(err.Error(), "pinned_images") {
+			t.Fatalf("err = %v, want one naming pinned_images", err)
+		}
+	})
 }

@@ -32,7 +32,10 @@ type Manifest struct {
 	// InstalledSizeBytes is the size of the root filesystem tree.
 	InstalledSizeBytes int64     `json:"installedSizeBytes"`
 	Packages           []Package `json:"packages"`
-	Steps              []Step    `json:"steps"`
+	// Images are the container images preloaded into containerd's store
+	// (kubernetes.images).
+	Images []ContainerImage `json:"images,omitempty"`
+	Steps  []Step           `json:"steps"`
 
 	Verification *verify.Report `json:"verification,omitempty"`
 
@@ -76,6 +79,20 @@ type Package struct {
 	Version          string `json:"version"`
 	Architecture     string `json:"architecture"`
 	InstalledSizeKiB int64  `json:"installedSizeKiB,omitempty"`
+}
+
+// ContainerImage is one container image in the image's containerd store.
+type ContainerImage struct {
+	// Name it is stored under (what a Pod or kubeadm asks for).
+	Name string `json:"name"`
+	// Source it was pulled from, when not Name (a mirror, a digest).
+	Source string `json:"source,omitempty"`
+	// Digest of the pulled manifest (linux/amd64).
+	Digest string `json:"digest"`
+	// ID is the digest of its configuration, the IMAGE ID crictl shows.
+	ID string `json:"id"`
+	// SizeBytes is the size of its compressed layers.
+	SizeBytes int64 `json:"sizeBytes"`
 }
 
 // Step is one pipeline step's timing.
