@@ -134,6 +134,8 @@ type bootRun struct {
 	firmware string
 	diskSize int64
 
+	nodeReadyAt time.Time // set by cluster-node-ready
+
 	cmd     *exec.Cmd
 	exited  chan struct{}
 	exitErr error

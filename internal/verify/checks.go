@@ -176,6 +176,12 @@ type Options struct {
 	Boot bool
 	// BootTimeout bounds the boot test from QEMU start to the last check.
 	BootTimeout time.Duration
+	// Cluster runs the cluster checks after the boot checks, where the
+	// content implies them (kubeadm, the kubelet, the control-plane images).
+	Cluster bool
+	// ClusterTimeout bounds the cluster checks; zero means
+	// DefaultClusterTimeout.
+	ClusterTimeout time.Duration
 	// Optional check names are recorded but not required.
 	Optional []string
 	// Skip check names are not run.
@@ -193,9 +199,15 @@ type Options struct {
 
 // OptionsFromSpec derives options from a (defaulted) VerificationSpec.
 func OptionsFromSpec(v imagev1.VerificationSpec) Options {
-	o := Options{Boot: v.Boot.Enabled == nil || *v.Boot.Enabled, BootTimeout: imagev1.DefaultBootTimeout}
+	o := Options{
+		Boot: v.Boot.Enabled == nil || *v.Boot.Enabled, BootTimeout: imagev1.DefaultBootTimeout,
+		Cluster: v.Cluster.Enabled == nil || *v.Cluster.Enabled, ClusterTimeout: imagev1.DefaultClusterTimeout,
+	}
 	if v.Boot.Timeout != nil {
 		o.BootTimeout = v.Boot.Timeout.Duration
+	}
+	if v.Cluster.Timeout != nil {
+		o.ClusterTimeout = v.Cluster.Timeout.Duration
 	}
 	for _, n := range v.Optional {
 		o.Optional = append(o.Optional, string(n))
@@ -331,7 +343,11 @@ func plannedNames(c *imagev1.ImageContent) []string {
 		names = append(names, pc.name)
 	}
 	names = append(names, CheckBootSSH, CheckBootCloudInit)
-	return append(names, bootNames(c)...)
+	names = append(names, bootNames(c)...)
+	if clusterApplies(c) {
+		names = append(names, clusterNames...)
+	}
+	return names
 }
 
 // CheckSelection returns an error naming every check in o.Optional or

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/ptr"
 
 	imagev1 "github.com/nodeforge/nodeforge/api/v1alpha1"
@@ -197,6 +198,59 @@ func TestOptionsFromSpec(t *testing.T) {
 	if !o.Boot || o.BootTimeout != imagev1.DefaultBootTimeout || o.Optional[0] != "boot-node-exporter" || o.Skip[0] != "hygiene-logs" {
 		t.Errorf("options = %+v", o)
 	}
+	if !o.Cluster || o.ClusterTimeout != imagev1.DefaultClusterTimeout {
+		t.Errorf("cluster options = %v, %s; want on, %s", o.Cluster, o.ClusterTimeout, imagev1.DefaultClusterTimeout)
+	}
+	v.Cluster = imagev1.ClusterVerificationSpec{Enabled: ptr.To(false), Timeout: &metav1.Duration{Duration: 30 * time.Minute}}
+	if o := OptionsFromSpec(v); o.Cluster || o.ClusterTimeout != 30*time.Minute {
+		t.Errorf("cluster options = %v, %s; want off, 30m", o.Cluster, o.ClusterTimeout)
+	}
+}
+
+func withImages(k *imagev1.KubernetesSpec) *imagev1.KubernetesSpec {
+	k = k.DeepCopy()
+	k.Images = &imagev1.KubernetesImagesSpec{}
+	return k
+}
+
+// TestClusterChecksFollowContent: the cluster checks come with kubeadm,
+// the kubelet, containerd and the control-plane images, after every boot
+// check, and not otherwise.
+func TestClusterChecksFollowContent(t *testing.T) {
+	kube := &imagev1.KubernetesSpec{Version: "v1.37.2", AptRepository: imagev1.AptRepository{URL: "http://127.0.0.1:8080/"}}
+	for _, tc := range []struct {
+		name string
+		c    imagev1.ImageContent
+		want bool
+	}{
+		{"no kubernetes", imagev1.ImageContent{}, false},
+		{"no images", imagev1.ImageContent{Kubernetes: kube.DeepCopy()}, false},
+		{"control-plane images", imagev1.ImageContent{Kubernetes: withImages(kube)}, true},
+		{"extra images only", func() imagev1.ImageContent {
+			k := withImages(kube)
+			k.Images.ControlPlane = ptr.To(false)
+			k.Images.Extra = []string{"quay.io/a/b:1"}
+			return imagev1.ImageContent{Kubernetes: k}
+		}(), false},
+		{"no kubelet", func() imagev1.ImageContent {
+			k := withImages(kube)
+			k.Components = []imagev1.KubernetesComponent{imagev1.ComponentKubeadm, imagev1.ComponentCRITools}
+			return imagev1.ImageContent{Kubernetes: k}
+		}(), false},
+		{"no containerd", imagev1.ImageContent{Kubernetes: withImages(kube), ContainerRuntime: imagev1.ContainerRuntimeSpec{Containerd: imagev1.ContainerdSpec{Enabled: ptr.To(false)}}}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := tc.c.DeepCopy()
+			c.Default()
+			names := plannedNames(c)
+			if got := slices.Contains(names, CheckClusterInit); got != tc.want || clusterApplies(c) != tc.want {
+				t.Fatalf("cluster checks planned = %v, want %v", got, tc.want)
+			}
+			if tc.want && !slices.Equal(names[len(names)-len(clusterNames):], clusterNames) {
+				t.Fatalf("the cluster checks are not last, in order: %q", names)
+			}
+		})
+	}
 }
 
 // TestRunAllKeepsPlanOrderAndRunsConcurrently runs checks that finish in
@@ -256,6 +310,8 @@ func TestCheckSelectionRejectsUnknownNames(t *testing.T) {
 		{name: "malformed", skip: []string{"Boot SSH"}, wantErr: []string{`"Boot SSH"`}},
 		{name: "check of another content", skip: []string{CheckKubeAptRepository}, wantErr: []string{`"` + CheckKubeAptRepository + `"`}},
 		{name: "check this content implies", content: imagev1.ImageContent{Kubernetes: kube}, skip: []string{CheckKubeAptRepository}},
+		{name: "cluster check without the control-plane images", content: imagev1.ImageContent{Kubernetes: kube}, skip: []string{CheckClusterNodeReady}, wantErr: []string{`"` + CheckClusterNodeReady + `"`}},
+		{name: "cluster check with them", content: imagev1.ImageContent{Kubernetes: withImages(kube)}, optional: []string{CheckClusterCoreDNS}, skip: []string{CheckClusterTestPod}},
 		{name: "all unknown names listed once", optional: []string{"a1", "b2"}, skip: []string{"a1", CheckBootSSH},
 			wantErr: []string{`"a1", "b2";`}, notInErr: []string{`"a1", "b2", "a1"`}},
 	}
@@ -330,5 +386,51 @@ func TestParseCrictlInfo(t *testing.T) {
 	}
 	if _, _, err := parseCrictlInfo([]byte("level=fatal msg=\"connect: connection refused\"")); err == nil {
 		t.Error("non-JSON output parsed")
+	}
+}
+
+// TestRunClusterGatesKubeadmInit: the two checks that only look at the
+// node both run; kubeadm init and what follows run only when all before
+// them passed, and are recorded as not run (required, failed) otherwise.
+func TestRunClusterGatesKubeadmInit(t *testing.T) {
+	plan := func(fail map[string]bool, ran *[]string) []plannedCheck {
+		var pcs []plannedCheck
+		for _, n := range clusterNames {
+			pcs = append(pcs, plannedCheck{name: n, category: Cluster, run: func(context.Context) (string, error) {
+				*ran = append(*ran, n)
+				if fail[n] {
+					return "", errors.New("broken")
+				}
+				return "ok", nil
+			}})
+		}
+		return pcs
+	}
+	for _, tc := range []struct {
+		name    string
+		fail    map[string]bool
+		wantRan []string
+	}{
+		{"all pass", nil, clusterNames},
+		{"an image missing and the CNI dir wrong", map[string]bool{CheckClusterImages: true, CheckClusterCNI: true}, []string{CheckClusterImages, CheckClusterCNI}},
+		{"an image missing", map[string]bool{CheckClusterImages: true}, []string{CheckClusterImages, CheckClusterCNI}},
+		{"node not ready", map[string]bool{CheckClusterNodeReady: true}, clusterNames[:5]},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var ran []string
+			r := &Report{}
+			failed := runCluster(context.Background(), r, newSelector(Options{}), plan(tc.fail, &ran), time.Minute, nil)
+			if !slices.Equal(ran, tc.wantRan) {
+				t.Fatalf("ran %q, want %q", ran, tc.wantRan)
+			}
+			if failed != (len(tc.fail) > 0) || len(r.Checks) != len(clusterNames) {
+				t.Fatalf("failed = %v with %d checks recorded", failed, len(r.Checks))
+			}
+			for _, c := range r.Checks[len(tc.wantRan):] {
+				if c.Passed || !c.Required || c.Category != Cluster || !strings.HasPrefix(c.Message, "not run: ") {
+					t.Errorf("%s after a failure = %+v, want a required failure saying it did not run", c.Name, c)
+				}
+			}
+		})
 	}
 }

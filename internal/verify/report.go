@@ -47,6 +47,12 @@ type Report struct {
 	// BootSeconds is the boot test's duration from QEMU start to the last
 	// in-guest check.
 	BootSeconds float64 `json:"bootSeconds,omitempty"`
+	// ClusterSeconds is the cluster checks' duration, from kubeadm init's
+	// preparation to the test Pod Running.
+	ClusterSeconds float64 `json:"clusterSeconds,omitempty"`
+	// TimeToNodeReadySeconds is from QEMU start to the node Ready after
+	// kubeadm init (cluster-node-ready).
+	TimeToNodeReadySeconds float64 `json:"timeToNodeReadySeconds,omitempty"`
 	// BootAnalysis is systemd-analyze's summary, critical chain and the
 	// slowest units of the booted image: where its boot time goes.
 	BootAnalysis string `json:"bootAnalysis,omitempty"`

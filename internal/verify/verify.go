@@ -82,12 +82,23 @@ func bootTest(ctx context.Context, r *Report, sel selector, image string, c *ima
 	if timeout <= 0 {
 		timeout = imagev1.DefaultBootTimeout
 	}
-	// failAll fails boot-ssh with msg and every later boot check as not run.
-	failAll := func(msg string) {
-		sel.failWith(r, CheckBootSSH, Boot, msg, opts.Progress)
+	cluster := opts.Cluster && clusterApplies(c)
+	// failRest records every boot check after boot-ssh (and the cluster
+	// checks) as not run.
+	failRest := func(msg string) {
 		for _, n := range append([]string{CheckBootCloudInit}, bootNames(c)...) {
 			sel.failWith(r, n, Boot, "not run: "+msg, opts.Progress)
 		}
+		if cluster {
+			for _, n := range clusterNames {
+				sel.failWith(r, n, Cluster, "not run: "+msg, opts.Progress)
+			}
+		}
+	}
+	// failAll fails boot-ssh with msg and every later boot check as not run.
+	failAll := func(msg string) {
+		sel.failWith(r, CheckBootSSH, Boot, msg, opts.Progress)
+		failRest(msg)
 	}
 	if sel.skip[CheckBootSSH] {
 		failAll("boot-ssh skipped")
@@ -195,10 +206,7 @@ func bootTest(ctx context.Context, r *Report, sel selector, image string, c *ima
 		if b != nil { // nil when the TCG attempt could not even be prepared
 			r.ConsoleTail = b.consoleTail(4000)
 		}
-		msg := "no SSH session"
-		for _, n := range append([]string{CheckBootCloudInit}, bootNames(c)...) {
-			sel.failWith(r, n, Boot, "not run: "+msg, opts.Progress)
-		}
+		failRest("no SSH session")
 		return
 	}
 
@@ -217,6 +225,22 @@ func bootTest(ctx context.Context, r *Report, sel selector, image string, c *ima
 	// binaries (kubeadm, kubelet, kubectl), which parallelises over vCPUs.
 	if sel.runAll(bctx, r, planGuest(b), guestCheckConcurrency, opts.Progress) {
 		failed = true
+	}
+	// The cluster checks change the guest (kubeadm init), so they come
+	// last, one after the other, with a budget of their own.
+	if cluster {
+		ct := opts.ClusterTimeout
+		if ct <= 0 {
+			ct = imagev1.DefaultClusterTimeout
+		}
+		cstart := time.Now()
+		if runCluster(ctx, r, sel, planCluster(b), ct, opts.Progress) {
+			failed = true
+		}
+		r.ClusterSeconds = roundSeconds(time.Since(cstart))
+		if !b.nodeReadyAt.IsZero() {
+			r.TimeToNodeReadySeconds = roundSeconds(b.nodeReadyAt.Sub(b.started))
+		}
 	}
 	r.BootSeconds = roundSeconds(time.Since(b.started))
 	// Where the boot's time went, for the report (not a check).
