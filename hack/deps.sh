@@ -7,6 +7,8 @@ set -euo pipefail
 packages=(
 	# image build (internal/builder)
 	mmdebstrap e2fsprogs dosfstools fdisk mtools grub-pc-bin grub-efi-amd64-bin zstd
+	# preloading container images into the image (kubernetes.images)
+	containerd
 	# the Ansible provisioner (community.general.chroot connection)
 	ansible
 	# verification and boot tests (internal/verify)

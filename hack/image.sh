@@ -7,11 +7,15 @@
 #   2. builds bin/nodeforge;
 #   3. builds and serves the offline Kubernetes apt repository on 127.0.0.1
 #      (hack/k8s-apt-repo.sh; reuses a server that is already running);
-#   4. writes out/cloud-base-offline.yaml: the sample with
-#      kubernetes.aptRepository pointed at that repository and its key;
-#   5. runs `nodeforge build --no-publish` (the image stays in out/; the
-#      sample's S3 destination is an example), then stops the repository
-#      server it started.
+#   4. starts a local registry on 127.0.0.1 serving the control-plane
+#      images built from the pinned modules (hack/registry.sh; reuses a
+#      running one);
+#   5. writes out/cloud-base-offline.yaml: the sample with
+#      kubernetes.aptRepository pointed at that repository and its key,
+#      and kubernetes.images.mirror at that registry;
+#   6. runs `nodeforge build --no-publish` (the image stays in out/; the
+#      sample's S3 destination is an example), then stops the servers it
+#      started.
 #
 # Environment:
 #   OUT                   output directory (default: out)
@@ -44,7 +48,7 @@ host_packages=(
 	mmdebstrap e2fsprogs fdisk dosfstools mtools
 	grub-pc-bin grub-efi-amd64-bin qemu-utils
 	qemu-system-x86 ovmf cloud-image-utils
-	apt-utils gpg gpgv curl ca-certificates
+	apt-utils gpg gpgv curl ca-certificates containerd
 )
 
 install_host_tools() {
@@ -62,12 +66,20 @@ install_host_tools() {
 
 # --------------------------------------------------- offline sample YAML
 
-# offline_sample SAMPLE URL KEYFILE: the sample with kubernetes.aptRepository.url
-# set to URL and its signingKey replaced by the armored key in KEYFILE.
+# offline_sample SAMPLE URL KEYFILE MIRROR: the sample with
+# kubernetes.aptRepository.url set to URL, its signingKey replaced by the
+# armored key in KEYFILE, and kubernetes.images.mirror set to MIRROR.
 offline_sample() {
-	awk -v URL="$2" -v KEY="$3" '
+	awk -v URL="$2" -v KEY="$3" -v MIRROR="$4" '
 	function indent(s) { match(s, /^ */); return RLENGTH }
 	{
+		if (inimg && $0 !~ /^ *$/ && indent($0) <= imgind) inimg = 0
+		if (inimg && $0 ~ /^ *mirror: /) next
+		if ($0 ~ /^    images: *$/) {
+			inimg = 1; imgind = indent($0); print
+			print sprintf("%" (imgind + 2) "s", "") "mirror: " MIRROR
+			next
+		}
 		if ($0 ~ /^ *aptRepository: *$/) { inrepo = 1; repoind = indent($0); print; next }
 		if (inrepo && $0 !~ /^ *$/ && indent($0) <= repoind) { inrepo = 0; insig = 0 }
 		if (inrepo && !insig && $0 ~ /^ *url: /) { sub(/url: .*/, "url: " URL); done_url = 1; print; next }
@@ -116,10 +128,26 @@ eval "$repo_env"
 : "${NODEFORGE_K8S_APT_KEY:?k8s-apt-repo.sh printed no NODEFORGE_K8S_APT_KEY}"
 
 offline=$out/cloud-base-offline.yaml
-offline_sample "$sample" "$NODEFORGE_K8S_APT_URL" "$NODEFORGE_K8S_APT_KEY" >"$offline.tmp" ||
+log "local registry with the control-plane images (hack/registry.sh)"
+started_registry=false
+if registry_env=$("$here/registry.sh" env 2>/dev/null); then
+	log "reusing the running registry"
+else
+	registry_env=$("$here/registry.sh" up)
+	started_registry=true
+fi
+stop_servers() {
+	stop_server
+	if $started_registry; then "$here/registry.sh" down || true; fi
+}
+trap stop_servers EXIT
+eval "$registry_env"
+: "${NODEFORGE_REGISTRY:?registry.sh printed no NODEFORGE_REGISTRY}"
+
+offline_sample "$sample" "$NODEFORGE_K8S_APT_URL" "$NODEFORGE_K8S_APT_KEY" "$NODEFORGE_REGISTRY" >"$offline.tmp" ||
 	die "could not point $sample at the offline repository (no kubernetes.aptRepository url/signingKey?)"
 mv "$offline.tmp" "$offline"
-log "wrote $offline (kubernetes.aptRepository: $NODEFORGE_K8S_APT_URL)"
+log "wrote $offline (kubernetes.aptRepository: $NODEFORGE_K8S_APT_URL, kubernetes.images.mirror: $NODEFORGE_REGISTRY)"
 
 # shellcheck disable=SC2086 # NODEFORGE_BUILD_FLAGS is a list of flags
 bin/nodeforge build -f "$offline" -o "$out" --no-publish --cache-dir "${NODEFORGE_APT_CACHE:-$NODEFORGE_CACHE/apt-archives}" ${NODEFORGE_BUILD_FLAGS:-}

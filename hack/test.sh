@@ -23,6 +23,9 @@ if [ -x hack/k8s-apt-repo.sh ]; then
 	hack/k8s-apt-repo.sh build >/dev/null
 fi
 
+step "the registry and the control-plane images' binaries (hack/registry.sh)"
+for set in crane registry control-plane; do hack/tools.sh "$set" >/dev/null; done
+
 if [ -x hack/s3.sh ]; then
 	step "MinIO server"
 	NODEFORGE_MINIO=$(hack/tools.sh minio)

@@ -42,9 +42,10 @@ import (
 // with one more package, and a spec that cannot be built.
 
 const (
-	// buildTimeout bounds one build (about 1 min of building plus 1.5 min
-	// of boot verification under TCG on 2 cores; generous on purpose).
-	buildTimeout = 15 * time.Minute
+	// buildTimeout bounds one build (about 1 min of building, 1.5 min of
+	// boot verification and 4-5 min of cluster checks under TCG on 2
+	// cores; generous on purpose).
+	buildTimeout = 25 * time.Minute
 	// credentialsSecret holds the S3 credentials in the test namespace.
 	credentialsSecret = "s3-credentials"
 	// cacheClaim is the PersistentVolumeClaim of the package cache.
@@ -63,6 +64,8 @@ type stack struct {
 	s3Endpoint, region string
 	creds              storage.Credentials
 	aptURL, aptKey     string
+	// registry (host:port) mirrors the control-plane images (hack/registry.sh).
+	registry string
 	// stateDir is run.sh's temp dir, removed when it ends; the cache volume
 	// lives there.
 	stateDir   string
@@ -79,11 +82,12 @@ func localStack() stack {
 		creds:      storage.NewCredentials(os.Getenv("AWS_ACCESS_KEY_ID"), os.Getenv("AWS_SECRET_ACCESS_KEY"), ""),
 		aptURL:     os.Getenv("NODEFORGE_K8S_APT_URL"),
 		aptKey:     os.Getenv("NODEFORGE_K8S_APT_KEY"),
+		registry:   os.Getenv("NODEFORGE_REGISTRY"),
 		stateDir:   os.Getenv("NODEFORGE_E2E_STATE"),
 		managerLog: os.Getenv("NODEFORGE_E2E_MANAGER_LOG"),
 	}
-	if st.s3Endpoint == "" || st.aptURL == "" || st.stateDir == "" || st.managerLog == "" {
-		Skip("needs the manager, MinIO and the offline apt repository that test/e2e/run.sh starts with the local cluster")
+	if st.s3Endpoint == "" || st.aptURL == "" || st.registry == "" || st.stateDir == "" || st.managerLog == "" {
+		Skip("needs the manager, MinIO, the offline apt repository and the image registry that test/e2e/run.sh starts with the local cluster")
 	}
 	return st
 }
@@ -179,6 +183,8 @@ func cloudBaseOffline(st stack, ns, name, bucket string) *imagev1.NodeImage {
 	Expect(ni.Spec.Kubernetes).NotTo(BeNil(), "the cloud-base sample installs Kubernetes")
 	ni.Spec.Kubernetes.AptRepository.URL = st.aptURL
 	ni.Spec.Kubernetes.AptRepository.SigningKey = imagev1.KeySource{Armored: string(key)}
+	Expect(ni.Spec.Kubernetes.Images).NotTo(BeNil(), "the cloud-base sample preloads the control-plane images")
+	ni.Spec.Kubernetes.Images.Mirror = st.registry
 	ni.Spec.Destination = &imagev1.DestinationSpec{S3: st.destination(bucket)}
 	ni.Spec.DeletionPolicy = imagev1.DeletionPolicyDelete
 	ni.Spec.Builder.Timeout = &metav1.Duration{Duration: buildTimeout}
@@ -639,6 +645,13 @@ func assertVerified(b *imagev1.NodeImageBuild, booted bool) {
 	Expect(int(v.Passed)).To(Equal(len(v.Checks)))
 	Expect(v.Checks).To(ContainElement(HaveField("Category", imagev1.CheckCategoryOffline)))
 	Expect(v.Checks).To(ContainElement(HaveField("Category", imagev1.CheckCategoryBoot)))
+	// The cloud-base sample preloads the control-plane images: the boot
+	// ended in a Ready single-node cluster, each step timed.
+	for _, n := range []string{"cluster-images-preloaded", "cluster-cni-ready", "cluster-kubeadm-init", "cluster-apiserver-readyz",
+		"cluster-node-ready", "cluster-coredns-running", "cluster-test-pod-running"} {
+		Expect(v.Checks).To(ContainElement(And(HaveField("Name", n), HaveField("Category", imagev1.CheckCategoryCluster),
+			HaveField("Passed", true), HaveField("Duration", Not(BeNil())))), "cluster check %s in status", n)
+	}
 }
 
 // assertPublished checks the image, its checksum file and its manifest are

@@ -5,15 +5,16 @@
 #      background while the rest comes up) and the manager binary;
 #   2. brings up the local cluster (hack/local-cluster.sh) and imports the
 #      builder image into it;
-#   3. starts MinIO (hack/s3.sh) and the offline Kubernetes apt repository
-#      (hack/k8s-apt-repo.sh), each with a private state dir, on 127.0.0.1;
+#   3. starts MinIO (hack/s3.sh), the offline Kubernetes apt repository
+#      (hack/k8s-apt-repo.sh) and the registry with the control-plane images
+#      (hack/registry.sh), each with a private state dir, on 127.0.0.1;
 #   4. installs the CRDs and the RBAC (test/e2e/config: config/crd and
 #      config/rbac in namespace nodeforge-system) and runs the real manager
 #      on this host as its ServiceAccount nodeforge-manager (a token
 #      kubeconfig), with --builder-host-network;
 #   5. runs the suite (`go test -c -tags e2e ./test/e2e`) against all that;
-# and on any exit (failure, Ctrl-C) stops the manager, MinIO and the apt
-# repository by PID, brings the cluster down and removes its temp dir.
+# and on any exit (failure, Ctrl-C) stops the manager, MinIO, the apt
+# repository and the registry by PID, brings the cluster down and removes its temp dir.
 #
 #   test/e2e/run.sh [test binary flags...]  e.g. -ginkgo.focus=kvm -ginkgo.v
 #
@@ -60,6 +61,7 @@ bimg_pid=
 manager_pid=
 s3_pid=
 apt_pid=
+registry_started=false
 cluster_started=false
 
 # stop_pid PID NAME [MATCH]: SIGTERM, up to 15 s, then SIGKILL; only that
@@ -105,6 +107,7 @@ cleanup() {
 	[ -d "$state/s3" ] && NODEFORGE_STATE=$state/s3 hack/s3.sh down
 	# Whatever the scripts did, the servers started here end here.
 	[ -n "$apt_pid" ] && stop_pid "$apt_pid" "apt repository server" "$state/apt/"
+	if $registry_started; then NODEFORGE_REGISTRY_STATE=$state/registry hack/registry.sh down || true; fi
 	[ -n "$s3_pid" ] && stop_pid "$s3_pid" MinIO "$state/s3/"
 	rm -rf "$state"
 	# The machine must be as the run found it, or a second run may not be
@@ -170,8 +173,11 @@ hack/k8s-apt-repo.sh build >/dev/null
 apt_env=$(NODEFORGE_APT_STATE=$state/apt hack/k8s-apt-repo.sh serve)
 apt_pid=$(cat "$state/apt/pid")
 eval "$apt_env"
-export AWS_ENDPOINT_URL AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY AWS_REGION NODEFORGE_K8S_APT_URL NODEFORGE_K8S_APT_KEY
-log "MinIO at $AWS_ENDPOINT_URL, apt repository at $NODEFORGE_K8S_APT_URL ($((SECONDS - t0))s)"
+registry_started=true
+registry_env=$(NODEFORGE_REGISTRY_STATE=$state/registry hack/registry.sh up)
+eval "$registry_env"
+export AWS_ENDPOINT_URL AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY AWS_REGION NODEFORGE_K8S_APT_URL NODEFORGE_K8S_APT_KEY NODEFORGE_REGISTRY
+log "MinIO at $AWS_ENDPOINT_URL, apt repository at $NODEFORGE_K8S_APT_URL, registry at $NODEFORGE_REGISTRY ($((SECONDS - t0))s)"
 
 # 4. CRDs and RBAC, then the manager as its ServiceAccount.
 kubectl apply -k test/e2e/config >/dev/null

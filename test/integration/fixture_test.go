@@ -22,6 +22,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -113,6 +114,10 @@ func buildCloudBase(t *testing.T) (*cloudBase, error) {
 	}
 	content.Kubernetes.AptRepository.URL = url
 	content.Kubernetes.AptRepository.SigningKey = imagev1.KeySource{Armored: string(key)}
+	if content.Kubernetes.Images == nil {
+		return nil, fmt.Errorf("the sample %s preloads no images (kubernetes.images)", buildSample)
+	}
+	content.Kubernetes.Images.Mirror = startImageMirror(t, root)
 	content.Packages = append(content.Packages, probePackage)
 	content.Files = append(content.Files, imagev1.FileSpec{Path: "/etc/nodeforge/test.conf", Content: "hello\n", Mode: "0640", Owner: "root:root"})
 	content.Units = append(content.Units, imagev1.UnitSpec{Name: "nodeforge-test.service", Content: "[Unit]\nDescription=test\n[Service]\nType=oneshot\nExecStart=/bin/true\n[Install]\nWantedBy=multi-user.target\n"})
@@ -167,6 +172,46 @@ echo "capbnd=$(sed -n 's/^CapBnd:[[:space:]]*//p' /proc/self/status)"
 echo "dev=$(ls /dev | tr '\n' ' ')"
 } > /etc/nodeforge/postinst-probe
 `
+
+// startImageMirror starts the local registry with the control-plane
+// images (hack/registry.sh) for as long as t runs and returns its host:port,
+// the mirror the fixture pulls them through. Its tools are built first when
+// NODEFORGE_REQUIRE_INTEGRATION=1 (the registry and the images' binaries,
+// minutes cold).
+func startImageMirror(t *testing.T, root string) string {
+	t.Helper()
+	if os.Getenv("NODEFORGE_REQUIRE_INTEGRATION") != "1" {
+		for _, set := range []string{"registry", "control-plane", "crane", "kube-node"} {
+			out, err := buildExec(context.Background(), []string{"NODEFORGE_CACHE=" + buildCacheRoot()}, filepath.Join(root, "hack", "tools.sh"), "path", set)
+			if err != nil {
+				t.Fatalf("hack/tools.sh path %s: %v\n%s", set, err, out)
+			}
+			if _, err := os.Stat(filepath.Join(strings.TrimSpace(out), ".stamp")); err != nil {
+				buildUnavailable(t, "the %s tools are not built (hack/tools.sh %s)", set, set)
+			}
+		}
+	}
+	script := filepath.Join(root, "hack", "registry.sh")
+	env := []string{"NODEFORGE_CACHE=" + buildCacheRoot(), "NODEFORGE_REGISTRY_STATE=" + filepath.Join(t.TempDir(), "registry")}
+	t.Cleanup(func() {
+		if out, err := buildExec(context.Background(), env, script, "down"); err != nil {
+			t.Errorf("hack/registry.sh down: %v\n%s", err, out)
+		}
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
+	defer cancel()
+	out, err := buildExec(ctx, env, script, "up")
+	if err != nil {
+		t.Fatalf("hack/registry.sh up: %v\n%s", err, out)
+	}
+	for _, l := range strings.Split(out, "\n") {
+		if v, ok := strings.CutPrefix(l, "export NODEFORGE_REGISTRY="); ok {
+			return strings.TrimSpace(v)
+		}
+	}
+	t.Fatalf("hack/registry.sh up printed no NODEFORGE_REGISTRY:\n%s", out)
+	return ""
+}
 
 // startAuthorRepo serves, on 127.0.0.1 for as long as t runs, a repository
 // that stands for one a NodeImage author controls (spec.kubernetes.

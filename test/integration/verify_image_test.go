@@ -24,6 +24,7 @@ import (
 	"time"
 
 	imagev1 "github.com/nodeforge/nodeforge/api/v1alpha1"
+	"github.com/nodeforge/nodeforge/internal/manifest"
 	"github.com/nodeforge/nodeforge/internal/resolve"
 	"github.com/nodeforge/nodeforge/internal/verify"
 )
@@ -146,6 +147,9 @@ func TestVerifyGoodImage(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), verifyBootTimeout+5*time.Minute)
 	defer cancel()
 	start := time.Now()
+	// Without the cluster checks: kubeadm init under TCG takes minutes,
+	// and make image runs them on the same content in CI (.ci/run);
+	// TestVerifyClusterChecksCatchABrokenNode runs them here.
 	r, err := verify.Verify(ctx, f.path, f.content, verify.Options{Boot: true, BootTimeout: verifyBootTimeout, WorkDir: work})
 	if err != nil {
 		t.Fatal(err)
@@ -413,6 +417,67 @@ func verifyBrokenCopy(t *testing.T, f verifyFixture, name string, fix func(raw s
 	t.Cleanup(func() { os.Remove(raw) })
 	fix(raw, verifyRootOffset(t, good))
 	return raw
+}
+
+// TestVerifyClusterChecksCatchABrokenNode boots a copy of the image with
+// two faults a node would only show at kubeadm init: the CoreDNS image's
+// configuration blob gone from containerd's store (so the CRI no longer
+// lists it), and containerd reading CNI networks from a directory no CNI
+// add-on writes to. Each fails its own cluster check; kubeadm init and the
+// checks after it are recorded as not run.
+func TestVerifyClusterChecksCatchABrokenNode(t *testing.T) {
+	t.Parallel() // see fixture_test.go
+	f := verifyImage(t)
+	verifyNeedTools(t, "qemu-system-x86_64", "cloud-localds")
+	m, err := manifest.Read(strings.TrimSuffix(f.path, filepath.Ext(f.path)) + ".json")
+	if err != nil {
+		verifyUnavailable(t, "the image's manifest (for its preloaded images): %v", err)
+	}
+	var coredns manifest.ContainerImage
+	for _, img := range m.Images {
+		if strings.HasPrefix(img.Name, "registry.k8s.io/coredns/coredns:") {
+			coredns = img
+		}
+	}
+	if coredns.ID == "" {
+		t.Fatalf("the image preloads no CoreDNS: %+v", m.Images)
+	}
+	raw := verifyBrokenCopy(t, f, "cluster", func(raw string, off int64) {
+		blob := "/var/lib/containerd/io.containerd.content.v1.content/blobs/sha256/" + strings.TrimPrefix(coredns.ID, "sha256:")
+		verifyDebugfsWrite(t, raw, off, "rm "+blob)
+		cfg := verifyDebugfsCat(t, raw, off, "/etc/containerd/config.toml")
+		broken := strings.Replace(cfg, `conf_dir = "/etc/cni/net.d"`, `conf_dir = "/etc/cni/nodeforge-elsewhere.d"`, 1)
+		if broken == cfg {
+			t.Fatalf("the image's containerd config has no conf_dir /etc/cni/net.d to change:\n%s", cfg)
+		}
+		verifyWriteRootFile(t, raw, off, "/etc/containerd/config.toml", broken)
+	})
+	work := t.TempDir()
+	r, err := verify.Verify(context.Background(), raw, f.rawContent(), verify.Options{
+		Boot: true, BootTimeout: verifyBootTimeout, Cluster: true, ClusterTimeout: 5 * time.Minute, WorkDir: work,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	verifyLogReport(t, r)
+	for _, want := range []struct{ check, message string }{
+		{verify.CheckClusterImages, coredns.Name},
+		{verify.CheckClusterCNI, "nodeforge-elsewhere.d"},
+		{verify.CheckClusterInit, "not run: " + verify.CheckClusterImages + ", " + verify.CheckClusterCNI + " failed"},
+		{verify.CheckClusterTestPod, "not run"},
+	} {
+		got := verifyFind(t, r, want.check)
+		if got.Passed || !got.Required || got.Category != verify.Cluster || !strings.Contains(got.Message, want.message) {
+			t.Errorf("%s = %+v, want a failed required cluster check mentioning %q", want.check, got, want.message)
+		}
+	}
+	// The faults are the cluster checks' to find: the boot checks pass.
+	for _, c := range r.Checks {
+		if c.Category == verify.Boot && !c.Passed {
+			t.Errorf("boot check %s failed: %s", c.Name, c.Message)
+		}
+	}
+	verifyNoLeftovers(t, work)
 }
 
 // verifyDebianContainerdConfig is the image's containerd configuration
