@@ -204,7 +204,7 @@ func (b *bootRun) checkCNIReady(ctx context.Context) (string, error) {
 	}
 	write := "sudo mkdir -p /etc/cni/net.d && printf '%s' '" + clusterCNIConfig + "' | sudo tee " + clusterCNIPath + " >/dev/null"
 	if out, code, err := b.run(ctx, write, cmdLimit); err != nil || code != 0 {
-		return "", fmt.Errorf("writing %s: %v %s", clusterCNIPath, err, clip(out, 200))
+		return "", commandFailed("writing "+clusterCNIPath, out, code, err)
 	}
 	cond := "sudo crictl info -o go-template --template '{{range .status.conditions}}{{.type}}={{.status}} {{end}}' 2>/dev/null | grep -q 'NetworkReady=true'"
 	show := "sudo crictl info -o go-template --template '{{range .status.conditions}}{{.type}}={{.status}} {{.reason}} {{.message}}; {{end}}' 2>&1; " +
@@ -274,7 +274,7 @@ func (b *bootRun) checkKubeadmInit(ctx context.Context) (string, error) {
 	}
 	// A single node runs every Pod: take the control plane's taint off.
 	if tout, code, err := b.run(ctx, kubectl+"taint nodes --all node-role.kubernetes.io/control-plane- 2>&1", 2*time.Minute); err != nil || code != 0 {
-		return "", fmt.Errorf("removing the control-plane taint: %v %s", err, clip(tout, 300))
+		return "", commandFailed("removing the control-plane taint", tout, code, err)
 	}
 	return "kubeadm init: the control plane initialized offline with the preloaded images", nil
 }
@@ -334,7 +334,7 @@ func (b *bootRun) checkTestPod(ctx context.Context) (string, error) {
 	}
 	run := kubectl + "run nodeforge-verify --image=" + pause + " --image-pull-policy=Never --restart=Never 2>&1"
 	if rout, code, err := b.run(ctx, run, 2*time.Minute); err != nil || code != 0 {
-		return "", fmt.Errorf("kubectl run: %v %s", err, clip(rout, 300))
+		return "", commandFailed("kubectl run", rout, code, err)
 	}
 	show := kubectl + "get pod nodeforge-verify -o wide 2>&1; " + kubectl + "get events --field-selector involvedObject.name=nodeforge-verify -o custom-columns=REASON:.reason,MESSAGE:.message --no-headers 2>&1 | tail -n 5"
 	ok, out, err := b.waitFor(ctx, podsReady("default", "--field-selector metadata.name=nodeforge-verify"), show, 3*time.Minute)
@@ -345,6 +345,15 @@ func (b *bootRun) checkTestPod(ctx context.Context) (string, error) {
 		return "", fmt.Errorf("the test Pod (%s) is not Running after 3m: %s", pause, clip(out, 800))
 	}
 	return "Pod nodeforge-verify (" + pause + ", imagePullPolicy Never) Running and Ready", nil
+}
+
+// commandFailed describes a guest command that failed to run (err) or
+// exited non-zero (code, with its output).
+func commandFailed(what, out string, code int, err error) error {
+	if err != nil {
+		return fmt.Errorf("%s: %w", what, err)
+	}
+	return fmt.Errorf("%s exited %d: %s", what, code, clip(out, 300))
 }
 
 func lastLines(s string, n int) string {
