@@ -277,7 +277,7 @@ func importConfig(store, state, sock string) string {
 	}
 	return "version = 2\nroot = " + q(store) + "\nstate = " + q(state) +
 		"\ndisabled_plugins = [" + strings.Join(ds, ", ") + "]\n" +
-		"[grpc]\n  address = " + q(sock) + "\n[ttrpc]\n  address = " + q(sock+".ttrpc") +
+		"[grpc]\n  address = " + q(sock) + "\n[ttrpc]\n  address = " + q(sock+"t") +
 		"\n[debug]\n  address = \"\"\n[metrics]\n  address = \"\"\n"
 }
 
@@ -287,7 +287,14 @@ func (b *build) importImages(ctx context.Context, store, archive string, layers 
 		return err
 	}
 	defer os.RemoveAll(dir)
-	sock := filepath.Join(dir, "containerd.sock")
+	// A unix socket path may be at most 104 bytes; the work dir's can be
+	// longer, so the sockets live in a short private dir of their own.
+	sockDir, err := os.MkdirTemp("", "nf-ctrd-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(sockDir)
+	sock := filepath.Join(sockDir, "s")
 	config := filepath.Join(dir, "config.toml")
 	if err := os.WriteFile(config, []byte(importConfig(store, filepath.Join(dir, "state"), sock)), 0o600); err != nil {
 		return err
