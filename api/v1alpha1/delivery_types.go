@@ -226,4 +226,13 @@ type BuilderSpec struct {
 	// spec.packages on top of it.
 	// +optional
 	Cache *corev1.LocalObjectReference `json:"cache,omitempty"`
+
+	// registryCredentials names a Secret of type
+	// kubernetes.io/dockerconfigjson in the NodeImage's namespace that the
+	// builder pulls kubernetes.images with. Only its .dockerconfigjson key
+	// reaches the builder, never the image, the logs or the status. The
+	// CLI (nodeforge build) uses the Docker configuration of the user
+	// running it instead.
+	// +optional
+	RegistryCredentials *corev1.LocalObjectReference `json:"registryCredentials,omitempty"`
 }

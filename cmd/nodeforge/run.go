@@ -97,6 +97,13 @@ func (o *runOptions) execute(ctx context.Context, stdout, stderr io.Writer) *bui
 	if err != nil {
 		return failed(buildresult.ReasonPublishFailed, "publish", err)
 	}
+	if r := b.Spec.Builder.RegistryCredentials; r != nil {
+		done, err := o.registryConfig(r.Name)
+		if err != nil {
+			return failed(buildresult.ReasonBuildFailed, "images", err)
+		}
+		defer done()
+	}
 	p := &pipeline{
 		Name:          b.Spec.NodeImageName,
 		Content:       b.Spec.Image,
@@ -131,6 +138,47 @@ func (o *runOptions) execute(ctx context.Context, stdout, stderr io.Writer) *bui
 		res.Artifact.SHA256 = out.Manifest.Image.SHA256
 	}
 	return res
+}
+
+// registryConfig makes the mounted Docker configuration of the registry
+// credentials Secret (spec.builder.registryCredentials) the one the builder
+// pulls kubernetes.images with: a private copy as config.json in a new
+// temp dir named by DOCKER_CONFIG, which go-containerregistry's default
+// keychain reads. The builder's /tmp is hidden from every sandboxed
+// command. done removes the copy.
+func (o *runOptions) registryConfig(secret string) (done func(), err error) {
+	raw, err := os.ReadFile(filepath.Join(o.credentialsDir, buildresult.RegistryConfigKey))
+	if err != nil {
+		return nil, fmt.Errorf("spec.builder.registryCredentials: Secret %s has no %s key (a kubernetes.io/dockerconfigjson Secret): %w",
+			secret, buildresult.RegistryConfigKey, err)
+	}
+	var cfg struct {
+		Auths map[string]json.RawMessage `json:"auths"`
+	}
+	if err := json.Unmarshal(raw, &cfg); err != nil || len(cfg.Auths) == 0 {
+		return nil, fmt.Errorf("spec.builder.registryCredentials: the %s of Secret %s is not a Docker configuration with auths", buildresult.RegistryConfigKey, secret)
+	}
+	dir, err := os.MkdirTemp("", "nodeforge-registry-")
+	if err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(filepath.Join(dir, "config.json"), raw, 0o600); err != nil {
+		os.RemoveAll(dir)
+		return nil, err
+	}
+	old, had := os.LookupEnv("DOCKER_CONFIG")
+	if err := os.Setenv("DOCKER_CONFIG", dir); err != nil {
+		os.RemoveAll(dir)
+		return nil, err
+	}
+	return func() {
+		if had {
+			_ = os.Setenv("DOCKER_CONFIG", old)
+		} else {
+			_ = os.Unsetenv("DOCKER_CONFIG")
+		}
+		os.RemoveAll(dir)
+	}, nil
 }
 
 func readBuild(path string) (*imagev1.NodeImageBuild, error) {

@@ -76,6 +76,9 @@ func TestRunReportsBadSpecsInTheResult(t *testing.T) {
 			b.Spec.Destination = &imagev1.DestinationSpec{S3: &imagev1.S3Destination{Endpoint: "http://127.0.0.1:1", Bucket: "images",
 				Insecure: true, CredentialsSecretRef: corev1LocalRef}}
 		}, "credentials Secret creds"},
+		"registry credentials without the key": {func(b *imagev1.NodeImageBuild) {
+			b.Spec.Builder.RegistryCredentials = &corev1.LocalObjectReference{Name: "pull"}
+		}, "spec.builder.registryCredentials: Secret pull has no .dockerconfigjson key"},
 		"unknown check name": {func(b *imagev1.NodeImageBuild) {
 			b.Spec.Verification.Skip = []imagev1.CheckName{"boot-shh"}
 		}, `unknown check name(s) in verification optional/skip (--optional/--skip): "boot-shh"`},
@@ -96,6 +99,36 @@ func TestRunReportsBadSpecsInTheResult(t *testing.T) {
 			g.Expect(out.String()).To(ContainSubstring(`{"result":`))
 		})
 	}
+}
+
+// TestRegistryConfig: the mounted .dockerconfigjson becomes the Docker
+// configuration DOCKER_CONFIG names, privately, until done; anything that
+// is not a Docker configuration is refused without echoing it.
+func TestRegistryConfig(t *testing.T) {
+	g := NewWithT(t)
+	t.Setenv("DOCKER_CONFIG", "/before")
+	dir := t.TempDir()
+	o := &runOptions{credentialsDir: dir}
+	cfg := `{"auths":{"127.0.0.1:5000":{"auth":"cHVsbGVyOnMzY3JldA=="}}}`
+	g.Expect(os.WriteFile(filepath.Join(dir, ".dockerconfigjson"), []byte(cfg), 0o400)).To(Succeed())
+	done, err := o.registryConfig("pull")
+	g.Expect(err).NotTo(HaveOccurred())
+	cd := os.Getenv("DOCKER_CONFIG")
+	g.Expect(cd).NotTo(Equal("/before"))
+	got, err := os.ReadFile(filepath.Join(cd, "config.json"))
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(string(got)).To(Equal(cfg))
+	fi, err := os.Stat(filepath.Join(cd, "config.json"))
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(fi.Mode().Perm()).To(Equal(os.FileMode(0o600)))
+	done()
+	g.Expect(os.Getenv("DOCKER_CONFIG")).To(Equal("/before"))
+	g.Expect(cd).NotTo(BeADirectory())
+
+	g.Expect(os.WriteFile(filepath.Join(dir, ".dockerconfigjson"), []byte(`{"password":"hunter2"}`), 0o600)).To(Succeed())
+	_, err = o.registryConfig("pull")
+	g.Expect(err).To(MatchError(ContainSubstring("not a Docker configuration")))
+	g.Expect(err.Error()).NotTo(ContainSubstring("hunter2"))
 }
 
 // TestRunReusesAPublishedArtifact publishes an artifact for a spec digest to

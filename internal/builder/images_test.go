@@ -3,10 +3,12 @@ package builder
 import (
 	"archive/tar"
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"io"
 	"log"
+	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
@@ -15,6 +17,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/registry"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -282,5 +285,58 @@ func TestImagesFailures(t *testing.T) {
 				t.Fatalf("err = %v, want one containing %q", err, tc.want)
 			}
 		})
+	}
+}
+
+// TestImagesPullWithTheBuildersDockerConfig: a registry that wants
+// credentials gets them from the Docker configuration DOCKER_CONFIG names
+// (nodeforge run points it at spec.builder.registryCredentials; the CLI
+// uses its user's), and refuses the pull without it.
+func TestImagesPullWithTheBuildersDockerConfig(t *testing.T) {
+	reg := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if u, p, ok := r.BasicAuth(); !ok || u != "puller" || p != "s3cret" {
+			w.Header().Set("WWW-Authenticate", `Basic realm="test"`)
+			w.WriteHeader(http.StatusUnauthorized)
+			return
+		}
+		reg.ServeHTTP(w, r)
+	}))
+	defer srv.Close()
+	host := strings.TrimPrefix(srv.URL, "http://")
+	img, err := random.Image(512, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tag, _ := name.NewTag(host + "/team/tool:1.0")
+	if err := remote.Write(tag, img, remote.WithAuth(&authn.Basic{Username: "puller", Password: "s3cret"})); err != nil {
+		t.Fatal(err)
+	}
+	params := &ImagesParams{KubernetesVersion: "v1.37.2", Extra: []string{host + "/team/tool:1.0"}}
+
+	t.Setenv("DOCKER_CONFIG", t.TempDir()) // no config.json: anonymous
+	err = newImagesBuild(t, &imagesRunner{t: t}).images(context.Background(), params)
+	if err == nil || !strings.Contains(err.Error(), "pulling "+host+"/team/tool:1.0") || !strings.Contains(err.Error(), "401 Unauthorized") {
+		t.Fatalf("anonymous pull: err = %v, want a 401 for the image", err)
+	}
+
+	dir := t.TempDir()
+	cfg := fmt.Sprintf(`{"auths":{%q:{"auth":%q}}}`, host, base64.StdEncoding.EncodeToString([]byte("puller:s3cret")))
+	if err := os.WriteFile(filepath.Join(dir, "config.json"), []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("DOCKER_CONFIG", dir)
+	run := &imagesRunner{t: t}
+	b := newImagesBuild(t, run)
+	if err := b.images(context.Background(), params); err != nil {
+		t.Fatalf("pull with the Docker configuration: %v", err)
+	}
+	if _, ok := run.imported[host+"/team/tool:1.0"]; !ok {
+		t.Fatalf("imported %v", run.imported)
+	}
+	for _, ci := range b.containerImages {
+		if strings.Contains(fmt.Sprintf("%+v", ci), "s3cret") {
+			t.Fatalf("the manifest record carries the credentials: %+v", ci)
+		}
 	}
 }

@@ -73,6 +73,10 @@ const (
 	SpecPath = SpecDir + "/" + SpecFile
 	// CredentialsDir is where the object-store credentials Secret is mounted.
 	CredentialsDir = "/etc/nodeforge/credentials"
+	// RegistryConfigKey is the key of a kubernetes.io/dockerconfigjson
+	// Secret (spec.builder.registryCredentials), and its file name in
+	// CredentialsDir, where the builder reads it.
+	RegistryConfigKey = ".dockerconfigjson"
 	// CADir is where the object-store CA Secret is mounted.
 	CADir = "/etc/nodeforge/ca"
 	// ScratchDir is the builder's work and cache directory.

@@ -51,6 +51,21 @@ func TestKubeVirtBackend(t *testing.T) {
 			})
 			ni := newNodeImage(ns, name)
 			ni.Spec.Builder.Backend = imagev1.BuilderBackendKubeVirt
+			wantKeys := 2
+			if relayed {
+				// The registry credentials' Docker configuration joins the
+				// copy; the rest of that Secret does not.
+				g.Expect(k8s.Create(ctx, &corev1.Secret{
+					ObjectMeta: v1.ObjectMeta{Namespace: ns, Name: "pull"},
+					Type:       corev1.SecretTypeDockerConfigJson,
+					Data: map[string][]byte{
+						corev1.DockerConfigJsonKey: []byte(`{"auths":{"127.0.0.1:5000":{"auth":"dTpw"}}}`),
+						"unrelated":                []byte("not for the builder"),
+					},
+				})).To(Succeed())
+				ni.Spec.Builder.RegistryCredentials = &corev1.LocalObjectReference{Name: "pull"}
+				wantKeys = 3
+			}
 			digest := digestOf(g, ni)
 			g.Expect(k8s.Create(ctx, ni)).To(Succeed())
 			build := controller.BuildName(name, digest)
@@ -68,7 +83,10 @@ func TestKubeVirtBackend(t *testing.T) {
 			g.Expect(vols["spec"].ConfigMap.Name).To(Equal(build + "-spec"))
 			g.Expect(vols["credentials"].Secret.SecretName).To(Equal(build+"-credentials"), "the VM gets the copy of the credential keys")
 			creds := get(g, &corev1.Secret{ObjectMeta: v1.ObjectMeta{Namespace: ns, Name: build + "-credentials"}})
-			g.Expect(creds.Data).To(HaveLen(2))
+			g.Expect(creds.Data).To(HaveLen(wantKeys))
+			if relayed {
+				g.Expect(creds.Data).To(HaveKeyWithValue(corev1.DockerConfigJsonKey, []byte(`{"auths":{"127.0.0.1:5000":{"auth":"dTpw"}}}`)))
+			}
 			g.Expect(creds.Data).To(HaveKeyWithValue("secretAccessKey", []byte("sup3r-s3cret-value")))
 			g.Expect(creds.Data).To(HaveKey("accessKeyID"))
 			g.Expect(v1.IsControlledBy(creds, get(g, buildKey(ns, build)))).To(BeTrue())

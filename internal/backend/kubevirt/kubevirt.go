@@ -101,8 +101,15 @@ func (k *Backend) Ensure(ctx context.Context, b *imagev1.NodeImageBuild, attempt
 	if err := backend.EnsureSpecConfigMap(ctx, k.Client, k.Scheme, b); err != nil {
 		return err
 	}
+	s3Secret, registrySecret := "", ""
 	if d := b.Spec.Destination; d != nil && d.S3 != nil {
-		if err := k.ensureCredentials(ctx, b, d.S3.CredentialsSecretRef.Name); err != nil {
+		s3Secret = d.S3.CredentialsSecretRef.Name
+	}
+	if r := b.Spec.Builder.RegistryCredentials; r != nil {
+		registrySecret = r.Name
+	}
+	if s3Secret != "" || registrySecret != "" {
+		if err := k.ensureCredentials(ctx, b, s3Secret, registrySecret); err != nil {
 			return err
 		}
 	}
@@ -114,20 +121,33 @@ func (k *Backend) Ensure(ctx context.Context, b *imagev1.NodeImageBuild, attempt
 }
 
 // ensureCredentials copies the credential keys (storage.CredentialSecretKeys)
-// of the destination's Secret, and nothing else of it, into a Secret of
+// of the destination's Secret and the Docker configuration of the registry
+// credentials Secret (buildresult.RegistryConfigKey), and nothing else of
+// them, into a Secret of
 // the build's own (backend.CredentialsSecretName), which the VM gets as a
 // disk: a KubeVirt Secret volume has no item selection, and the VM must
 // not receive whatever else the user keeps in that Secret. The copy is
 // controlled by the build, so it goes with it.
-func (k *Backend) ensureCredentials(ctx context.Context, b *imagev1.NodeImageBuild, source string) error {
-	var src corev1.Secret
-	if err := k.reader().Get(ctx, client.ObjectKey{Namespace: b.Namespace, Name: source}, &src); err != nil {
-		return fmt.Errorf("reading the credentials Secret %s: %w", source, err)
-	}
+func (k *Backend) ensureCredentials(ctx context.Context, b *imagev1.NodeImageBuild, s3Secret, registrySecret string) error {
 	data := map[string][]byte{}
-	for _, key := range storage.CredentialSecretKeys {
-		if v, ok := src.Data[key]; ok {
-			data[key] = v
+	if s3Secret != "" {
+		var src corev1.Secret
+		if err := k.reader().Get(ctx, client.ObjectKey{Namespace: b.Namespace, Name: s3Secret}, &src); err != nil {
+			return fmt.Errorf("reading the credentials Secret %s: %w", s3Secret, err)
+		}
+		for _, key := range storage.CredentialSecretKeys {
+			if v, ok := src.Data[key]; ok {
+				data[key] = v
+			}
+		}
+	}
+	if registrySecret != "" {
+		var src corev1.Secret
+		if err := k.reader().Get(ctx, client.ObjectKey{Namespace: b.Namespace, Name: registrySecret}, &src); err != nil {
+			return fmt.Errorf("reading the registry credentials Secret %s: %w", registrySecret, err)
+		}
+		if v, ok := src.Data[buildresult.RegistryConfigKey]; ok {
+			data[buildresult.RegistryConfigKey] = v
 		}
 	}
 	s := &corev1.Secret{
@@ -211,11 +231,13 @@ func (k *Backend) VMIFor(b *imagev1.NodeImageBuild, attempt int32) (*kubevirtv1.
 			EmptyDisk: &kubevirtv1.EmptyDiskSource{Capacity: resource.MustParse(DefaultScratch)},
 		}})
 	}
-	if d := b.Spec.Destination; d != nil && d.S3 != nil {
+	if d := b.Spec.Destination; (d != nil && d.S3 != nil) || spec.RegistryCredentials != nil {
 		disks = append(disks, disk("credentials", "nfcreds"))
 		volumes = append(volumes, kubevirtv1.Volume{Name: "credentials", VolumeSource: kubevirtv1.VolumeSource{
 			Secret: &kubevirtv1.SecretVolumeSource{SecretName: backend.CredentialsSecretName(b.Name)},
 		}})
+	}
+	if d := b.Spec.Destination; d != nil && d.S3 != nil {
 		if d.S3.CASecretRef != nil {
 			disks = append(disks, disk("ca", "nfca"))
 			volumes = append(volumes, kubevirtv1.Volume{Name: "ca", VolumeSource: kubevirtv1.VolumeSource{

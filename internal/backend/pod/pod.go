@@ -190,9 +190,18 @@ func (p *Backend) PodFor(b *imagev1.NodeImageBuild, attempt int32) (*corev1.Pod,
 	// boot test's 2 GiB, 2 vCPU guest), unless spec.builder.resources says.
 	setDefault(&resources, corev1.ResourceCPU, resource.MustParse(DefaultCPURequest))
 	setDefault(&resources, corev1.ResourceMemory, resource.MustParse(DefaultMemoryRequest))
+	s3Secret, registrySecret := "", ""
 	if d := b.Spec.Destination; d != nil && d.S3 != nil {
-		volumes = append(volumes, credentialsVolume(d.S3.CredentialsSecretRef.Name))
+		s3Secret = d.S3.CredentialsSecretRef.Name
+	}
+	if spec.RegistryCredentials != nil {
+		registrySecret = spec.RegistryCredentials.Name
+	}
+	if s3Secret != "" || registrySecret != "" {
+		volumes = append(volumes, credentialsVolume(s3Secret, registrySecret))
 		mounts = append(mounts, corev1.VolumeMount{Name: "credentials", MountPath: buildresult.CredentialsDir, ReadOnly: true})
+	}
+	if d := b.Spec.Destination; d != nil && d.S3 != nil {
 		if d.S3.CASecretRef != nil {
 			volumes = append(volumes, corev1.Volume{Name: "ca", VolumeSource: corev1.VolumeSource{
 				Secret: &corev1.SecretVolumeSource{
@@ -292,16 +301,28 @@ func (p *Backend) PodFor(b *imagev1.NodeImageBuild, attempt int32) (*corev1.Pod,
 	return pod, nil
 }
 
-// credentialsVolume projects only the keys of the credentials Secret that
-// the builder reads (storage.CredentialSecretKeys), each optional because
-// either spelling may be used: whatever else the Secret holds never
-// reaches the builder. A Secret missing both spellings of a key fails the
-// build with the key named (storage.CredentialsFromDir).
-func credentialsVolume(secret string) corev1.Volume {
+// credentialsVolume projects only the keys the builder reads: those of the
+// object-store credentials Secret (storage.CredentialSecretKeys), each
+// optional because either spelling may be used, and the Docker
+// configuration of the registry credentials Secret
+// (buildresult.RegistryConfigKey). Whatever else the Secrets hold never
+// reaches the builder. A missing key fails the build with the key named
+// (storage.CredentialsFromDir, and the run's registry configuration).
+func credentialsVolume(s3Secret, registrySecret string) corev1.Volume {
 	var sources []corev1.VolumeProjection
-	for _, k := range storage.CredentialSecretKeys {
+	if s3Secret != "" {
+		for _, k := range storage.CredentialSecretKeys {
+			sources = append(sources, corev1.VolumeProjection{Secret: &corev1.SecretProjection{
+				LocalObjectReference: corev1.LocalObjectReference{Name: s3Secret},
+				Items:                []corev1.KeyToPath{{Key: k, Path: k}},
+				Optional:             ptr.To(true),
+			}})
+		}
+	}
+	if registrySecret != "" {
+		k := buildresult.RegistryConfigKey
 		sources = append(sources, corev1.VolumeProjection{Secret: &corev1.SecretProjection{
-			LocalObjectReference: corev1.LocalObjectReference{Name: secret},
+			LocalObjectReference: corev1.LocalObjectReference{Name: registrySecret},
 			Items:                []corev1.KeyToPath{{Key: k, Path: k}},
 			Optional:             ptr.To(true),
 		}})

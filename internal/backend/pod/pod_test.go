@@ -257,3 +257,47 @@ func TestPodForProjectsCredentialKeysOnly(t *testing.T) {
 		t.Errorf("projected keys %v, want %v", keys, want)
 	}
 }
+
+// TestPodForProjectsRegistryConfigOnly: spec.builder.registryCredentials
+// reaches the builder as its .dockerconfigjson key only, in the
+// credentials volume, with or without an S3 destination.
+func TestPodForProjectsRegistryConfigOnly(t *testing.T) {
+	for _, withS3 := range []bool{true, false} {
+		b := &Backend{Scheme: testScheme(t), Image: "nodeforge-builder:dev"}
+		build := testBuild()
+		build.Spec.Builder.RegistryCredentials = &corev1.LocalObjectReference{Name: "pull"}
+		if !withS3 {
+			build.Spec.Destination = nil
+		}
+		pod, err := b.PodFor(build, 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		for _, v := range pod.Spec.Volumes {
+			if v.Secret != nil && v.Secret.SecretName == "pull" {
+				t.Fatalf("the registry Secret is mounted whole: %+v", v)
+			}
+			if v.Name != "credentials" || v.Projected == nil {
+				continue
+			}
+			for _, src := range v.Projected.Sources {
+				if src.Secret != nil && src.Secret.Name == "pull" {
+					for _, it := range src.Secret.Items {
+						got = append(got, it.Key+"->"+it.Path)
+					}
+				}
+			}
+		}
+		if want := []string{".dockerconfigjson->.dockerconfigjson"}; !reflect.DeepEqual(got, want) {
+			t.Errorf("with S3 %v: projected %v, want %v", withS3, got, want)
+		}
+		mounted := false
+		for _, m := range pod.Spec.Containers[0].VolumeMounts {
+			mounted = mounted || (m.Name == "credentials" && m.MountPath == "/etc/nodeforge/credentials" && m.ReadOnly)
+		}
+		if !mounted {
+			t.Errorf("with S3 %v: the credentials volume is not mounted read-only at /etc/nodeforge/credentials", withS3)
+		}
+	}
+}
