@@ -149,7 +149,7 @@ func TestVerifyGoodImage(t *testing.T) {
 	start := time.Now()
 	// Without the cluster checks: kubeadm init under TCG takes minutes,
 	// and make image runs them on the same content in CI (.ci/run);
-	// TestVerifyClusterChecksCatchABrokenNode runs them here.
+	// TestVerifyCloudInitError runs them on a broken copy.
 	r, err := verify.Verify(ctx, f.path, f.content, verify.Options{Boot: true, BootTimeout: verifyBootTimeout, WorkDir: work})
 	if err != nil {
 		t.Fatal(err)
@@ -419,67 +419,6 @@ func verifyBrokenCopy(t *testing.T, f verifyFixture, name string, fix func(raw s
 	return raw
 }
 
-// TestVerifyClusterChecksCatchABrokenNode boots a copy of the image with
-// two faults a node would only show at kubeadm init: the CoreDNS image's
-// configuration blob gone from containerd's store (so the CRI no longer
-// lists it), and containerd reading CNI networks from a directory no CNI
-// add-on writes to. Each fails its own cluster check; kubeadm init and the
-// checks after it are recorded as not run.
-func TestVerifyClusterChecksCatchABrokenNode(t *testing.T) {
-	t.Parallel() // see fixture_test.go
-	f := verifyImage(t)
-	verifyNeedTools(t, "qemu-system-x86_64", "cloud-localds")
-	m, err := manifest.Read(strings.TrimSuffix(f.path, filepath.Ext(f.path)) + ".json")
-	if err != nil {
-		verifyUnavailable(t, "the image's manifest (for its preloaded images): %v", err)
-	}
-	var coredns manifest.ContainerImage
-	for _, img := range m.Images {
-		if strings.HasPrefix(img.Name, "registry.k8s.io/coredns/coredns:") {
-			coredns = img
-		}
-	}
-	if coredns.ID == "" {
-		t.Fatalf("the image preloads no CoreDNS: %+v", m.Images)
-	}
-	raw := verifyBrokenCopy(t, f, "cluster", func(raw string, off int64) {
-		blob := "/var/lib/containerd/io.containerd.content.v1.content/blobs/sha256/" + strings.TrimPrefix(coredns.ID, "sha256:")
-		verifyDebugfsWrite(t, raw, off, "rm "+blob)
-		cfg := verifyDebugfsCat(t, raw, off, "/etc/containerd/config.toml")
-		broken := strings.Replace(cfg, `conf_dir = "/etc/cni/net.d"`, `conf_dir = "/etc/cni/nodeforge-elsewhere.d"`, 1)
-		if broken == cfg {
-			t.Fatalf("the image's containerd config has no conf_dir /etc/cni/net.d to change:\n%s", cfg)
-		}
-		verifyWriteRootFile(t, raw, off, "/etc/containerd/config.toml", broken)
-	})
-	work := t.TempDir()
-	r, err := verify.Verify(context.Background(), raw, f.rawContent(), verify.Options{
-		Boot: true, BootTimeout: verifyBootTimeout, Cluster: true, ClusterTimeout: 5 * time.Minute, WorkDir: work,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	verifyLogReport(t, r)
-	for _, want := range []struct{ check, message string }{
-		{verify.CheckClusterImages, coredns.Name},
-		{verify.CheckClusterCNI, "nodeforge-elsewhere.d"},
-		{verify.CheckClusterInit, "not run: " + verify.CheckClusterImages + ", " + verify.CheckClusterCNI + " failed"},
-		{verify.CheckClusterTestPod, "not run"},
-	} {
-		got := verifyFind(t, r, want.check)
-		if got.Passed || !got.Required || got.Category != verify.Cluster || !strings.Contains(got.Message, want.message) {
-			t.Errorf("%s = %+v, want a failed required cluster check mentioning %q", want.check, got, want.message)
-		}
-	}
-	// The faults are the cluster checks' to find: the boot checks pass.
-	for _, c := range r.Checks {
-		if c.Category == verify.Boot && !c.Passed {
-			t.Errorf("boot check %s failed: %s", c.Name, c.Message)
-		}
-	}
-	verifyNoLeftovers(t, work)
-}
-
 // verifyDebianContainerdConfig is the image's containerd configuration
 // with Debian's defaults put back: the CRI's CNI bin_dir /usr/lib/cni and
 // SystemdCgroup = false (what containerd loads without nodeforge's edit).
@@ -554,18 +493,47 @@ func TestVerifyKernelPanicFailsFast(t *testing.T) {
 // boot-cloud-init-done fails naming the failed module, the checks of what
 // containerd actually loaded (config dump, and crictl info over the CRI)
 // fail naming the wrong settings, and the other in-guest checks still run
-// and are reported. One boot serves all of these.
+// and are reported. The same copy lacks the CoreDNS image's configuration
+// blob and has containerd read CNI networks from another directory: the
+// cluster checks that follow in the same boot fail on each, and kubeadm
+// init is not run. One boot serves all of these.
 func TestVerifyCloudInitError(t *testing.T) {
 	t.Parallel() // see fixture_test.go
 	f := verifyImage(t)
 	verifyNeedTools(t, "qemu-system-x86_64", "cloud-localds")
+	// Two more faults a node would show only at kubeadm init, for the
+	// cluster checks in the same boot: the CoreDNS image's configuration
+	// blob gone from containerd's store (so the CRI no longer lists it),
+	// and containerd reading CNI networks from a directory no CNI add-on
+	// writes to.
+	m, err := manifest.Read(strings.TrimSuffix(f.path, filepath.Ext(f.path)) + ".json")
+	if err != nil {
+		verifyUnavailable(t, "the image's manifest (for its preloaded images): %v", err)
+	}
+	var coredns manifest.ContainerImage
+	for _, img := range m.Images {
+		if strings.HasPrefix(img.Name, "registry.k8s.io/coredns/coredns:") {
+			coredns = img
+		}
+	}
+	if coredns.ID == "" {
+		t.Fatalf("the image preloads no CoreDNS: %+v", m.Images)
+	}
 	raw := verifyBrokenCopy(t, f, "cloud-init-error", func(raw string, off int64) {
 		verifyWriteRootFile(t, raw, off, "/etc/cloud/cloud.cfg.d/99-nodeforge-test-broken.cfg",
 			"bootcmd:\n  - [sh, -c, \"echo nodeforge-test-bootcmd-fails; exit 3\"]\n")
-		verifyWriteRootFile(t, raw, off, "/etc/containerd/config.toml", verifyDebianContainerdConfig(t, raw, off))
+		cfg := verifyDebianContainerdConfig(t, raw, off)
+		broken := strings.Replace(cfg, `conf_dir = "/etc/cni/net.d"`, `conf_dir = "/etc/cni/nodeforge-elsewhere.d"`, 1)
+		if broken == cfg {
+			t.Fatalf("the image's containerd config has no conf_dir /etc/cni/net.d to change:\n%s", cfg)
+		}
+		verifyWriteRootFile(t, raw, off, "/etc/containerd/config.toml", broken)
+		verifyDebugfsWrite(t, raw, off, "rm /var/lib/containerd/io.containerd.content.v1.content/blobs/sha256/"+strings.TrimPrefix(coredns.ID, "sha256:"))
 	})
 	work := t.TempDir()
-	r, err := verify.Verify(context.Background(), raw, f.rawContent(), verify.Options{Boot: true, BootTimeout: verifyBootTimeout, WorkDir: work})
+	r, err := verify.Verify(context.Background(), raw, f.rawContent(), verify.Options{
+		Boot: true, BootTimeout: verifyBootTimeout, Cluster: true, ClusterTimeout: 5 * time.Minute, WorkDir: work,
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -601,6 +569,19 @@ func TestVerifyCloudInitError(t *testing.T) {
 	}
 	if strings.TrimSpace(r.ConsoleTail) == "" {
 		t.Error("no console tail in the report of a failed boot")
+	}
+	// Each cluster fault fails its own check; kubeadm init and the checks
+	// after it are recorded as not run.
+	for _, want := range []struct{ check, message string }{
+		{verify.CheckClusterImages, coredns.Name},
+		{verify.CheckClusterCNI, "nodeforge-elsewhere.d"},
+		{verify.CheckClusterInit, "not run: " + verify.CheckClusterImages + ", " + verify.CheckClusterCNI + " failed"},
+		{verify.CheckClusterTestPod, "not run"},
+	} {
+		got := verifyFind(t, r, want.check)
+		if got.Passed || !got.Required || got.Category != verify.Cluster || !strings.Contains(got.Message, want.message) {
+			t.Errorf("%s = %+v, want a failed required cluster check mentioning %q", want.check, got, want.message)
+		}
 	}
 	verifyNoLeftovers(t, work)
 }
