@@ -426,7 +426,7 @@ up() {
 	if ip link show "$BRIDGE" >/dev/null 2>&1; then
 		die "interface $BRIDGE exists but $state does not: another cluster, or a leftover (delete it with: ip link del $BRIDGE)"
 	fi
-	if ip -o -4 addr show | awk '{print $4}' | grep -q "^${POD_SUBNET%.*}\."; then
+	if ip -o -4 addr show | awk '{print $4}' | grep "^${POD_SUBNET%.*}\." >/dev/null; then
 		die "the host already has an address in $POD_SUBNET: set NODEFORGE_POD_SUBNET"
 	fi
 

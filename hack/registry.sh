@@ -173,10 +173,15 @@ push_images() {
 	local etcd_tag dns_tag
 	etcd_tag=$(printf '%s\n' $want | sed -n 's|^registry.k8s.io/etcd:\([0-9.]*\).*|\1|p')
 	dns_tag=$(printf '%s\n' $want | sed -n 's|^registry.k8s.io/coredns/coredns:v||p')
-	"$bins/etcd" --version | grep -q "etcd Version: $etcd_tag\$" ||
-		die "kubeadm names etcd $etcd_tag but hack/tools/etcd-image builds $("$bins/etcd" --version | head -1)"
-	"$bins/coredns" -version | grep -q "CoreDNS-$dns_tag\$" ||
-		die "kubeadm names CoreDNS $dns_tag but hack/tools/coredns builds $("$bins/coredns" -version | head -1)"
+	# Capture first: with pipefail, grep -q closing the pipe early can make
+	# the binary die of SIGPIPE and fail a check that matched.
+	local etcd_v dns_v
+	etcd_v=$("$bins/etcd" --version)
+	dns_v=$("$bins/coredns" -version)
+	grep -qx "etcd Version: $etcd_tag" <<<"$etcd_v" ||
+		die "kubeadm names etcd $etcd_tag but hack/tools/etcd-image builds ${etcd_v%%$'\n'*}"
+	grep -qx "CoreDNS-$dns_tag" <<<"$dns_v" ||
+		die "kubeadm names CoreDNS $dns_tag but hack/tools/coredns builds ${dns_v%%$'\n'*}"
 }
 
 up() {
