@@ -250,7 +250,11 @@ type VerificationResults struct {
 	// skipped counts checks that were not run.
 	Skipped int32 `json:"skipped"`
 
-	// checks are the individual results.
+	// checks are the individual results, each boot and cluster check with
+	// its duration. The builder reports them in its 4 KiB termination
+	// message: when they do not all fit, the offline checks that passed
+	// are left out (the counts above still include them). The build's
+	// manifest (status.artifact.manifestURL) holds the full report.
 	// +optional
 	// +listType=atomic
 	Checks []CheckResult `json:"checks,omitempty"`

@@ -17,6 +17,7 @@ import (
 	"github.com/nodeforge/nodeforge/internal/builder"
 	"github.com/nodeforge/nodeforge/internal/buildresult"
 	"github.com/nodeforge/nodeforge/internal/storage"
+	"github.com/nodeforge/nodeforge/internal/verify"
 )
 
 type runOptions struct {
@@ -255,9 +256,14 @@ func resultOf(out *pipelineResult) *buildresult.Result {
 			v.FailedChecks = append(v.FailedChecks, c.Name)
 		}
 		for _, c := range r.Checks {
-			v.Checks = append(v.Checks, buildresult.EncodeCheck(buildresult.CheckEntry{
-				Name: c.Name, Category: string(c.Category), Passed: c.Passed, Skipped: c.Skipped, Required: c.Required,
-			}))
+			e := buildresult.CheckEntry{Name: c.Name, Category: string(c.Category), Passed: c.Passed, Skipped: c.Skipped, Required: c.Required}
+			// Offline checks take milliseconds; the boot's and the
+			// cluster's durations are what status readers look at, and the
+			// termination message has room for those only.
+			if c.Category != verify.Offline {
+				e.Duration = time.Duration(c.DurationSeconds * float64(time.Second))
+			}
+			v.Checks = append(v.Checks, buildresult.EncodeCheck(e))
 		}
 		res.Verification, res.Accelerator, res.AcceleratorNote = v, r.Accelerator, r.AcceleratorNote
 	}

@@ -19,6 +19,7 @@ import (
 	"github.com/nodeforge/nodeforge/internal/manifest"
 	"github.com/nodeforge/nodeforge/internal/storage"
 	"github.com/nodeforge/nodeforge/internal/storage/miniotest"
+	"github.com/nodeforge/nodeforge/internal/verify"
 )
 
 // writeBuild writes a NodeImageBuild spec file as the manager mounts it.
@@ -183,3 +184,24 @@ var (
 	corev1LocalRef             = corev1.LocalObjectReference{Name: "creds"}
 	corev1ConfigMapKeySelector = corev1.ConfigMapKeySelector{LocalObjectReference: corev1.LocalObjectReference{Name: "cm"}, Key: "k"}
 )
+
+// The builder's result lists every check with its category; boot and
+// cluster checks carry their durations, offline ones do not.
+func TestResultOfListsChecksWithDurations(t *testing.T) {
+	r := &verify.Report{Accelerator: "tcg"}
+	r.Add(verify.Check{Name: "hygiene-logs", Category: verify.Offline, Passed: true, Required: true, DurationSeconds: 0.3})
+	r.Add(verify.Check{Name: "boot-ssh", Category: verify.Boot, Passed: true, Required: true, DurationSeconds: 31.04})
+	r.Add(verify.Check{Name: "cluster-node-ready", Category: imagev1.CheckCategoryCluster, Required: true, DurationSeconds: 61.25})
+	res := resultOf(&pipelineResult{Report: r})
+	v := res.Verification
+	if v == nil || v.Passed != 2 || v.Failed != 1 || res.Accelerator != "tcg" {
+		t.Fatalf("verification = %+v, accelerator %q", v, res.Accelerator)
+	}
+	want := []string{"O+hygiene-logs", "B+boot-ssh@31", "C-cluster-node-ready@61.3"}
+	if strings.Join(v.Checks, " ") != strings.Join(want, " ") {
+		t.Fatalf("checks = %q, want %q", v.Checks, want)
+	}
+	if strings.Join(v.FailedChecks, " ") != "cluster-node-ready" {
+		t.Fatalf("failed checks = %q", v.FailedChecks)
+	}
+}

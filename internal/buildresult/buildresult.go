@@ -60,7 +60,9 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strconv"
 	"strings"
+	"time"
 )
 
 // Paths inside the builder.
@@ -147,32 +149,40 @@ type Verification struct {
 	Skipped int32 `json:"skipped"`
 	// FailedChecks names the checks that failed (required ones first).
 	FailedChecks []string `json:"failedChecks,omitempty"`
-	// Checks lists every check in the order it ran, compactly (see
-	// EncodeCheck) so that the whole list fits in the termination message;
-	// Encode drops it when it does not.
+	// Checks lists the checks in the order they ran, compactly (see
+	// EncodeCheck). When the whole list does not fit in the termination
+	// message, Encode leaves out the offline checks that passed, and then
+	// the list; the counts always cover every check.
 	Checks []string `json:"checks,omitempty"`
 }
 
 // CheckEntry is one check of Verification.Checks.
 type CheckEntry struct {
 	Name string
-	// Category is offline or boot.
+	// Category is offline, boot or cluster.
 	Category string
 	Passed   bool
 	Skipped  bool
 	Required bool
+	// Duration is how long the check took, rounded to a tenth of a second
+	// (at least 0.1s when it is not zero); zero is not encoded.
+	Duration time.Duration
 }
 
-// EncodeCheck writes a check as two flag characters and its name: the
-// category's initial (o for offline, b for boot), upper case when the
-// check is required, then + (passed), - (failed) or ~ (skipped).
+// checkCategories maps a category to its flag character in EncodeCheck.
+var checkCategories = map[string]byte{"offline": 'o', "boot": 'b', "cluster": 'c'}
+
+// EncodeCheck writes a check as two flag characters, its name, and
+// "@seconds" when it has a duration: the flags are the category's initial
+// (o offline, b boot, c cluster), upper case when the check is required,
+// then + (passed), - (failed) or ~ (skipped). Check names never hold "@".
 func EncodeCheck(c CheckEntry) string {
-	cat := "o"
-	if c.Category == "boot" {
-		cat = "b"
+	cat, ok := checkCategories[c.Category]
+	if !ok {
+		cat = 'o'
 	}
 	if c.Required {
-		cat = strings.ToUpper(cat)
+		cat -= 'a' - 'A'
 	}
 	outcome := "-"
 	switch {
@@ -181,7 +191,12 @@ func EncodeCheck(c CheckEntry) string {
 	case c.Passed:
 		outcome = "+"
 	}
-	return cat + outcome + c.Name
+	s := string(cat) + outcome + c.Name
+	if c.Duration > 0 {
+		d := max(c.Duration.Round(100*time.Millisecond), 100*time.Millisecond)
+		s += "@" + strconv.FormatFloat(d.Seconds(), 'f', -1, 64)
+	}
+	return s
 }
 
 // DecodeCheck parses what EncodeCheck wrote.
@@ -189,13 +204,13 @@ func DecodeCheck(s string) (CheckEntry, error) {
 	if len(s) < 3 {
 		return CheckEntry{}, fmt.Errorf("buildresult: check %q is too short", s)
 	}
-	c := CheckEntry{Name: s[2:], Required: s[0] == 'O' || s[0] == 'B'}
-	switch s[0] {
-	case 'o', 'O':
-		c.Category = "offline"
-	case 'b', 'B':
-		c.Category = "boot"
-	default:
+	c := CheckEntry{Name: s[2:], Required: s[0] >= 'A' && s[0] <= 'Z'}
+	for name, flag := range checkCategories {
+		if s[0] == flag || s[0] == flag-('a'-'A') {
+			c.Category = name
+		}
+	}
+	if c.Category == "" {
 		return CheckEntry{}, fmt.Errorf("buildresult: check %q has an unknown category", s)
 	}
 	switch s[1] {
@@ -206,6 +221,16 @@ func DecodeCheck(s string) (CheckEntry, error) {
 	case '-':
 	default:
 		return CheckEntry{}, fmt.Errorf("buildresult: check %q has an unknown outcome", s)
+	}
+	if name, secs, ok := strings.Cut(c.Name, "@"); ok {
+		f, err := strconv.ParseFloat(secs, 64)
+		if err != nil || f < 0 || f > 1e6 {
+			return CheckEntry{}, fmt.Errorf("buildresult: check %q has an invalid duration", s)
+		}
+		c.Name, c.Duration = name, time.Duration(f*10+0.5)*100*time.Millisecond
+	}
+	if c.Name == "" {
+		return CheckEntry{}, fmt.Errorf("buildresult: check %q has no name", s)
 	}
 	return c, nil
 }
@@ -252,8 +277,9 @@ func (r *Result) Validate() error {
 }
 
 // Encode returns the JSON form of r, at most MaxResultSize bytes: the
-// message is shortened, the check list dropped and the failed check names
-// shortened, in that order, when needed.
+// message is shortened, the offline checks that passed left out of the
+// check list, the list dropped and the failed check names shortened, in
+// that order, when needed.
 func (r *Result) Encode() ([]byte, error) {
 	c := *r
 	if r.Verification != nil {
@@ -262,6 +288,7 @@ func (r *Result) Encode() ([]byte, error) {
 		v.Checks = append([]string(nil), v.Checks...)
 		c.Verification = &v
 	}
+	offlinePassedDropped := false
 	for {
 		b, err := json.Marshal(&c)
 		if err != nil {
@@ -273,6 +300,16 @@ func (r *Result) Encode() ([]byte, error) {
 		switch {
 		case len(c.Message) > 256:
 			c.Message = Truncate(c.Message, len(c.Message)-(len(b)-MaxResultSize)-16)
+		case c.Verification != nil && !offlinePassedDropped && len(c.Verification.Checks) > 0:
+			// The failed, skipped, boot and cluster checks stay listed.
+			offlinePassedDropped = true
+			kept := c.Verification.Checks[:0]
+			for _, e := range c.Verification.Checks {
+				if ce, err := DecodeCheck(e); err != nil || ce.Category != "offline" || !ce.Passed {
+					kept = append(kept, e)
+				}
+			}
+			c.Verification.Checks = kept
 		case c.Verification != nil && len(c.Verification.Checks) > 0:
 			// The counts and the failed checks stay.
 			c.Verification.Checks = nil

@@ -1,8 +1,10 @@
 package buildresult
 
 import (
+	"slices"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestEncodeBounded(t *testing.T) {
@@ -116,6 +118,9 @@ func TestCheckEncoding(t *testing.T) {
 		{CheckEntry{Name: "boot-ssh", Category: "boot", Passed: true, Required: true}, "B+boot-ssh"},
 		{CheckEntry{Name: "hygiene-logs", Category: "offline", Passed: false}, "o-hygiene-logs"},
 		{CheckEntry{Name: "package-vim", Category: "offline", Skipped: true, Required: true}, "O~package-vim"},
+		{CheckEntry{Name: "cluster-node-ready", Category: "cluster", Passed: true, Required: true, Duration: 42500 * time.Millisecond}, "C+cluster-node-ready@42.5"},
+		{CheckEntry{Name: "cluster-kubeadm-init", Category: "cluster", Duration: 162 * time.Second}, "c-cluster-kubeadm-init@162"},
+		{CheckEntry{Name: "boot-ssh", Category: "boot", Passed: true, Duration: 100 * time.Millisecond}, "b+boot-ssh@0.1"},
 	} {
 		got := EncodeCheck(tc.c)
 		if got != tc.want {
@@ -126,7 +131,14 @@ func TestCheckEncoding(t *testing.T) {
 			t.Errorf("DecodeCheck(%q) = %+v, %v; want %+v", got, back, err, tc.c)
 		}
 	}
-	for _, bad := range []string{"", "B+", "x+name", "B?name"} {
+	// Durations are rounded to a tenth of a second, and are at least that.
+	if got := EncodeCheck(CheckEntry{Name: "boot-ssh", Category: "boot", Passed: true, Duration: 1234 * time.Millisecond}); got != "b+boot-ssh@1.2" {
+		t.Errorf("EncodeCheck rounds 1.234s to %q", got)
+	}
+	if got := EncodeCheck(CheckEntry{Name: "boot-ssh", Category: "boot", Passed: true, Duration: 40 * time.Millisecond}); got != "b+boot-ssh@0.1" {
+		t.Errorf("EncodeCheck of 40ms = %q", got)
+	}
+	for _, bad := range []string{"", "B+", "x+name", "B?name", "C+@1", "c+name@", "c+name@x", "c+name@-1"} {
 		if _, err := DecodeCheck(bad); err == nil {
 			t.Errorf("DecodeCheck(%q) succeeded", bad)
 		}
@@ -134,7 +146,8 @@ func TestCheckEncoding(t *testing.T) {
 }
 
 // A successful result with the whole check list fits; when it cannot, the
-// list is dropped before the counts or the failed checks are touched.
+// offline checks that passed are left out first, then the whole list,
+// before the counts or the failed checks are touched.
 func TestEncodeCheckList(t *testing.T) {
 	r := &Result{
 		Outcome:      OutcomeSucceeded,
@@ -144,34 +157,55 @@ func TestEncodeCheckList(t *testing.T) {
 	for i := 0; i < 80; i++ {
 		r.Verification.Checks = append(r.Verification.Checks, EncodeCheck(CheckEntry{Name: "hygiene-cloud-init-state", Category: "offline", Passed: true, Required: true}))
 	}
+	got := encodeDecode(t, r)
+	if len(got.Verification.Checks) != 80 {
+		t.Fatalf("%d checks survived Encode, want 80", len(got.Verification.Checks))
+	}
+
+	// Too many offline checks: the boot and cluster checks, and the failed
+	// offline one, stay listed with their durations.
+	r.Verification.Failed, r.Verification.FailedChecks = 1, []string{"hygiene-logs"}
+	for i := 0; i < 60; i++ {
+		r.Verification.Checks = append(r.Verification.Checks, EncodeCheck(CheckEntry{Name: "hygiene-cloud-init-state", Category: "offline", Passed: true}))
+	}
+	r.Verification.Checks = append(r.Verification.Checks,
+		EncodeCheck(CheckEntry{Name: "hygiene-logs", Category: "offline", Required: true}),
+		EncodeCheck(CheckEntry{Name: "boot-ssh", Category: "boot", Passed: true, Required: true, Duration: 31 * time.Second}),
+		EncodeCheck(CheckEntry{Name: "cluster-node-ready", Category: "cluster", Passed: true, Required: true, Duration: 302 * time.Second}))
+	r.Outcome, r.Reason, r.Step = OutcomeFailed, ReasonVerificationFailed, "verify"
+	got = encodeDecode(t, r)
+	want := []string{"O-hygiene-logs", "B+boot-ssh@31", "C+cluster-node-ready@302"}
+	if !slices.Equal(got.Verification.Checks, want) || got.Verification.Passed != 80 || len(got.Verification.FailedChecks) != 1 {
+		t.Fatalf("over-long offline list: got %+v, want checks %q", got.Verification, want)
+	}
+
+	// Even the others do not fit: the list goes, the counts stay.
+	for i := 0; i < 200; i++ {
+		r.Verification.Checks = append(r.Verification.Checks, EncodeCheck(CheckEntry{Name: "boot-cloud-init-done", Category: "boot", Passed: true, Duration: time.Second}))
+	}
+	got = encodeDecode(t, r)
+	if len(got.Verification.Checks) != 0 || len(got.Verification.FailedChecks) != 1 || got.Verification.Passed != 80 {
+		t.Fatalf("over-long check list: got %+v", got.Verification)
+	}
+	if len(r.Verification.Checks) != 343 {
+		t.Fatalf("Encode changed its input: %d checks", len(r.Verification.Checks))
+	}
+}
+
+func encodeDecode(t *testing.T, r *Result) *Result {
+	t.Helper()
 	b, err := r.Encode()
 	if err != nil {
 		t.Fatal(err)
+	}
+	if len(b) > MaxResultSize {
+		t.Fatalf("encoded %d bytes, more than %d", len(b), MaxResultSize)
 	}
 	got, err := Decode(b)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(got.Verification.Checks) != 80 {
-		t.Fatalf("%d checks survived Encode, want 80 (%d bytes)", len(got.Verification.Checks), len(b))
-	}
-
-	r.Verification.Failed, r.Verification.FailedChecks = 1, []string{"boot-ssh"}
-	for i := 0; i < 100; i++ {
-		r.Verification.Checks = append(r.Verification.Checks, EncodeCheck(CheckEntry{Name: "hygiene-cloud-init-state", Category: "offline"}))
-	}
-	r.Outcome, r.Reason, r.Step = OutcomeFailed, ReasonVerificationFailed, "verify"
-	b, err = r.Encode()
-	if err != nil {
-		t.Fatal(err)
-	}
-	got, err = Decode(b)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(got.Verification.Checks) != 0 || len(got.Verification.FailedChecks) != 1 || got.Verification.Passed != 80 {
-		t.Fatalf("over-long check list: got %+v", got.Verification)
-	}
+	return got
 }
 
 func TestValidateFor(t *testing.T) {

@@ -588,6 +588,9 @@ func verificationOf(res *buildresult.Result) *imagev1.VerificationResults {
 		if c.Skipped {
 			r.Message = "skipped"
 		}
+		if c.Duration > 0 {
+			r.Duration = &metav1.Duration{Duration: c.Duration}
+		}
 		out.Checks = append(out.Checks, r)
 	}
 	return out
