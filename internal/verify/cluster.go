@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"path"
 	"slices"
 	"strings"
 	"time"
@@ -202,6 +203,17 @@ func (b *bootRun) checkCNIReady(ctx context.Context) (string, error) {
 	if !b.hasCrictl() {
 		return "", fmt.Errorf("needs crictl (kubernetes.components cri-tools) to read the CRI's network status")
 	}
+	// A CRI that reads its CNI configurations elsewhere would never see the
+	// one written below (nor a CNI add-on's): say so without waiting.
+	dir, _, err := b.run(ctx, "sudo crictl info 2>/dev/null | grep -m1 -o '\"confDir\": *\"[^\"]*\"'", cmdLimit)
+	if err != nil {
+		return "", err
+	}
+	if _, v, ok := strings.Cut(strings.TrimSpace(dir), ":"); ok {
+		if d := strings.Trim(strings.TrimSpace(v), `"`); d != path.Dir(clusterCNIPath) {
+			return "", fmt.Errorf("the CRI loads CNI configurations from %s, not %s where kubeadm's network add-ons install them (crictl info)", d, path.Dir(clusterCNIPath))
+		}
+	}
 	write := "sudo mkdir -p /etc/cni/net.d && printf '%s' '" + clusterCNIConfig + "' | sudo tee " + clusterCNIPath + " >/dev/null"
 	if out, code, err := b.run(ctx, write, cmdLimit); err != nil || code != 0 {
 		return "", commandFailed("writing "+clusterCNIPath, out, code, err)
@@ -312,6 +324,9 @@ func podsReady(ns, sel string) string {
 }
 
 func (b *bootRun) checkCoreDNS(ctx context.Context) (string, error) {
+	// Under TCG a Pod takes half a minute to start: the test Pod starts
+	// beside CoreDNS, and cluster-test-pod-running waits for it.
+	b.testPod, b.testPodErr = b.startTestPod(ctx)
 	show := kubectl + "-n kube-system get pods -l k8s-app=kube-dns -o wide 2>&1"
 	ok, out, err := b.waitFor(ctx, podsReady("kube-system", "-l k8s-app=kube-dns"), show, 5*time.Minute)
 	if err != nil {
@@ -323,19 +338,32 @@ func (b *bootRun) checkCoreDNS(ctx context.Context) (string, error) {
 	return clip(out, 400), nil
 }
 
-func (b *bootRun) checkTestPod(ctx context.Context) (string, error) {
-	pause := ""
+// startTestPod creates the test Pod, of kubeadm's pause image with pulls
+// forbidden, and returns that image.
+func (b *bootRun) startTestPod(ctx context.Context) (string, error) {
 	out, _, err := b.run(ctx, "kubeadm config images list --kubernetes-version "+b.content.Kubernetes.Version+" 2>/dev/null | grep '/pause:'", cmdLimit)
 	if err != nil {
 		return "", err
 	}
-	if pause = strings.TrimSpace(out); pause == "" {
+	pause := strings.TrimSpace(out)
+	if pause == "" {
 		return "", fmt.Errorf("kubeadm names no pause image")
 	}
 	run := kubectl + "run nodeforge-verify --image=" + pause + " --image-pull-policy=Never --restart=Never 2>&1"
 	if rout, code, err := b.run(ctx, run, 2*time.Minute); err != nil || code != 0 {
 		return "", commandFailed("kubectl run", rout, code, err)
 	}
+	return pause, nil
+}
+
+func (b *bootRun) checkTestPod(ctx context.Context) (string, error) {
+	if b.testPod == "" && b.testPodErr == nil {
+		b.testPod, b.testPodErr = b.startTestPod(ctx)
+	}
+	if b.testPodErr != nil {
+		return "", b.testPodErr
+	}
+	pause := b.testPod
 	show := kubectl + "get pod nodeforge-verify -o wide 2>&1; " + kubectl + "get events --field-selector involvedObject.name=nodeforge-verify -o custom-columns=REASON:.reason,MESSAGE:.message --no-headers 2>&1 | tail -n 5"
 	ok, out, err := b.waitFor(ctx, podsReady("default", "--field-selector metadata.name=nodeforge-verify"), show, 3*time.Minute)
 	if err != nil {
