@@ -42,27 +42,10 @@ die() {
 	log "error: $*"
 	exit 1
 }
+# shellcheck source=hack/lib/server.sh
+. "$here/lib/server.sh"
 
-running() {
-	[ -f "$pidfile" ] || return 1
-	local pid
-	pid=$(cat "$pidfile")
-	[[ $pid =~ ^[0-9]+$ ]] || return 1
-	[ -r "/proc/$pid/cmdline" ] || return 1
-	tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q -- "$state/config.yml" || return 1
-}
-
-free_port() {
-	local port
-	for _ in $(seq 1 100); do
-		port=$((20000 + RANDOM % 40000))
-		if [ -z "$(ss -Hltn "sport = :$port" 2>/dev/null)" ]; then
-			echo "$port"
-			return
-		fi
-	done
-	die "no free port found"
-}
+running() { pid_running "$pidfile" "$state/config.yml"; }
 
 print_env() { cat "$envfile"; }
 
@@ -239,15 +222,7 @@ EOF
 
 down() {
 	if running; then
-		local pid
-		pid=$(cat "$pidfile")
-		kill "$pid"
-		for _ in $(seq 1 50); do
-			kill -0 "$pid" 2>/dev/null || break
-			sleep 0.1
-		done
-		kill -0 "$pid" 2>/dev/null && kill -9 "$pid" 2>/dev/null || true
-		log "stopped pid $pid"
+		stop_pid "$(cat "$pidfile")"
 	fi
 	if [ -e "$state" ]; then
 		[ -f "$marker" ] || die "$state is not a nodeforge-registry state dir; refusing to remove it"

@@ -27,16 +27,11 @@ die() {
 	log "error: $*"
 	exit 1
 }
+# shellcheck source=hack/lib/server.sh
+. "$here/lib/server.sh"
 
 # running: true when the pid file names a live MinIO process we started.
-running() {
-	[ -f "$pidfile" ] || return 1
-	local pid
-	pid=$(cat "$pidfile")
-	[[ $pid =~ ^[0-9]+$ ]] || return 1
-	[ -r "/proc/$pid/cmdline" ] || return 1
-	tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q -- "--address 127.0.0.1:" || return 1
-}
+running() { pid_running "$pidfile" "--address 127.0.0.1:"; }
 
 minio_bin() {
 	if [ -n "${NODEFORGE_MINIO:-}" ]; then
@@ -53,19 +48,6 @@ rand_string() {
 		s+=$(head -c 256 /dev/urandom | tr -dc 'A-Za-z0-9')
 	done
 	printf '%s' "${s:0:$1}"
-}
-
-# free_port: a TCP port nothing listens on at 127.0.0.1 right now.
-free_port() {
-	local port
-	for _ in $(seq 1 100); do
-		port=$((20000 + RANDOM % 40000))
-		if [ -z "$(ss -Hltn "sport = :$port" 2>/dev/null)" ]; then
-			echo "$port"
-			return
-		fi
-	done
-	die "no free port found"
 }
 
 print_env() { cat "$envfile"; }
@@ -131,18 +113,7 @@ EOF
 
 down() {
 	if running; then
-		local pid
-		pid=$(cat "$pidfile")
-		kill "$pid"
-		for _ in $(seq 1 50); do
-			kill -0 "$pid" 2>/dev/null || break
-			sleep 0.2
-		done
-		if kill -0 "$pid" 2>/dev/null; then
-			log "pid $pid ignored SIGTERM; sending SIGKILL"
-			kill -9 "$pid" 2>/dev/null || true
-		fi
-		log "stopped pid $pid"
+		stop_pid "$(cat "$pidfile")"
 	fi
 	if [ -e "$state" ]; then
 		[ -f "$marker" ] || die "$state is not a nodeforge-s3 state dir; refusing to remove it"
