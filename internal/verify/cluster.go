@@ -349,15 +349,22 @@ func (b *bootRun) startTestPod(ctx context.Context) (string, error) {
 	if pause == "" {
 		return "", fmt.Errorf("kubeadm names no pause image")
 	}
-	run := kubectl + "run nodeforge-verify --image=" + pause + " --image-pull-policy=Never --restart=Never 2>&1"
-	if rout, code, err := b.run(ctx, run, 2*time.Minute); err != nil || code != 0 {
-		return "", commandFailed("kubectl run", rout, code, err)
+	// Right after kubeadm init the controller-manager may not have made
+	// the namespace's default ServiceAccount yet, and admission refuses
+	// the Pod until it has: retry for up to 2 min (a Pod an earlier try
+	// created counts).
+	run := "for i in $(seq 1 40); do " +
+		kubectl + "run nodeforge-verify --image=" + pause + " --image-pull-policy=Never --restart=Never 2>&1 && exit 0; " +
+		kubectl + "get pod nodeforge-verify >/dev/null 2>&1 && exit 0; sleep 3; done; exit 1"
+	if rout, code, err := b.run(ctx, run, 3*time.Minute); err != nil || code != 0 {
+		return "", commandFailed("kubectl run", lastLines(rout, 3), code, err)
 	}
 	return pause, nil
 }
 
 func (b *bootRun) checkTestPod(ctx context.Context) (string, error) {
-	if b.testPod == "" && b.testPodErr == nil {
+	if b.testPod == "" {
+		// Not started beside CoreDNS (or that failed): start it now.
 		b.testPod, b.testPodErr = b.startTestPod(ctx)
 	}
 	if b.testPodErr != nil {

@@ -148,8 +148,8 @@ func TestVerifyGoodImage(t *testing.T) {
 	defer cancel()
 	start := time.Now()
 	// Without the cluster checks: kubeadm init under TCG takes minutes,
-	// and make image runs them on the same content in CI (.ci/run);
-	// TestVerifyCloudInitError runs them on a broken copy.
+	// and make image and the e2e suite (in CI, .ci/run) run them on the
+	// same content; TestVerifyCloudInitError runs them on a broken copy.
 	r, err := verify.Verify(ctx, f.path, f.content, verify.Options{Boot: true, BootTimeout: verifyBootTimeout, WorkDir: work})
 	if err != nil {
 		t.Fatal(err)
