@@ -135,10 +135,6 @@ type bootRun struct {
 	diskSize int64
 
 	nodeReadyAt time.Time // set by cluster-node-ready
-	// testPod is the test Pod's image once cluster-coredns-running created
-	// it (so that it starts beside CoreDNS), or testPodErr why it was not.
-	testPod    string
-	testPodErr error
 
 	cmd     *exec.Cmd
 	exited  chan struct{}

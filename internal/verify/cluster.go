@@ -324,9 +324,6 @@ func podsReady(ns, sel string) string {
 }
 
 func (b *bootRun) checkCoreDNS(ctx context.Context) (string, error) {
-	// Under TCG a Pod takes half a minute to start: the test Pod starts
-	// beside CoreDNS, and cluster-test-pod-running waits for it.
-	b.testPod, b.testPodErr = b.startTestPod(ctx)
 	show := kubectl + "-n kube-system get pods -l k8s-app=kube-dns -o wide 2>&1"
 	ok, out, err := b.waitFor(ctx, podsReady("kube-system", "-l k8s-app=kube-dns"), show, 5*time.Minute)
 	if err != nil {
@@ -353,9 +350,9 @@ func (b *bootRun) startTestPod(ctx context.Context) (string, error) {
 	// the namespace's default ServiceAccount yet, and admission refuses
 	// the Pod until it has: retry for up to 2 min (a Pod an earlier try
 	// created counts).
-	run := "for i in $(seq 1 40); do " +
+	run := "for i in $(seq 1 24); do " +
 		kubectl + "run nodeforge-verify --image=" + pause + " --image-pull-policy=Never --restart=Never 2>&1 && exit 0; " +
-		kubectl + "get pod nodeforge-verify >/dev/null 2>&1 && exit 0; sleep 3; done; exit 1"
+		kubectl + "get pod nodeforge-verify >/dev/null 2>&1 && exit 0; sleep 5; done; exit 1"
 	if rout, code, err := b.run(ctx, run, 3*time.Minute); err != nil || code != 0 {
 		return "", commandFailed("kubectl run", lastLines(rout, 3), code, err)
 	}
@@ -363,14 +360,13 @@ func (b *bootRun) startTestPod(ctx context.Context) (string, error) {
 }
 
 func (b *bootRun) checkTestPod(ctx context.Context) (string, error) {
-	if b.testPod == "" {
-		// Not started beside CoreDNS (or that failed): start it now.
-		b.testPod, b.testPodErr = b.startTestPod(ctx)
+	// Created once CoreDNS is Ready, not beside it right after node Ready:
+	// there the creation's retries (no default ServiceAccount yet) took
+	// the guest's TCG vCPUs, and in a CI run CoreDNS missed its 5 min.
+	pause, err := b.startTestPod(ctx)
+	if err != nil {
+		return "", err
 	}
-	if b.testPodErr != nil {
-		return "", b.testPodErr
-	}
-	pause := b.testPod
 	show := kubectl + "get pod nodeforge-verify -o wide 2>&1; " + kubectl + "get events --field-selector involvedObject.name=nodeforge-verify -o custom-columns=REASON:.reason,MESSAGE:.message --no-headers 2>&1 | tail -n 5"
 	ok, out, err := b.waitFor(ctx, podsReady("default", "--field-selector metadata.name=nodeforge-verify"), show, 3*time.Minute)
 	if err != nil {
