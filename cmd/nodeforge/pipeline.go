@@ -165,18 +165,10 @@ func (p *pipeline) verify(ctx context.Context, res *builder.Result) (*verify.Rep
 	vspec.Default()
 	opts := verify.OptionsFromSpec(vspec)
 	opts.WorkDir = p.Builder.WorkDir
-	if p.Progress == "json" {
-		rep := &builder.JSONReporter{W: p.Stdout}
-		opts.Progress = func(c verify.Check) {
-			rep.Report(builder.Event{Step: "verify", Percent: 100, State: builder.StateRunning,
-				Message: fmt.Sprintf("%s %s", status(c), c.Name), ElapsedSeconds: c.DurationSeconds})
-		}
-	} else {
+	if p.Progress != "json" {
 		fmt.Fprintf(p.Stderr, "verifying %s (boot test: %t)\n", res.ImagePath, opts.Boot)
-		opts.Progress = func(c verify.Check) {
-			fmt.Fprintf(p.Stderr, "  %-4s %s\n", status(c), c.Name)
-		}
 	}
+	opts.Progress = checkProgress(p.Progress == "json", p.Stdout, p.Stderr)
 	r, err := verify.Verify(ctx, res.ImagePath, p.Content, opts)
 	if err != nil {
 		return nil, err
@@ -192,6 +184,29 @@ func (p *pipeline) verify(ctx context.Context, res *builder.Result) (*verify.Rep
 		return r, fmt.Errorf("%d required check(s) failed: %s", len(fails), strings.Join(names, ", "))
 	}
 	return r, nil
+}
+
+// checkProgress reports each check as it ends: as a progress event on
+// stdout (asJSON, the builder Pod's protocol) or a line on stderr. Why a
+// check failed always goes to stderr, in full, so that it is in the
+// builder Pod's log (kubectl logs) and not only in the report.
+func checkProgress(asJSON bool, stdout, stderr io.Writer) func(verify.Check) {
+	rep := &builder.JSONReporter{W: stdout}
+	return func(c verify.Check) {
+		failed := !c.Passed && !c.Skipped
+		if asJSON {
+			rep.Report(builder.Event{Step: "verify", Percent: 100, State: builder.StateRunning,
+				Message: fmt.Sprintf("%s %s", status(c), c.Name), ElapsedSeconds: c.DurationSeconds})
+			if failed {
+				fmt.Fprintf(stderr, "%s %s:\n%s\n", status(c), c.Name, indent(c.Message, "  | "))
+			}
+			return
+		}
+		fmt.Fprintf(stderr, "  %-4s %s\n", status(c), c.Name)
+		if failed {
+			fmt.Fprintln(stderr, indent(c.Message, "       | "))
+		}
+	}
 }
 
 // summary is the result line `nodeforge build --progress json` prints.

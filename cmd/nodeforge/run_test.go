@@ -205,3 +205,33 @@ func TestResultOfListsChecksWithDurations(t *testing.T) {
 		t.Fatalf("failed checks = %q", v.FailedChecks)
 	}
 }
+
+func TestCheckProgressLogsWhyACheckFailed(t *testing.T) {
+	g := NewWithT(t)
+	ok := verify.Check{Name: "cluster-node-ready", Category: verify.Cluster, Passed: true, Required: true, Message: "node Ready", DurationSeconds: 6.1}
+	bad := verify.Check{Name: "cluster-coredns-running", Category: verify.Cluster, Required: true,
+		Message: "CoreDNS is not Running and Ready after 5m:\n--- pods\ncoredns-1 Pending", DurationSeconds: 300}
+
+	var stdout, stderr bytes.Buffer
+	progress := checkProgress(true, &stdout, &stderr)
+	progress(ok)
+	progress(bad)
+	lines := strings.Split(strings.TrimSpace(stdout.String()), "\n")
+	g.Expect(lines).To(HaveLen(2), "one progress event per check on stdout")
+	for _, l := range lines {
+		var ev map[string]any
+		g.Expect(json.Unmarshal([]byte(l), &ev)).To(Succeed(), "stdout holds only JSON events: %s", l)
+	}
+	g.Expect(lines[1]).To(ContainSubstring(`"FAIL cluster-coredns-running"`))
+	g.Expect(stderr.String()).To(Equal("FAIL cluster-coredns-running:\n" +
+		"  | CoreDNS is not Running and Ready after 5m:\n  | --- pods\n  | coredns-1 Pending\n"))
+
+	stdout.Reset()
+	stderr.Reset()
+	progress = checkProgress(false, &stdout, &stderr)
+	progress(ok)
+	progress(bad)
+	g.Expect(stdout.String()).To(BeEmpty())
+	g.Expect(stderr.String()).To(Equal("  ok   cluster-node-ready\n  FAIL cluster-coredns-running\n" +
+		"       | CoreDNS is not Running and Ready after 5m:\n       | --- pods\n       | coredns-1 Pending\n"))
+}

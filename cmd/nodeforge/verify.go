@@ -94,8 +94,12 @@ func runVerify(cmd *cobra.Command, image string, f *verifyFlags) error {
 	}
 	errOut := cmd.ErrOrStderr()
 	opts.Progress = func(c verify.Check) {
-		if !f.quiet {
+		failed := !c.Passed && !c.Skipped
+		if !f.quiet || failed {
 			fmt.Fprintf(errOut, "  %-4s %s\n", status(c), c.Name)
+		}
+		if failed {
+			fmt.Fprintln(errOut, indent(c.Message, "       | "))
 		}
 	}
 	start := time.Now()

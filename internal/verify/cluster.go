@@ -114,8 +114,10 @@ func runCluster(ctx context.Context, r *Report, sel selector, pcs []plannedCheck
 // clusterDiagnostics is what a failed cluster check carries: the Pods,
 // the node's conditions, the kubelet's last words and the containers.
 func (b *bootRun) clusterDiagnostics(ctx context.Context) string {
-	cmd := "echo '--- pods'; " + kubectl + "get pods -A -o wide 2>&1 | head -n 20; " +
+	cmd := "echo \"--- load $(cut -d' ' -f1-3 /proc/loadavg)\"; echo '--- readyz'; " + kubectl + "get --raw '/readyz?verbose' 2>&1 | grep -v '^\\[+\\]' | head -n 8; " +
+		"echo '--- pods'; " + kubectl + "get pods -A -o wide 2>&1 | head -n 20; " +
 		"echo '--- node'; " + kubectl + "get nodes -o jsonpath='{range .items[*].status.conditions[*]}{.type}={.status} {.reason}: {.message}{\"\\n\"}{end}' 2>&1; " +
+		"echo '--- events'; " + kubectl + "get events -A --sort-by=.lastTimestamp -o custom-columns=AGE:.lastTimestamp,OBJECT:.involvedObject.name,REASON:.reason,MESSAGE:.message --no-headers 2>&1 | tail -n 12 | cut -c1-240; " +
 		"echo '--- containers'; sudo crictl ps -a 2>&1 | head -n 15; " +
 		"for c in $(sudo crictl ps -a -q --name 'coredns|kube-proxy' 2>/dev/null | head -n 3); do echo \"--- logs $c\"; sudo crictl logs --tail 6 $c 2>&1 | cut -c1-300; done; " +
 		"echo '--- routes'; ip route 2>&1; ip -6 route 2>&1 | head -n 5; " +
@@ -126,15 +128,19 @@ func (b *bootRun) clusterDiagnostics(ctx context.Context) string {
 	if err != nil {
 		return "(diagnostics: " + err.Error() + ")"
 	}
-	return clip(out, 2500)
+	return clip(out, 4000)
 }
 
-// waitFor polls cond (a shell test) in the guest every 3 s until it holds
+// waitFor polls cond (a shell test) in the guest every 5 s until it holds
 // or limit passes (by the guest's clock: under TCG each kubectl call takes
-// seconds), and returns the output of show after the last poll.
+// seconds), and returns the output of show after the last poll. cond may
+// use $rest, the whole seconds left (at least 1), to wait by itself:
+// `kubectl wait --timeout=${rest}s` is one process holding a watch, where
+// a kubectl started every few seconds would take a TCG guest's vCPU from
+// the cluster it waits for.
 func (b *bootRun) waitFor(ctx context.Context, cond, show string, limit time.Duration) (bool, string, error) {
-	cmd := fmt.Sprintf("end=$(($(date +%%s) + %d)); while :; do if %s; then echo NODEFORGE-OK; break; fi; "+
-		"[ $(date +%%s) -lt $end ] || break; sleep 3; done; %s", int(limit.Seconds()), cond, show)
+	cmd := fmt.Sprintf("end=$(($(date +%%s) + %d)); while :; do rest=$((end - $(date +%%s))); [ $rest -ge 1 ] || rest=1; "+
+		"if %s; then echo NODEFORGE-OK; break; fi; [ $(date +%%s) -lt $end ] || break; sleep 5; done; %s", int(limit.Seconds()), cond, show)
 	out, _, err := b.run(ctx, cmd, limit+90*time.Second)
 	if err != nil {
 		return false, out, fmt.Errorf("%w\n%s", err, b.clusterDiagnostics(ctx))
@@ -235,7 +241,10 @@ func (b *bootRun) checkCNIReady(ctx context.Context) (string, error) {
 // (ADDR, filled in the guest), which the API server advertises and the
 // kubelet registers, as a node with several addresses would be set up.
 // The timeouts are generous: under TCG the API server takes minutes to
-// start.
+// start. The controller-manager and the scheduler, alone on their node,
+// do not elect a leader: under TCG a lease renewal misses its 10 s
+// deadline, the component exits, and its restarts held CoreDNS and
+// kube-proxy back for minutes.
 func (b *bootRun) kubeadmConfig() string {
 	return fmt.Sprintf(`apiVersion: kubeadm.k8s.io/v1beta4
 kind: InitConfiguration
@@ -257,6 +266,14 @@ kind: ClusterConfiguration
 kubernetesVersion: %s
 networking:
   podSubnet: %s
+controllerManager:
+  extraArgs:
+  - name: leader-elect
+    value: "false"
+scheduler:
+  extraArgs:
+  - name: leader-elect
+    value: "false"
 `, b.content.Kubernetes.Version, ClusterPodSubnet)
 }
 
@@ -304,7 +321,7 @@ func (b *bootRun) checkReadyz(ctx context.Context) (string, error) {
 
 func (b *bootRun) checkNodeReady(ctx context.Context) (string, error) {
 	jp := `{.items[0].metadata.name} Ready={.items[0].status.conditions[?(@.type=="Ready")].status} {.items[0].status.conditions[?(@.type=="Ready")].message}`
-	ok, out, err := b.waitFor(ctx, kubectl+"get nodes -o jsonpath='"+jp+"' 2>/dev/null | grep -q ' Ready=True '", kubectl+"get nodes -o jsonpath='"+jp+"' 2>&1", 4*time.Minute)
+	ok, out, err := b.waitFor(ctx, readyWait("nodes --all"), kubectl+"get nodes -o jsonpath='"+jp+"' 2>&1", 4*time.Minute)
 	if err != nil {
 		return "", err
 	}
@@ -315,22 +332,21 @@ func (b *bootRun) checkNodeReady(ctx context.Context) (string, error) {
 	return fmt.Sprintf("%s, %.0f s after QEMU started", clip(out, 200), b.nodeReadyAt.Sub(b.started).Seconds()), nil
 }
 
-// podsReady is a shell test that every Pod selected by sel in ns is
-// Running and Ready, and that there is one.
-func podsReady(ns, sel string) string {
-	jp := `{range .items[*]}{.status.phase}/{.status.conditions[?(@.type=="Ready")].status} {end}`
-	q := kubectl + "-n " + ns + " get pods " + sel + " -o jsonpath='" + jp + "' 2>/dev/null"
-	return "s=$(" + q + ") && [ -n \"$s\" ] && ! printf '%s' \"$s\" | tr ' ' '\\n' | grep -v '^$' | grep -qv '^Running/True$'"
+// readyWait is a waitFor condition: the objects kubectl names by what
+// are Ready. kubectl wait fails at once while nothing matches, and waitFor
+// tries again.
+func readyWait(what string) string {
+	return kubectl + "wait --for=condition=Ready " + what + " --timeout=${rest}s >/dev/null 2>&1"
 }
 
 func (b *bootRun) checkCoreDNS(ctx context.Context) (string, error) {
 	show := kubectl + "-n kube-system get pods -l k8s-app=kube-dns -o wide 2>&1"
-	ok, out, err := b.waitFor(ctx, podsReady("kube-system", "-l k8s-app=kube-dns"), show, 5*time.Minute)
+	ok, out, err := b.waitFor(ctx, readyWait("-n kube-system pods -l k8s-app=kube-dns"), show, 8*time.Minute)
 	if err != nil {
 		return "", err
 	}
 	if !ok {
-		return "", fmt.Errorf("CoreDNS is not Running and Ready after 5m: %s\n%s", clip(out, 600), b.clusterDiagnostics(ctx))
+		return "", fmt.Errorf("CoreDNS is not Running and Ready after 8m: %s\n%s", clip(out, 600), b.clusterDiagnostics(ctx))
 	}
 	return clip(out, 400), nil
 }
@@ -368,7 +384,7 @@ func (b *bootRun) checkTestPod(ctx context.Context) (string, error) {
 		return "", err
 	}
 	show := kubectl + "get pod nodeforge-verify -o wide 2>&1; " + kubectl + "get events --field-selector involvedObject.name=nodeforge-verify -o custom-columns=REASON:.reason,MESSAGE:.message --no-headers 2>&1 | tail -n 5"
-	ok, out, err := b.waitFor(ctx, podsReady("default", "--field-selector metadata.name=nodeforge-verify"), show, 3*time.Minute)
+	ok, out, err := b.waitFor(ctx, readyWait("pod/nodeforge-verify"), show, 3*time.Minute)
 	if err != nil {
 		return "", err
 	}

@@ -376,6 +376,21 @@ func dumpOnFailure(st stack, ns string) {
 	}
 	cmd("-n", ns, "get", "nodeimages,nodeimagebuilds,pods,pvc", "-o", "wide")
 	cmd("-n", ns, "get", "nodeimages,nodeimagebuilds", "-o", "yaml")
+	// The builder Pods' own lines (why a check failed, step errors),
+	// without their JSON progress events.
+	var pods corev1.PodList
+	if err := k8sClient.List(context.Background(), &pods, client.InNamespace(ns), client.HasLabels{backend.LabelNodeImage}); err == nil {
+		for _, p := range pods.Items {
+			out, _ := runOutput("kubectl", "-n", ns, "logs", p.Name)
+			var text []string
+			for _, l := range strings.Split(out, "\n") {
+				if !strings.HasPrefix(l, "{") {
+					text = append(text, l)
+				}
+			}
+			GinkgoWriter.Printf("builder Pod %s, its log without progress events (last 80 lines):\n%s\n", p.Name, strings.Join(text[max(0, len(text)-80):], "\n"))
+		}
+	}
 	if b, err := os.ReadFile(st.managerLog); err == nil {
 		lines := strings.Split(string(b), "\n")
 		GinkgoWriter.Printf("manager log (last 80 lines):\n%s\n", strings.Join(lines[max(0, len(lines)-80):], "\n"))
