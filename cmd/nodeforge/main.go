@@ -4,6 +4,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/signal"
@@ -20,6 +21,10 @@ func run() int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := newRootCmd().ExecuteContext(ctx); err != nil {
+		var ee exitError
+		if errors.As(err, &ee) {
+			return ee.code
+		}
 		fmt.Fprintln(os.Stderr, "nodeforge:", err)
 		return 1
 	}
@@ -33,6 +38,6 @@ func newRootCmd() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newBuildCmd(), newRunCmd(), newVerifyCmd(), newPublishCmd(), newDiffCmd(), newVersionCmd())
+	root.AddCommand(newBuildCmd(), newRunCmd(), newVerifyCmd(), newPublishCmd(), newDiffCmd(), newUpdatesCmd(), newVersionCmd())
 	return root
 }

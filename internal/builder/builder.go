@@ -92,6 +92,8 @@ type build struct {
 
 	// Set by steps.
 	pins            map[string]string // package -> exact version (from resolve)
+	queryVersions   []string          // more packages whose versions resolve asks for (CheckUpdates)
+	available       madison           // the versions the repositories offer (from resolve)
 	baseClosure     []string          // the base layer's simulated install (from resolve)
 	baseUncached    string            // why the base layer cannot be cached, if so
 	baseLayer       string            // the base layer's key, when the rootfs step used the cache

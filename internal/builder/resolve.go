@@ -64,9 +64,14 @@ func (b *build) resolve(ctx context.Context, p *ResolveParams) error {
 	if err := os.MkdirAll(out, 0o755); err != nil {
 		return err
 	}
-	names := make([]string, len(p.Packages))
-	for i, r := range p.Packages {
-		names[i] = r.Name
+	names := make([]string, 0, len(p.Packages)+len(b.queryVersions))
+	for _, r := range p.Packages {
+		names = append(names, r.Name)
+	}
+	for _, n := range b.queryVersions {
+		if !slices.Contains(names, n) {
+			names = append(names, n)
+		}
 	}
 	hook := fmt.Sprintf(`set -e
 APT_CONFIG="$MMDEBSTRAP_APT_CONFIG" apt-cache madison %s > %s
@@ -89,7 +94,8 @@ cat "$1"/etc/apt/sources.list > %s 2>/dev/null || true
 	if err != nil {
 		return err
 	}
-	pins, err := pickVersions(p.Packages, parseMadison(madison))
+	b.available = parseMadison(madison)
+	pins, err := pickVersions(p.Packages, b.available)
 	if err != nil {
 		return err
 	}

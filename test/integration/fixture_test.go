@@ -213,13 +213,27 @@ func startImageMirror(t *testing.T, root string) string {
 	return ""
 }
 
-// startAuthorRepo serves, on 127.0.0.1 for as long as t runs, a repository
-// that stands for one a NodeImage author controls (spec.kubernetes.
-// aptRepository): the offline Kubernetes packages from offline plus
-// probePackage, indexed and signed with a throwaway key (hack/k8s-apt-repo.sh
-// index, from the checkout at root). It returns the
-// repository's URL and its armored public key.
+// authorRepo stands for a repository a NodeImage author controls (spec.
+// kubernetes.aptRepository), served on 127.0.0.1 for as long as the test
+// that started it runs: the offline Kubernetes packages plus probePackage,
+// indexed and signed with a throwaway key (hack/k8s-apt-repo.sh index,
+// from the checkout at root).
+type authorRepo struct {
+	URL   string
+	Key   []byte // armored public key
+	root  string // the checkout
+	dir   string // the served directory
+	gnupg string // the signing key's home
+}
+
+// startAuthorRepo starts an authorRepo with probePackage 1.0 and returns
+// its URL and armored public key.
 func startAuthorRepo(t *testing.T, root, offline string) (string, []byte) {
+	r := newAuthorRepo(t, root, offline)
+	return r.URL, r.Key
+}
+
+func newAuthorRepo(t *testing.T, root, offline string) *authorRepo {
 	t.Helper()
 	for _, tool := range []string{"apt-ftparchive", "dpkg-deb", "gpg", "gpgconf"} {
 		if _, err := exec.LookPath(tool); err != nil {
@@ -227,27 +241,47 @@ func startAuthorRepo(t *testing.T, root, offline string) (string, []byte) {
 		}
 	}
 	dir := t.TempDir()
-	repo := filepath.Join(dir, "repo")
+	r := &authorRepo{root: root, dir: filepath.Join(dir, "repo"), gnupg: filepath.Join(dir, "gnupg")}
 	debs, err := filepath.Glob(filepath.Join(offline, "amd64", "*.deb"))
 	if err != nil || len(debs) == 0 {
 		t.Fatalf("no packages in the offline repository %s", offline)
 	}
-	if err := os.MkdirAll(filepath.Join(repo, "amd64"), 0o755); err != nil {
+	if err := os.MkdirAll(filepath.Join(r.dir, "amd64"), 0o755); err != nil {
 		t.Fatal(err)
 	}
 	for _, d := range debs {
-		if err := os.Link(d, filepath.Join(repo, "amd64", filepath.Base(d))); err != nil {
+		if err := os.Link(d, filepath.Join(r.dir, "amd64", filepath.Base(d))); err != nil {
 			b, rerr := os.ReadFile(d)
 			if rerr != nil {
 				t.Fatal(rerr)
 			}
-			if err := os.WriteFile(filepath.Join(repo, "amd64", filepath.Base(d)), b, 0o644); err != nil {
+			if err := os.WriteFile(filepath.Join(r.dir, "amd64", filepath.Base(d)), b, 0o644); err != nil {
 				t.Fatal(err)
 			}
 		}
 	}
-	pkg := filepath.Join(dir, "pkg")
-	control := fmt.Sprintf("Package: %s\nVersion: 1.0\nArchitecture: all\nMaintainer: nodeforge tests <tests@nodeforge.invalid>\nDescription: records what a maintainer script sees of the builder\n", probePackage)
+	t.Cleanup(func() { _ = exec.Command("gpgconf", "--homedir", r.gnupg, "--kill", "gpg-agent").Run() })
+	r.publishProbe(t, "1.0")
+	var err2 error
+	if r.Key, err2 = os.ReadFile(filepath.Join(r.dir, "Release.key")); err2 != nil {
+		t.Fatal(err2)
+	}
+	srv := httptest.NewServer(http.FileServer(http.Dir(r.dir)))
+	t.Cleanup(srv.Close)
+	r.URL = srv.URL + "/"
+	return r
+}
+
+// publishProbe adds probePackage in version to the repository, then
+// indexes and signs it again, as an author publishing an update would.
+func (r *authorRepo) publishProbe(t *testing.T, version string) {
+	t.Helper()
+	pkg, err := os.MkdirTemp(filepath.Dir(r.dir), "pkg-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(pkg)
+	control := fmt.Sprintf("Package: %s\nVersion: %s\nArchitecture: all\nMaintainer: nodeforge tests <tests@nodeforge.invalid>\nDescription: records what a maintainer script sees of the builder\n", probePackage, version)
 	for name, body := range map[string]string{"control": control, "postinst": probePostinst} {
 		if err := os.MkdirAll(filepath.Join(pkg, "DEBIAN"), 0o755); err != nil {
 			t.Fatal(err)
@@ -256,24 +290,16 @@ func startAuthorRepo(t *testing.T, root, offline string) (string, []byte) {
 			t.Fatal(err)
 		}
 	}
-	if out, err := exec.Command("dpkg-deb", "--root-owner-group", "-Zgzip", "--build", pkg, filepath.Join(repo, "amd64", probePackage+"_1.0_all.deb")).CombinedOutput(); err != nil {
+	deb := filepath.Join(r.dir, "amd64", probePackage+"_"+version+"_all.deb")
+	if out, err := exec.Command("dpkg-deb", "--root-owner-group", "-Zgzip", "--build", pkg, deb).CombinedOutput(); err != nil {
 		t.Fatalf("dpkg-deb: %v\n%s", err, out)
 	}
 	// Indexed and signed as hack/k8s-apt-repo.sh does its own repository,
-	// with a throwaway key of this test's.
-	gnupg := filepath.Join(dir, "gnupg")
-	t.Cleanup(func() { _ = exec.Command("gpgconf", "--homedir", gnupg, "--kill", "gpg-agent").Run() })
-	index := exec.Command(filepath.Join(root, "hack", "k8s-apt-repo.sh"), "index", "--gnupg", gnupg,
+	// with a throwaway key of this test's (made on the first call).
+	index := exec.Command(filepath.Join(r.root, "hack", "k8s-apt-repo.sh"), "index", "--gnupg", r.gnupg,
 		"--uid", "nodeforge author repository (throwaway test key) <author@nodeforge.invalid>",
-		"--label", "nodeforge author repository (test)", repo)
+		"--label", "nodeforge author repository (test)", r.dir)
 	if out, err := index.CombinedOutput(); err != nil {
 		t.Fatalf("hack/k8s-apt-repo.sh index: %v\n%s", err, out)
 	}
-	key, err := os.ReadFile(filepath.Join(repo, "Release.key"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := httptest.NewServer(http.FileServer(http.Dir(repo)))
-	t.Cleanup(srv.Close)
-	return srv.URL + "/", key
 }
