@@ -103,14 +103,24 @@ func defaultCacheDir() string {
 	return filepath.Join(root, "apt-archives")
 }
 
-func runBuild(ctx context.Context, o *buildOptions, stdout, stderr io.Writer) error {
-	image, get, err := resolve.LoadFile(o.file)
+// loadNodeImage reads a NodeImage file (strictly, defaulted, with the
+// ConfigMaps it may hold) and resolves its content.
+func loadNodeImage(ctx context.Context, file string) (*imagev1.NodeImage, *imagev1.ImageContent, error) {
+	image, get, err := resolve.LoadFile(file)
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
 	content, err := resolve.Content(ctx, &image.Spec.ImageContent, get)
 	if err != nil {
-		return fmt.Errorf("resolving %s: %w", o.file, err)
+		return nil, nil, fmt.Errorf("resolving %s: %w", file, err)
+	}
+	return image, content, nil
+}
+
+func runBuild(ctx context.Context, o *buildOptions, stdout, stderr io.Writer) error {
+	image, content, err := loadNodeImage(ctx, o.file)
+	if err != nil {
+		return err
 	}
 	pub, expiry, err := o.publisher(image.Spec.Destination, namespaceOf(image))
 	if err != nil {

@@ -16,7 +16,6 @@ import (
 
 	"github.com/nodeforge/nodeforge/internal/builder"
 	"github.com/nodeforge/nodeforge/internal/manifest"
-	"github.com/nodeforge/nodeforge/internal/resolve"
 )
 
 type updatesOptions struct {
@@ -75,13 +74,9 @@ func runUpdates(ctx context.Context, o *updatesOptions, stdout io.Writer) error 
 	if o.output != "text" && o.output != "json" {
 		return fmt.Errorf("--output: %q is not text or json", o.output)
 	}
-	image, get, err := resolve.LoadFile(o.file)
+	image, content, err := loadNodeImage(ctx, o.file)
 	if err != nil {
 		return err
-	}
-	content, err := resolve.Content(ctx, &image.Spec.ImageContent, get)
-	if err != nil {
-		return fmt.Errorf("resolving %s: %w", o.file, err)
 	}
 	m, err := fetchManifest(ctx, o.manifest)
 	if err != nil {

@@ -12,7 +12,6 @@ import (
 	"github.com/spf13/cobra"
 
 	imagev1 "github.com/nodeforge/nodeforge/api/v1alpha1"
-	"github.com/nodeforge/nodeforge/internal/resolve"
 	"github.com/nodeforge/nodeforge/internal/verify"
 )
 
@@ -66,11 +65,7 @@ func runVerify(cmd *cobra.Command, image string, f *verifyFlags) error {
 	var content imagev1.ImageContent
 	var vspec imagev1.VerificationSpec
 	if f.file != "" {
-		img, get, err := resolve.LoadFile(f.file)
-		if err != nil {
-			return err
-		}
-		resolved, err := resolve.Content(ctx, &img.Spec.ImageContent, get)
+		img, resolved, err := loadNodeImage(ctx, f.file)
 		if err != nil {
 			return err
 		}

@@ -132,16 +132,7 @@ func Build(ctx context.Context, opts Options, content imagev1.ImageContent) (res
 	if err != nil {
 		return nil, &StepError{Step: "plan", Cause: err}
 	}
-	c := content.DeepCopy()
-	c.Default()
-
-	b := &build{opts: opts, content: c, now: opts.Now, rep: opts.Reporter, pins: map[string]string{}}
-	if b.now == nil {
-		b.now = time.Now
-	}
-	if b.rep == nil {
-		b.rep = NopReporter{}
-	}
+	b := newBuild(opts, content)
 	if err := os.MkdirAll(opts.WorkDir, 0o755); err != nil {
 		return nil, &StepError{Step: "plan", Cause: err}
 	}
@@ -193,13 +184,28 @@ func Build(ctx context.Context, opts Options, content imagev1.ImageContent) (res
 		defer logFile.Close()
 		b.runner = &ExecRunner{Log: logFile}
 	}
-	format := string(c.Output.Format)
+	format := string(b.content.Output.Format)
 	b.imagePath = filepath.Join(opts.OutDir, opts.Name+"."+format)
 	b.manifestPath = filepath.Join(opts.OutDir, opts.Name+".json")
 	b.partImage = filepath.Join(opts.OutDir, "."+opts.Name+"."+format+".partial")
 	b.partManifest = filepath.Join(opts.OutDir, "."+opts.Name+".json.partial")
 
 	return b.run(ctx, steps)
+}
+
+// newBuild is the state of a build of content (defaulted, copied) with
+// opts, before any directory is made.
+func newBuild(opts Options, content imagev1.ImageContent) *build {
+	c := content.DeepCopy()
+	c.Default()
+	b := &build{opts: opts, content: c, now: opts.Now, rep: opts.Reporter, pins: map[string]string{}}
+	if b.now == nil {
+		b.now = time.Now
+	}
+	if b.rep == nil {
+		b.rep = NopReporter{}
+	}
+	return b
 }
 
 func (b *build) run(ctx context.Context, steps []Step) (*Result, error) {

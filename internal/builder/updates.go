@@ -11,7 +11,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"time"
 
 	imagev1 "github.com/nodeforge/nodeforge/api/v1alpha1"
 	"github.com/nodeforge/nodeforge/internal/debian"
@@ -61,15 +60,7 @@ func CheckUpdates(ctx context.Context, opts Options, content imagev1.ImageConten
 	if i < 0 {
 		return nil, errors.New("the plan has no resolve step")
 	}
-	c := content.DeepCopy()
-	c.Default()
-	b := &build{opts: opts, content: c, now: opts.Now, rep: opts.Reporter, pins: map[string]string{}}
-	if b.now == nil {
-		b.now = time.Now
-	}
-	if b.rep == nil {
-		b.rep = NopReporter{}
-	}
+	b := newBuild(opts, content)
 	if err := os.MkdirAll(opts.WorkDir, 0o755); err != nil {
 		return nil, err
 	}
