@@ -111,8 +111,10 @@ func runCluster(ctx context.Context, r *Report, sel selector, pcs []plannedCheck
 	return len(failed) > 0
 }
 
-// clusterDiagnostics is what a failed cluster check carries: the Pods,
-// the node's conditions, the kubelet's last words and the containers.
+// clusterDiagnostics is what a failed cluster check carries: the guest's
+// load, the API server's failing readiness checks, the Pods, the node's
+// conditions, the last events, the containers (CoreDNS's and
+// kube-proxy's logs), the routes and the kubelet's last words.
 func (b *bootRun) clusterDiagnostics(ctx context.Context) string {
 	cmd := "echo \"--- load $(cut -d' ' -f1-3 /proc/loadavg)\"; echo '--- readyz'; " + kubectl + "get --raw '/readyz?verbose' 2>&1 | grep -v '^\\[+\\]' | head -n 8; " +
 		"echo '--- pods'; " + kubectl + "get pods -A -o wide 2>&1 | head -n 20; " +
