@@ -109,10 +109,47 @@ type NodeImageBuildStatus struct {
 	// +optional
 	Verification *VerificationResults `json:"verification,omitempty"`
 
+	// packageChanges is how the installed packages changed from the image
+	// published under the same name before this build's (another spec's,
+	// or an earlier build of the same spec). The build manifest
+	// (artifact.manifestURL, field previous) lists every change.
+	// +optional
+	PackageChanges *PackageChanges `json:"packageChanges,omitempty"`
+
 	// logExcerpt is the tail of the builder's output when the build failed.
 	// +optional
 	// +kubebuilder:validation:MaxLength=4096
 	LogExcerpt string `json:"logExcerpt,omitempty"`
+}
+
+// PackageChanges counts the package changes from the previously published
+// image and names the first of them with their versions.
+type PackageChanges struct {
+	// previousSpecDigest is the spec digest of the image compared with.
+	// +required
+	PreviousSpecDigest string `json:"previousSpecDigest"`
+
+	// upgraded packages (a newer version).
+	// +optional
+	Upgraded int32 `json:"upgraded,omitempty"`
+
+	// downgraded packages (an older version).
+	// +optional
+	Downgraded int32 `json:"downgraded,omitempty"`
+
+	// added packages (new in this image).
+	// +optional
+	Added int32 `json:"added,omitempty"`
+
+	// removed packages (gone from this image).
+	// +optional
+	Removed int32 `json:"removed,omitempty"`
+
+	// summary names the first changes with their versions, e.g.
+	// "upgraded libc6 2.41-12 → 2.41-12+deb13u1; added jq 1.7.1-6".
+	// +optional
+	// +kubebuilder:validation:MaxLength=1024
+	Summary string `json:"summary,omitempty"`
 }
 
 // BuilderReference names the object running a build attempt.

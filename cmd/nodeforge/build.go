@@ -155,6 +155,18 @@ func runBuild(ctx context.Context, o *buildOptions, stdout, stderr io.Writer) er
 	if a := res.Published; a != nil {
 		fmt.Fprintf(stdout, "  artifact:  %s\n  presigned: %s\n", a.URL, res.Presigned)
 	}
+	if res.Build != nil && res.Manifest.Previous != nil {
+		prev := res.Manifest.Previous
+		changes := prev.Changes.Summary(300)
+		if changes == "" {
+			changes = "no package changed"
+		}
+		short := imagev1.DigestHex(prev.SpecDigest)
+		if len(short) > 12 {
+			short = short[:12]
+		}
+		fmt.Fprintf(stdout, "  since %s: %s\n", short, changes)
+	}
 	return nil
 }
 

@@ -61,8 +61,12 @@ func TestBuildPublishesToS3(t *testing.T) {
 	srv := miniotest.Start(t, miniotest.Config{})
 	useServer(t, srv)
 
-	build := func(out string) (stdout, stderr string, err error) {
-		o := &buildOptions{file: minimalSample, outDir: out, workDir: t.TempDir(), cacheDir: defaultCacheDir(),
+	build := func(out string, file ...string) (stdout, stderr string, err error) {
+		sample := minimalSample
+		if len(file) > 0 {
+			sample = file[0]
+		}
+		o := &buildOptions{file: sample, outDir: out, workDir: t.TempDir(), cacheDir: defaultCacheDir(),
 			noVerify: true, progress: "plain", to: "s3://images/nodes", createBucket: true, presignExpiry: time.Hour}
 		var so, se bytes.Buffer
 		err = runBuild(ctx, o, &so, &se)
@@ -100,6 +104,7 @@ func TestBuildPublishesToS3(t *testing.T) {
 	g.Expect(err).NotTo(HaveOccurred())
 	g.Expect(published.SpecDigest).To(Equal(m.SpecDigest))
 	g.Expect(published.Image.SHA256).To(Equal(m.Image.SHA256))
+	g.Expect(published.Previous).To(BeNil(), "nothing was published before the first image")
 	latest, err := pub.Latest(ctx, "minimal")
 	g.Expect(err).NotTo(HaveOccurred())
 	g.Expect(latest.Key).To(Equal(imageKey))
@@ -111,6 +116,29 @@ func TestBuildPublishesToS3(t *testing.T) {
 	g.Expect(stderr).To(ContainSubstring("nothing to build"))
 	g.Expect(stdout).To(ContainSubstring("artifact:  " + art.URL))
 	g.Expect(filepath.Join(again, "minimal.qcow2")).NotTo(BeAnExistingFile())
+
+	// One more package: a new digest, whose manifest records the image
+	// published before it and the packages added since, with versions.
+	more := filepath.Join(t.TempDir(), "minimal-jq.yaml")
+	g.Expect(os.WriteFile(more, []byte("apiVersion: image.nodeforge.dev/v1alpha1\nkind: NodeImage\nmetadata:\n  name: minimal\nspec:\n  packages: [jq]\n"), 0o644)).To(Succeed())
+	third := t.TempDir()
+	stdout, stderr, err = build(third, more)
+	g.Expect(err).NotTo(HaveOccurred(), stderr)
+	g.Expect(stdout).To(MatchRegexp(`since %s: added (\S+ \S+, )*jq `, digest[:12]))
+	m3, err := manifest.Read(filepath.Join(third, "minimal.json"))
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(m3.SpecDigest).NotTo(Equal(m.SpecDigest))
+	g.Expect(m3.Previous).NotTo(BeNil())
+	g.Expect(m3.Previous.SpecDigest).To(Equal(m.SpecDigest))
+	g.Expect(m3.Previous.SHA256).To(Equal(m.Image.SHA256))
+	g.Expect(m3.Previous.Changes.Added).To(ContainElement(And(HaveField("Name", "jq"), HaveField("To", Not(BeEmpty())))))
+	g.Expect(m3.Previous.Changes.Removed).To(BeEmpty())
+	g.Expect(m3.Previous.Changes).To(Equal(manifest.DiffPackages(m.Packages, m3.Packages)))
+	latest, err = pub.Latest(ctx, "minimal")
+	g.Expect(err).NotTo(HaveOccurred())
+	published, err = manifest.Decode(strings.NewReader(getObject(t, pub.Store, latest.ManifestKey)))
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(published.Previous).To(Equal(m3.Previous), "the published manifest is the local one")
 }
 
 // getObject reads a small object whole.

@@ -124,6 +124,9 @@ func (p *pipeline) run(ctx context.Context) (*pipelineResult, error) {
 	}
 
 	if p.Publisher != nil {
+		if err := p.recordPrevious(ctx, res); err != nil {
+			return out, &stageError{Reason: buildresult.ReasonPublishFailed, Step: "publish", Err: err}
+		}
 		m, raw, err := readManifest(res.ManifestPath)
 		if err != nil {
 			return out, &stageError{Reason: buildresult.ReasonPublishFailed, Step: "publish", Err: err}
@@ -138,15 +141,42 @@ func (p *pipeline) run(ctx context.Context) (*pipelineResult, error) {
 	return out, nil
 }
 
+// recordPrevious writes into the new image's manifest which image was
+// published under the same name before it (the latest pointer) and how the
+// packages changed since. Nothing published yet: nothing to record. A
+// previous manifest that cannot be read (deleted by hand, unreadable)
+// is reported and the image published without it.
+func (p *pipeline) recordPrevious(ctx context.Context, res *builder.Result) error {
+	ptr, err := p.Publisher.Latest(ctx, p.Name)
+	if errors.Is(err, storage.ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("reading the latest pointer of %s: %w", p.Name, err)
+	}
+	prev, err := p.readPublishedManifest(ctx, ptr.ManifestKey)
+	if err != nil {
+		fmt.Fprintf(p.Stderr, "warning: the manifest of the previous image (%s) cannot be read, so this one records no changes: %v\n", ptr.ManifestKey, err)
+		return nil
+	}
+	res.Manifest.Previous = &manifest.Previous{SpecDigest: prev.SpecDigest, SHA256: prev.Image.SHA256, CreatedAt: prev.CreatedAt,
+		Changes: manifest.DiffPackages(prev.Packages, res.Manifest.Packages)}
+	return res.Manifest.Write(res.ManifestPath)
+}
+
+func (p *pipeline) readPublishedManifest(ctx context.Context, key string) (*manifest.Manifest, error) {
+	rc, _, err := p.Publisher.Store.Get(ctx, key)
+	if err != nil {
+		return nil, err
+	}
+	defer rc.Close()
+	return manifest.Decode(rc)
+}
+
 // reuse loads the manifest of an already published artifact.
 func (p *pipeline) reuse(ctx context.Context, art storage.Artifact) (*pipelineResult, error) {
 	out := &pipelineResult{Reused: true, Published: &art, ManifestURL: p.Publisher.Store.URL(art.ManifestKey)}
-	rc, _, err := p.Publisher.Store.Get(ctx, art.ManifestKey)
-	if err != nil {
-		return nil, &stageError{Reason: buildresult.ReasonPublishFailed, Step: "lookup", Err: err}
-	}
-	defer rc.Close()
-	m, err := manifest.Decode(rc)
+	m, err := p.readPublishedManifest(ctx, art.ManifestKey)
 	if err != nil {
 		return nil, &stageError{Reason: buildresult.ReasonPublishFailed, Step: "lookup", Err: err}
 	}

@@ -245,6 +245,13 @@ func resultOf(out *pipelineResult) *buildresult.Result {
 	if m := out.Manifest; m != nil {
 		res.Artifact = &buildresult.Artifact{SHA256: m.Image.SHA256, Size: m.Image.Size,
 			VirtualSize: m.Image.VirtualSize, Format: string(m.Image.Format)}
+		if p := m.Previous; p != nil {
+			c := p.Changes
+			res.Changes = &buildresult.Changes{Previous: p.SpecDigest,
+				Upgraded: int32(len(c.Upgraded)), Downgraded: int32(len(c.Downgraded)),
+				Added: int32(len(c.Added)), Removed: int32(len(c.Removed)),
+				Summary: c.Summary(buildresult.ChangesSummaryLimit)}
+		}
 	}
 	if a := out.Published; a != nil && res.Artifact != nil {
 		res.Artifact.URL, res.Artifact.PresignedURL = a.URL, out.Presigned

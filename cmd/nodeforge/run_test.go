@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -204,6 +205,30 @@ func TestResultOfListsChecksWithDurations(t *testing.T) {
 	if strings.Join(v.FailedChecks, " ") != "cluster-node-ready" {
 		t.Fatalf("failed checks = %q", v.FailedChecks)
 	}
+}
+
+// The result counts the package changes the manifest records and names
+// the first ones; without a previous image it has none.
+func TestResultOfCountsPackageChanges(t *testing.T) {
+	g := NewWithT(t)
+	m := &manifest.Manifest{Image: manifest.Image{SHA256: "ab", Size: 1, Format: "qcow2"}}
+	g.Expect(resultOf(&pipelineResult{Manifest: m}).Changes).To(BeNil())
+
+	var added []manifest.PackageChange
+	for i := range 60 {
+		added = append(added, manifest.PackageChange{Name: fmt.Sprintf("package-with-a-long-name-%02d", i), Architecture: "amd64", To: "1.0-1"})
+	}
+	m.Previous = &manifest.Previous{SpecDigest: "sha256:" + strings.Repeat("1", 64), Changes: manifest.PackageDiff{
+		Upgraded: []manifest.PackageChange{{Name: "libc6", Architecture: "amd64", From: "2.41-12", To: "2.41-12+deb13u1"}},
+		Added:    added,
+	}}
+	c := resultOf(&pipelineResult{Manifest: m}).Changes
+	g.Expect(c).NotTo(BeNil())
+	g.Expect(c.Previous).To(Equal(m.Previous.SpecDigest))
+	g.Expect([]int32{c.Upgraded, c.Downgraded, c.Added, c.Removed}).To(Equal([]int32{1, 0, 60, 0}))
+	g.Expect(c.Summary).To(HavePrefix("upgraded libc6 2.41-12 → 2.41-12+deb13u1; added package-with-a-long-name-00 1.0-1, "))
+	g.Expect(c.Summary).To(MatchRegexp(`; and \d+ more$`))
+	g.Expect(len(c.Summary)).To(BeNumerically("<=", buildresult.ChangesSummaryLimit))
 }
 
 func TestCheckProgressLogsWhyACheckFailed(t *testing.T) {

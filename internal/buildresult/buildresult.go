@@ -125,6 +125,9 @@ type Result struct {
 	Artifact *Artifact `json:"artifact,omitempty"`
 	// Verification summarizes the checks (nil when verification did not run).
 	Verification *Verification `json:"verification,omitempty"`
+	// Changes counts the package changes from the image published before
+	// this one (the manifest's previous).
+	Changes *Changes `json:"changes,omitempty"`
 	// Accelerator the boot test ran under: kvm or tcg.
 	Accelerator string `json:"accelerator,omitempty"`
 	// AcceleratorNote says why the boot test ran under TCG (verify.Report).
@@ -310,6 +313,11 @@ func (r *Result) Encode() ([]byte, error) {
 				}
 			}
 			c.Verification.Checks = kept
+		case c.Changes != nil && c.Changes.Summary != "":
+			// The counts stay; the manifest names every change.
+			ch := *c.Changes
+			ch.Summary = ""
+			c.Changes = &ch
 		case c.Verification != nil && len(c.Verification.Checks) > 0:
 			// The counts and the failed checks stay.
 			c.Verification.Checks = nil
@@ -460,3 +468,18 @@ func TailBytes(s string, n int) string {
 }
 
 func utf8Start(b byte) bool { return b&0xC0 != 0x80 }
+
+// ChangesSummaryLimit bounds Changes.Summary: the result travels in a
+// termination message of at most 4 KiB.
+const ChangesSummaryLimit = 400
+
+// Changes is the result's account of the package changes from the
+// previously published image: counts, and a summary of the first ones.
+type Changes struct {
+	Previous   string `json:"previous"`
+	Upgraded   int32  `json:"upgraded,omitempty"`
+	Downgraded int32  `json:"downgraded,omitempty"`
+	Added      int32  `json:"added,omitempty"`
+	Removed    int32  `json:"removed,omitempty"`
+	Summary    string `json:"summary,omitempty"`
+}

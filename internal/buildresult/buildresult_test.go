@@ -192,6 +192,32 @@ func TestEncodeCheckList(t *testing.T) {
 	}
 }
 
+// The package changes' summary goes before the boot and cluster checks;
+// their counts always stay.
+func TestEncodeDropsTheChangesSummaryBeforeTheChecks(t *testing.T) {
+	r := &Result{
+		Outcome:      OutcomeSucceeded,
+		Artifact:     &Artifact{URL: "s3://b/k", PresignedURL: strings.Repeat("p", 2600), SHA256: strings.Repeat("a", 64), Size: 1, Format: "qcow2"},
+		Verification: &Verification{Passed: 3},
+		Changes:      &Changes{Previous: "sha256:" + strings.Repeat("1", 64), Upgraded: 40, Added: 2, Summary: strings.Repeat("s", ChangesSummaryLimit)},
+	}
+	for _, n := range []string{"boot-ssh", "cluster-node-ready", "cluster-coredns-running"} {
+		r.Verification.Checks = append(r.Verification.Checks, EncodeCheck(CheckEntry{Name: n, Category: "cluster", Passed: true, Required: true, Duration: time.Second}))
+	}
+	got := encodeDecode(t, r)
+	if got.Changes.Summary != r.Changes.Summary || len(got.Verification.Checks) != 3 {
+		t.Fatalf("everything fits, yet got summary %d bytes, %d checks", len(got.Changes.Summary), len(got.Verification.Checks))
+	}
+	r.Artifact.PresignedURL = strings.Repeat("p", 3300)
+	got = encodeDecode(t, r)
+	if got.Changes.Summary != "" || got.Changes.Upgraded != 40 || got.Changes.Added != 2 || len(got.Verification.Checks) != 3 {
+		t.Fatalf("got changes %+v, %d checks; want the counts and every check", got.Changes, len(got.Verification.Checks))
+	}
+	if r.Changes.Summary == "" {
+		t.Fatal("Encode changed its input's summary")
+	}
+}
+
 func encodeDecode(t *testing.T, r *Result) *Result {
 	t.Helper()
 	b, err := r.Encode()

@@ -108,8 +108,12 @@ func TestFirstBuild(t *testing.T) {
 		g.Expect(reasonOf(n, imagev1.ReadyCondition)).To(Equal("False/Building"))
 	}, testTimeout).Should(Succeed())
 
-	// Succeeded: Ready, Current, artifact mirrored.
-	playPod(g, ns, podName, corev1.PodSucceeded, succeeded(ni, digest))
+	// Succeeded: Ready, Current, artifact mirrored, the package changes
+	// from the image published before it in the build's status.
+	res := succeeded(ni, digest)
+	res.Changes = &buildresult.Changes{Previous: "sha256:" + strings.Repeat("1", 64), Upgraded: 2, Added: 1,
+		Summary: "upgraded libc6 2.41-12 → 2.41-12+deb13u1, zlib1g 1:1.3-1 → 1:1.3-2; added jq 1.7.1-6"}
+	playPod(g, ns, podName, corev1.PodSucceeded, res)
 	g.Eventually(func(g Gomega) {
 		n := get(g, ni)
 		g.Expect(reasonOf(n, imagev1.ReadyCondition)).To(Equal("True/Succeeded"))
@@ -126,6 +130,8 @@ func TestFirstBuild(t *testing.T) {
 			g.Expect(reasonOf(b, c)).To(Equal("True/Succeeded"), c)
 		}
 		g.Expect(b.Status.Verification.Accelerator).To(Equal("kvm"))
+		g.Expect(b.Status.PackageChanges).To(Equal(&imagev1.PackageChanges{PreviousSpecDigest: res.Changes.Previous,
+			Upgraded: 2, Added: 1, Summary: res.Changes.Summary}))
 		g.Expect(kstatusOf(g, b)).To(Equal(status.CurrentStatus))
 	}, testTimeout).Should(Succeed())
 	g.Eventually(func(g Gomega) {

@@ -619,6 +619,11 @@ func (r *NodeImageBuildReconciler) succeed(ctx context.Context, b *imagev1.NodeI
 	if res.Verification != nil {
 		b.Status.Verification = verificationOf(res)
 	}
+	if c := res.Changes; c != nil {
+		b.Status.PackageChanges = &imagev1.PackageChanges{PreviousSpecDigest: c.Previous,
+			Upgraded: c.Upgraded, Downgraded: c.Downgraded, Added: c.Added, Removed: c.Removed,
+			Summary: buildresult.Truncate(c.Summary, 1024)}
+	}
 	b.Status.Progress = &imagev1.Progress{Step: "done", Percent: 100}
 	b.Status.LogExcerpt = ""
 	now := metav1.NewTime(r.clock().Now())

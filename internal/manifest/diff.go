@@ -3,6 +3,8 @@ package manifest
 import (
 	"cmp"
 	"slices"
+	"strconv"
+	"strings"
 
 	"github.com/nodeforge/nodeforge/internal/debian"
 )
@@ -28,7 +30,7 @@ type PackageDiff struct {
 
 // Empty reports whether both package lists were the same.
 func (d PackageDiff) Empty() bool {
-	return len(d.Upgraded)+len(d.Downgraded)+len(d.Added)+len(d.Removed) == 0
+	return d.count() == 0
 }
 
 // DiffPackages compares the packages of an older image with those of a
@@ -67,4 +69,60 @@ func DiffPackages(older, newer []Package) PackageDiff {
 		})
 	}
 	return d
+}
+
+// Summary names the changes with their versions, kind by kind (upgraded,
+// downgraded, added, removed), in at most limit bytes: what does not fit
+// is counted ("and 12 more"). Empty when nothing changed.
+func (d PackageDiff) Summary(limit int) string {
+	kinds := []struct {
+		label string
+		list  []PackageChange
+		show  func(PackageChange) string
+	}{
+		{"upgraded", d.Upgraded, func(c PackageChange) string { return c.Name + " " + c.From + " → " + c.To }},
+		{"downgraded", d.Downgraded, func(c PackageChange) string { return c.Name + " " + c.From + " → " + c.To }},
+		{"added", d.Added, func(c PackageChange) string { return c.Name + " " + c.To }},
+		{"removed", d.Removed, func(c PackageChange) string { return c.Name + " " + c.From }},
+	}
+	var parts []string
+	left := d.count()
+	used, full := 0, false
+	for _, k := range kinds {
+		if len(k.list) == 0 || full {
+			continue
+		}
+		part := k.label
+		for i, c := range k.list {
+			sep := " "
+			if i > 0 {
+				sep = ", "
+			}
+			item := sep + k.show(c)
+			// Room for this item, the parts' separators and a final
+			// "; and N more".
+			if used+len(part)+len(item)+2*len(parts)+len("; and 99999 more") > limit {
+				full = true
+				break
+			}
+			part += item
+			left--
+		}
+		if part != k.label {
+			parts = append(parts, part)
+			used += len(part)
+		}
+	}
+	s := strings.Join(parts, "; ")
+	if left > 0 {
+		if s != "" {
+			s += "; "
+		}
+		s += "and " + strconv.Itoa(left) + " more"
+	}
+	return s
+}
+
+func (d PackageDiff) count() int {
+	return len(d.Upgraded) + len(d.Downgraded) + len(d.Added) + len(d.Removed)
 }

@@ -44,3 +44,30 @@ func TestDiffPackages(t *testing.T) {
 	g.Expect(DiffPackages(nil, nil).Empty()).To(BeTrue())
 	g.Expect(DiffPackages(nil, newer[:1]).Added).To(HaveLen(1))
 }
+
+func TestPackageDiffSummary(t *testing.T) {
+	d := PackageDiff{
+		Upgraded: []PackageChange{{Name: "libc6", Architecture: "amd64", From: "2.41-12", To: "2.41-12+deb13u1"}},
+		Added:    []PackageChange{{Name: "jq", Architecture: "amd64", To: "1.7.1-6"}, {Name: "libjq1", Architecture: "amd64", To: "1.7.1-6"}},
+		Removed:  []PackageChange{{Name: "nano", Architecture: "amd64", From: "8.4-1"}},
+	}
+	if got, want := d.Summary(1024), "upgraded libc6 2.41-12 → 2.41-12+deb13u1; added jq 1.7.1-6, libjq1 1.7.1-6; removed nano 8.4-1"; got != want {
+		t.Errorf("Summary(1024) = %q, want %q", got, want)
+	}
+	// What does not fit is counted, in order: nothing after the first
+	// change that did not fit is shown.
+	if got, want := d.Summary(70), "upgraded libc6 2.41-12 → 2.41-12+deb13u1; and 3 more"; got != want {
+		t.Errorf("Summary(70) = %q, want %q", got, want)
+	}
+	if got, want := d.Summary(10), "and 4 more"; got != want {
+		t.Errorf("Summary(10) = %q, want %q", got, want)
+	}
+	for _, limit := range []int{10, 40, 70, 90, 1024} {
+		if s := d.Summary(limit); len(s) > max(limit, len("and 4 more")) {
+			t.Errorf("Summary(%d) is %d bytes: %q", limit, len(s), s)
+		}
+	}
+	if s := (PackageDiff{}).Summary(100); s != "" {
+		t.Errorf("no changes: %q", s)
+	}
+}

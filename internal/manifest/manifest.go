@@ -39,8 +39,24 @@ type Manifest struct {
 
 	Verification *verify.Report `json:"verification,omitempty"`
 
+	// Previous is the image that was published under the same name before
+	// this one (the latest pointer when this one was published: another
+	// spec's, or an earlier build of the same spec), with the packages
+	// that changed since. Absent for a first image, and for one built
+	// without a destination.
+	Previous *Previous `json:"previous,omitempty"`
+
 	// Content is the resolved, defaulted image content that was built.
 	Content imagev1.ImageContent `json:"content"`
+}
+
+// Previous names the image published before this one and what changed.
+type Previous struct {
+	SpecDigest string    `json:"specDigest"`
+	SHA256     string    `json:"sha256"`
+	CreatedAt  time.Time `json:"createdAt"`
+	// Changes are the package changes from that image to this one.
+	Changes PackageDiff `json:"changes"`
 }
 
 // Image describes the image file.

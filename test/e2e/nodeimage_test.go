@@ -540,6 +540,19 @@ var _ = Describe("A NodeImage", Ordered, Label("nodeimage"), func() {
 		By("the base layer the first build cached was reused: only the layer on top was installed")
 		Expect(m.Base.Layer).To(Equal(firstLayer))
 		Expect(m.Base.LayerReused).To(BeTrue())
+
+		By("the manifest and the build's status name the image before it and the package added since")
+		Expect(m.Previous).NotTo(BeNil())
+		Expect(m.Previous.SpecDigest).To(Equal(first.Spec.SpecDigest))
+		Expect(m.Previous.Changes.Added).To(ContainElement(HaveField("Name", addedPackage)))
+		Expect(m.Previous.Changes.Removed).To(BeEmpty())
+		pc := second.Status.PackageChanges
+		Expect(pc).NotTo(BeNil())
+		Expect(pc.PreviousSpecDigest).To(Equal(first.Spec.SpecDigest))
+		Expect(pc.Added).To(Equal(int32(len(m.Previous.Changes.Added))))
+		Expect(pc.Upgraded).To(Equal(int32(len(m.Previous.Changes.Upgraded))))
+		Expect(pc.Removed).To(BeZero())
+		Expect(pc.Summary).To(ContainSubstring(addedPackage + " "))
 	})
 
 	It("removes its Pods, builds and objects when deleted with deletionPolicy Delete", func(ctx SpecContext) {
