@@ -144,19 +144,20 @@ func (p *pipeline) run(ctx context.Context) (*pipelineResult, error) {
 // recordPrevious writes into the new image's manifest which image was
 // published under the same name before it (the latest pointer) and how the
 // packages changed since. Nothing published yet: nothing to record. A
-// previous manifest that cannot be read (deleted by hand, unreadable)
-// is reported and the image published without it.
+// pointer or manifest that cannot be read (deleted or damaged by hand) is
+// reported and the image published without it (publishing writes a new
+// pointer): it must not keep every later image from being published.
 func (p *pipeline) recordPrevious(ctx context.Context, res *builder.Result) error {
 	ptr, err := p.Publisher.Latest(ctx, p.Name)
 	if errors.Is(err, storage.ErrNotFound) {
 		return nil
 	}
-	if err != nil {
-		return fmt.Errorf("reading the latest pointer of %s: %w", p.Name, err)
+	var prev *manifest.Manifest
+	if err == nil {
+		prev, err = p.readPublishedManifest(ctx, ptr.ManifestKey)
 	}
-	prev, err := p.readPublishedManifest(ctx, ptr.ManifestKey)
 	if err != nil {
-		fmt.Fprintf(p.Stderr, "warning: the manifest of the previous image (%s) cannot be read, so this one records no changes: %v\n", ptr.ManifestKey, err)
+		fmt.Fprintf(p.Stderr, "warning: the previously published image of %s cannot be read, so this one records no package changes: %v\n", p.Name, err)
 		return nil
 	}
 	res.Manifest.Previous = &manifest.Previous{SpecDigest: prev.SpecDigest, SHA256: prev.Image.SHA256, CreatedAt: prev.CreatedAt,

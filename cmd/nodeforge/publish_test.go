@@ -16,7 +16,9 @@ import (
 
 	. "github.com/onsi/gomega"
 
+	"github.com/nodeforge/nodeforge/internal/builder"
 	"github.com/nodeforge/nodeforge/internal/manifest"
+	"github.com/nodeforge/nodeforge/internal/storage"
 	"github.com/nodeforge/nodeforge/internal/storage/miniotest"
 )
 
@@ -98,4 +100,59 @@ func TestPublishInputErrors(t *testing.T) {
 	g.Expect(err).To(MatchError(ContainSubstring("--presign-expiry")))
 	err = runPublish(context.Background(), image, publishOptions{to: "s3://bucket", manifestPath: "/nonexistent.json", presignExpiry: time.Hour}, io.Discard, io.Discard)
 	g.Expect(err).To(MatchError(ContainSubstring("reading the build manifest")))
+}
+
+// recordPrevious against a real MinIO: nothing published, then a
+// published image whose manifest the next one's diff is taken against,
+// then a damaged latest pointer, which is reported and not fatal.
+func TestRecordPrevious(t *testing.T) {
+	g := NewWithT(t)
+	ctx := context.Background()
+	srv := miniotest.Start(t, miniotest.Config{})
+	useServer(t, srv)
+	pub, _, err := (&buildOptions{to: "s3://images/team", createBucket: true}).publisher(nil, "default")
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(pub.EnsureDestination(ctx)).To(Succeed())
+
+	dir := t.TempDir()
+	image, manPath := writeImage(t, dir, "")
+	newResult := func(pkgs ...manifest.Package) *builder.Result {
+		m, err := manifest.Read(manPath)
+		g.Expect(err).NotTo(HaveOccurred())
+		m.Packages, m.Previous = pkgs, nil
+		g.Expect(m.Write(manPath)).To(Succeed())
+		return &builder.Result{Manifest: m, ImagePath: image, ManifestPath: manPath}
+	}
+	var stderr bytes.Buffer
+	p := &pipeline{Name: "demo", Publisher: pub, Stderr: &stderr}
+
+	first := newResult(manifest.Package{Name: "libc6", Version: "2.41-12", Architecture: "amd64"})
+	g.Expect(p.recordPrevious(ctx, first)).To(Succeed())
+	g.Expect(first.Manifest.Previous).To(BeNil(), "nothing published yet")
+	m, raw, err := readManifest(manPath)
+	g.Expect(err).NotTo(HaveOccurred())
+	_, _, err = publishImage(ctx, pub, image, m, raw, time.Hour, io.Discard)
+	g.Expect(err).NotTo(HaveOccurred())
+
+	second := newResult(manifest.Package{Name: "libc6", Version: "2.41-12+deb13u1", Architecture: "amd64"},
+		manifest.Package{Name: "jq", Version: "1.7.1-6", Architecture: "amd64"})
+	g.Expect(p.recordPrevious(ctx, second)).To(Succeed())
+	prev := second.Manifest.Previous
+	g.Expect(prev).NotTo(BeNil())
+	g.Expect(prev.SpecDigest).To(Equal(m.SpecDigest))
+	g.Expect(prev.SHA256).To(Equal(m.Image.SHA256))
+	g.Expect(prev.Changes.Upgraded).To(Equal([]manifest.PackageChange{{Name: "libc6", Architecture: "amd64", From: "2.41-12", To: "2.41-12+deb13u1"}}))
+	g.Expect(prev.Changes.Added).To(Equal([]manifest.PackageChange{{Name: "jq", Architecture: "amd64", To: "1.7.1-6"}}))
+	onDisk, err := manifest.Read(manPath)
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(onDisk.Previous).To(Equal(prev), "the manifest file to publish holds it")
+	g.Expect(stderr.String()).To(BeEmpty())
+
+	// A damaged latest pointer: reported, not fatal, nothing recorded.
+	_, err = pub.Store.PutBytes(ctx, pub.LatestKey("demo"), []byte("not json"), storage.PutOptions{ContentType: "application/json"})
+	g.Expect(err).NotTo(HaveOccurred())
+	third := newResult()
+	g.Expect(p.recordPrevious(ctx, third)).To(Succeed())
+	g.Expect(third.Manifest.Previous).To(BeNil())
+	g.Expect(stderr.String()).To(ContainSubstring("warning: the previously published image of demo cannot be read"))
 }
