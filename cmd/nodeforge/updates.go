@@ -47,8 +47,9 @@ spec.packages, the Kubernetes packages) is compared with its pin, any other
 with the newest version its repositories offer.
 
 It lists the packages with newer versions and those no repository offers
-any more. With --exit-code it exits 2 when there are newer versions. The
-manager's update checks (spec.updates) run it in a short-lived Pod.
+any more. With --exit-code it exits 2 when there are newer versions, for a
+scheduled job or CI to start a rebuild; -o json adds a digest of the new
+versions (the same updates, the same digest).
 
 Runs as root (mmdebstrap in root mode), like build.`,
 		Example: `  nodeforge updates -f config/samples/image_v1alpha1_nodeimage_cloudbase.yaml --manifest out/cloud-base.json
