@@ -341,9 +341,19 @@ func readyWait(what string) string {
 	return kubectl + "wait --for=condition=Ready " + what + " --timeout=${rest}s >/dev/null 2>&1"
 }
 
+// podsReadyNow is a shell test that every Pod selected by sel in ns is
+// Running and Ready at one moment, and that there is one. kubectl wait
+// sees each Pod Ready in turn; under TCG a readiness probe can fail
+// again meanwhile, and the check's message must not show a Pod 0/1.
+func podsReadyNow(ns, sel string) string {
+	jp := `{range .items[*]}{.status.phase}/{.status.conditions[?(@.type=="Ready")].status} {end}`
+	q := kubectl + "-n " + ns + " get pods " + sel + " -o jsonpath='" + jp + "' 2>/dev/null"
+	return "s=$(" + q + ") && [ -n \"$s\" ] && ! printf '%s' \"$s\" | tr ' ' '\\n' | grep -v '^$' | grep -qv '^Running/True$'"
+}
+
 func (b *bootRun) checkCoreDNS(ctx context.Context) (string, error) {
 	show := kubectl + "-n kube-system get pods -l k8s-app=kube-dns -o wide 2>&1"
-	ok, out, err := b.waitFor(ctx, readyWait("-n kube-system pods -l k8s-app=kube-dns"), show, 8*time.Minute)
+	ok, out, err := b.waitFor(ctx, readyWait("-n kube-system pods -l k8s-app=kube-dns")+" && "+podsReadyNow("kube-system", "-l k8s-app=kube-dns"), show, 8*time.Minute)
 	if err != nil {
 		return "", err
 	}
