@@ -199,7 +199,7 @@ func (p *pipeline) verify(ctx context.Context, res *builder.Result) (*verify.Rep
 	if p.Progress != "json" {
 		fmt.Fprintf(p.Stderr, "verifying %s (boot test: %t)\n", res.ImagePath, opts.Boot)
 	}
-	opts.Progress = checkProgress(p.Progress == "json", p.Stdout, p.Stderr)
+	opts.Progress = checkProgress(p.Progress == "json", false, p.Stdout, p.Stderr)
 	r, err := verify.Verify(ctx, res.ImagePath, p.Content, opts)
 	if err != nil {
 		return nil, err
@@ -218,10 +218,11 @@ func (p *pipeline) verify(ctx context.Context, res *builder.Result) (*verify.Rep
 }
 
 // checkProgress reports each check as it ends: as a progress event on
-// stdout (asJSON, the builder Pod's protocol) or a line on stderr. Why a
-// check failed always goes to stderr, in full, so that it is in the
-// builder Pod's log (kubectl logs) and not only in the report.
-func checkProgress(asJSON bool, stdout, stderr io.Writer) func(verify.Check) {
+// stdout (asJSON, the builder Pod's protocol) or a line on stderr (with
+// quiet, failed checks only). Why a check failed always goes to stderr,
+// in full, so that it is in the builder Pod's log (kubectl logs) and not
+// only in the report.
+func checkProgress(asJSON, quiet bool, stdout, stderr io.Writer) func(verify.Check) {
 	rep := &builder.JSONReporter{W: stdout}
 	return func(c verify.Check) {
 		failed := !c.Passed && !c.Skipped
@@ -233,7 +234,9 @@ func checkProgress(asJSON bool, stdout, stderr io.Writer) func(verify.Check) {
 			}
 			return
 		}
-		fmt.Fprintf(stderr, "  %-4s %s\n", status(c), c.Name)
+		if !quiet || failed {
+			fmt.Fprintf(stderr, "  %-4s %s\n", status(c), c.Name)
+		}
 		if failed {
 			fmt.Fprintln(stderr, indent(c.Message, "       | "))
 		}

@@ -238,7 +238,7 @@ func TestCheckProgressLogsWhyACheckFailed(t *testing.T) {
 		Message: "CoreDNS is not Running and Ready after 5m:\n--- pods\ncoredns-1 Pending", DurationSeconds: 300}
 
 	var stdout, stderr bytes.Buffer
-	progress := checkProgress(true, &stdout, &stderr)
+	progress := checkProgress(true, false, &stdout, &stderr)
 	progress(ok)
 	progress(bad)
 	lines := strings.Split(strings.TrimSpace(stdout.String()), "\n")
@@ -253,10 +253,18 @@ func TestCheckProgressLogsWhyACheckFailed(t *testing.T) {
 
 	stdout.Reset()
 	stderr.Reset()
-	progress = checkProgress(false, &stdout, &stderr)
+	progress = checkProgress(false, false, &stdout, &stderr)
 	progress(ok)
 	progress(bad)
 	g.Expect(stdout.String()).To(BeEmpty())
 	g.Expect(stderr.String()).To(Equal("  ok   cluster-node-ready\n  FAIL cluster-coredns-running\n" +
+		"       | CoreDNS is not Running and Ready after 5m:\n       | --- pods\n       | coredns-1 Pending\n"))
+
+	// nodeforge verify --quiet: the failed checks only, with why.
+	stderr.Reset()
+	progress = checkProgress(false, true, &stdout, &stderr)
+	progress(ok)
+	progress(bad)
+	g.Expect(stderr.String()).To(Equal("  FAIL cluster-coredns-running\n" +
 		"       | CoreDNS is not Running and Ready after 5m:\n       | --- pods\n       | coredns-1 Pending\n"))
 }

@@ -87,16 +87,7 @@ func runVerify(cmd *cobra.Command, image string, f *verifyFlags) error {
 	default:
 		return fmt.Errorf("--accelerator must be kvm or tcg, not %q", opts.Accelerator)
 	}
-	errOut := cmd.ErrOrStderr()
-	opts.Progress = func(c verify.Check) {
-		failed := !c.Passed && !c.Skipped
-		if !f.quiet || failed {
-			fmt.Fprintf(errOut, "  %-4s %s\n", status(c), c.Name)
-		}
-		if failed {
-			fmt.Fprintln(errOut, indent(c.Message, "       | "))
-		}
-	}
+	opts.Progress = checkProgress(false, f.quiet, cmd.OutOrStdout(), cmd.ErrOrStderr())
 	start := time.Now()
 	r, err := verify.Verify(ctx, image, content, opts)
 	if err != nil {
