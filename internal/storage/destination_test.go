@@ -73,7 +73,7 @@ func TestS3OptionsFromEnvAndOpenS3URL(t *testing.T) {
 	g.Expect(pub.Prefix).To(Equal("nodes/prod"))
 	g.Expect(st.Bucket()).To(Equal("bkt1"))
 	g.Expect(st.create).To(BeTrue())
-	g.Expect(pub.ImageKey("n", digestN(1), FormatQCOW2)).To(Equal("nodes/prod/n/" + digestN(1) + "/n.qcow2"))
+	g.Expect(pub.ImageKey("n", digestN(1), 3, FormatQCOW2)).To(Equal("nodes/prod/n/" + digestN(1) + "/3/n.qcow2"))
 
 	delete(env, EnvSecretAccessKey)
 	_, _, err = OpenS3URL("s3://bkt1", false, lookup)

@@ -128,11 +128,26 @@ func (d *Dir) put(ctx context.Context, key string, r io.Reader, size int64, opts
 		return fail(nil, err)
 	}
 	meta, _ := json.Marshal(dirMeta{SHA256: sum, ContentType: opts.contentType()})
-	if err := writeFileAtomic(d.metaPath(key), meta); err != nil {
-		return fail(nil, err)
-	}
-	if err := os.Rename(tmp.Name(), dst); err != nil {
-		return fail(nil, err)
+	if opts.IfAbsent {
+		// A hard link never replaces an existing name: of two racing
+		// writers one gets EEXIST. The metadata follows the link, so an
+		// object that exists already keeps its own.
+		if err := os.Link(tmp.Name(), dst); err != nil {
+			if errors.Is(err, fs.ErrExist) {
+				return fail(ErrExists, errors.New("an object exists at the key"))
+			}
+			return fail(nil, err)
+		}
+		if err := writeFileAtomic(d.metaPath(key), meta); err != nil {
+			return fail(nil, err)
+		}
+	} else {
+		if err := writeFileAtomic(d.metaPath(key), meta); err != nil {
+			return fail(nil, err)
+		}
+		if err := os.Rename(tmp.Name(), dst); err != nil {
+			return fail(nil, err)
+		}
 	}
 	syncDir(filepath.Dir(dst))
 	info, err := d.Stat(ctx, key)

@@ -2,11 +2,15 @@ package storage
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -104,4 +108,58 @@ func TestDirChecksumMismatchLeavesNothing(t *testing.T) {
 	g.Expect(errors.Is(err, context.Canceled)).To(BeTrue(), "%v", err)
 	_, err = d.Stat(ctx, "k2")
 	g.Expect(errors.Is(err, ErrNotFound)).To(BeTrue())
+}
+
+func TestDirConditionalPut(t *testing.T) {
+	d, err := NewDir(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	testConditionalPut(t, d)
+}
+
+// testConditionalPut checks PutOptions.IfAbsent on a store: a second
+// conditional put of a key fails with ErrExists and leaves the object as
+// it was, and of writers racing for a new key exactly one wins.
+func testConditionalPut(t *testing.T, s Store) {
+	g := NewWithT(t)
+	ctx := context.Background()
+	_, err := s.PutBytes(ctx, "claims/a", []byte("first"), PutOptions{IfAbsent: true})
+	g.Expect(err).NotTo(HaveOccurred())
+	_, err = s.PutBytes(ctx, "claims/a", []byte("second"), PutOptions{IfAbsent: true})
+	g.Expect(errors.Is(err, ErrExists)).To(BeTrue(), "%v", err)
+	info, err := s.Stat(ctx, "claims/a")
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(info.SHA256).To(Equal(sha256Hex("first")), "the object is the first writer's")
+	rc, _, err := s.Get(ctx, "claims/a")
+	g.Expect(err).NotTo(HaveOccurred())
+	b, _ := io.ReadAll(rc)
+	rc.Close()
+	g.Expect(string(b)).To(Equal("first"))
+
+	const writers = 6
+	var wg sync.WaitGroup
+	errs := make([]error, writers)
+	for i := range writers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, errs[i] = s.PutBytes(ctx, "claims/b", []byte(fmt.Sprintf("writer %d", i)), PutOptions{IfAbsent: true})
+		}()
+	}
+	wg.Wait()
+	won := 0
+	for _, err := range errs {
+		if err == nil {
+			won++
+			continue
+		}
+		g.Expect(errors.Is(err, ErrExists)).To(BeTrue(), "%v", err)
+	}
+	g.Expect(won).To(Equal(1), "exactly one writer wins: %v", errs)
+}
+
+func sha256Hex(s string) string {
+	h := sha256.Sum256([]byte(s))
+	return hex.EncodeToString(h[:])
 }

@@ -50,7 +50,8 @@
 //
 // Errors wrap one of ErrNotFound, ErrBucketNotFound, ErrAccessDenied (wrong
 // or insufficient credentials), ErrUnavailable (server unreachable after
-// retries), ErrChecksumMismatch and ErrInvalidArgument, for errors.Is. Their
+// retries), ErrChecksumMismatch, ErrInvalidArgument and ErrExists (a
+// conditional put found an object), for errors.Is. Their
 // text names the operation, bucket and key, and never contains credentials.
 //
 // # Credentials
@@ -66,22 +67,29 @@
 //
 // # Artifact layout
 //
-// A Publisher writes, under its prefix, content-addressed keys. For a
-// NodeImage's destination (OpenDestination) the prefix is
+// A Publisher writes, under its prefix, content-addressed and numbered
+// keys. For a NodeImage's destination (OpenDestination) the prefix is
 // NAMESPACE/PREFIX, so tenants sharing a bucket cannot reach each other's
 // keys:
 //
-//	PREFIX/NAME/SPECDIGEST/NAME.qcow2          image (or NAME.raw), x-amz-meta-sha256
-//	PREFIX/NAME/SPECDIGEST/NAME.qcow2.sha256   "HEX  NAME.qcow2" for sha256sum -c
-//	PREFIX/NAME/SPECDIGEST/manifest.json       the build manifest, as given
-//	PREFIX/NAME/latest                         JSON Pointer to the newest publish
+//	PREFIX/NAME/SPECDIGEST/REV/NAME.qcow2.sha256   "HEX  NAME.qcow2" for sha256sum -c
+//	PREFIX/NAME/SPECDIGEST/REV/NAME.qcow2          image (or NAME.raw), x-amz-meta-sha256
+//	PREFIX/NAME/SPECDIGEST/REV/manifest.json       the build manifest, as given
+//	PREFIX/NAME/latest                             JSON Pointer to the newest revision
 //
-// in that order; the manifest's presence marks a digest as published, and
-// the latest pointer moves only after the image and manifest are verified.
-// Lookup finds a published digest so that a rebuild of the same spec is
-// skipped; Prune keeps the newest N published digests and never the one
-// latest names; DeleteAll implements the Delete deletion policy. A failed
-// publish never touches older digests or the previous pointer.
+// in that order. REV numbers every publish of NAME (1, 2, 3, ...) and is
+// claimed by putting the .sha256 only if absent (PutOptions.IfAbsent), so
+// publishes are append-only: a rebuild of the same spec is a new revision,
+// and no published object is ever written again. The manifest's presence
+// marks a revision as published, and the latest pointer moves only after
+// the image and manifest are verified, never back to a lower revision.
+// Lookup finds the newest published revision of a digest so that a build
+// of the same spec is skipped; Prune keeps the newest N published
+// revisions and never the one latest names, and removes unpublished
+// leftovers once stale; DeleteAll implements the Delete deletion policy. A
+// failed publish never touches older revisions or the pointer, and removes
+// what it wrote of its own. Keys of the layout from before revisions
+// (SPECDIGEST/NAME.qcow2) read as revision 0.
 //
 // # CLI
 //

@@ -34,6 +34,8 @@ var (
 	ErrChecksumMismatch = errors.New("checksum mismatch")
 	// ErrInvalidArgument: a key, name, digest, URL or option is malformed.
 	ErrInvalidArgument = errors.New("invalid argument")
+	// ErrExists: a put with PutOptions.IfAbsent found an object at the key.
+	ErrExists = errors.New("object exists")
 )
 
 // OpError describes a failed store operation. Its message names the
@@ -96,7 +98,7 @@ func classify(err error) error {
 	if err == nil {
 		return nil
 	}
-	for _, k := range []error{ErrNotFound, ErrBucketNotFound, ErrAccessDenied, ErrUnavailable, ErrChecksumMismatch, ErrInvalidArgument} {
+	for _, k := range []error{ErrNotFound, ErrBucketNotFound, ErrAccessDenied, ErrUnavailable, ErrChecksumMismatch, ErrInvalidArgument, ErrExists} {
 		if errors.Is(err, k) {
 			return k
 		}
@@ -118,6 +120,8 @@ func classify(err error) error {
 			return ErrChecksumMismatch
 		case "InvalidBucketName", "InvalidObjectName", "KeyTooLongError", "EntityTooSmall", "EntityTooLarge":
 			return ErrInvalidArgument
+		case "PreconditionFailed":
+			return ErrExists
 		}
 	}
 	if errors.As(err, &resp) {
@@ -127,6 +131,8 @@ func classify(err error) error {
 			return ErrNotFound
 		case http.StatusForbidden, http.StatusUnauthorized:
 			return ErrAccessDenied
+		case http.StatusPreconditionFailed:
+			return ErrExists
 		}
 	}
 	if transient(err) {

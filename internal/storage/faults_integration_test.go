@@ -78,14 +78,18 @@ func TestS3ServerKilledDuringMultipartUpload(t *testing.T) {
 	g.Expect(err.Error()).To(ContainSubstring("storage server unavailable"))
 
 	srv.start()
-	// Nothing of the failed publish is visible.
-	_, err = st.Stat(ctx, pub.ImageKey("node", digestB, FormatQCOW2))
+	// Nothing of the failed publish is visible: no image, and the
+	// revision it claimed (its .sha256, which the dead server kept from
+	// being removed) reads as not published until Prune removes it.
+	_, err = st.Stat(ctx, pub.ImageKey("node", digestB, 2, FormatQCOW2))
 	g.Expect(errors.Is(err, ErrNotFound)).To(BeTrue(), "%v", err)
 	_, err = pub.Lookup(ctx, "node", digestB)
 	g.Expect(errors.Is(err, ErrNotFound)).To(BeTrue(), "%v", err)
 	objs, err := st.List(ctx, "images/node/"+digestB)
 	g.Expect(err).NotTo(HaveOccurred())
-	g.Expect(objs).To(BeEmpty())
+	for _, o := range objs {
+		g.Expect(o.Key).To(Equal(pub.ImageKey("node", digestB, 2, FormatQCOW2)+".sha256"), "only the claim may remain")
+	}
 	// The older artifact and the latest pointer are untouched.
 	a, err := pub.Lookup(ctx, "node", digestA)
 	g.Expect(err).NotTo(HaveOccurred())

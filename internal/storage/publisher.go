@@ -9,20 +9,31 @@ import (
 	"log/slog"
 	"path"
 	"regexp"
+	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
+
+	"github.com/nodeforge/nodeforge/internal/checksum"
 )
 
 // Artifact layout, under the publisher's prefix:
 //
-//	NAME/SPECDIGEST/NAME.qcow2          the image (or NAME.raw)
-//	NAME/SPECDIGEST/NAME.qcow2.sha256   sha256sum(1) line for the image
-//	NAME/SPECDIGEST/manifest.json       the build manifest (caller's bytes)
-//	NAME/latest                         Pointer to the newest published digest
+//	NAME/SPECDIGEST/REV/NAME.qcow2          the image (or NAME.raw)
+//	NAME/SPECDIGEST/REV/NAME.qcow2.sha256   sha256sum(1) line for the image
+//	NAME/SPECDIGEST/REV/manifest.json       the build manifest (caller's bytes)
+//	NAME/latest                             Pointer to the newest published revision
 //
 // SPECDIGEST is the hex sha256 of the NodeImage spec, so the keys are
 // content-addressed: a second build of the same spec finds the artifact.
+// REV is the revision, numbered 1, 2, 3, ... across every publish of NAME
+// whatever its digest: a rebuild of the same spec (a requested rebuild, a
+// Debian update) is a new revision beside the old one, never an overwrite.
+// A failed publish removes what it wrote, so the next publish may take its
+// number; a published revision's number is never given again. Objects
+// published before revisions (NAME/SPECDIGEST/NAME.qcow2, ...) read as
+// revision 0.
 const (
 	ManifestFileName = "manifest.json"
 	LatestFileName   = "latest"
@@ -37,7 +48,12 @@ const (
 var (
 	nameRE       = regexp.MustCompile(`^[a-z0-9]([-a-z0-9._]{0,251}[a-z0-9])?$`)
 	specDigestRE = regexp.MustCompile(`^[0-9a-f]{12,64}$`)
+	revisionRE   = regexp.MustCompile(`^[1-9][0-9]{0,8}$`)
 )
+
+// maxRevisionClaims bounds how many revision numbers one publish tries when
+// others publishing the same name at the same moment take them first.
+const maxRevisionClaims = 8
 
 // Publisher lays images out in a Store as content-addressed artifacts.
 type Publisher struct {
@@ -103,8 +119,11 @@ type PublishInput struct {
 
 // Artifact is a published (or found) image with its companions.
 type Artifact struct {
-	Name        string    `json:"name"`
-	SpecDigest  string    `json:"specDigest"`
+	Name       string `json:"name"`
+	SpecDigest string `json:"specDigest"`
+	// Revision numbers the publishes of Name (0: published before
+	// revisions).
+	Revision    int       `json:"revision"`
 	ImageKey    string    `json:"imageKey"`
 	ChecksumKey string    `json:"checksumKey"`
 	ManifestKey string    `json:"manifestKey"`
@@ -117,6 +136,7 @@ type Artifact struct {
 // Pointer is the content of the NAME/latest object.
 type Pointer struct {
 	SpecDigest  string    `json:"specDigest"`
+	Revision    int       `json:"revision,omitempty"`
 	Key         string    `json:"key"`
 	ManifestKey string    `json:"manifestKey"`
 	SHA256      string    `json:"sha256"`
@@ -161,9 +181,116 @@ func (p *Publisher) digestDir(name, digest string) string {
 	return p.nameDir(name) + digest + "/"
 }
 
-// ImageKey returns the key of the image for name, digest and format.
-func (p *Publisher) ImageKey(name, digest, format string) string {
-	return p.digestDir(name, digest) + name + "." + format
+// revisionDir is the "directory" of one revision's objects; revision 0 is
+// the layout from before revisions.
+func (p *Publisher) revisionDir(name, digest string, rev int) string {
+	if rev == 0 {
+		return p.digestDir(name, digest)
+	}
+	return p.digestDir(name, digest) + strconv.Itoa(rev) + "/"
+}
+
+// ImageKey returns the key of the image for name, digest, revision and
+// format.
+func (p *Publisher) ImageKey(name, digest string, rev int, format string) string {
+	return p.revisionDir(name, digest, rev) + name + "." + format
+}
+
+// revision is one revision's objects as listed.
+type revision struct {
+	Digest string
+	Number int
+	// Manifest is the manifest's listing; nil while the revision is not
+	// published (a publish in progress or one that failed).
+	Manifest *ObjectInfo
+	// Objects are every object of the revision, the manifest included.
+	Objects []ObjectInfo
+}
+
+// parseKey splits a key of name's layout; ok is false for every other key
+// (the latest pointer, or another name's keys below a nested prefix).
+func (p *Publisher) parseKey(name, key string) (digest string, rev int, file string, ok bool) {
+	rest, found := strings.CutPrefix(key, p.nameDir(name))
+	if !found {
+		return "", 0, "", false
+	}
+	parts := strings.Split(rest, "/")
+	switch {
+	case len(parts) == 2:
+		digest, file = parts[0], parts[1]
+	case len(parts) == 3 && revisionRE.MatchString(parts[1]):
+		digest, file = parts[0], parts[2]
+		rev, _ = strconv.Atoi(parts[1])
+	default:
+		return "", 0, "", false
+	}
+	if !specDigestRE.MatchString(digest) || file == "" {
+		return "", 0, "", false
+	}
+	return digest, rev, file, true
+}
+
+// revisions lists the revisions of name (of one digest when digest is not
+// empty), newest first: by number, then revision 0 by manifest time.
+func (p *Publisher) revisions(ctx context.Context, name, digest string) ([]*revision, error) {
+	prefix := p.nameDir(name)
+	if digest != "" {
+		prefix = p.digestDir(name, digest)
+	}
+	objs, err := p.Store.List(ctx, prefix)
+	if err != nil {
+		return nil, err
+	}
+	type id struct {
+		digest string
+		rev    int
+	}
+	byID := map[id]*revision{}
+	var out []*revision
+	for _, o := range objs {
+		d, rev, file, ok := p.parseKey(name, o.Key)
+		if !ok {
+			continue
+		}
+		r := byID[id{d, rev}]
+		if r == nil {
+			r = &revision{Digest: d, Number: rev}
+			byID[id{d, rev}] = r
+			out = append(out, r)
+		}
+		r.Objects = append(r.Objects, o)
+		if file == ManifestFileName {
+			m := o
+			r.Manifest = &m
+		}
+	}
+	sort.SliceStable(out, func(i, j int) bool {
+		a, b := out[i], out[j]
+		if a.Number != b.Number {
+			return a.Number > b.Number
+		}
+		at, bt := a.newest(), b.newest()
+		if !at.Equal(bt) {
+			return at.After(bt)
+		}
+		return a.Digest < b.Digest
+	})
+	return out, nil
+}
+
+// newest is the time of the revision's latest object: its manifest's when
+// published.
+func (r *revision) newest() time.Time {
+	if r.Manifest != nil {
+		return r.Manifest.LastModified
+	}
+	var t time.Time
+	for _, o := range r.Objects {
+		if o.LastModified.After(t) {
+			t = o.LastModified
+		}
+	}
+	return t
 }
 
 // LatestKey returns the key of the latest pointer for name.
@@ -183,12 +310,15 @@ func validateNameDigest(name, digest string) error {
 	return nil
 }
 
-// Publish uploads the image, its .sha256 file and the manifest, each
-// verified by the store, and only then moves the latest pointer. On error
-// nothing published earlier is touched: older digests and the previous
-// latest pointer stay as they were. Republishing the same digest first
-// removes its manifest, so a failure half-way leaves the digest not
-// published (Lookup finds nothing) rather than inconsistent.
+// Publish uploads the image as the next revision of its name: first the
+// .sha256 file, put only if absent, which claims the revision number; then
+// the image and the manifest, each verified by the store; and only then
+// moves the latest pointer, unless it names a higher revision already.
+// Nothing published earlier is ever written: a rebuild of the same spec
+// is a new revision beside the old one. On error, older revisions and the
+// latest pointer stay as they were, and the failed revision's objects are
+// removed (when the store cannot be reached, Prune removes them once
+// stale); without a manifest it never reads as published.
 func (p *Publisher) Publish(ctx context.Context, in PublishInput) (Artifact, error) {
 	digest := normalizeDigest(in.SpecDigest)
 	if err := validateNameDigest(in.Name, digest); err != nil {
@@ -207,57 +337,110 @@ func (p *Publisher) Publish(ctx context.Context, in PublishInput) (Artifact, err
 	if len(in.Manifest) == 0 || !json.Valid(in.Manifest) {
 		return Artifact{}, errorf(ErrInvalidArgument, "manifest must be a JSON document")
 	}
+	if in.SHA256 != "" && !validSHA256(in.SHA256) {
+		return Artifact{}, errorf(ErrInvalidArgument, "sha256 %q is not lowercase hex", in.SHA256)
+	}
 	if err := p.EnsureDestination(ctx); err != nil {
 		return Artifact{}, err
 	}
-
-	fileName := in.Name + "." + format
-	imageKey := p.ImageKey(in.Name, digest, format)
-	manifestKey := p.digestDir(in.Name, digest) + ManifestFileName
-	log := p.log().With("name", in.Name, "specDigest", digest)
-	// Republishing a digest (a rebuild of the same spec) takes its
-	// manifest, which marks the digest as published, away first: until the
-	// new image, its .sha256 and the manifest are all in place, the digest
-	// reads as not published, never as one image with another's checksum.
-	switch _, err := p.Store.Stat(ctx, manifestKey); {
-	case err == nil:
-		log.Info("republishing: the digest is unpublished until its new objects are in place", "key", manifestKey)
-		if err := p.Store.Delete(ctx, manifestKey); err != nil {
-			return Artifact{}, fmt.Errorf("publish %s: unpublishing the earlier upload: %w", in.Name, err)
+	sum := in.SHA256
+	if sum == "" {
+		// The .sha256 file goes first, so the sum is needed before the
+		// upload (the builder passes the sum it computed while writing).
+		var err error
+		if sum, _, err = checksum.File(in.ImagePath); err != nil {
+			return Artifact{}, fmt.Errorf("publish %s: %w", in.Name, err)
 		}
-	case !errors.Is(err, ErrNotFound):
-		return Artifact{}, fmt.Errorf("publish %s: %w", in.Name, err)
 	}
+	rev, err := p.claimRevision(ctx, in.Name, digest, format, sum)
+	if err != nil {
+		return Artifact{}, err
+	}
+	imageKey := p.ImageKey(in.Name, digest, rev, format)
+	a := Artifact{
+		Name: in.Name, SpecDigest: digest, Revision: rev, ImageKey: imageKey,
+		ChecksumKey: imageKey + ".sha256", ManifestKey: p.revisionDir(in.Name, digest, rev) + ManifestFileName,
+	}
+	log := p.log().With("name", in.Name, "specDigest", digest, "revision", rev)
 	log.Info("uploading image", "key", imageKey)
 	img, err := p.Store.PutFile(ctx, imageKey, in.ImagePath, PutOptions{
-		SHA256: in.SHA256, Progress: in.Progress, ContentType: "application/octet-stream",
+		SHA256: sum, Progress: in.Progress, ContentType: "application/octet-stream",
 	})
 	if err != nil {
-		return Artifact{}, fmt.Errorf("publish %s: image: %w", in.Name, err)
+		p.abandon(ctx, a)
+		return Artifact{}, fmt.Errorf("publish %s revision %d: image: %w", in.Name, rev, err)
 	}
-	a := Artifact{
-		Name: in.Name, SpecDigest: digest, ImageKey: imageKey,
-		ChecksumKey: imageKey + ".sha256", ManifestKey: manifestKey,
-		SHA256: img.SHA256, Size: img.Size, URL: p.Store.URL(imageKey),
-	}
-	if _, err := p.Store.PutBytes(ctx, a.ChecksumKey, []byte(SHA256SumLine(img.SHA256, fileName)), PutOptions{ContentType: "text/plain"}); err != nil {
-		return Artifact{}, fmt.Errorf("publish %s: checksum file: %w", in.Name, err)
-	}
-	// The manifest goes last among the digest's objects: its presence marks
-	// the digest as published (Lookup, Prune).
-	if _, err := p.Store.PutBytes(ctx, a.ManifestKey, in.Manifest, PutOptions{ContentType: "application/json"}); err != nil {
-		return Artifact{}, fmt.Errorf("publish %s: manifest: %w", in.Name, err)
+	a.SHA256, a.Size, a.URL = img.SHA256, img.Size, p.Store.URL(imageKey)
+	// The manifest goes last among the revision's objects: its presence
+	// marks the revision as published (Lookup, Prune).
+	if _, err := p.Store.PutBytes(ctx, a.ManifestKey, in.Manifest, PutOptions{ContentType: "application/json", IfAbsent: true}); err != nil {
+		p.abandon(ctx, a)
+		return Artifact{}, fmt.Errorf("publish %s revision %d: manifest: %w", in.Name, rev, err)
 	}
 	a.PublishedAt = p.now()
-	ptr, _ := json.Marshal(Pointer{
-		SpecDigest: digest, Key: imageKey, ManifestKey: a.ManifestKey,
-		SHA256: a.SHA256, Size: a.Size, PublishedAt: a.PublishedAt,
-	})
-	if _, err := p.Store.PutBytes(ctx, p.LatestKey(in.Name), ptr, PutOptions{ContentType: "application/json"}); err != nil {
-		return Artifact{}, fmt.Errorf("publish %s: latest pointer: %w", in.Name, err)
+	if err := p.moveLatest(ctx, a); err != nil {
+		return Artifact{}, err
 	}
 	log.Info("published", "key", imageKey, "sha256", a.SHA256, "size", a.Size)
 	return a, nil
+}
+
+// abandon removes what a failed publish wrote of its revision (never the
+// manifest: the publish failed before it), so that the revision does not
+// linger unpublished; its number is free again. When the store cannot be
+// reached, Prune removes the leftovers once they are stale.
+func (p *Publisher) abandon(ctx context.Context, a Artifact) {
+	ctx = context.WithoutCancel(ctx)
+	for _, key := range []string{a.ImageKey, a.ChecksumKey} {
+		if err := p.Store.Delete(ctx, key); err != nil {
+			p.log().Warn("could not remove an object of a failed publish; prune removes it later", "key", key, "error", err.Error())
+		}
+	}
+}
+
+// claimRevision takes the next free revision number of name by putting the
+// revision's .sha256 file only if absent: of two publishes racing for a
+// number, one gets it and the other tries the next.
+func (p *Publisher) claimRevision(ctx context.Context, name, digest, format, sum string) (int, error) {
+	revs, err := p.revisions(ctx, name, "")
+	if err != nil {
+		return 0, fmt.Errorf("publish %s: listing revisions: %w", name, err)
+	}
+	next := 1
+	for _, r := range revs {
+		next = max(next, r.Number+1)
+	}
+	line := []byte(SHA256SumLine(sum, name+"."+format))
+	for rev := next; rev < next+maxRevisionClaims; rev++ {
+		key := p.ImageKey(name, digest, rev, format) + ".sha256"
+		_, err := p.Store.PutBytes(ctx, key, line, PutOptions{ContentType: "text/plain", IfAbsent: true})
+		if err == nil {
+			return rev, nil
+		}
+		if !errors.Is(err, ErrExists) {
+			return 0, fmt.Errorf("publish %s revision %d: checksum file: %w", name, rev, err)
+		}
+		p.log().Info("revision taken by another publish; trying the next", "name", name, "revision", rev)
+	}
+	return 0, fmt.Errorf("publish %s: revisions %d to %d were all taken by other publishes", name, next, next+maxRevisionClaims-1)
+}
+
+// moveLatest points NAME/latest at a, unless it names a higher revision
+// already (a publish that finished first with a later number): latest never
+// goes back. An unreadable pointer is replaced.
+func (p *Publisher) moveLatest(ctx context.Context, a Artifact) error {
+	if cur, err := p.Latest(ctx, a.Name); err == nil && cur.Revision > a.Revision {
+		p.log().Info("latest names a later revision; left as is", "name", a.Name, "revision", a.Revision, "latest", cur.Revision)
+		return nil
+	}
+	ptr, _ := json.Marshal(Pointer{
+		SpecDigest: a.SpecDigest, Revision: a.Revision, Key: a.ImageKey, ManifestKey: a.ManifestKey,
+		SHA256: a.SHA256, Size: a.Size, PublishedAt: a.PublishedAt,
+	})
+	if _, err := p.Store.PutBytes(ctx, p.LatestKey(a.Name), ptr, PutOptions{ContentType: "application/json"}); err != nil {
+		return fmt.Errorf("publish %s revision %d: latest pointer: %w", a.Name, a.Revision, err)
+	}
+	return nil
 }
 
 // EnsureDestination makes sure the store can take artifacts: an S3 bucket
@@ -272,21 +455,26 @@ func (p *Publisher) EnsureDestination(ctx context.Context) error {
 	return nil
 }
 
-// Lookup returns the artifact published for name at specDigest, or an
-// *ArtifactNotFoundError (errors.Is ErrNotFound) when the image, its
-// checksum or its manifest is missing, or the image has no sha256.
+// Lookup returns the newest revision published for name at specDigest, or
+// an *ArtifactNotFoundError (errors.Is ErrNotFound) when there is none, or
+// when that revision's image or checksum is missing, or the image has no
+// sha256.
 func (p *Publisher) Lookup(ctx context.Context, name, specDigest string) (Artifact, error) {
 	digest := normalizeDigest(specDigest)
 	if err := validateNameDigest(name, digest); err != nil {
 		return Artifact{}, err
 	}
-	manifestKey := p.digestDir(name, digest) + ManifestFileName
-	man, err := p.Store.Stat(ctx, manifestKey)
+	revs, err := p.revisions(ctx, name, digest)
 	if err != nil {
-		return Artifact{}, p.notFound(name, digest, manifestKey, err)
+		return Artifact{}, err
 	}
+	i := slices.IndexFunc(revs, func(r *revision) bool { return r.Manifest != nil })
+	if i < 0 {
+		return Artifact{}, &ArtifactNotFoundError{Name: name, SpecDigest: digest, Missing: p.revisionDir(name, digest, 1) + ManifestFileName}
+	}
+	r := revs[i]
 	for _, format := range []string{FormatQCOW2, FormatRaw} {
-		key := p.ImageKey(name, digest, format)
+		key := p.ImageKey(name, digest, r.Number, format)
 		img, err := p.Store.Stat(ctx, key)
 		if errors.Is(err, ErrNotFound) {
 			continue
@@ -301,12 +489,12 @@ func (p *Publisher) Lookup(ctx context.Context, name, specDigest string) (Artifa
 			return Artifact{}, p.notFound(name, digest, key+".sha256", err)
 		}
 		return Artifact{
-			Name: name, SpecDigest: digest, ImageKey: key, ChecksumKey: key + ".sha256",
-			ManifestKey: manifestKey, SHA256: img.SHA256, Size: img.Size,
-			URL: p.Store.URL(key), PublishedAt: man.LastModified.UTC(),
+			Name: name, SpecDigest: digest, Revision: r.Number, ImageKey: key, ChecksumKey: key + ".sha256",
+			ManifestKey: r.Manifest.Key, SHA256: img.SHA256, Size: img.Size,
+			URL: p.Store.URL(key), PublishedAt: r.Manifest.LastModified.UTC(),
 		}, nil
 	}
-	return Artifact{}, &ArtifactNotFoundError{Name: name, SpecDigest: digest, Missing: p.ImageKey(name, digest, FormatQCOW2)}
+	return Artifact{}, &ArtifactNotFoundError{Name: name, SpecDigest: digest, Missing: p.ImageKey(name, digest, r.Number, FormatQCOW2)}
 }
 
 func (p *Publisher) notFound(name, digest, key string, err error) error {
@@ -338,81 +526,77 @@ func (p *Publisher) Latest(ctx context.Context, name string) (Pointer, error) {
 	return ptr, nil
 }
 
-// Published lists the published digests of name, newest first (by the
-// manifest's modification time).
+// Published lists the published revisions of name, newest first.
 func (p *Publisher) Published(ctx context.Context, name string) ([]Artifact, error) {
 	if !nameRE.MatchString(name) {
 		return nil, errorf(ErrInvalidArgument, "name %q", name)
 	}
-	objs, err := p.Store.List(ctx, p.nameDir(name))
+	revs, err := p.revisions(ctx, name, "")
 	if err != nil {
 		return nil, err
 	}
 	var out []Artifact
-	for _, o := range objs {
-		rest := strings.TrimPrefix(o.Key, p.nameDir(name))
-		digest, file, ok := strings.Cut(rest, "/")
-		if !ok || file != ManifestFileName || !specDigestRE.MatchString(digest) {
-			continue
+	for _, r := range revs {
+		if r.Manifest != nil {
+			out = append(out, Artifact{Name: name, SpecDigest: r.Digest, Revision: r.Number,
+				ManifestKey: r.Manifest.Key, PublishedAt: r.Manifest.LastModified.UTC()})
 		}
-		out = append(out, Artifact{Name: name, SpecDigest: digest, ManifestKey: o.Key, PublishedAt: o.LastModified.UTC()})
 	}
-	sort.SliceStable(out, func(i, j int) bool {
-		if !out[i].PublishedAt.Equal(out[j].PublishedAt) {
-			return out[i].PublishedAt.After(out[j].PublishedAt)
-		}
-		return out[i].SpecDigest < out[j].SpecDigest
-	})
 	return out, nil
 }
 
-// Prune keeps the keep newest published digests of name and deletes the
-// others, never the one the latest pointer names. Digests without a
-// manifest (a publish in progress, or one that failed) are left alone;
-// incomplete multipart uploads older than StaleUploadAge are aborted. It
-// returns the deleted digests.
-func (p *Publisher) Prune(ctx context.Context, name string, keep int) ([]string, error) {
+// Prune keeps the keep newest published revisions of name and deletes the
+// others, never the one the latest pointer names. A revision without a
+// manifest (a publish in progress, or one that failed) is deleted only
+// once it is older than StaleUploadAge, longer than any build runs;
+// incomplete multipart uploads that old are aborted too. It returns the
+// deleted revisions, published or not.
+func (p *Publisher) Prune(ctx context.Context, name string, keep int) ([]Artifact, error) {
 	if keep < 0 {
 		return nil, errorf(ErrInvalidArgument, "keep %d: must be >= 0", keep)
 	}
-	published, err := p.Published(ctx, name)
+	if !nameRE.MatchString(name) {
+		return nil, errorf(ErrInvalidArgument, "name %q", name)
+	}
+	revs, err := p.revisions(ctx, name, "")
 	if err != nil {
 		return nil, err
 	}
-	latest := ""
-	if ptr, err := p.Latest(ctx, name); err == nil {
-		latest = ptr.SpecDigest
-	} else if !errors.Is(err, ErrNotFound) {
+	var latest Pointer
+	if latest, err = p.Latest(ctx, name); err != nil && !errors.Is(err, ErrNotFound) {
 		// Without knowing what latest names, deleting anything is unsafe.
 		return nil, fmt.Errorf("prune %s: read latest pointer: %w", name, err)
 	}
-	var deleted []string
-	for i, a := range published {
-		if i < keep || a.SpecDigest == latest {
+	var deleted []Artifact
+	published := 0
+	for _, r := range revs {
+		if r.Manifest != nil {
+			published++
+			if published <= keep || (r.Digest == latest.SpecDigest && r.Number == latest.Revision) {
+				continue
+			}
+		} else if p.now().Sub(r.newest()) < StaleUploadAge {
 			continue
 		}
-		if err := p.deleteDigest(ctx, name, a.SpecDigest); err != nil {
+		if err := p.deleteRevision(ctx, r); err != nil {
 			return deleted, fmt.Errorf("prune %s: %w", name, err)
 		}
-		p.log().Info("pruned artifact", "name", name, "specDigest", a.SpecDigest)
-		deleted = append(deleted, a.SpecDigest)
+		p.log().Info("pruned artifact", "name", name, "specDigest", r.Digest, "revision", r.Number, "published", r.Manifest != nil)
+		deleted = append(deleted, Artifact{Name: name, SpecDigest: r.Digest, Revision: r.Number})
 	}
 	p.abortStaleUploads(ctx, name, StaleUploadAge)
 	return deleted, nil
 }
 
-// deleteDigest removes one digest's objects, the manifest first so that a
-// half-deleted digest no longer counts as published.
-func (p *Publisher) deleteDigest(ctx context.Context, name, digest string) error {
-	dir := p.digestDir(name, digest)
-	if err := p.Store.Delete(ctx, dir+ManifestFileName); err != nil {
-		return err
+// deleteRevision removes one revision's objects, the manifest first so
+// that a half-deleted revision no longer counts as published.
+func (p *Publisher) deleteRevision(ctx context.Context, r *revision) error {
+	if r.Manifest != nil {
+		if err := p.Store.Delete(ctx, r.Manifest.Key); err != nil {
+			return err
+		}
 	}
-	objs, err := p.Store.List(ctx, dir)
-	if err != nil {
-		return err
-	}
-	for _, o := range objs {
+	for _, o := range r.Objects {
 		if err := p.Store.Delete(ctx, o.Key); err != nil {
 			return err
 		}
@@ -421,9 +605,10 @@ func (p *Publisher) deleteDigest(ctx context.Context, name, digest string) error
 }
 
 // DeleteAll removes every object of name (the Delete deletion policy):
-// the latest pointer first, then each digest. Only keys of the layout are
-// touched (NAME/latest and NAME/DIGEST/...): another name's keys below
-// NAME/ (another prefix nested under this one) are never deleted.
+// the latest pointer first, then each revision, published or not. Only keys
+// of the layout are touched (NAME/latest and NAME/DIGEST/[REV/]FILE):
+// another name's keys below NAME/ (another prefix nested under this one)
+// are never deleted.
 func (p *Publisher) DeleteAll(ctx context.Context, name string) error {
 	if !nameRE.MatchString(name) {
 		return errorf(ErrInvalidArgument, "name %q", name)
@@ -434,26 +619,12 @@ func (p *Publisher) DeleteAll(ctx context.Context, name string) error {
 	// The NodeImage and its builders are gone: every upload of the name
 	// is a leftover.
 	p.abortStaleUploads(ctx, name, 0)
-	published, err := p.Published(ctx, name)
+	revs, err := p.revisions(ctx, name, "")
 	if err != nil {
 		return err
 	}
-	for _, a := range published {
-		if err := p.deleteDigest(ctx, name, a.SpecDigest); err != nil {
-			return err
-		}
-	}
-	// Leftovers of unfinished publishes (a digest without a manifest).
-	objs, err := p.Store.List(ctx, p.nameDir(name))
-	if err != nil {
-		return err
-	}
-	for _, o := range objs {
-		digest, _, ok := strings.Cut(strings.TrimPrefix(o.Key, p.nameDir(name)), "/")
-		if !ok || !specDigestRE.MatchString(digest) {
-			continue
-		}
-		if err := p.Store.Delete(ctx, o.Key); err != nil {
+	for _, r := range revs {
+		if err := p.deleteRevision(ctx, r); err != nil {
 			return err
 		}
 	}

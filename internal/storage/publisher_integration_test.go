@@ -35,7 +35,7 @@ func TestS3PublishLookupPruneDelete(t *testing.T) {
 	path, sum := writeTestFile(t, dir, 11<<20, 30)
 	a, err := pub.Publish(ctx, PublishInput{Name: "worker", SpecDigest: "sha256:" + digestN(1), ImagePath: path, Manifest: []byte(`{"n":1}`)})
 	g.Expect(err).NotTo(HaveOccurred())
-	g.Expect(a.ImageKey).To(Equal("nodes/prod/worker/" + digestN(1) + "/worker.qcow2"))
+	g.Expect(a.ImageKey).To(Equal("nodes/prod/worker/" + digestN(1) + "/1/worker.qcow2"))
 	g.Expect(a.SHA256).To(Equal(sum))
 	g.Expect(a.URL).To(Equal(srv.endpoint() + "/" + st.Bucket() + "/" + a.ImageKey))
 
@@ -70,16 +70,16 @@ func TestS3PublishLookupPruneDelete(t *testing.T) {
 	resp.Body.Close()
 	g.Expect(gotSum).To(Equal(sum))
 
-	// More publications; the manifests' times order them.
+	// More publications, revisions 2 to 4.
 	for i := 2; i <= 4; i++ {
-		time.Sleep(20 * time.Millisecond)
 		p, _ := writeTestFile(t, dir, 1<<20, uint64(30+i))
-		_, err := pub.Publish(ctx, PublishInput{Name: "worker", SpecDigest: digestN(i), ImagePath: p, Manifest: []byte(`{}`)})
+		a, err := pub.Publish(ctx, PublishInput{Name: "worker", SpecDigest: digestN(i), ImagePath: p, Manifest: []byte(`{}`)})
 		g.Expect(err).NotTo(HaveOccurred())
+		g.Expect(a.Revision).To(Equal(i))
 	}
-	// A digest whose publish never finished (image, no manifest) is not
-	// "published": Lookup misses it and Prune leaves it alone.
-	_, err = st.PutBytes(ctx, pub.ImageKey("worker", digestN(9), FormatQCOW2), []byte("half"), PutOptions{})
+	// A revision whose publish never finished (image, no manifest) is not
+	// "published": Lookup misses it and Prune leaves it alone while fresh.
+	_, err = st.PutBytes(ctx, pub.ImageKey("worker", digestN(9), 5, FormatQCOW2), []byte("half"), PutOptions{})
 	g.Expect(err).NotTo(HaveOccurred())
 	_, err = pub.Lookup(ctx, "worker", digestN(9))
 	g.Expect(errors.Is(err, ErrNotFound)).To(BeTrue())
@@ -93,7 +93,7 @@ func TestS3PublishLookupPruneDelete(t *testing.T) {
 
 	deleted, err := pub.Prune(ctx, "worker", 2)
 	g.Expect(err).NotTo(HaveOccurred())
-	g.Expect(deleted).To(ConsistOf(digestN(1), digestN(2)))
+	g.Expect(deleted).To(ConsistOf(Artifact{Name: "worker", SpecDigest: digestN(1), Revision: 1}, Artifact{Name: "worker", SpecDigest: digestN(2), Revision: 2}))
 	for i, want := range map[int]bool{1: false, 2: false, 3: true, 4: true} {
 		_, err := pub.Lookup(ctx, "worker", digestN(i))
 		g.Expect(err == nil).To(Equal(want), "digest %d: %v", i, err)
@@ -104,12 +104,12 @@ func TestS3PublishLookupPruneDelete(t *testing.T) {
 
 	// Roll latest back to the older digest 3 (as an operator would): prune
 	// to 0 keeps only what latest names, though digest 4 is newer.
-	b, _ := json.Marshal(Pointer{SpecDigest: digestN(3), Key: pub.ImageKey("worker", digestN(3), FormatQCOW2)})
+	b, _ := json.Marshal(Pointer{SpecDigest: digestN(3), Revision: 3, Key: pub.ImageKey("worker", digestN(3), 3, FormatQCOW2)})
 	_, err = st.PutBytes(ctx, pub.LatestKey("worker"), b, PutOptions{})
 	g.Expect(err).NotTo(HaveOccurred())
 	deleted, err = pub.Prune(ctx, "worker", 0)
 	g.Expect(err).NotTo(HaveOccurred())
-	g.Expect(deleted).To(ConsistOf(digestN(4)))
+	g.Expect(deleted).To(ConsistOf(Artifact{Name: "worker", SpecDigest: digestN(4), Revision: 4}))
 	_, err = pub.Lookup(ctx, "worker", digestN(3))
 	g.Expect(err).NotTo(HaveOccurred(), "latest is never pruned")
 
@@ -145,8 +145,8 @@ func TestS3PruneAndDeleteAbortLeftoverUploads(t *testing.T) {
 		}
 		return keys
 	}
-	mine := pub.ImageKey("worker", digestN(1), FormatQCOW2)
-	other := (&Publisher{Prefix: "team-a/nodes"}).ImageKey("worker2", digestN(1), FormatQCOW2)
+	mine := pub.ImageKey("worker", digestN(1), 1, FormatQCOW2)
+	other := (&Publisher{Prefix: "team-a/nodes"}).ImageKey("worker2", digestN(1), 1, FormatQCOW2)
 	start(mine)
 	start(other)
 

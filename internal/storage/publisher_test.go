@@ -45,18 +45,20 @@ func TestPublisherOnDir(t *testing.T) {
 
 	a, err := pub.Publish(ctx, PublishInput{Name: "n", SpecDigest: digestN(1), ImagePath: writeSmall(t, "one"), Manifest: []byte(`{"a":1}`)})
 	g.Expect(err).NotTo(HaveOccurred())
-	g.Expect(a.ImageKey).To(Equal("n/"+digestN(1)+"/n.raw"), "format from the .raw extension")
+	g.Expect(a.ImageKey).To(Equal("n/"+digestN(1)+"/1/n.raw"), "revision 1; format from the .raw extension")
+	g.Expect(a.Revision).To(Equal(1))
 	g.Expect(a.PublishedAt).To(Equal(clock))
 	ptr, err := pub.Latest(ctx, "n")
 	g.Expect(err).NotTo(HaveOccurred())
-	g.Expect(ptr).To(Equal(Pointer{SpecDigest: digestN(1), Key: a.ImageKey, ManifestKey: a.ManifestKey, SHA256: a.SHA256, Size: 3, PublishedAt: clock}))
+	g.Expect(ptr).To(Equal(Pointer{SpecDigest: digestN(1), Revision: 1, Key: a.ImageKey, ManifestKey: a.ManifestKey, SHA256: a.SHA256, Size: 3, PublishedAt: clock}))
 
 	found, err := pub.Lookup(ctx, "n", "sha256:"+digestN(1))
 	g.Expect(err).NotTo(HaveOccurred())
 	g.Expect(found.SHA256).To(Equal(a.SHA256))
 
 	// A publish failing at the manifest leaves latest and the older
-	// artifact alone, and the new digest is not found.
+	// artifact alone, the new digest is not found, and what it wrote of
+	// its revision is gone.
 	failing := &Publisher{Store: &failingStore{Store: d, failSuffix: ManifestFileName}}
 	_, err = failing.Publish(ctx, PublishInput{Name: "n", SpecDigest: digestN(2), ImagePath: writeSmall(t, "two"), Manifest: []byte(`{}`)})
 	g.Expect(errors.Is(err, ErrUnavailable)).To(BeTrue(), "%v", err)
@@ -65,6 +67,9 @@ func TestPublisherOnDir(t *testing.T) {
 	g.Expect(errors.Is(err, ErrNotFound)).To(BeTrue())
 	ptr, _ = pub.Latest(ctx, "n")
 	g.Expect(ptr.SpecDigest).To(Equal(digestN(1)))
+	left, err := d.List(ctx, "n/"+digestN(2)+"/")
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(left).To(BeEmpty())
 	// ... and so does one failing at the pointer.
 	failing = &Publisher{Store: &failingStore{Store: d, failSuffix: LatestFileName}}
 	_, err = failing.Publish(ctx, PublishInput{Name: "n", SpecDigest: digestN(3), ImagePath: writeSmall(t, "three"), Manifest: []byte(`{}`)})
@@ -72,17 +77,19 @@ func TestPublisherOnDir(t *testing.T) {
 	ptr, _ = pub.Latest(ctx, "n")
 	g.Expect(ptr.SpecDigest).To(Equal(digestN(1)))
 
-	// Retention on the local store; mtimes order the digests.
+	// Retention on the local store; revision numbers order the publishes.
 	for i := 4; i <= 6; i++ {
-		_, err := pub.Publish(ctx, PublishInput{Name: "n", SpecDigest: digestN(i), ImagePath: writeSmall(t, "x"), Manifest: []byte(`{}`)})
+		a, err := pub.Publish(ctx, PublishInput{Name: "n", SpecDigest: digestN(i), ImagePath: writeSmall(t, "x"), Manifest: []byte(`{}`)})
 		g.Expect(err).NotTo(HaveOccurred())
-		mt := time.Now().Add(time.Duration(i) * time.Second)
-		g.Expect(os.Chtimes(filepath.Join(d.Root(), "n", digestN(i), ManifestFileName), mt, mt)).To(Succeed())
+		g.Expect(a.Revision).To(Equal(i-1), "3 took revision 2, freed by the failed publish of 2")
 	}
 	deleted, err := pub.Prune(ctx, "n", 2)
 	g.Expect(err).NotTo(HaveOccurred())
 	// 3 was published (manifest written) though its pointer failed.
-	g.Expect(deleted).To(ConsistOf(digestN(1), digestN(3), digestN(4)))
+	g.Expect(deleted).To(ConsistOf(
+		Artifact{Name: "n", SpecDigest: digestN(1), Revision: 1},
+		Artifact{Name: "n", SpecDigest: digestN(3), Revision: 2},
+		Artifact{Name: "n", SpecDigest: digestN(4), Revision: 3}))
 
 	g.Expect(pub.DeleteAll(ctx, "n")).To(Succeed())
 	objs, err := d.List(ctx, "")
@@ -90,10 +97,10 @@ func TestPublisherOnDir(t *testing.T) {
 	g.Expect(objs).To(BeEmpty())
 }
 
-// Republishing a digest that fails after the new image is up leaves the
-// digest not published, never the new image beside the old .sha256; a
-// retry publishes it whole.
-func TestRepublishFailureLeavesDigestUnpublished(t *testing.T) {
+// A rebuild of the same spec is a new revision: the published objects of
+// the first are never written again, a failed republish leaves the first
+// found and latest, and a retry publishes the second whole.
+func TestRepublishIsANewRevision(t *testing.T) {
 	g := NewWithT(t)
 	ctx := context.Background()
 	d, err := NewDir(t.TempDir())
@@ -101,25 +108,138 @@ func TestRepublishFailureLeavesDigestUnpublished(t *testing.T) {
 	pub := &Publisher{Store: d}
 	first, err := pub.Publish(ctx, PublishInput{Name: "n", SpecDigest: digestN(1), ImagePath: writeSmall(t, "first build"), Manifest: []byte(`{"build":1}`)})
 	g.Expect(err).NotTo(HaveOccurred())
+	before := readAll(ctx, g, d, "n/")
 
-	failing := &Publisher{Store: &failingStore{Store: d, failSuffix: ".sha256"}}
+	failing := &Publisher{Store: &failingStore{Store: d, failSuffix: ManifestFileName}}
 	_, err = failing.Publish(ctx, PublishInput{Name: "n", SpecDigest: digestN(1), ImagePath: writeSmall(t, "second build"), Manifest: []byte(`{"build":2}`)})
 	g.Expect(err).To(HaveOccurred())
-	_, err = pub.Lookup(ctx, "n", digestN(1))
-	g.Expect(errors.Is(err, ErrNotFound)).To(BeTrue(), "after a failed republish the digest must read as not published: %v", err)
+	found, err := pub.Lookup(ctx, "n", digestN(1))
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(found).To(Equal(Artifact{Name: "n", SpecDigest: digestN(1), Revision: 1, ImageKey: first.ImageKey,
+		ChecksumKey: first.ChecksumKey, ManifestKey: first.ManifestKey, SHA256: first.SHA256, Size: first.Size,
+		URL: first.URL, PublishedAt: found.PublishedAt}))
+	g.Expect(readAll(ctx, g, d, "n/")).To(Equal(before), "a failed republish changes nothing")
 
 	again, err := pub.Publish(ctx, PublishInput{Name: "n", SpecDigest: digestN(1), ImagePath: writeSmall(t, "second build"), Manifest: []byte(`{"build":2}`)})
 	g.Expect(err).NotTo(HaveOccurred())
-	g.Expect(again.SHA256).NotTo(Equal(first.SHA256))
+	g.Expect(again.Revision).To(Equal(2))
+	g.Expect(again.ImageKey).To(Equal("n/" + digestN(1) + "/2/n.raw"))
+	found, err = pub.Lookup(ctx, "n", digestN(1))
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(found.Revision).To(Equal(2))
+	g.Expect(found.SHA256).To(Equal(again.SHA256))
+	after := readAll(ctx, g, d, "n/")
+	for key, content := range before {
+		if key != pub.LatestKey("n") {
+			g.Expect(after).To(HaveKeyWithValue(key, content), "revision 1 is append-only")
+		}
+	}
+	g.Expect(after[found.ChecksumKey]).To(HavePrefix(again.SHA256), "the .sha256 matches the image")
+	ptr, err := pub.Latest(ctx, "n")
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(ptr.Revision).To(Equal(2))
+	published, err := pub.Published(ctx, "n")
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(published).To(HaveLen(2))
+	g.Expect(published[0].Revision).To(Equal(2), "newest first")
+}
+
+// racingStore hides every object from its first List, as if another
+// publish claimed a revision between this one's listing and its claim.
+type racingStore struct {
+	Store
+	listed bool
+}
+
+func (r *racingStore) List(ctx context.Context, prefix string) ([]ObjectInfo, error) {
+	if !r.listed {
+		r.listed = true
+		return nil, nil
+	}
+	return r.Store.List(ctx, prefix)
+}
+
+// Of two publishes racing for a revision number, one takes it and the
+// other the next: nothing of the first is written by the second.
+func TestPublishRacingForARevisionTakesTheNext(t *testing.T) {
+	g := NewWithT(t)
+	ctx := context.Background()
+	d, err := NewDir(t.TempDir())
+	g.Expect(err).NotTo(HaveOccurred())
+	first, err := (&Publisher{Store: d}).Publish(ctx, PublishInput{Name: "n", SpecDigest: digestN(1), ImagePath: writeSmall(t, "one"), Manifest: []byte(`{}`)})
+	g.Expect(err).NotTo(HaveOccurred())
+	second, err := (&Publisher{Store: &racingStore{Store: d}}).Publish(ctx, PublishInput{Name: "n", SpecDigest: digestN(1), ImagePath: writeSmall(t, "two"), Manifest: []byte(`{}`)})
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(second.Revision).To(Equal(2))
+	got := readAll(ctx, g, d, first.ChecksumKey)
+	g.Expect(got[first.ChecksumKey]).To(HavePrefix(first.SHA256))
+}
+
+// Objects published before revisions (NAME/DIGEST/FILE) read as revision
+// 0: found, pruned as one revision, and never confused with the numbered
+// revisions below the same digest.
+func TestRevisionZeroIsTheLayoutBeforeRevisions(t *testing.T) {
+	g := NewWithT(t)
+	ctx := context.Background()
+	d, err := NewDir(t.TempDir())
+	g.Expect(err).NotTo(HaveOccurred())
+	pub := &Publisher{Store: d}
+	dir := "n/" + digestN(1) + "/"
+	img, err := d.PutBytes(ctx, dir+"n.qcow2", []byte("old"), PutOptions{})
+	g.Expect(err).NotTo(HaveOccurred())
+	for key, content := range map[string]string{dir + "n.qcow2.sha256": SHA256SumLine(img.SHA256, "n.qcow2"), dir + ManifestFileName: "{}"} {
+		_, err := d.PutBytes(ctx, key, []byte(content), PutOptions{})
+		g.Expect(err).NotTo(HaveOccurred())
+	}
 	found, err := pub.Lookup(ctx, "n", digestN(1))
 	g.Expect(err).NotTo(HaveOccurred())
-	g.Expect(found.SHA256).To(Equal(again.SHA256))
-	rc, _, err := d.Get(ctx, found.ChecksumKey)
+	g.Expect(found.Revision).To(Equal(0))
+	g.Expect(found.ImageKey).To(Equal(dir + "n.qcow2"))
+
+	a, err := pub.Publish(ctx, PublishInput{Name: "n", SpecDigest: digestN(1), ImagePath: writeSmall(t, "new"), Format: FormatQCOW2, Manifest: []byte(`{}`)})
 	g.Expect(err).NotTo(HaveOccurred())
-	defer rc.Close()
-	sum := new(strings.Builder)
-	_, _ = io.Copy(sum, rc)
-	g.Expect(sum.String()).To(HavePrefix(again.SHA256), "the .sha256 matches the image")
+	g.Expect(a.Revision).To(Equal(1))
+	deleted, err := pub.Prune(ctx, "n", 1)
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(deleted).To(ConsistOf(Artifact{Name: "n", SpecDigest: digestN(1), Revision: 0}))
+	left := readAll(ctx, g, d, "n/")
+	g.Expect(left).To(HaveLen(4), "revision 1's three objects and latest: %v", left)
+	found, err = pub.Lookup(ctx, "n", digestN(1))
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(found.Revision).To(Equal(1))
+}
+
+// A revision left without a manifest (its builder killed, the store
+// unreachable for the cleanup) is removed by Prune once stale, not before.
+func TestPruneRemovesStaleUnpublishedRevisions(t *testing.T) {
+	g := NewWithT(t)
+	ctx := context.Background()
+	d, err := NewDir(t.TempDir())
+	g.Expect(err).NotTo(HaveOccurred())
+	now := time.Now()
+	pub := &Publisher{Store: d, Now: func() time.Time { return now }}
+	_, err = d.PutBytes(ctx, "n/"+digestN(1)+"/1/n.qcow2.sha256", []byte("x"), PutOptions{})
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(pub.Prune(ctx, "n", 0)).To(BeEmpty(), "maybe a publish in progress")
+	now = now.Add(StaleUploadAge + time.Minute)
+	g.Expect(pub.Prune(ctx, "n", 0)).To(ConsistOf(Artifact{Name: "n", SpecDigest: digestN(1), Revision: 1}))
+	g.Expect(readAll(ctx, g, d, "n/")).To(BeEmpty())
+}
+
+// readAll reads every object under prefix (or the one object named).
+func readAll(ctx context.Context, g Gomega, s Store, prefix string) map[string]string {
+	objs, err := s.List(ctx, prefix)
+	g.Expect(err).NotTo(HaveOccurred())
+	out := map[string]string{}
+	for _, o := range objs {
+		rc, _, err := s.Get(ctx, o.Key)
+		g.Expect(err).NotTo(HaveOccurred())
+		b, err := io.ReadAll(rc)
+		rc.Close()
+		g.Expect(err).NotTo(HaveOccurred())
+		out[o.Key] = string(b)
+	}
+	return out
 }
 
 func TestPublisherRejectsBadInput(t *testing.T) {

@@ -309,6 +309,10 @@ func (s *S3) PutFile(ctx context.Context, key, path string, opts PutOptions) (Ob
 		}
 		return s.putSingle(ctx, key, f, size, sum, opts)
 	}
+	if opts.IfAbsent {
+		return ObjectInfo{}, &OpError{Op: "put", Bucket: s.bucket, Key: key, Kind: ErrInvalidArgument,
+			Err: fmt.Errorf("a conditional put (IfAbsent) takes one request, and %d bytes need a multipart upload", size)}
+	}
 	return s.putMultipart(ctx, key, f, size, partSize, opts)
 }
 
@@ -329,20 +333,36 @@ func (s *S3) PutBytes(ctx context.Context, key string, data []byte, opts PutOpti
 // x-amz-content-sha256 makes the server check the content, then verifies.
 func (s *S3) putSingle(ctx context.Context, key string, r io.ReaderAt, size int64, sum string, opts PutOptions) (ObjectInfo, error) {
 	prog := newProgress(size, opts.Progress)
+	attempts := 0
 	err := s.retry.do(ctx, func(attempt int) error {
+		attempts++
 		// A fresh reader per attempt: never resend a consumed one.
 		cr := &countingReader{r: io.NewSectionReader(r, 0, size), p: prog}
-		_, err := s.core.PutObject(ctx, s.bucket, key, cr, size, "", sum, minio.PutObjectOptions{
+		po := minio.PutObjectOptions{
 			UserMetadata:         map[string]string{metaSHA256: sum},
 			ContentType:          opts.contentType(),
 			DisableContentSha256: true,
-		})
+		}
+		if opts.IfAbsent {
+			po.SetMatchETagExcept("*")
+		}
+		_, err := s.core.PutObject(ctx, s.bucket, key, cr, size, "", sum, po)
 		if err != nil {
 			cr.rollback()
 			s.logRetry("put", key, attempt, err)
 		}
 		return err
 	})
+	if err != nil && opts.IfAbsent && attempts > 1 && errors.Is(classify(err), ErrExists) {
+		// An earlier attempt may have written the object before its
+		// response was lost: then the object is this put's own.
+		// (Stat, not verify: an object that is another's is never
+		// removed.)
+		if info, serr := s.Stat(ctx, key); serr == nil && info.Size == size && info.SHA256 == sum {
+			prog.finish()
+			return info, nil
+		}
+	}
 	if err != nil {
 		return ObjectInfo{}, s.opError("put", key, err)
 	}

@@ -198,3 +198,16 @@ func assertNoSecrets(t testing.TB, s string, creds ...Credentials) {
 }
 
 var _ = os.Getenv
+
+// If-None-Match: * against the real server; a file that needs a multipart
+// upload cannot be put conditionally and says so.
+func TestS3ConditionalPut(t *testing.T) {
+	srv := startMinio(t, minioConfig{})
+	st := srv.bucketStore(t, func(o *S3Options) { o.PartSize = 5 << 20 })
+	testConditionalPut(t, st)
+
+	g := NewWithT(t)
+	path, _ := writeTestFile(t, t.TempDir(), 6<<20, 2)
+	_, err := st.PutFile(context.Background(), "claims/big", path, PutOptions{IfAbsent: true})
+	g.Expect(errors.Is(err, ErrInvalidArgument)).To(BeTrue(), "%v", err)
+}

@@ -54,6 +54,13 @@ type PutOptions struct {
 	SHA256 string
 	// ContentType defaults to application/octet-stream.
 	ContentType string
+	// IfAbsent makes the put fail with ErrExists, writing nothing, when an
+	// object exists at the key: a conditional write (If-None-Match: * on
+	// S3, a link that never replaces on a directory), so that of two
+	// writers racing for a key exactly one wins. On S3 only puts of one
+	// request take it (PutBytes, and PutFile up to the part size); a
+	// larger file fails with ErrInvalidArgument.
+	IfAbsent bool
 	// Progress, when set, is called with the bytes sent so far and the
 	// total, at most every few MiB and once at the end. Calls come from one
 	// goroutine at a time. done can go back when a part is retried.
