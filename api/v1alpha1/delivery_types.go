@@ -45,7 +45,7 @@ type S3Destination struct {
 	Bucket string `json:"bucket"`
 
 	// prefix of every key nodeforge writes, below the NodeImage's
-	// namespace: artifacts go to NAMESPACE/PREFIX/NAME/DIGEST/, so a
+	// namespace: artifacts go to NAMESPACE/PREFIX/NAME/DIGEST/REVISION/, so a
 	// NodeImage can only address keys of its own namespace.
 	// +optional
 	// +kubebuilder:validation:MaxLength=512

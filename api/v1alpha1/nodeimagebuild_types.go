@@ -225,6 +225,14 @@ type Artifact struct {
 	// specDigest of the content the image was built from.
 	// +required
 	SpecDigest string `json:"specDigest"`
+
+	// revision numbers the images published under the NodeImage's name:
+	// every publish, a rebuild of the same spec included, is the next
+	// revision, and never overwrites an earlier one. 0 or unset for
+	// images published before revisions, or not published.
+	// +optional
+	// +kubebuilder:validation:Minimum=0
+	Revision int32 `json:"revision,omitempty"`
 }
 
 // CheckCategory says how a check looks at the image.

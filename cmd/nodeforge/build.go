@@ -35,6 +35,7 @@ type buildOptions struct {
 	createBucket   bool
 	credentialsDir string
 	noPublish      bool
+	rebuild        bool
 	presignExpiry  time.Duration
 }
 
@@ -47,8 +48,10 @@ func newBuildCmd() *cobra.Command {
 same multi-document file, by the ConfigMaps it refers to). Writes
 DIR/<name>.qcow2 (or .raw) and DIR/<name>.json, the build manifest, then
 verifies the image and, when the spec has a destination (or --to is given),
-publishes it. A published artifact of the same spec digest is found first
-and nothing is built.
+publishes it as the next revision of its name. A published artifact of the
+same spec digest is found first and nothing is built, unless --rebuild asks
+for a new revision of the same spec (to take Debian's updates; see
+nodeforge updates). Published revisions are never overwritten.
 
 Runs as root: mmdebstrap builds the root filesystem in root mode. Needs
 mmdebstrap, e2fsprogs, fdisk (sfdisk), dosfstools, mtools, grub-pc-bin,
@@ -62,7 +65,8 @@ mounted Secret) or the environment. An https endpoint trusts the CA in
 AWS_CA_BUNDLE when it is set (required when the spec has caSecretRef); a
 plain-HTTP one (insecure: true) ignores it. Keys of spec.destination are
 scoped to the file's metadata.namespace (default "default"), as the manager
-scopes them: NAMESPACE/PREFIX/NAME/DIGEST/; a --to URL is taken literally.
+scopes them: NAMESPACE/PREFIX/NAME/DIGEST/REVISION/; a --to URL is taken
+literally.
 
 --progress json writes one {"progress":{...}} object per line on stdout,
 which is what the builder Pod does for the controller to read.`,
@@ -83,6 +87,7 @@ which is what the builder Pod does for the controller to read.`,
 	f.BoolVar(&o.createBucket, "create-bucket", false, "with --to: create the bucket when it does not exist")
 	f.StringVar(&o.credentialsDir, "credentials-dir", "", "with spec.destination: read credentials from this directory instead of AWS_*")
 	f.BoolVar(&o.noPublish, "no-publish", false, "do not publish, even when the spec has a destination")
+	f.BoolVar(&o.rebuild, "rebuild", false, "build and publish a new revision even when the spec digest is published (for package updates)")
 	f.DurationVar(&o.presignExpiry, "presign-expiry", 0, "validity of the presigned URL (default: spec.destination.s3.presignExpiry, else 24h)")
 	_ = cmd.MarkFlagRequired("file")
 	return cmd
@@ -133,6 +138,7 @@ func runBuild(ctx context.Context, o *buildOptions, stdout, stderr io.Writer) er
 		SkipVerify:    o.noVerify,
 		Publisher:     pub,
 		PresignExpiry: expiry,
+		Rebuild:       o.rebuild,
 		// The spec's author runs the CLI: file:// key URLs read their files.
 		Builder:  builder.Options{WorkDir: o.workDir, OutDir: o.outDir, CacheDir: o.cacheDir, KeepWork: o.keepWork, LocalFiles: true},
 		Progress: o.progress,
@@ -153,7 +159,7 @@ func runBuild(ctx context.Context, o *buildOptions, stdout, stderr io.Writer) er
 			float64(res.Manifest.Image.Size)/(1<<20), res.Manifest.Image.SHA256, res.Build.ManifestPath)
 	}
 	if a := res.Published; a != nil {
-		fmt.Fprintf(stdout, "  artifact:  %s\n  presigned: %s\n", a.URL, res.Presigned)
+		fmt.Fprintf(stdout, "  artifact:  %s (revision %d)\n  presigned: %s\n", a.URL, a.Revision, res.Presigned)
 	}
 	if res.Build != nil && res.Manifest.Previous != nil {
 		prev := res.Manifest.Previous
@@ -165,7 +171,7 @@ func runBuild(ctx context.Context, o *buildOptions, stdout, stderr io.Writer) er
 		if len(short) > 12 {
 			short = short[:12]
 		}
-		fmt.Fprintf(stdout, "  since %s: %s\n", short, changes)
+		fmt.Fprintf(stdout, "  since %s (revision %d): %s\n", short, prev.Revision, changes)
 	}
 	return nil
 }

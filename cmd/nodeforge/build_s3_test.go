@@ -50,10 +50,13 @@ func requireBuildHost(t *testing.T) {
 // TestBuildPublishesToS3 runs `nodeforge build --to s3://…` on the minimal
 // sample against a real MinIO, with endpoint and credentials from the AWS_*
 // environment as a workstation has them. The image, its .sha256 and its
-// manifest land under PREFIX/NAME/DIGEST/ and match the local build, the
-// latest pointer names that digest, and a second build of the same spec
-// finds the artifact and builds nothing. Verification is skipped
-// (--no-verify): the integration tests boot images.
+// manifest land under PREFIX/NAME/DIGEST/1/ and match the local build, the
+// latest pointer names that revision, and a second build of the same spec
+// finds the artifact and builds nothing. --rebuild publishes revision 2 of
+// the same spec beside revision 1, which stays as it was; a spec with one
+// more package is revision 3, whose manifest records the packages added
+// since revision 2. Verification is skipped (--no-verify): the
+// integration tests boot images.
 func TestBuildPublishesToS3(t *testing.T) {
 	requireBuildHost(t)
 	g := NewWithT(t)
@@ -61,12 +64,12 @@ func TestBuildPublishesToS3(t *testing.T) {
 	srv := miniotest.Start(t, miniotest.Config{})
 	useServer(t, srv)
 
-	build := func(out string, file ...string) (stdout, stderr string, err error) {
+	build := func(out string, rebuild bool, file ...string) (stdout, stderr string, err error) {
 		sample := minimalSample
 		if len(file) > 0 {
 			sample = file[0]
 		}
-		o := &buildOptions{file: sample, outDir: out, workDir: t.TempDir(), cacheDir: defaultCacheDir(),
+		o := &buildOptions{file: sample, outDir: out, workDir: t.TempDir(), cacheDir: defaultCacheDir(), rebuild: rebuild,
 			noVerify: true, progress: "plain", to: "s3://images/nodes", createBucket: true, presignExpiry: time.Hour}
 		var so, se bytes.Buffer
 		err = runBuild(ctx, o, &so, &se)
@@ -74,14 +77,14 @@ func TestBuildPublishesToS3(t *testing.T) {
 	}
 
 	out := t.TempDir()
-	stdout, stderr, err := build(out)
+	stdout, stderr, err := build(out, false)
 	g.Expect(err).NotTo(HaveOccurred(), stderr)
 	g.Expect(stdout + stderr).NotTo(ContainSubstring(srv.SecretKey))
 	m, err := manifest.Read(filepath.Join(out, "minimal.json"))
 	g.Expect(err).NotTo(HaveOccurred())
 	digest := strings.TrimPrefix(m.SpecDigest, "sha256:")
-	imageKey := "nodes/minimal/" + digest + "/minimal.qcow2"
-	g.Expect(stdout).To(ContainSubstring("artifact:  " + srv.Endpoint() + "/images/" + imageKey + "\n"))
+	imageKey := "nodes/minimal/" + digest + "/1/minimal.qcow2"
+	g.Expect(stdout).To(ContainSubstring("artifact:  " + srv.Endpoint() + "/images/" + imageKey + " (revision 1)\n"))
 	g.Expect(stdout).To(MatchRegexp(`presigned: \S+X-Amz-Signature=`))
 
 	pub, _, err := (&buildOptions{to: "s3://images/nodes"}).publisher(nil, "default")
@@ -111,26 +114,52 @@ func TestBuildPublishesToS3(t *testing.T) {
 
 	// The same spec again: found by its digest, nothing built.
 	again := t.TempDir()
-	stdout, stderr, err = build(again)
+	stdout, stderr, err = build(again, false)
 	g.Expect(err).NotTo(HaveOccurred(), stderr)
 	g.Expect(stderr).To(ContainSubstring("nothing to build"))
 	g.Expect(stdout).To(ContainSubstring("artifact:  " + art.URL))
 	g.Expect(filepath.Join(again, "minimal.qcow2")).NotTo(BeAnExistingFile())
+
+	// --rebuild: the same spec as revision 2; revision 1 is not written.
+	first := map[string]storage.ObjectInfo{}
+	for _, key := range []string{art.ImageKey, art.ChecksumKey, art.ManifestKey} {
+		first[key], err = pub.Store.Stat(ctx, key)
+		g.Expect(err).NotTo(HaveOccurred())
+	}
+	rebuilt := t.TempDir()
+	stdout, stderr, err = build(rebuilt, true)
+	g.Expect(err).NotTo(HaveOccurred(), stderr)
+	g.Expect(stderr).To(ContainSubstring("rebuilding as a new revision"))
+	g.Expect(stdout).To(ContainSubstring("/images/nodes/minimal/" + digest + "/2/minimal.qcow2 (revision 2)\n"))
+	g.Expect(stdout).To(MatchRegexp(`since %s \(revision 1\): no package changed`, digest[:12]))
+	for key, info := range first {
+		now, err := pub.Store.Stat(ctx, key)
+		g.Expect(err).NotTo(HaveOccurred())
+		g.Expect(now).To(Equal(info), "revision 1's %s is untouched", key)
+	}
+	art2, err := pub.Lookup(ctx, "minimal", m.SpecDigest)
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(art2.Revision).To(Equal(2))
+	latest, err = pub.Latest(ctx, "minimal")
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(latest.Revision).To(Equal(2))
 
 	// One more package: a new digest, whose manifest records the image
 	// published before it and the packages added since, with versions.
 	more := filepath.Join(t.TempDir(), "minimal-jq.yaml")
 	g.Expect(os.WriteFile(more, []byte("apiVersion: image.nodeforge.dev/v1alpha1\nkind: NodeImage\nmetadata:\n  name: minimal\nspec:\n  packages: [jq]\n"), 0o644)).To(Succeed())
 	third := t.TempDir()
-	stdout, stderr, err = build(third, more)
+	stdout, stderr, err = build(third, false, more)
 	g.Expect(err).NotTo(HaveOccurred(), stderr)
-	g.Expect(stdout).To(MatchRegexp(`since %s: added (\S+ \S+, )*jq `, digest[:12]))
+	g.Expect(stdout).To(ContainSubstring("(revision 3)\n"))
+	g.Expect(stdout).To(MatchRegexp(`since %s \(revision 2\): added (\S+ \S+, )*jq `, digest[:12]))
 	m3, err := manifest.Read(filepath.Join(third, "minimal.json"))
 	g.Expect(err).NotTo(HaveOccurred())
 	g.Expect(m3.SpecDigest).NotTo(Equal(m.SpecDigest))
 	g.Expect(m3.Previous).NotTo(BeNil())
 	g.Expect(m3.Previous.SpecDigest).To(Equal(m.SpecDigest))
-	g.Expect(m3.Previous.SHA256).To(Equal(m.Image.SHA256))
+	g.Expect(m3.Previous.Revision).To(Equal(2))
+	g.Expect(m3.Previous.SHA256).To(Equal(art2.SHA256))
 	g.Expect(m3.Previous.Changes.Added).To(ContainElement(And(HaveField("Name", "jq"), HaveField("To", Not(BeEmpty())))))
 	g.Expect(m3.Previous.Changes.Removed).To(BeEmpty())
 	g.Expect(m3.Previous.Changes).To(Equal(manifest.DiffPackages(m.Packages, m3.Packages)))

@@ -28,9 +28,12 @@ type pipeline struct {
 	SkipVerify   bool
 	// Publisher, when set, receives the verified image. A published
 	// artifact of the same spec digest is found before building, and the
-	// build is skipped.
+	// build is skipped, unless Rebuild is set.
 	Publisher     *storage.Publisher
 	PresignExpiry time.Duration
+	// Rebuild builds and publishes a new revision even when the spec
+	// digest is published: a requested rebuild, or one for Debian updates.
+	Rebuild bool
 
 	Builder  builder.Options
 	Progress string // auto, tty, plain or json
@@ -81,6 +84,10 @@ func (p *pipeline) run(ctx context.Context) (*pipelineResult, error) {
 		}
 		art, err := p.Publisher.Lookup(ctx, p.Name, digest)
 		switch {
+		case p.Rebuild:
+			if err == nil {
+				fmt.Fprintf(p.Stderr, "%s is published for spec digest %s as revision %d: rebuilding as a new revision\n", p.Name, digest, art.Revision)
+			}
 		case err == nil:
 			fmt.Fprintf(p.Stderr, "%s is already published for spec digest %s: nothing to build\n", p.Name, digest)
 			return p.reuse(ctx, art)
@@ -160,7 +167,7 @@ func (p *pipeline) recordPrevious(ctx context.Context, res *builder.Result) erro
 		fmt.Fprintf(p.Stderr, "warning: the previously published image of %s cannot be read, so this one records no package changes: %v\n", p.Name, err)
 		return nil
 	}
-	res.Manifest.Previous = &manifest.Previous{SpecDigest: prev.SpecDigest, SHA256: prev.Image.SHA256, CreatedAt: prev.CreatedAt,
+	res.Manifest.Previous = &manifest.Previous{SpecDigest: prev.SpecDigest, Revision: ptr.Revision, SHA256: prev.Image.SHA256, CreatedAt: prev.CreatedAt,
 		Changes: manifest.DiffPackages(prev.Packages, res.Manifest.Packages)}
 	return res.Manifest.Write(res.ManifestPath)
 }

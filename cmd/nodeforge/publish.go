@@ -28,9 +28,11 @@ func newPublishCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "publish IMAGE --to s3://BUCKET/PREFIX",
 		Short: "Upload a built image, its checksum and manifest to S3-compatible storage",
-		Long: `Publish uploads an image built earlier to PREFIX/NAME/DIGEST/ in the bucket,
-with a NAME.qcow2.sha256 file and the build manifest, verifies size and
-checksum of the upload, and only then moves the NAME/latest pointer.
+		Long: `Publish uploads an image built earlier as the next revision of its name,
+to PREFIX/NAME/DIGEST/REVISION/ in the bucket, with a NAME.qcow2.sha256 file
+and the build manifest, verifies size and checksum of the upload, and only
+then moves the NAME/latest pointer. Revisions number every publish of NAME
+(1, 2, 3, ...); a published revision is never written again.
 
 The endpoint and credentials come from the standard environment variables:
 AWS_ENDPOINT_URL (required; an http:// URL allows plain HTTP), AWS_REGION,
@@ -71,8 +73,8 @@ func runPublish(ctx context.Context, image string, o publishOptions, stdout, std
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "artifact:  %s\nsha256:    %s\nsize:      %d\nmanifest:  %s\npresigned: %s\n",
-		art.URL, art.SHA256, art.Size, pub.Store.URL(art.ManifestKey), presigned)
+	fmt.Fprintf(stdout, "artifact:  %s\nrevision:  %d\nsha256:    %s\nsize:      %d\nmanifest:  %s\npresigned: %s\n",
+		art.URL, art.Revision, art.SHA256, art.Size, pub.Store.URL(art.ManifestKey), presigned)
 	return nil
 }
 

@@ -63,7 +63,7 @@ func TestPublishToRealS3(t *testing.T) {
 	var out, log bytes.Buffer
 	err := runPublish(context.Background(), image, publishOptions{to: "s3://images/team", createBucket: true, presignExpiry: time.Hour}, &out, &log)
 	g.Expect(err).NotTo(HaveOccurred(), log.String())
-	g.Expect(out.String()).To(MatchRegexp(`artifact:  \S+/images/team/demo/` + strings.Repeat("cd", 32) + `/demo.qcow2\n`))
+	g.Expect(out.String()).To(MatchRegexp(`artifact:  \S+/images/team/demo/` + strings.Repeat("cd", 32) + `/1/demo.qcow2\nrevision:  1\n`))
 	g.Expect(log.String()).To(ContainSubstring("100%"))
 	g.Expect(log.String() + out.String()).NotTo(ContainSubstring(srv.SecretKey))
 

@@ -111,6 +111,9 @@ func (o *runOptions) execute(ctx context.Context, stdout, stderr io.Writer) *bui
 		Verification:  b.Spec.Verification,
 		Publisher:     pub,
 		PresignExpiry: expiry,
+		// The spec is unchanged: the build is for what changed around
+		// it, so a published revision of the digest is no reason to stop.
+		Rebuild: b.Spec.Reason == imagev1.BuildReasonRebuildRequested || b.Spec.Reason == imagev1.BuildReasonBaseUpdated,
 		Builder: builder.Options{
 			WorkDir:  filepath.Join(o.scratch, "work"),
 			OutDir:   filepath.Join(o.scratch, "out"),
@@ -256,6 +259,7 @@ func resultOf(out *pipelineResult) *buildresult.Result {
 	if a := out.Published; a != nil && res.Artifact != nil {
 		res.Artifact.URL, res.Artifact.PresignedURL = a.URL, out.Presigned
 		res.Artifact.ManifestURL = out.ManifestURL
+		res.Artifact.Revision = int32(a.Revision)
 	}
 	if r := out.Report; r != nil {
 		v := &buildresult.Verification{Passed: int32(r.Summary.Passed), Failed: int32(r.Summary.Failed), Skipped: int32(r.Summary.Skipped)}

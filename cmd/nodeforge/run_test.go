@@ -179,6 +179,42 @@ func TestRunReusesAPublishedArtifact(t *testing.T) {
 	g.Expect(out.String()).To(ContainSubstring("nothing to build"))
 	g.Expect(filepath.Join(dir, "scratch", "work")).NotTo(BeADirectory(), "nothing was built")
 	g.Expect(out.String()).NotTo(ContainSubstring(srv.SecretKey))
+	g.Expect(r.Artifact.Revision).To(BeEquivalentTo(1))
+
+	// A requested rebuild or one for Debian updates is built although
+	// the digest is published (stopped here once it starts building).
+	for _, reason := range []imagev1.BuildReason{imagev1.BuildReasonRebuildRequested, imagev1.BuildReasonBaseUpdated} {
+		rebuild := writeBuild(t, t.TempDir(), func(b *imagev1.NodeImageBuild) {
+			b.Spec.Destination = &imagev1.DestinationSpec{S3: &imagev1.S3Destination{Endpoint: srv.Endpoint(), Bucket: "images",
+				Prefix: "nodes", Insecure: true, CreateBucket: true, CredentialsSecretRef: corev1LocalRef}}
+			b.Spec.Reason = reason
+		})
+		o := &runOptions{spec: rebuild, result: filepath.Join(t.TempDir(), "result"), scratch: t.TempDir(),
+			credentialsDir: creds, caDir: dir}
+		ctx, cancel := context.WithCancel(context.Background())
+		w := &cancelOn{text: "rebuilding as a new revision", cancel: cancel}
+		_ = runRun(ctx, o, w, w)
+		cancel()
+		g.Expect(w.seen).To(BeTrue(), "%s: %s", reason, w.buf.String())
+		g.Expect(w.buf.String()).NotTo(ContainSubstring("nothing to build"), reason)
+	}
+}
+
+// cancelOn collects what is written and cancels once text appears.
+type cancelOn struct {
+	buf    bytes.Buffer
+	text   string
+	cancel context.CancelFunc
+	seen   bool
+}
+
+func (c *cancelOn) Write(p []byte) (int, error) {
+	c.buf.Write(p)
+	if !c.seen && strings.Contains(c.buf.String(), c.text) {
+		c.seen = true
+		c.cancel()
+	}
+	return len(p), nil
 }
 
 var (

@@ -143,6 +143,8 @@ type Artifact struct {
 	Size         int64  `json:"size"`
 	VirtualSize  int64  `json:"virtualSize,omitempty"`
 	Format       string `json:"format"`
+	// Revision is the published revision (0: not published).
+	Revision int32 `json:"revision,omitempty"`
 }
 
 // Verification counts check outcomes.

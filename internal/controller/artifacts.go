@@ -101,6 +101,7 @@ func (s PublisherStore) Lookup(ctx context.Context, ni *imagev1.NodeImage, diges
 		Format:      format,
 		BuiltAt:     metav1.NewTime(a.PublishedAt),
 		SpecDigest:  "sha256:" + imagev1.DigestHex(digest),
+		Revision:    int32(a.Revision),
 	}, nil
 }
 
@@ -113,7 +114,7 @@ func (s PublisherStore) Presign(ctx context.Context, ni *imagev1.NodeImage, a *i
 		return "", time.Time{}, err
 	}
 	expiry := presignExpiry(ni)
-	key := p.ImageKey(ni.Name, imagev1.DigestHex(a.SpecDigest), string(a.Format))
+	key := p.ImageKey(ni.Name, imagev1.DigestHex(a.SpecDigest), int(a.Revision), string(a.Format))
 	now := time.Now()
 	u, err := p.Store.PresignGet(ctx, key, expiry)
 	if err != nil {
@@ -217,6 +218,6 @@ func BuildArtifactLookup(store ArtifactStore) func(ctx context.Context, b *image
 		if err != nil {
 			return nil, time.Time{}, err
 		}
-		return &buildresult.Artifact{URL: a.URL, ManifestURL: a.ManifestURL, SHA256: a.SHA256, Size: a.Size, Format: string(a.Format)}, a.BuiltAt.Time, nil
+		return &buildresult.Artifact{URL: a.URL, ManifestURL: a.ManifestURL, SHA256: a.SHA256, Size: a.Size, Format: string(a.Format), Revision: a.Revision}, a.BuiltAt.Time, nil
 	}
 }

@@ -82,7 +82,12 @@ func TestS3ArtifactStore(t *testing.T) {
 	g.Expect(a.Format).To(Equal(imagev1.FormatQCOW2))
 	// Path-style URL: bucket "images", then the key, which starts with the
 	// NodeImage's namespace (also "images"), then the prefix.
-	g.Expect(a.ManifestURL).To(HaveSuffix("/images/images/nodes/cloud-base/"+strings.Repeat("ef", 32)+"/manifest.json"), "keys are scoped to the NodeImage namespace")
+	g.Expect(a.ManifestURL).To(HaveSuffix("/images/images/nodes/cloud-base/"+strings.Repeat("ef", 32)+"/1/manifest.json"), "keys are scoped to the NodeImage namespace")
+	g.Expect(a.Revision).To(BeEquivalentTo(1))
+	// The presigned URL is the revision's image.
+	u, _, err := store.Presign(ctx, ni("images", true, "s3"), a)
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(u).To(ContainSubstring("/images/images/nodes/cloud-base/" + strings.Repeat("ef", 32) + "/1/cloud-base.qcow2?"))
 
 	g.Expect(store.DeleteAll(ctx, ni("images", true, "s3"))).To(Succeed())
 	_, err = store.Lookup(ctx, ni("images", true, "s3"), digest)

@@ -123,6 +123,7 @@ func TestFirstBuild(t *testing.T) {
 		g.Expect(n.Status.ObservedGeneration).To(Equal(n.Generation))
 		g.Expect(n.Status.Artifact).NotTo(BeNil())
 		g.Expect(n.Status.Artifact.SpecDigest).To(Equal(digest))
+		g.Expect(n.Status.Artifact.Revision).To(BeEquivalentTo(1))
 		g.Expect(n.Status.CurrentBuild).To(BeNil())
 		g.Expect(kstatusOf(g, n)).To(Equal(status.CurrentStatus))
 		b := get(g, buildKey(ns, build))

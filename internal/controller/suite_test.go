@@ -313,9 +313,9 @@ func succeeded(ni *imagev1.NodeImage, digest string) *buildresult.Result {
 	return &buildresult.Result{
 		Outcome: buildresult.OutcomeSucceeded,
 		Artifact: &buildresult.Artifact{
-			URL:    fmt.Sprintf("s3://node-images/%s/%s/%s.qcow2", ni.Name, imagev1.DigestHex(digest), ni.Name),
+			URL:    fmt.Sprintf("s3://node-images/%s/%s/1/%s.qcow2", ni.Name, imagev1.DigestHex(digest), ni.Name),
 			SHA256: "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
-			Size:   1 << 30, VirtualSize: 8 << 30, Format: "qcow2",
+			Size:   1 << 30, VirtualSize: 8 << 30, Format: "qcow2", Revision: 1,
 		},
 		Verification: &buildresult.Verification{Passed: 12, Skipped: 1},
 		Accelerator:  "kvm",

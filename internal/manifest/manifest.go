@@ -52,9 +52,11 @@ type Manifest struct {
 
 // Previous names the image published before this one and what changed.
 type Previous struct {
-	SpecDigest string    `json:"specDigest"`
-	SHA256     string    `json:"sha256"`
-	CreatedAt  time.Time `json:"createdAt"`
+	SpecDigest string `json:"specDigest"`
+	// Revision is that image's revision (0: published before revisions).
+	Revision  int       `json:"revision,omitempty"`
+	SHA256    string    `json:"sha256"`
+	CreatedAt time.Time `json:"createdAt"`
 	// Changes are the package changes from that image to this one.
 	Changes PackageDiff `json:"changes"`
 }
