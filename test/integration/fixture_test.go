@@ -17,8 +17,6 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"net/http"
-	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -29,6 +27,7 @@ import (
 
 	imagev1 "github.com/nodeforge/nodeforge/api/v1alpha1"
 	"github.com/nodeforge/nodeforge/internal/builder"
+	"github.com/nodeforge/nodeforge/internal/debian/aptrepotest"
 	"github.com/nodeforge/nodeforge/internal/resolve"
 )
 
@@ -213,93 +212,23 @@ func startImageMirror(t *testing.T, root string) string {
 	return ""
 }
 
-// authorRepo stands for a repository a NodeImage author controls (spec.
-// kubernetes.aptRepository), served on 127.0.0.1 for as long as the test
-// that started it runs: the offline Kubernetes packages plus probePackage,
-// indexed and signed with a throwaway key (hack/k8s-apt-repo.sh index,
-// from the checkout at root).
-type authorRepo struct {
-	URL   string
-	Key   []byte // armored public key
-	root  string // the checkout
-	dir   string // the served directory
-	gnupg string // the signing key's home
-}
-
-// startAuthorRepo starts an authorRepo with probePackage 1.0 and returns
-// its URL and armored public key.
+// startAuthorRepo serves a repository a NodeImage author controls (spec.
+// kubernetes.aptRepository) on 127.0.0.1 for as long as t runs: the
+// offline Kubernetes packages plus probePackage 1.0. It returns its URL
+// and armored public key.
 func startAuthorRepo(t *testing.T, root, offline string) (string, []byte) {
 	r := newAuthorRepo(t, root, offline)
 	return r.URL, r.Key
 }
 
-func newAuthorRepo(t *testing.T, root, offline string) *authorRepo {
+func newAuthorRepo(t *testing.T, root, offline string) *aptrepotest.Repo {
 	t.Helper()
-	for _, tool := range []string{"apt-ftparchive", "dpkg-deb", "gpg", "gpgconf"} {
+	for _, tool := range aptrepotest.Tools {
 		if _, err := exec.LookPath(tool); err != nil {
 			buildUnavailable(t, "%s is not installed", tool)
 		}
 	}
-	dir := t.TempDir()
-	r := &authorRepo{root: root, dir: filepath.Join(dir, "repo"), gnupg: filepath.Join(dir, "gnupg")}
-	debs, err := filepath.Glob(filepath.Join(offline, "amd64", "*.deb"))
-	if err != nil || len(debs) == 0 {
-		t.Fatalf("no packages in the offline repository %s", offline)
-	}
-	if err := os.MkdirAll(filepath.Join(r.dir, "amd64"), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	for _, d := range debs {
-		if err := os.Link(d, filepath.Join(r.dir, "amd64", filepath.Base(d))); err != nil {
-			b, rerr := os.ReadFile(d)
-			if rerr != nil {
-				t.Fatal(rerr)
-			}
-			if err := os.WriteFile(filepath.Join(r.dir, "amd64", filepath.Base(d)), b, 0o644); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
-	t.Cleanup(func() { _ = exec.Command("gpgconf", "--homedir", r.gnupg, "--kill", "gpg-agent").Run() })
-	r.publishProbe(t, "1.0")
-	var err2 error
-	if r.Key, err2 = os.ReadFile(filepath.Join(r.dir, "Release.key")); err2 != nil {
-		t.Fatal(err2)
-	}
-	srv := httptest.NewServer(http.FileServer(http.Dir(r.dir)))
-	t.Cleanup(srv.Close)
-	r.URL = srv.URL + "/"
+	r := aptrepotest.Start(t, root, offline)
+	r.Publish(t, probePackage, "1.0", probePostinst)
 	return r
-}
-
-// publishProbe adds probePackage in version to the repository, then
-// indexes and signs it again, as an author publishing an update would.
-func (r *authorRepo) publishProbe(t *testing.T, version string) {
-	t.Helper()
-	pkg, err := os.MkdirTemp(filepath.Dir(r.dir), "pkg-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer os.RemoveAll(pkg)
-	control := fmt.Sprintf("Package: %s\nVersion: %s\nArchitecture: all\nMaintainer: nodeforge tests <tests@nodeforge.invalid>\nDescription: records what a maintainer script sees of the builder\n", probePackage, version)
-	for name, body := range map[string]string{"control": control, "postinst": probePostinst} {
-		if err := os.MkdirAll(filepath.Join(pkg, "DEBIAN"), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(filepath.Join(pkg, "DEBIAN", name), []byte(body), 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
-	deb := filepath.Join(r.dir, "amd64", probePackage+"_"+version+"_all.deb")
-	if out, err := exec.Command("dpkg-deb", "--root-owner-group", "-Zgzip", "--build", pkg, deb).CombinedOutput(); err != nil {
-		t.Fatalf("dpkg-deb: %v\n%s", err, out)
-	}
-	// Indexed and signed as hack/k8s-apt-repo.sh does its own repository,
-	// with a throwaway key of this test's (made on the first call).
-	index := exec.Command(filepath.Join(r.root, "hack", "k8s-apt-repo.sh"), "index", "--gnupg", r.gnupg,
-		"--uid", "nodeforge author repository (throwaway test key) <author@nodeforge.invalid>",
-		"--label", "nodeforge author repository (test)", r.dir)
-	if out, err := index.CombinedOutput(); err != nil {
-		t.Fatalf("hack/k8s-apt-repo.sh index: %v\n%s", err, out)
-	}
 }

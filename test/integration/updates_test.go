@@ -58,7 +58,7 @@ func TestCheckUpdates(t *testing.T) {
 		}
 	}
 
-	repo.publishProbe(t, "1.1")
+	repo.Publish(t, probePackage, "1.1", probePostinst)
 	after, err := builder.CheckUpdates(ctx, opts, *c, installed)
 	if err != nil {
 		t.Fatalf("CheckUpdates after publishing %s 1.1: %v", probePackage, err)
