@@ -233,6 +233,16 @@ type Artifact struct {
 	// +optional
 	// +kubebuilder:validation:Minimum=0
 	Revision int32 `json:"revision,omitempty"`
+
+	// sbomURL is the location of the image's SPDX 2.3 JSON software bill
+	// of materials (NAME.spdx.json next to the manifest).
+	// +optional
+	SBOMURL string `json:"sbomURL,omitempty"`
+
+	// provenanceURL is the location of the image's SLSA v1 provenance, an
+	// in-toto statement (NAME.provenance.json next to the manifest).
+	// +optional
+	ProvenanceURL string `json:"provenanceURL,omitempty"`
 }
 
 // CheckCategory says how a check looks at the image.

@@ -11,7 +11,11 @@ import (
 	"testing"
 	"time"
 
+	intoto "github.com/in-toto/attestation/go/v1"
 	. "github.com/onsi/gomega"
+	spdxjson "github.com/spdx/tools-golang/json"
+	"github.com/spdx/tools-golang/spdxlib"
+	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/nodeforge/nodeforge/internal/manifest"
 	"github.com/nodeforge/nodeforge/internal/storage"
@@ -111,6 +115,25 @@ func TestBuildPublishesToS3(t *testing.T) {
 	latest, err := pub.Latest(ctx, "minimal")
 	g.Expect(err).NotTo(HaveOccurred())
 	g.Expect(latest.Key).To(Equal(imageKey))
+
+	// The SBOM and the provenance: written next to the local image and
+	// published next to the manifest, the same bytes, describing it.
+	g.Expect(art.CompanionKeys).To(HaveLen(2))
+	for _, name := range []string{"minimal.spdx.json", "minimal.provenance.json"} {
+		local, err := os.ReadFile(filepath.Join(out, name))
+		g.Expect(err).NotTo(HaveOccurred())
+		g.Expect(art.CompanionKeys).To(HaveKeyWithValue(name, "nodes/minimal/"+digest+"/1/"+name))
+		g.Expect(getObject(t, pub.Store, art.CompanionKeys[name])).To(Equal(string(local)))
+	}
+	doc, err := spdxjson.Read(strings.NewReader(getObject(t, pub.Store, art.CompanionKeys["minimal.spdx.json"])))
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(spdxlib.ValidateDocument(doc)).To(Succeed())
+	g.Expect(doc.Packages).To(HaveLen(1+len(m.Packages)), "the image and each of its packages")
+	g.Expect(doc.Packages[0].PackageChecksums[0].Value).To(Equal(m.Image.SHA256))
+	var st intoto.Statement
+	g.Expect(protojson.Unmarshal([]byte(getObject(t, pub.Store, art.CompanionKeys["minimal.provenance.json"])), &st)).To(Succeed())
+	g.Expect(st.Validate()).To(Succeed())
+	g.Expect(st.GetSubject()[0].GetDigest()).To(HaveKeyWithValue("sha256", m.Image.SHA256))
 
 	// The same spec again: found by its digest, nothing built.
 	again := t.TempDir()

@@ -5,10 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"path/filepath"
 	"strings"
 	"time"
 
 	imagev1 "github.com/nodeforge/nodeforge/api/v1alpha1"
+	"github.com/nodeforge/nodeforge/internal/attest"
 	"github.com/nodeforge/nodeforge/internal/builder"
 	"github.com/nodeforge/nodeforge/internal/buildresult"
 	"github.com/nodeforge/nodeforge/internal/manifest"
@@ -34,6 +36,9 @@ type pipeline struct {
 	// Rebuild builds and publishes a new revision even when the spec
 	// digest is published: a requested rebuild, or one for Debian updates.
 	Rebuild bool
+	// Invocation names the run in the provenance (the NodeImageBuild's
+	// namespace/name in a cluster).
+	Invocation string
 
 	Builder  builder.Options
 	Progress string // auto, tty, plain or json
@@ -53,6 +58,8 @@ type pipelineResult struct {
 	// ManifestURL is the published manifest's URL.
 	ManifestURL string
 	Manifest    *manifest.Manifest
+	// Attestations are the local SBOM and provenance files.
+	Attestations []string
 }
 
 // stageError is a pipeline failure with the builder contract's reason.
@@ -66,6 +73,7 @@ func (e *stageError) Error() string { return e.Err.Error() }
 func (e *stageError) Unwrap() error { return e.Err }
 
 func (p *pipeline) run(ctx context.Context) (*pipelineResult, error) {
+	start := time.Now()
 	digest, err := p.Content.Digest()
 	if err != nil {
 		return nil, &stageError{Reason: buildresult.ReasonBuildFailed, Step: "resolve", Err: err}
@@ -130,6 +138,16 @@ func (p *pipeline) run(ctx context.Context) (*pipelineResult, error) {
 		}
 	}
 
+	// The SBOM and the provenance describe the image as built and
+	// verified; they are written next to it and published with it.
+	companions, err := attestations(res.Manifest, attest.Run{InvocationID: p.Invocation, StartedOn: start, FinishedOn: time.Now()})
+	if err == nil {
+		out.Attestations, err = writeCompanions(filepath.Dir(res.ImagePath), companions)
+	}
+	if err != nil {
+		return out, &stageError{Reason: buildresult.ReasonBuildFailed, Step: "attest", Err: err}
+	}
+
 	if p.Publisher != nil {
 		if err := p.recordPrevious(ctx, res); err != nil {
 			return out, &stageError{Reason: buildresult.ReasonPublishFailed, Step: "publish", Err: err}
@@ -138,7 +156,7 @@ func (p *pipeline) run(ctx context.Context) (*pipelineResult, error) {
 		if err != nil {
 			return out, &stageError{Reason: buildresult.ReasonPublishFailed, Step: "publish", Err: err}
 		}
-		art, presigned, err := publishImage(ctx, p.Publisher, res.ImagePath, m, raw, p.PresignExpiry, p.Stderr)
+		art, presigned, err := publishImage(ctx, p.Publisher, res.ImagePath, m, raw, companions, p.PresignExpiry, p.Stderr)
 		if err != nil {
 			return out, &stageError{Reason: buildresult.ReasonPublishFailed, Step: "publish", Err: err}
 		}

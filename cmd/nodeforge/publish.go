@@ -12,6 +12,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/nodeforge/nodeforge/internal/attest"
 	"github.com/nodeforge/nodeforge/internal/manifest"
 	"github.com/nodeforge/nodeforge/internal/storage"
 )
@@ -69,7 +70,11 @@ func runPublish(ctx context.Context, image string, o publishOptions, stdout, std
 	if err != nil {
 		return fmt.Errorf("--to %s: %w", o.to, err)
 	}
-	art, presigned, err := publishImage(ctx, pub, image, m, raw, o.presignExpiry, stderr)
+	companions, err := attestations(m, attest.Run{})
+	if err != nil {
+		return err
+	}
+	art, presigned, err := publishImage(ctx, pub, image, m, raw, companions, o.presignExpiry, stderr)
 	if err != nil {
 		return err
 	}
@@ -105,7 +110,7 @@ func readManifest(path string) (*manifest.Manifest, []byte, error) {
 // pub, reporting progress on w, and returns the artifact and a presigned
 // download URL. The sha256 the manifest records is what the upload is
 // verified against.
-func publishImage(ctx context.Context, pub *storage.Publisher, image string, m *manifest.Manifest, raw []byte, expiry time.Duration, w io.Writer) (storage.Artifact, string, error) {
+func publishImage(ctx context.Context, pub *storage.Publisher, image string, m *manifest.Manifest, raw []byte, companions []storage.Companion, expiry time.Duration, w io.Writer) (storage.Artifact, string, error) {
 	progress := newUploadProgress(w, filepath.Base(image))
 	art, err := pub.Publish(ctx, storage.PublishInput{
 		Name:       m.Name,
@@ -114,6 +119,7 @@ func publishImage(ctx context.Context, pub *storage.Publisher, image string, m *
 		Format:     string(m.Image.Format),
 		SHA256:     m.Image.SHA256,
 		Manifest:   raw,
+		Companions: companions,
 		Progress:   progress.update,
 	})
 	progress.done(err)

@@ -131,7 +131,7 @@ func TestRecordPrevious(t *testing.T) {
 	g.Expect(first.Manifest.Previous).To(BeNil(), "nothing published yet")
 	m, raw, err := readManifest(manPath)
 	g.Expect(err).NotTo(HaveOccurred())
-	_, _, err = publishImage(ctx, pub, image, m, raw, time.Hour, io.Discard)
+	_, _, err = publishImage(ctx, pub, image, m, raw, nil, time.Hour, io.Discard)
 	g.Expect(err).NotTo(HaveOccurred())
 
 	second := newResult(manifest.Package{Name: "libc6", Version: "2.41-12+deb13u1", Architecture: "amd64"},

@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -113,7 +114,8 @@ func (o *runOptions) execute(ctx context.Context, stdout, stderr io.Writer) *bui
 		PresignExpiry: expiry,
 		// The spec is unchanged: the build is for what changed around
 		// it, so a published revision of the digest is no reason to stop.
-		Rebuild: b.Spec.Reason == imagev1.BuildReasonRebuildRequested || b.Spec.Reason == imagev1.BuildReasonBaseUpdated,
+		Rebuild:    b.Spec.Reason == imagev1.BuildReasonRebuildRequested || b.Spec.Reason == imagev1.BuildReasonBaseUpdated,
+		Invocation: b.Namespace + "/" + b.Name,
 		Builder: builder.Options{
 			WorkDir:  filepath.Join(o.scratch, "work"),
 			OutDir:   filepath.Join(o.scratch, "out"),
@@ -260,6 +262,10 @@ func resultOf(out *pipelineResult) *buildresult.Result {
 		res.Artifact.URL, res.Artifact.PresignedURL = a.URL, out.Presigned
 		res.Artifact.ManifestURL = out.ManifestURL
 		res.Artifact.Revision = int32(a.Revision)
+		for name := range a.CompanionKeys {
+			res.Artifact.Companions = append(res.Artifact.Companions, name)
+		}
+		slices.Sort(res.Artifact.Companions)
 	}
 	if r := out.Report; r != nil {
 		v := &buildresult.Verification{Passed: int32(r.Summary.Passed), Failed: int32(r.Summary.Failed), Skipped: int32(r.Summary.Skipped)}

@@ -163,7 +163,7 @@ func TestRunReusesAPublishedArtifact(t *testing.T) {
 	g.Expect(err).NotTo(HaveOccurred())
 	m2, raw, err := readManifest(manPath)
 	g.Expect(err).NotTo(HaveOccurred())
-	published, _, err := publishImage(context.Background(), pub, image, m2, raw, time.Hour, &bytes.Buffer{})
+	published, _, err := publishImage(context.Background(), pub, image, m2, raw, nil, time.Hour, &bytes.Buffer{})
 	g.Expect(err).NotTo(HaveOccurred())
 
 	o := &runOptions{spec: spec, result: filepath.Join(dir, "result"), scratch: filepath.Join(dir, "scratch"),

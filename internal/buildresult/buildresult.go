@@ -145,6 +145,9 @@ type Artifact struct {
 	Format       string `json:"format"`
 	// Revision is the published revision (0: not published).
 	Revision int32 `json:"revision,omitempty"`
+	// Companions name the files published next to the image, in the
+	// manifest's directory (NAME.spdx.json, NAME.provenance.json).
+	Companions []string `json:"companions,omitempty"`
 }
 
 // Verification counts check outcomes.

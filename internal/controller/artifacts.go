@@ -93,7 +93,7 @@ func (s PublisherStore) Lookup(ctx context.Context, ni *imagev1.NodeImage, diges
 	if strings.HasSuffix(a.ImageKey, "."+storage.FormatRaw) {
 		format = imagev1.FormatRaw
 	}
-	return &imagev1.Artifact{
+	out := &imagev1.Artifact{
 		URL:         a.URL,
 		ManifestURL: p.Store.URL(a.ManifestKey),
 		SHA256:      a.SHA256,
@@ -102,7 +102,41 @@ func (s PublisherStore) Lookup(ctx context.Context, ni *imagev1.NodeImage, diges
 		BuiltAt:     metav1.NewTime(a.PublishedAt),
 		SpecDigest:  "sha256:" + imagev1.DigestHex(digest),
 		Revision:    int32(a.Revision),
-	}, nil
+	}
+	urls := map[string]string{}
+	for name, key := range a.CompanionKeys {
+		urls[name] = p.Store.URL(key)
+	}
+	out.SBOMURL, out.ProvenanceURL = attestationURLs(urls)
+	return out, nil
+}
+
+// attestationURLs picks the SBOM's and the provenance's URLs among an
+// artifact's companions, given by file name.
+func attestationURLs(urls map[string]string) (sbom, provenance string) {
+	for name, u := range urls {
+		switch {
+		case strings.HasSuffix(name, storage.SBOMSuffix):
+			sbom = u
+		case strings.HasSuffix(name, storage.ProvenanceSuffix):
+			provenance = u
+		}
+	}
+	return sbom, provenance
+}
+
+// companionURLs are the URLs of a build result's companions, which lie in
+// the directory of its manifest.
+func companionURLs(a *buildresult.Artifact) map[string]string {
+	dir, ok := strings.CutSuffix(a.ManifestURL, storage.ManifestFileName)
+	if !ok || len(a.Companions) == 0 {
+		return nil
+	}
+	urls := map[string]string{}
+	for _, name := range a.Companions {
+		urls[name] = dir + name
+	}
+	return urls
 }
 
 // Presign implements ArtifactStore.

@@ -70,7 +70,8 @@ func TestS3ArtifactStore(t *testing.T) {
 	g.Expect(err).NotTo(HaveOccurred())
 	img := filepath.Join(t.TempDir(), "cloud-base.qcow2")
 	g.Expect(os.WriteFile(img, []byte("qcow2 bytes"), 0o644)).To(Succeed())
-	published, err := pub.Publish(ctx, storage.PublishInput{Name: "cloud-base", SpecDigest: digest, ImagePath: img, Manifest: []byte(`{}`)})
+	published, err := pub.Publish(ctx, storage.PublishInput{Name: "cloud-base", SpecDigest: digest, ImagePath: img, Manifest: []byte(`{}`),
+		Companions: []storage.Companion{{Name: "cloud-base.spdx.json", Data: []byte(`{}`)}}})
 	g.Expect(err).NotTo(HaveOccurred())
 
 	a, err := store.Lookup(ctx, ni("images", true, "s3"), digest)
@@ -84,6 +85,8 @@ func TestS3ArtifactStore(t *testing.T) {
 	// NodeImage's namespace (also "images"), then the prefix.
 	g.Expect(a.ManifestURL).To(HaveSuffix("/images/images/nodes/cloud-base/"+strings.Repeat("ef", 32)+"/1/manifest.json"), "keys are scoped to the NodeImage namespace")
 	g.Expect(a.Revision).To(BeEquivalentTo(1))
+	g.Expect(a.SBOMURL).To(Equal(strings.TrimSuffix(a.ManifestURL, "manifest.json") + "cloud-base.spdx.json"))
+	g.Expect(a.ProvenanceURL).To(BeEmpty(), "none was published")
 	// The presigned URL is the revision's image.
 	u, _, err := store.Presign(ctx, ni("images", true, "s3"), a)
 	g.Expect(err).NotTo(HaveOccurred())

@@ -124,6 +124,8 @@ func TestFirstBuild(t *testing.T) {
 		g.Expect(n.Status.Artifact).NotTo(BeNil())
 		g.Expect(n.Status.Artifact.SpecDigest).To(Equal(digest))
 		g.Expect(n.Status.Artifact.Revision).To(BeEquivalentTo(1))
+		g.Expect(n.Status.Artifact.SBOMURL).To(Equal(strings.TrimSuffix(res.Artifact.ManifestURL, "manifest.json") + ni.Name + ".spdx.json"))
+		g.Expect(n.Status.Artifact.ProvenanceURL).To(Equal(strings.TrimSuffix(res.Artifact.ManifestURL, "manifest.json") + ni.Name + ".provenance.json"))
 		g.Expect(n.Status.CurrentBuild).To(BeNil())
 		g.Expect(kstatusOf(g, n)).To(Equal(status.CurrentStatus))
 		b := get(g, buildKey(ns, build))

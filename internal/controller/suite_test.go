@@ -316,6 +316,8 @@ func succeeded(ni *imagev1.NodeImage, digest string) *buildresult.Result {
 			URL:    fmt.Sprintf("s3://node-images/%s/%s/1/%s.qcow2", ni.Name, imagev1.DigestHex(digest), ni.Name),
 			SHA256: "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
 			Size:   1 << 30, VirtualSize: 8 << 30, Format: "qcow2", Revision: 1,
+			ManifestURL: fmt.Sprintf("s3://node-images/%s/%s/1/manifest.json", ni.Name, imagev1.DigestHex(digest)),
+			Companions:  []string{ni.Name + ".provenance.json", ni.Name + ".spdx.json"},
 		},
 		Verification: &buildresult.Verification{Passed: 12, Skipped: 1},
 		Accelerator:  "kvm",

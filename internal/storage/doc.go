@@ -74,6 +74,8 @@
 //
 //	PREFIX/NAME/SPECDIGEST/REV/NAME.qcow2.sha256   "HEX  NAME.qcow2" for sha256sum -c
 //	PREFIX/NAME/SPECDIGEST/REV/NAME.qcow2          image (or NAME.raw), x-amz-meta-sha256
+//	PREFIX/NAME/SPECDIGEST/REV/NAME.spdx.json      companions (PublishInput.Companions): SBOM,
+//	PREFIX/NAME/SPECDIGEST/REV/NAME.provenance.json   provenance
 //	PREFIX/NAME/SPECDIGEST/REV/manifest.json       the build manifest, as given
 //	PREFIX/NAME/latest                             JSON Pointer to the newest revision
 //

@@ -37,6 +37,11 @@ import (
 const (
 	ManifestFileName = "manifest.json"
 	LatestFileName   = "latest"
+	// SBOMSuffix and ProvenanceSuffix end the names of the companions a
+	// build publishes next to its image: NAME.spdx.json (SPDX 2.3) and
+	// NAME.provenance.json (an in-toto statement, SLSA v1 provenance).
+	SBOMSuffix       = ".spdx.json"
+	ProvenanceSuffix = ".provenance.json"
 )
 
 // Image formats.
@@ -113,8 +118,21 @@ type PublishInput struct {
 	SHA256 string
 	// Manifest is the build manifest JSON, stored as is.
 	Manifest []byte
+	// Companions are more files of the revision (the SBOM, the
+	// provenance), put after the image and before the manifest.
+	Companions []Companion
 	// Progress reports image upload progress.
 	Progress func(done, total int64)
+}
+
+// Companion is one more file published with an image, in its revision's
+// directory.
+type Companion struct {
+	// Name is the file name: no "/", and none of the revision's other
+	// names.
+	Name        string
+	Data        []byte
+	ContentType string
 }
 
 // Artifact is a published (or found) image with its companions.
@@ -131,6 +149,9 @@ type Artifact struct {
 	Size        int64     `json:"size"`
 	URL         string    `json:"url"`
 	PublishedAt time.Time `json:"publishedAt"`
+	// CompanionKeys are the keys of the companions published with the
+	// image, by name.
+	CompanionKeys map[string]string `json:"companionKeys,omitempty"`
 }
 
 // Pointer is the content of the NAME/latest object.
@@ -337,6 +358,12 @@ func (p *Publisher) Publish(ctx context.Context, in PublishInput) (Artifact, err
 	if len(in.Manifest) == 0 || !json.Valid(in.Manifest) {
 		return Artifact{}, errorf(ErrInvalidArgument, "manifest must be a JSON document")
 	}
+	for _, c := range in.Companions {
+		if c.Name == "" || strings.ContainsAny(c.Name, "/\\") || c.Name == "." || c.Name == ".." || c.Name == ManifestFileName ||
+			c.Name == in.Name+"."+format || c.Name == in.Name+"."+format+".sha256" {
+			return Artifact{}, errorf(ErrInvalidArgument, "companion %q: want a file name other than the image's, its .sha256 and the manifest", c.Name)
+		}
+	}
 	if in.SHA256 != "" && !validSHA256(in.SHA256) {
 		return Artifact{}, errorf(ErrInvalidArgument, "sha256 %q is not lowercase hex", in.SHA256)
 	}
@@ -371,6 +398,17 @@ func (p *Publisher) Publish(ctx context.Context, in PublishInput) (Artifact, err
 		return Artifact{}, fmt.Errorf("publish %s revision %d: image: %w", in.Name, rev, err)
 	}
 	a.SHA256, a.Size, a.URL = img.SHA256, img.Size, p.Store.URL(imageKey)
+	for _, c := range in.Companions {
+		key := p.revisionDir(in.Name, digest, rev) + c.Name
+		if a.CompanionKeys == nil {
+			a.CompanionKeys = map[string]string{}
+		}
+		a.CompanionKeys[c.Name] = key
+		if _, err := p.Store.PutBytes(ctx, key, c.Data, PutOptions{ContentType: c.ContentType, IfAbsent: true}); err != nil {
+			p.abandon(ctx, a)
+			return Artifact{}, fmt.Errorf("publish %s revision %d: %s: %w", in.Name, rev, c.Name, err)
+		}
+	}
 	// The manifest goes last among the revision's objects: its presence
 	// marks the revision as published (Lookup, Prune).
 	if _, err := p.Store.PutBytes(ctx, a.ManifestKey, in.Manifest, PutOptions{ContentType: "application/json", IfAbsent: true}); err != nil {
@@ -391,7 +429,11 @@ func (p *Publisher) Publish(ctx context.Context, in PublishInput) (Artifact, err
 // reached, Prune removes the leftovers once they are stale.
 func (p *Publisher) abandon(ctx context.Context, a Artifact) {
 	ctx = context.WithoutCancel(ctx)
-	for _, key := range []string{a.ImageKey, a.ChecksumKey} {
+	keys := []string{a.ImageKey, a.ChecksumKey}
+	for _, key := range a.CompanionKeys {
+		keys = append(keys, key)
+	}
+	for _, key := range keys {
 		if err := p.Store.Delete(ctx, key); err != nil {
 			p.log().Warn("could not remove an object of a failed publish; prune removes it later", "key", key, "error", err.Error())
 		}
@@ -488,11 +530,21 @@ func (p *Publisher) Lookup(ctx context.Context, name, specDigest string) (Artifa
 		if _, err := p.Store.Stat(ctx, key+".sha256"); err != nil {
 			return Artifact{}, p.notFound(name, digest, key+".sha256", err)
 		}
-		return Artifact{
+		a := Artifact{
 			Name: name, SpecDigest: digest, Revision: r.Number, ImageKey: key, ChecksumKey: key + ".sha256",
 			ManifestKey: r.Manifest.Key, SHA256: img.SHA256, Size: img.Size,
 			URL: p.Store.URL(key), PublishedAt: r.Manifest.LastModified.UTC(),
-		}, nil
+		}
+		dir := p.revisionDir(name, digest, r.Number)
+		for _, o := range r.Objects {
+			if file := strings.TrimPrefix(o.Key, dir); o.Key != key && o.Key != a.ChecksumKey && o.Key != a.ManifestKey && !strings.Contains(file, "/") {
+				if a.CompanionKeys == nil {
+					a.CompanionKeys = map[string]string{}
+				}
+				a.CompanionKeys[file] = o.Key
+			}
+		}
+		return a, nil
 	}
 	return Artifact{}, &ArtifactNotFoundError{Name: name, SpecDigest: digest, Missing: p.ImageKey(name, digest, r.Number, FormatQCOW2)}
 }

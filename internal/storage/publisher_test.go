@@ -144,6 +144,28 @@ func TestRepublishIsANewRevision(t *testing.T) {
 	g.Expect(published[0].Revision).To(Equal(2), "newest first")
 }
 
+// Companions (the SBOM, the provenance) go into the revision beside the
+// image, before the manifest; a failing one leaves nothing of the
+// revision.
+func TestPublishCompanions(t *testing.T) {
+	g := NewWithT(t)
+	ctx := context.Background()
+	d, err := NewDir(t.TempDir())
+	g.Expect(err).NotTo(HaveOccurred())
+	in := PublishInput{Name: "n", SpecDigest: digestN(1), ImagePath: writeSmall(t, "img"), Format: FormatQCOW2, Manifest: []byte(`{}`),
+		Companions: []Companion{{Name: "n.spdx.json", Data: []byte(`{"spdxVersion":"SPDX-2.3"}`), ContentType: "application/spdx+json"}}}
+	failing := &Publisher{Store: &failingStore{Store: d, failSuffix: ".spdx.json"}}
+	_, err = failing.Publish(ctx, in)
+	g.Expect(err).To(MatchError(ContainSubstring("n.spdx.json")))
+	g.Expect(readAll(ctx, g, d, "n/")).To(BeEmpty(), "the failed revision's objects are removed")
+
+	a, err := (&Publisher{Store: d}).Publish(ctx, in)
+	g.Expect(err).NotTo(HaveOccurred())
+	key := "n/" + digestN(1) + "/1/n.spdx.json"
+	g.Expect(a.CompanionKeys).To(Equal(map[string]string{"n.spdx.json": key}))
+	g.Expect(readAll(ctx, g, d, key)).To(HaveKeyWithValue(key, `{"spdxVersion":"SPDX-2.3"}`))
+}
+
 // racingStore hides every object from its first List, as if another
 // publish claimed a revision between this one's listing and its claim.
 type racingStore struct {
@@ -257,6 +279,10 @@ func TestPublisherRejectsBadInput(t *testing.T) {
 		"bad sha256":    {Name: "n", SpecDigest: digestN(1), ImagePath: img, SHA256: "ABC", Manifest: []byte(`{}`)},
 		"wrong sha256":  {Name: "n", SpecDigest: digestN(1), ImagePath: img, SHA256: strings.Repeat("0", 64), Manifest: []byte(`{}`)},
 		"missing image": {Name: "n", SpecDigest: digestN(1), ImagePath: img + ".missing", Manifest: []byte(`{}`)},
+		"companion named as the manifest": {Name: "n", SpecDigest: digestN(1), ImagePath: img, Manifest: []byte(`{}`),
+			Companions: []Companion{{Name: ManifestFileName, Data: []byte("x")}}},
+		"companion in a directory": {Name: "n", SpecDigest: digestN(1), ImagePath: img, Manifest: []byte(`{}`),
+			Companions: []Companion{{Name: "../n.spdx.json", Data: []byte("x")}}},
 	} {
 		_, err := pub.Publish(ctx, in)
 		g.Expect(err).To(HaveOccurred(), name)
