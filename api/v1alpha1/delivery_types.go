@@ -12,6 +12,23 @@ type DestinationSpec struct {
 	// s3 publishes to an S3-compatible object store.
 	// +optional
 	S3 *S3Destination `json:"s3,omitempty"`
+
+	// signing signs the published image, its SBOM and its provenance with
+	// a key the platform team holds; the signatures (FILE.sig, as cosign
+	// sign-blob writes them) are published beside them.
+	// +optional
+	Signing *SigningSpec `json:"signing,omitempty"`
+}
+
+// SigningSpec names the key that signs published artifacts.
+type SigningSpec struct {
+	// keySecretRef names a Secret in the NodeImage's namespace holding the
+	// private key as cosign keeps it: cosign.key (a key from cosign
+	// generate-key-pair k8s://NAMESPACE/NAME, decrypted with cosign.password,
+	// or an unencrypted PEM ECDSA or RSA key). Only those two keys reach the
+	// builder; cosign.pub, which verifiers use, may sit beside them.
+	// +required
+	KeySecretRef corev1.LocalObjectReference `json:"keySecretRef"`
 }
 
 // BucketLookup selects S3 addressing.

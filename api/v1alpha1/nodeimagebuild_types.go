@@ -243,6 +243,13 @@ type Artifact struct {
 	// in-toto statement (NAME.provenance.json next to the manifest).
 	// +optional
 	ProvenanceURL string `json:"provenanceURL,omitempty"`
+
+	// signatureURL is the location of the image's signature (FILE.sig,
+	// as cosign sign-blob writes it), when spec.destination.signing is
+	// set; the SBOM's and the provenance's are beside them, named the same
+	// way.
+	// +optional
+	SignatureURL string `json:"signatureURL,omitempty"`
 }
 
 // CheckCategory says how a check looks at the image.

@@ -1,12 +1,16 @@
 package main
 
 import (
+	"bytes"
+	"crypto"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"time"
 
 	"github.com/nodeforge/nodeforge/internal/attest"
+	"github.com/nodeforge/nodeforge/internal/buildresult"
 	"github.com/nodeforge/nodeforge/internal/manifest"
 	"github.com/nodeforge/nodeforge/internal/storage"
 )
@@ -27,6 +31,43 @@ func attestations(m *manifest.Manifest, run attest.Run) ([]storage.Companion, er
 		{Name: m.Name + storage.SBOMSuffix, Data: sbom, ContentType: "application/spdx+json"},
 		{Name: m.Name + storage.ProvenanceSuffix, Data: prov, ContentType: "application/vnd.in-toto+json"},
 	}, nil
+}
+
+// signatures signs the image (by its sha256) and each companion, as cosign
+// sign-blob does: FILE.sig, base64, next to FILE.
+func signatures(s crypto.Signer, m *manifest.Manifest, companions []storage.Companion) ([]storage.Companion, error) {
+	sig, err := attest.SignDigest(s, m.Image.SHA256)
+	if err != nil {
+		return nil, err
+	}
+	out := []storage.Companion{{Name: m.Image.File + storage.SignatureSuffix, Data: sig, ContentType: "text/plain"}}
+	for _, c := range companions {
+		sig, err := attest.SignBlob(s, c.Data)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, storage.Companion{Name: c.Name + storage.SignatureSuffix, Data: sig, ContentType: "text/plain"})
+	}
+	return out, nil
+}
+
+// loadSigner reads the signing key (and its password, when there is one)
+// from dir, named as cosign names them. what names the key's source in
+// errors; the key and the password never appear in them.
+func loadSigner(dir, what string) (crypto.Signer, error) {
+	key, err := os.ReadFile(filepath.Join(dir, buildresult.SigningKeyFile))
+	if err != nil {
+		return nil, fmt.Errorf("%s: no %s: %w", what, buildresult.SigningKeyFile, errors.Unwrap(err))
+	}
+	password, err := os.ReadFile(filepath.Join(dir, buildresult.SigningPasswordFile))
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("%s: %s: %w", what, buildresult.SigningPasswordFile, errors.Unwrap(err))
+	}
+	s, err := attest.LoadSigner(key, bytes.TrimRight(password, "\n"))
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", what, err)
+	}
+	return s, nil
 }
 
 // writeCompanions writes the companions into dir (next to the image) and

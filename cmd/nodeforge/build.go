@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -15,7 +16,9 @@ import (
 	"golang.org/x/term"
 
 	imagev1 "github.com/nodeforge/nodeforge/api/v1alpha1"
+	"github.com/nodeforge/nodeforge/internal/attest"
 	"github.com/nodeforge/nodeforge/internal/builder"
+	"github.com/nodeforge/nodeforge/internal/buildresult"
 	"github.com/nodeforge/nodeforge/internal/resolve"
 	"github.com/nodeforge/nodeforge/internal/storage"
 )
@@ -36,6 +39,7 @@ type buildOptions struct {
 	credentialsDir string
 	noPublish      bool
 	rebuild        bool
+	signingKey     string
 	presignExpiry  time.Duration
 }
 
@@ -87,6 +91,7 @@ which is what the builder Pod does for the controller to read.`,
 	f.BoolVar(&o.createBucket, "create-bucket", false, "with --to: create the bucket when it does not exist")
 	f.StringVar(&o.credentialsDir, "credentials-dir", "", "with spec.destination: read credentials from this directory instead of AWS_*")
 	f.BoolVar(&o.noPublish, "no-publish", false, "do not publish, even when the spec has a destination")
+	f.StringVar(&o.signingKey, "signing-key", "", "sign the image, SBOM and provenance with this PEM key (a cosign key: password in COSIGN_PASSWORD); default with spec.destination.signing: cosign.key in --credentials-dir")
 	f.BoolVar(&o.rebuild, "rebuild", false, "build and publish a new revision even when the spec digest is published (for package updates)")
 	f.DurationVar(&o.presignExpiry, "presign-expiry", 0, "validity of the presigned URL (default: spec.destination.s3.presignExpiry, else 24h)")
 	_ = cmd.MarkFlagRequired("file")
@@ -106,6 +111,31 @@ func defaultCacheDir() string {
 		root = filepath.Join(base, "nodeforge")
 	}
 	return filepath.Join(root, "apt-archives")
+}
+
+// signer is the key that signs the image and its attestations: --signing-key
+// (its password in COSIGN_PASSWORD, as cosign reads it), else, when the spec
+// asks for signing, cosign.key and cosign.password in --credentials-dir.
+func (o *buildOptions) signer(dst *imagev1.DestinationSpec) (crypto.Signer, error) {
+	if o.signingKey != "" {
+		key, err := os.ReadFile(o.signingKey)
+		if err != nil {
+			return nil, fmt.Errorf("--signing-key: %w", err)
+		}
+		s, err := attest.LoadSigner(key, []byte(os.Getenv("COSIGN_PASSWORD")))
+		if err != nil {
+			return nil, fmt.Errorf("--signing-key %s: %w", o.signingKey, err)
+		}
+		return s, nil
+	}
+	if dst == nil || dst.Signing == nil {
+		return nil, nil
+	}
+	if o.credentialsDir == "" {
+		return nil, fmt.Errorf("spec.destination.signing is set: give the key with --signing-key FILE (password in COSIGN_PASSWORD) or --credentials-dir DIR (%s, %s)",
+			buildresult.SigningKeyFile, buildresult.SigningPasswordFile)
+	}
+	return loadSigner(o.credentialsDir, "--credentials-dir "+o.credentialsDir)
 }
 
 // loadNodeImage reads a NodeImage file (strictly, defaulted, with the
@@ -131,6 +161,10 @@ func runBuild(ctx context.Context, o *buildOptions, stdout, stderr io.Writer) er
 	if err != nil {
 		return err
 	}
+	signer, err := o.signer(image.Spec.Destination)
+	if err != nil {
+		return err
+	}
 	p := &pipeline{
 		Name:          image.Name,
 		Content:       *content,
@@ -139,6 +173,7 @@ func runBuild(ctx context.Context, o *buildOptions, stdout, stderr io.Writer) er
 		Publisher:     pub,
 		PresignExpiry: expiry,
 		Rebuild:       o.rebuild,
+		Signer:        signer,
 		// The spec's author runs the CLI: file:// key URLs read their files.
 		Builder:  builder.Options{WorkDir: o.workDir, OutDir: o.outDir, CacheDir: o.cacheDir, KeepWork: o.keepWork, LocalFiles: true},
 		Progress: o.progress,

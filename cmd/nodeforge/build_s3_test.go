@@ -3,6 +3,9 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto"
+	"crypto/elliptic"
+	"encoding/base64"
 	"io"
 	"os"
 	"os/exec"
@@ -13,6 +16,8 @@ import (
 
 	intoto "github.com/in-toto/attestation/go/v1"
 	. "github.com/onsi/gomega"
+	"github.com/sigstore/sigstore/pkg/cryptoutils"
+	"github.com/sigstore/sigstore/pkg/signature"
 	spdxjson "github.com/spdx/tools-golang/json"
 	"github.com/spdx/tools-golang/spdxlib"
 	"google.golang.org/protobuf/encoding/protojson"
@@ -68,12 +73,13 @@ func TestBuildPublishesToS3(t *testing.T) {
 	srv := miniotest.Start(t, miniotest.Config{})
 	useServer(t, srv)
 
+	signingKey := ""
 	build := func(out string, rebuild bool, file ...string) (stdout, stderr string, err error) {
 		sample := minimalSample
 		if len(file) > 0 {
 			sample = file[0]
 		}
-		o := &buildOptions{file: sample, outDir: out, workDir: t.TempDir(), cacheDir: defaultCacheDir(), rebuild: rebuild,
+		o := &buildOptions{file: sample, outDir: out, workDir: t.TempDir(), cacheDir: defaultCacheDir(), rebuild: rebuild, signingKey: signingKey,
 			noVerify: true, progress: "plain", to: "s3://images/nodes", createBucket: true, presignExpiry: time.Hour}
 		var so, se bytes.Buffer
 		err = runBuild(ctx, o, &so, &se)
@@ -144,6 +150,14 @@ func TestBuildPublishesToS3(t *testing.T) {
 	g.Expect(filepath.Join(again, "minimal.qcow2")).NotTo(BeAnExistingFile())
 
 	// --rebuild: the same spec as revision 2; revision 1 is not written.
+	// Signed this time with a key made as cosign makes one: each
+	// signature verifies with sigstore's verifier against its file.
+	password := "a cosign password"
+	priv, pubPEM, err := cryptoutils.GeneratePEMEncodedECDSAKeyPair(elliptic.P256(), cryptoutils.StaticPasswordFunc([]byte(password)))
+	g.Expect(err).NotTo(HaveOccurred())
+	signingKey = filepath.Join(t.TempDir(), "cosign.key")
+	g.Expect(os.WriteFile(signingKey, priv, 0o600)).To(Succeed())
+	t.Setenv("COSIGN_PASSWORD", password)
 	first := map[string]storage.ObjectInfo{}
 	for _, key := range []string{art.ImageKey, art.ChecksumKey, art.ManifestKey} {
 		first[key], err = pub.Store.Stat(ctx, key)
@@ -166,6 +180,20 @@ func TestBuildPublishesToS3(t *testing.T) {
 	latest, err = pub.Latest(ctx, "minimal")
 	g.Expect(err).NotTo(HaveOccurred())
 	g.Expect(latest.Revision).To(Equal(2))
+	key, err := cryptoutils.UnmarshalPEMToPublicKey(pubPEM)
+	g.Expect(err).NotTo(HaveOccurred())
+	verifier, err := signature.LoadVerifier(key, crypto.SHA256)
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(art2.CompanionKeys).To(HaveLen(5), "SBOM, provenance and the signatures of those and of the image: %v", art2.CompanionKeys)
+	for _, file := range []string{"minimal.qcow2", "minimal.spdx.json", "minimal.provenance.json"} {
+		sig, err := base64.StdEncoding.DecodeString(getObject(t, pub.Store, art2.CompanionKeys[file+".sig"]))
+		g.Expect(err).NotTo(HaveOccurred(), file)
+		f, err := os.Open(filepath.Join(rebuilt, file))
+		g.Expect(err).NotTo(HaveOccurred())
+		g.Expect(verifier.VerifySignature(bytes.NewReader(sig), f)).To(Succeed(), file)
+		f.Close()
+	}
+	signingKey = ""
 
 	// One more package: a new digest, whose manifest records the image
 	// published before it and the packages added since, with versions.

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto"
 	"errors"
 	"fmt"
 	"io"
@@ -39,6 +40,8 @@ type pipeline struct {
 	// Invocation names the run in the provenance (the NodeImageBuild's
 	// namespace/name in a cluster).
 	Invocation string
+	// Signer, when set, signs the image and its attestations.
+	Signer crypto.Signer
 
 	Builder  builder.Options
 	Progress string // auto, tty, plain or json
@@ -141,6 +144,12 @@ func (p *pipeline) run(ctx context.Context) (*pipelineResult, error) {
 	// The SBOM and the provenance describe the image as built and
 	// verified; they are written next to it and published with it.
 	companions, err := attestations(res.Manifest, attest.Run{InvocationID: p.Invocation, StartedOn: start, FinishedOn: time.Now()})
+	if err == nil && p.Signer != nil {
+		var sigs []storage.Companion
+		if sigs, err = signatures(p.Signer, res.Manifest, companions); err == nil {
+			companions = append(companions, sigs...)
+		}
+	}
 	if err == nil {
 		out.Attestations, err = writeCompanions(filepath.Dir(res.ImagePath), companions)
 	}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -106,6 +107,13 @@ func (o *runOptions) execute(ctx context.Context, stdout, stderr io.Writer) *bui
 		}
 		defer done()
 	}
+	var signer crypto.Signer
+	if d := b.Spec.Destination; d != nil && d.Signing != nil {
+		// Before anything is built: a missing or wrong key fails at once.
+		if signer, err = loadSigner(o.credentialsDir, "spec.destination.signing.keySecretRef: Secret "+d.Signing.KeySecretRef.Name); err != nil {
+			return failed(buildresult.ReasonPublishFailed, "sign", err)
+		}
+	}
 	p := &pipeline{
 		Name:          b.Spec.NodeImageName,
 		Content:       b.Spec.Image,
@@ -116,6 +124,7 @@ func (o *runOptions) execute(ctx context.Context, stdout, stderr io.Writer) *bui
 		// it, so a published revision of the digest is no reason to stop.
 		Rebuild:    b.Spec.Reason == imagev1.BuildReasonRebuildRequested || b.Spec.Reason == imagev1.BuildReasonBaseUpdated,
 		Invocation: b.Namespace + "/" + b.Name,
+		Signer:     signer,
 		Builder: builder.Options{
 			WorkDir:  filepath.Join(o.scratch, "work"),
 			OutDir:   filepath.Join(o.scratch, "out"),

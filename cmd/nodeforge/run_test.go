@@ -81,6 +81,9 @@ func TestRunReportsBadSpecsInTheResult(t *testing.T) {
 		"registry credentials without the key": {func(b *imagev1.NodeImageBuild) {
 			b.Spec.Builder.RegistryCredentials = &corev1.LocalObjectReference{Name: "pull"}
 		}, "spec.builder.registryCredentials: Secret pull has no .dockerconfigjson key"},
+		"signing without the key": {func(b *imagev1.NodeImageBuild) {
+			b.Spec.Destination = &imagev1.DestinationSpec{Signing: &imagev1.SigningSpec{KeySecretRef: corev1.LocalObjectReference{Name: "cosign"}}}
+		}, "spec.destination.signing.keySecretRef: Secret cosign: no cosign.key"},
 		"unknown check name": {func(b *imagev1.NodeImageBuild) {
 			b.Spec.Verification.Skip = []imagev1.CheckName{"boot-shh"}
 		}, `unknown check name(s) in verification optional/skip (--optional/--skip): "boot-shh"`},

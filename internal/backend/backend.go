@@ -25,6 +25,7 @@ import (
 
 	imagev1 "github.com/nodeforge/nodeforge/api/v1alpha1"
 	"github.com/nodeforge/nodeforge/internal/buildresult"
+	"github.com/nodeforge/nodeforge/internal/storage"
 )
 
 // Labels on every object made for a build.
@@ -298,6 +299,37 @@ func EnsureSpecConfigMap(ctx context.Context, c client.Client, scheme *runtime.S
 		return fmt.Errorf("creating spec ConfigMap %s: %w", cm.Name, err)
 	}
 	return nil
+}
+
+// SecretKeys is a Secret of the build's namespace and the keys of it that
+// reach the builder, as files of buildresult.CredentialsDir.
+type SecretKeys struct {
+	// Secret is the Secret's name.
+	Secret string
+	// Keys are read when present; a missing one fails the build in the
+	// builder, with the key named.
+	Keys []string
+	// What says what the Secret is for, in errors.
+	What string
+}
+
+// CredentialSecrets lists what a build's builder reads into its
+// credentials directory: the object store's credentials, the registry's
+// Docker configuration and the signing key, only the keys the builder
+// reads of each. Whatever else the Secrets hold never reaches it.
+func CredentialSecrets(b *imagev1.NodeImageBuild) []SecretKeys {
+	var out []SecretKeys
+	if d := b.Spec.Destination; d != nil && d.S3 != nil {
+		out = append(out, SecretKeys{Secret: d.S3.CredentialsSecretRef.Name, Keys: storage.CredentialSecretKeys, What: "credentials"})
+	}
+	if r := b.Spec.Builder.RegistryCredentials; r != nil {
+		out = append(out, SecretKeys{Secret: r.Name, Keys: []string{buildresult.RegistryConfigKey}, What: "registry credentials"})
+	}
+	if d := b.Spec.Destination; d != nil && d.Signing != nil {
+		out = append(out, SecretKeys{Secret: d.Signing.KeySecretRef.Name,
+			Keys: []string{buildresult.SigningKeyFile, buildresult.SigningPasswordFile}, What: "signing key"})
+	}
+	return out
 }
 
 // CredentialsSecretName is the name of the Secret that holds only the

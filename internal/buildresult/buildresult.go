@@ -18,6 +18,9 @@
 // is mounted read-only at CredentialsDir: one file per key (accessKeyID,
 // secretAccessKey, optionally sessionToken; storage.CredentialsFromSecretData
 // accepts the same keys). A caSecretRef Secret is mounted at CADir (ca.crt).
+// spec.builder.registryCredentials adds RegistryConfigKey and
+// spec.destination.signing adds SigningKeyFile and SigningPasswordFile to
+// CredentialsDir (backend.CredentialSecrets lists them).
 // Credentials are never passed through environment variables, never
 // logged, and never written to the result.
 //
@@ -79,6 +82,11 @@ const (
 	// Secret (spec.builder.registryCredentials), and its file name in
 	// CredentialsDir, where the builder reads it.
 	RegistryConfigKey = ".dockerconfigjson"
+	// SigningKeyFile and SigningPasswordFile are the keys of the signing
+	// Secret (spec.destination.signing.keySecretRef, as cosign writes it)
+	// and their file names in CredentialsDir.
+	SigningKeyFile      = "cosign.key"
+	SigningPasswordFile = "cosign.password"
 	// CADir is where the object-store CA Secret is mounted.
 	CADir = "/etc/nodeforge/ca"
 	// ScratchDir is the builder's work and cache directory.

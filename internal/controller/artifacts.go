@@ -107,22 +107,23 @@ func (s PublisherStore) Lookup(ctx context.Context, ni *imagev1.NodeImage, diges
 	for name, key := range a.CompanionKeys {
 		urls[name] = p.Store.URL(key)
 	}
-	out.SBOMURL, out.ProvenanceURL = attestationURLs(urls)
+	setAttestationURLs(out, urls)
 	return out, nil
 }
 
-// attestationURLs picks the SBOM's and the provenance's URLs among an
-// artifact's companions, given by file name.
-func attestationURLs(urls map[string]string) (sbom, provenance string) {
+// setAttestationURLs sets the SBOM's, the provenance's and the image's
+// signature's URLs from an artifact's companions, given by file name.
+func setAttestationURLs(a *imagev1.Artifact, urls map[string]string) {
 	for name, u := range urls {
 		switch {
 		case strings.HasSuffix(name, storage.SBOMSuffix):
-			sbom = u
+			a.SBOMURL = u
 		case strings.HasSuffix(name, storage.ProvenanceSuffix):
-			provenance = u
+			a.ProvenanceURL = u
+		case strings.HasSuffix(name, "."+string(a.Format)+storage.SignatureSuffix):
+			a.SignatureURL = u
 		}
 	}
-	return sbom, provenance
 }
 
 // companionURLs are the URLs of a build result's companions, which lie in

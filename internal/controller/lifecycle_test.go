@@ -126,6 +126,7 @@ func TestFirstBuild(t *testing.T) {
 		g.Expect(n.Status.Artifact.Revision).To(BeEquivalentTo(1))
 		g.Expect(n.Status.Artifact.SBOMURL).To(Equal(strings.TrimSuffix(res.Artifact.ManifestURL, "manifest.json") + ni.Name + ".spdx.json"))
 		g.Expect(n.Status.Artifact.ProvenanceURL).To(Equal(strings.TrimSuffix(res.Artifact.ManifestURL, "manifest.json") + ni.Name + ".provenance.json"))
+		g.Expect(n.Status.Artifact.SignatureURL).To(Equal(strings.TrimSuffix(res.Artifact.ManifestURL, "manifest.json") + ni.Name + ".qcow2.sig"))
 		g.Expect(n.Status.CurrentBuild).To(BeNil())
 		g.Expect(kstatusOf(g, n)).To(Equal(status.CurrentStatus))
 		b := get(g, buildKey(ns, build))

@@ -617,7 +617,7 @@ func (r *NodeImageBuildReconciler) succeed(ctx context.Context, b *imagev1.NodeI
 		Format: imagev1.Format(a.Format), BuiltAt: metav1.NewTime(builtAt), SpecDigest: b.Spec.SpecDigest,
 		Revision: a.Revision,
 	}
-	b.Status.Artifact.SBOMURL, b.Status.Artifact.ProvenanceURL = attestationURLs(companionURLs(a))
+	setAttestationURLs(b.Status.Artifact, companionURLs(a))
 	if res.Verification != nil {
 		b.Status.Verification = verificationOf(res)
 	}

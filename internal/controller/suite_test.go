@@ -317,7 +317,7 @@ func succeeded(ni *imagev1.NodeImage, digest string) *buildresult.Result {
 			SHA256: "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
 			Size:   1 << 30, VirtualSize: 8 << 30, Format: "qcow2", Revision: 1,
 			ManifestURL: fmt.Sprintf("s3://node-images/%s/%s/1/manifest.json", ni.Name, imagev1.DigestHex(digest)),
-			Companions:  []string{ni.Name + ".provenance.json", ni.Name + ".spdx.json"},
+			Companions:  []string{ni.Name + ".provenance.json", ni.Name + ".qcow2.sig", ni.Name + ".spdx.json"},
 		},
 		Verification: &buildresult.Verification{Passed: 12, Skipped: 1},
 		Accelerator:  "kvm",

@@ -42,6 +42,9 @@ const (
 	// NAME.provenance.json (an in-toto statement, SLSA v1 provenance).
 	SBOMSuffix       = ".spdx.json"
 	ProvenanceSuffix = ".provenance.json"
+	// SignatureSuffix ends a signature's name: FILE.sig beside FILE
+	// (base64, as cosign sign-blob writes it).
+	SignatureSuffix = ".sig"
 )
 
 // Image formats.

@@ -41,7 +41,6 @@ import (
 	imagev1 "github.com/nodeforge/nodeforge/api/v1alpha1"
 	"github.com/nodeforge/nodeforge/internal/backend"
 	"github.com/nodeforge/nodeforge/internal/buildresult"
-	"github.com/nodeforge/nodeforge/internal/storage"
 )
 
 // ResultAnnotation on a VMI carries the builder's Result as JSON.
@@ -101,15 +100,8 @@ func (k *Backend) Ensure(ctx context.Context, b *imagev1.NodeImageBuild, attempt
 	if err := backend.EnsureSpecConfigMap(ctx, k.Client, k.Scheme, b); err != nil {
 		return err
 	}
-	s3Secret, registrySecret := "", ""
-	if d := b.Spec.Destination; d != nil && d.S3 != nil {
-		s3Secret = d.S3.CredentialsSecretRef.Name
-	}
-	if r := b.Spec.Builder.RegistryCredentials; r != nil {
-		registrySecret = r.Name
-	}
-	if s3Secret != "" || registrySecret != "" {
-		if err := k.ensureCredentials(ctx, b, s3Secret, registrySecret); err != nil {
+	if secrets := backend.CredentialSecrets(b); len(secrets) > 0 {
+		if err := k.ensureCredentials(ctx, b, secrets); err != nil {
 			return err
 		}
 	}
@@ -128,26 +120,17 @@ func (k *Backend) Ensure(ctx context.Context, b *imagev1.NodeImageBuild, attempt
 // disk: a KubeVirt Secret volume has no item selection, and the VM must
 // not receive whatever else the user keeps in that Secret. The copy is
 // controlled by the build, so it goes with it.
-func (k *Backend) ensureCredentials(ctx context.Context, b *imagev1.NodeImageBuild, s3Secret, registrySecret string) error {
+func (k *Backend) ensureCredentials(ctx context.Context, b *imagev1.NodeImageBuild, secrets []backend.SecretKeys) error {
 	data := map[string][]byte{}
-	if s3Secret != "" {
+	for _, s := range secrets {
 		var src corev1.Secret
-		if err := k.reader().Get(ctx, client.ObjectKey{Namespace: b.Namespace, Name: s3Secret}, &src); err != nil {
-			return fmt.Errorf("reading the credentials Secret %s: %w", s3Secret, err)
+		if err := k.reader().Get(ctx, client.ObjectKey{Namespace: b.Namespace, Name: s.Secret}, &src); err != nil {
+			return fmt.Errorf("reading the %s Secret %s: %w", s.What, s.Secret, err)
 		}
-		for _, key := range storage.CredentialSecretKeys {
+		for _, key := range s.Keys {
 			if v, ok := src.Data[key]; ok {
 				data[key] = v
 			}
-		}
-	}
-	if registrySecret != "" {
-		var src corev1.Secret
-		if err := k.reader().Get(ctx, client.ObjectKey{Namespace: b.Namespace, Name: registrySecret}, &src); err != nil {
-			return fmt.Errorf("reading the registry credentials Secret %s: %w", registrySecret, err)
-		}
-		if v, ok := src.Data[buildresult.RegistryConfigKey]; ok {
-			data[buildresult.RegistryConfigKey] = v
 		}
 	}
 	s := &corev1.Secret{
@@ -231,7 +214,7 @@ func (k *Backend) VMIFor(b *imagev1.NodeImageBuild, attempt int32) (*kubevirtv1.
 			EmptyDisk: &kubevirtv1.EmptyDiskSource{Capacity: resource.MustParse(DefaultScratch)},
 		}})
 	}
-	if d := b.Spec.Destination; (d != nil && d.S3 != nil) || spec.RegistryCredentials != nil {
+	if len(backend.CredentialSecrets(b)) > 0 {
 		disks = append(disks, disk("credentials", "nfcreds"))
 		volumes = append(volumes, kubevirtv1.Volume{Name: "credentials", VolumeSource: kubevirtv1.VolumeSource{
 			Secret: &kubevirtv1.SecretVolumeSource{SecretName: backend.CredentialsSecretName(b.Name)},

@@ -27,7 +27,6 @@ import (
 	imagev1 "github.com/nodeforge/nodeforge/api/v1alpha1"
 	"github.com/nodeforge/nodeforge/internal/backend"
 	"github.com/nodeforge/nodeforge/internal/buildresult"
-	"github.com/nodeforge/nodeforge/internal/storage"
 )
 
 // Defaults.
@@ -190,15 +189,8 @@ func (p *Backend) PodFor(b *imagev1.NodeImageBuild, attempt int32) (*corev1.Pod,
 	// boot test's 2 GiB, 2 vCPU guest), unless spec.builder.resources says.
 	setDefault(&resources, corev1.ResourceCPU, resource.MustParse(DefaultCPURequest))
 	setDefault(&resources, corev1.ResourceMemory, resource.MustParse(DefaultMemoryRequest))
-	s3Secret, registrySecret := "", ""
-	if d := b.Spec.Destination; d != nil && d.S3 != nil {
-		s3Secret = d.S3.CredentialsSecretRef.Name
-	}
-	if spec.RegistryCredentials != nil {
-		registrySecret = spec.RegistryCredentials.Name
-	}
-	if s3Secret != "" || registrySecret != "" {
-		volumes = append(volumes, credentialsVolume(s3Secret, registrySecret))
+	if secrets := backend.CredentialSecrets(b); len(secrets) > 0 {
+		volumes = append(volumes, credentialsVolume(secrets))
 		mounts = append(mounts, corev1.VolumeMount{Name: "credentials", MountPath: buildresult.CredentialsDir, ReadOnly: true})
 	}
 	if d := b.Spec.Destination; d != nil && d.S3 != nil {
@@ -301,31 +293,23 @@ func (p *Backend) PodFor(b *imagev1.NodeImageBuild, attempt int32) (*corev1.Pod,
 	return pod, nil
 }
 
-// credentialsVolume projects only the keys the builder reads: those of the
-// object-store credentials Secret (storage.CredentialSecretKeys), each
-// optional because either spelling may be used, and the Docker
-// configuration of the registry credentials Secret
-// (buildresult.RegistryConfigKey). Whatever else the Secrets hold never
+// credentialsVolume projects only the keys the builder reads
+// (backend.CredentialSecrets): the object-store credentials, each key
+// optional because either spelling may be used, the registry's Docker
+// configuration and the signing key. Whatever else the Secrets hold never
 // reaches the builder. A missing key fails the build with the key named
-// (storage.CredentialsFromDir, and the run's registry configuration).
-func credentialsVolume(s3Secret, registrySecret string) corev1.Volume {
+// (storage.CredentialsFromDir, the run's registry configuration and
+// signing key).
+func credentialsVolume(secrets []backend.SecretKeys) corev1.Volume {
 	var sources []corev1.VolumeProjection
-	if s3Secret != "" {
-		for _, k := range storage.CredentialSecretKeys {
+	for _, s := range secrets {
+		for _, k := range s.Keys {
 			sources = append(sources, corev1.VolumeProjection{Secret: &corev1.SecretProjection{
-				LocalObjectReference: corev1.LocalObjectReference{Name: s3Secret},
+				LocalObjectReference: corev1.LocalObjectReference{Name: s.Secret},
 				Items:                []corev1.KeyToPath{{Key: k, Path: k}},
 				Optional:             ptr.To(true),
 			}})
 		}
-	}
-	if registrySecret != "" {
-		k := buildresult.RegistryConfigKey
-		sources = append(sources, corev1.VolumeProjection{Secret: &corev1.SecretProjection{
-			LocalObjectReference: corev1.LocalObjectReference{Name: registrySecret},
-			Items:                []corev1.KeyToPath{{Key: k, Path: k}},
-			Optional:             ptr.To(true),
-		}})
 	}
 	return corev1.Volume{Name: "credentials", VolumeSource: corev1.VolumeSource{
 		Projected: &corev1.ProjectedVolumeSource{Sources: sources, DefaultMode: ptr.To[int32](0o400)},

@@ -258,46 +258,64 @@ func TestPodForProjectsCredentialKeysOnly(t *testing.T) {
 	}
 }
 
-// TestPodForProjectsRegistryConfigOnly: spec.builder.registryCredentials
-// reaches the builder as its .dockerconfigjson key only, in the
+// TestPodForProjectsOnlyTheKeysTheBuilderReads: spec.builder.
+// registryCredentials reaches the builder as its .dockerconfigjson key
+// only, and spec.destination.signing as cosign.key and cosign.password
+// only (not cosign.pub or anything else of the Secret), in the
 // credentials volume, with or without an S3 destination.
-func TestPodForProjectsRegistryConfigOnly(t *testing.T) {
-	for _, withS3 := range []bool{true, false} {
-		b := &Backend{Scheme: testScheme(t), Image: "nodeforge-builder:dev"}
-		build := testBuild()
-		build.Spec.Builder.RegistryCredentials = &corev1.LocalObjectReference{Name: "pull"}
-		if !withS3 {
-			build.Spec.Destination = nil
-		}
-		pod, err := b.PodFor(build, 1)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var got []string
-		for _, v := range pod.Spec.Volumes {
-			if v.Secret != nil && v.Secret.SecretName == "pull" {
-				t.Fatalf("the registry Secret is mounted whole: %+v", v)
+func TestPodForProjectsOnlyTheKeysTheBuilderReads(t *testing.T) {
+	for name, tc := range map[string]struct {
+		set    func(*imagev1.NodeImageBuild)
+		secret string
+		want   []string
+	}{
+		"registry": {func(b *imagev1.NodeImageBuild) {
+			b.Spec.Builder.RegistryCredentials = &corev1.LocalObjectReference{Name: "pull"}
+		}, "pull", []string{".dockerconfigjson->.dockerconfigjson"}},
+		"signing": {func(b *imagev1.NodeImageBuild) {
+			if b.Spec.Destination == nil {
+				b.Spec.Destination = &imagev1.DestinationSpec{}
 			}
-			if v.Name != "credentials" || v.Projected == nil {
-				continue
+			b.Spec.Destination.Signing = &imagev1.SigningSpec{KeySecretRef: corev1.LocalObjectReference{Name: "cosign"}}
+		}, "cosign", []string{"cosign.key->cosign.key", "cosign.password->cosign.password"}},
+	} {
+		for _, withS3 := range []bool{true, false} {
+			b := &Backend{Scheme: testScheme(t), Image: "nodeforge-builder:dev"}
+			build := testBuild()
+			if !withS3 {
+				build.Spec.Destination = nil
 			}
-			for _, src := range v.Projected.Sources {
-				if src.Secret != nil && src.Secret.Name == "pull" {
-					for _, it := range src.Secret.Items {
-						got = append(got, it.Key+"->"+it.Path)
+			tc.set(build)
+			pod, err := b.PodFor(build, 1)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got []string
+			for _, v := range pod.Spec.Volumes {
+				if v.Secret != nil && v.Secret.SecretName == tc.secret {
+					t.Fatalf("%s: the Secret is mounted whole: %+v", name, v)
+				}
+				if v.Name != "credentials" || v.Projected == nil {
+					continue
+				}
+				for _, src := range v.Projected.Sources {
+					if src.Secret != nil && src.Secret.Name == tc.secret {
+						for _, it := range src.Secret.Items {
+							got = append(got, it.Key+"->"+it.Path)
+						}
 					}
 				}
 			}
-		}
-		if want := []string{".dockerconfigjson->.dockerconfigjson"}; !reflect.DeepEqual(got, want) {
-			t.Errorf("with S3 %v: projected %v, want %v", withS3, got, want)
-		}
-		mounted := false
-		for _, m := range pod.Spec.Containers[0].VolumeMounts {
-			mounted = mounted || (m.Name == "credentials" && m.MountPath == "/etc/nodeforge/credentials" && m.ReadOnly)
-		}
-		if !mounted {
-			t.Errorf("with S3 %v: the credentials volume is not mounted read-only at /etc/nodeforge/credentials", withS3)
+			if !reflect.DeepEqual(got, tc.want) {
+				t.Errorf("%s with S3 %v: projected %v, want %v", name, withS3, got, tc.want)
+			}
+			mounted := false
+			for _, m := range pod.Spec.Containers[0].VolumeMounts {
+				mounted = mounted || (m.Name == "credentials" && m.MountPath == "/etc/nodeforge/credentials" && m.ReadOnly)
+			}
+			if !mounted {
+				t.Errorf("%s with S3 %v: the credentials volume is not mounted read-only at /etc/nodeforge/credentials", name, withS3)
+			}
 		}
 	}
 }
