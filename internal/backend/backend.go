@@ -35,7 +35,9 @@ const (
 	LabelNodeImage = "image.nodeforge.dev/nodeimage"
 	// LabelAttempt holds the attempt number of a builder.
 	LabelAttempt = "image.nodeforge.dev/attempt"
-	// LabelComponent marks builders ("builder") and spec ConfigMaps ("build-spec").
+	// LabelComponent marks builders (ComponentBuilder), spec ConfigMaps
+	// ("build-spec") and update check Pods and their ConfigMaps
+	// (ComponentUpdateCheck).
 	LabelComponent = "app.kubernetes.io/component"
 	// LabelManagedBy is "nodeforge".
 	LabelManagedBy = "app.kubernetes.io/managed-by"
@@ -203,8 +205,20 @@ func ListInNamespaces[L client.ObjectList](ctx context.Context, r client.Reader,
 	return nil
 }
 
+// Components (LabelComponent values).
+const (
+	// ComponentBuilder marks the builder of a build attempt.
+	ComponentBuilder = "builder"
+	// ComponentUpdateCheck marks a NodeImage's update check Pod (and its
+	// spec ConfigMap): not a builder, never counted as a running build.
+	ComponentUpdateCheck = "update-check"
+)
+
 // BuilderSelector selects every builder object nodeforge made.
-var BuilderSelector = client.MatchingLabels{LabelComponent: "builder", LabelManagedBy: "nodeforge"}
+var BuilderSelector = client.MatchingLabels{LabelComponent: ComponentBuilder, LabelManagedBy: "nodeforge"}
+
+// UpdateCheckSelector selects every update check Pod nodeforge made.
+var UpdateCheckSelector = client.MatchingLabels{LabelComponent: ComponentUpdateCheck, LabelManagedBy: "nodeforge"}
 
 // BuildOf returns the key of the build a builder object belongs to.
 func BuildOf(o metav1.Object) client.ObjectKey {
