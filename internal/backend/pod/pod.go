@@ -222,7 +222,7 @@ func (p *Backend) UpdateCheckPod(b *imagev1.NodeImageBuild, name string) (*corev
 
 // UpdateCheckConfigMap returns the ConfigMap with b's spec for the update
 // check Pod pod (created), owned by the Pod so that it goes with it.
-func UpdateCheckConfigMap(b *imagev1.NodeImageBuild, pod *corev1.Pod) (*corev1.ConfigMap, error) {
+func (*Backend) UpdateCheckConfigMap(b *imagev1.NodeImageBuild, pod *corev1.Pod) (*corev1.ConfigMap, error) {
 	doc, err := backend.SpecDocument(b)
 	if err != nil {
 		return nil, err

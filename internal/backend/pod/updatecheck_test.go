@@ -100,7 +100,7 @@ func TestUpdateCheckConfigMapIsOwnedByThePod(t *testing.T) {
 		t.Fatal(err)
 	}
 	pod.UID = types.UID("pod-uid")
-	cm, err := UpdateCheckConfigMap(b, pod)
+	cm, err := be.UpdateCheckConfigMap(b, pod)
 	if err != nil {
 		t.Fatal(err)
 	}
