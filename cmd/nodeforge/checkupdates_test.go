@@ -21,6 +21,7 @@ import (
 	"github.com/nodeforge/nodeforge/internal/buildresult"
 	"github.com/nodeforge/nodeforge/internal/manifest"
 	"github.com/nodeforge/nodeforge/internal/storage"
+	"github.com/nodeforge/nodeforge/internal/storage/miniotest"
 )
 
 // checkEnv is an update check's spec file and a Dir store standing in for
@@ -237,4 +238,37 @@ func TestCheckUpdatesReportsFailuresInTheResult(t *testing.T) {
 			g.Expect(r.Message).To(ContainSubstring(tc.want))
 		})
 	}
+}
+
+// TestCheckUpdatesReadsTheManifestFromS3 runs the check against a real
+// MinIO, with the credentials read from a mounted-Secret-shaped directory,
+// as in the update check Pod.
+func TestCheckUpdatesReadsTheManifestFromS3(t *testing.T) {
+	g := NewWithT(t)
+	srv := miniotest.Start(t, miniotest.Config{})
+	e := newCheckEnv(t)
+	e.build.Spec.Destination = &imagev1.DestinationSpec{S3: &imagev1.S3Destination{Endpoint: srv.Endpoint(), Bucket: "images",
+		Prefix: "nodes", Insecure: true, CreateBucket: true, CredentialsSecretRef: corev1LocalRef}}
+	raw, err := json.Marshal(e.build)
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(os.WriteFile(e.o.spec, raw, 0o600)).To(Succeed())
+	creds := filepath.Join(t.TempDir(), "credentials")
+	g.Expect(os.Mkdir(creds, 0o700)).To(Succeed())
+	g.Expect(os.WriteFile(filepath.Join(creds, "accessKeyID"), []byte(srv.AccessKey), 0o600)).To(Succeed())
+	g.Expect(os.WriteFile(filepath.Join(creds, "secretAccessKey"), []byte(srv.SecretKey), 0o600)).To(Succeed())
+	e.o.credentialsDir, e.o.openPublisher = creds, nil
+
+	pub, _, err := storage.OpenDestination(*e.build.Spec.Destination.S3, e.build.Namespace, storage.NewCredentials(srv.AccessKey, srv.SecretKey, ""), nil)
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(pub.EnsureDestination(context.Background())).To(Succeed())
+	e.pub = pub
+	e.publish(t, []manifest.Package{{Name: "libc6", Version: "2.41-12", Architecture: "amd64"}})
+	e.o.runner = &fakeArchive{versions: map[string]string{"libc6": "2.41-12+deb13u1", "containerd": "1.7.24~ds1-6"}}
+
+	var out bytes.Buffer
+	g.Expect(runCheckUpdates(context.Background(), e.o, &out, &out)).To(Succeed(), out.String())
+	r := readUpdatesResult(t, e.o.result)
+	g.Expect(r.Checked).To(Equal(int32(1)))
+	g.Expect(r.Changes).To(Equal([]string{"libc6 2.41-12 → 2.41-12+deb13u1"}))
+	g.Expect(out.String()).NotTo(ContainSubstring(srv.SecretKey))
 }
