@@ -36,6 +36,11 @@ type UpdateCheckPods interface {
 // one's is deleted unread.
 const CheckedDigestAnnotation = "image.nodeforge.dev/checked-spec-digest"
 
+// UpdateCheckDeadline bounds an update check Pod from its creation,
+// Pending time included (the Pod's own activeDeadlineSeconds, shorter,
+// counts from its start only); one still running then is a failed check.
+const UpdateCheckDeadline = 15 * time.Minute
+
 // maxUpdatesText bounds status.updates.summary and message.
 const maxUpdatesText = 1024
 
@@ -87,8 +92,15 @@ func (r *NodeImageReconciler) checkUpdates(ctx context.Context, st *imageState) 
 			if err := r.recordUpdateCheck(ctx, st, p); err != nil {
 				return err
 			}
+		case r.clock().Since(p.CreationTimestamp.Time) >= UpdateCheckDeadline:
+			// Its own deadline counts only once it started: one that
+			// cannot be scheduled or pull its image would wait forever.
+			r.setUpdatesStatus(ni, &imagev1.UpdatesStatus{LastCheckTime: ptrTime(r.clock().Now()), SpecDigest: st.digest,
+				Result: imagev1.UpdatesCheckFailed, Message: buildresult.Truncate(fmt.Sprintf("update check Pod %s did not finish within %s (%s)",
+					p.Name, UpdateCheckDeadline, podWaiting(p)), maxUpdatesText)})
 		default:
 			live = true
+			r.requeueUntil(st, p.CreationTimestamp.Add(UpdateCheckDeadline))
 			// The Pod waits for its spec until it exists.
 			if err := r.ensureUpdateCheckConfigMap(ctx, st, p); err != nil {
 				return err
@@ -201,6 +213,7 @@ func (r *NodeImageReconciler) startUpdateCheck(ctx context.Context, st *imageSta
 	if errors.Is(err, backend.ErrInvalidConfig) {
 		r.setUpdatesStatus(ni, &imagev1.UpdatesStatus{LastCheckTime: ptrTime(r.clock().Now()), SpecDigest: st.digest,
 			Result: imagev1.UpdatesCheckFailed, Message: buildresult.Truncate(err.Error(), maxUpdatesText)})
+		r.requeueUntil(st, updatesDue(ni))
 		return nil
 	}
 	if err != nil {
@@ -394,6 +407,21 @@ func podEnd(p *corev1.Pod, term *corev1.ContainerStateTerminated) string {
 		}
 	}
 	return s
+}
+
+// podWaiting says what a Pod that has not ended is waiting for.
+func podWaiting(p *corev1.Pod) string {
+	for _, cs := range p.Status.ContainerStatuses {
+		if w := cs.State.Waiting; w != nil && w.Reason != "" {
+			return "waiting: " + w.Reason + " " + w.Message
+		}
+	}
+	for _, c := range p.Status.Conditions {
+		if c.Type == corev1.PodScheduled && c.Status == corev1.ConditionFalse {
+			return "not scheduled: " + c.Reason + " " + c.Message
+		}
+	}
+	return "phase " + string(p.Status.Phase)
 }
 
 func ptrTime(t time.Time) *metav1.Time {

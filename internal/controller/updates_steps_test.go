@@ -60,6 +60,7 @@ func TestCheckUpdatesStep(t *testing.T) {
 			Labels:      map[string]string{backend.LabelNodeImage: "img", backend.LabelComponent: backend.ComponentUpdateCheck, backend.LabelManagedBy: "nodeforge"},
 			Annotations: map[string]string{CheckedDigestAnnotation: checked}},
 			Status: corev1.PodStatus{Phase: phase}}
+		p.CreationTimestamp = metav1.NewTime(t0.Add(-time.Minute))
 		if err := controllerutil.SetControllerReference(ni, p, scheme); err != nil {
 			t.Fatal(err)
 		}
@@ -78,6 +79,7 @@ func TestCheckUpdatesStep(t *testing.T) {
 		wantPods    []string
 		wantRequeue time.Duration
 		wantResult  imagev1.UpdatesResult
+		wantMessage string
 	}{
 		{name: "first check is due at once", ni: newImage(nil),
 			wantPods: []string{UpdateCheckName("img", digest, time.Time{})}},
@@ -107,9 +109,24 @@ func TestCheckUpdatesStep(t *testing.T) {
 		{name: "a running check is waited for", ni: newImage(&old),
 			pods: func(ni *imagev1.NodeImage) []client.Object {
 				return []client.Object{checkPod(ni, "img-updates-running", digest, corev1.PodRunning)}
-			}, wantPods: []string{"img-updates-running"}, wantResult: imagev1.UpdatesUpToDate},
+			}, wantPods: []string{"img-updates-running"}, wantRequeue: UpdateCheckDeadline - time.Minute, wantResult: imagev1.UpdatesUpToDate},
+		{name: "a check Pending past the deadline is a failed check", ni: newImage(&old),
+			pods: func(ni *imagev1.NodeImage) []client.Object {
+				p := checkPod(ni, "img-updates-stuck", digest, corev1.PodPending)
+				p.CreationTimestamp = metav1.NewTime(t0.Add(-UpdateCheckDeadline))
+				p.Status.Conditions = []corev1.PodCondition{{Type: corev1.PodScheduled, Status: corev1.ConditionFalse,
+					Reason: "Unschedulable", Message: "0/3 nodes are available"}}
+				return []client.Object{p}
+			}, wantResult: imagev1.UpdatesCheckFailed, wantMessage: "img-updates-stuck did not finish within 15m0s (not scheduled: Unschedulable 0/3 nodes are available)",
+			wantRequeue: time.Hour},
+		{name: "a running check is requeued for its deadline", ni: newImage(&old),
+			pods: func(ni *imagev1.NodeImage) []client.Object {
+				p := checkPod(ni, "img-updates-running", digest, corev1.PodRunning)
+				p.CreationTimestamp = metav1.NewTime(t0.Add(-5 * time.Minute))
+				return []client.Object{p}
+			}, wantPods: []string{"img-updates-running"}, wantRequeue: 10 * time.Minute, wantResult: imagev1.UpdatesUpToDate},
 		{name: "a refused builder image is a failed check", ni: newImage(&old), image: "elsewhere.example.com/tool:1",
-			wantResult: imagev1.UpdatesCheckFailed},
+			wantResult: imagev1.UpdatesCheckFailed, wantMessage: "spec.builder.image", wantRequeue: time.Hour},
 		{name: "creating the Pod fails: retried with backoff", ni: newImage(&old),
 			funcs: interceptor.Funcs{Create: func(ctx context.Context, c client.WithWatch, obj client.Object, opts ...client.CreateOption) error {
 				if _, ok := obj.(*corev1.Pod); ok {
@@ -154,7 +171,7 @@ func TestCheckUpdatesStep(t *testing.T) {
 				g.Expect(tt.ni.Status.Updates.Result).To(Equal(tt.wantResult))
 			}
 			if tt.wantResult == imagev1.UpdatesCheckFailed {
-				g.Expect(tt.ni.Status.Updates.Message).To(ContainSubstring("spec.builder.image"))
+				g.Expect(tt.ni.Status.Updates.Message).To(ContainSubstring(tt.wantMessage))
 				g.Expect(tt.ni.Status.Updates.LastCheckTime.Time).To(Equal(t0))
 			}
 		})
