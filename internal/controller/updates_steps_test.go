@@ -8,6 +8,7 @@ import (
 
 	. "github.com/onsi/gomega"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/tools/events"
 	clocktesting "k8s.io/utils/clock/testing"
@@ -175,5 +176,38 @@ func TestCheckUpdatesStep(t *testing.T) {
 				g.Expect(tt.ni.Status.Updates.LastCheckTime.Time).To(Equal(t0))
 			}
 		})
+	}
+}
+
+// Deleting a NodeImage deletes its check Pods without waiting, and a
+// refusal (a namespace being deleted has lost the manager's RoleBinding)
+// does not keep the finalizer.
+func TestReconcileDeleteLeavesUpdateChecksToTheGarbageCollector(t *testing.T) {
+	scheme := testenv.Scheme()
+	for _, forbidden := range []bool{false, true} {
+		g := NewWithT(t)
+		now := metav1.NewTime(t0)
+		ni := &imagev1.NodeImage{ObjectMeta: metav1.ObjectMeta{Name: "img", Namespace: "ns", UID: "ni-uid",
+			Finalizers: []string{ImageFinalizer}, DeletionTimestamp: &now}}
+		p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "img-updates-0123456789", Namespace: "ns", UID: "pod-uid",
+			Labels: map[string]string{backend.LabelNodeImage: "img", backend.LabelComponent: backend.ComponentUpdateCheck, backend.LabelManagedBy: "nodeforge"}},
+			Status: corev1.PodStatus{Phase: corev1.PodRunning}}
+		g.Expect(controllerutil.SetControllerReference(ni, p, scheme)).To(Succeed())
+		funcs := interceptor.Funcs{}
+		if forbidden {
+			funcs.Delete = func(ctx context.Context, c client.WithWatch, obj client.Object, opts ...client.DeleteOption) error {
+				if _, ok := obj.(*corev1.Pod); ok {
+					return apierrors.NewForbidden(corev1.Resource("pods"), obj.GetName(), errors.New("no RoleBinding"))
+				}
+				return c.Delete(ctx, obj, opts...)
+			}
+		}
+		c := newFakeClient(scheme, funcs, ni, p)
+		r := &NodeImageReconciler{Client: c, Recorder: events.NewFakeRecorder(20)}
+		g.Expect(r.reconcileDelete(context.Background(), ni)).To(Succeed())
+		err := c.Get(context.Background(), client.ObjectKeyFromObject(ni), &imagev1.NodeImage{})
+		g.Expect(apierrors.IsNotFound(err)).To(BeTrue(), "finalizer released (forbidden: %v)", forbidden)
+		err = c.Get(context.Background(), client.ObjectKeyFromObject(p), &corev1.Pod{})
+		g.Expect(apierrors.IsNotFound(err)).To(Equal(!forbidden), "check Pod deleted (forbidden: %v)", forbidden)
 	}
 }
