@@ -279,6 +279,11 @@ func (r *NodeImageReconciler) recordUpdateCheck(ctx context.Context, st *imageSt
 	if term != nil && !term.FinishedAt.IsZero() {
 		finished = term.FinishedAt.Time
 	}
+	if last := ni.Status.Updates; last != nil && last.LastCheckTime != nil && !last.LastCheckTime.Before(ptrTime(finished)) {
+		// Recorded already (the cache still shows the Pod deleted after
+		// it), or an older check than the one recorded.
+		return nil
+	}
 	u := &imagev1.UpdatesStatus{LastCheckTime: ptrTime(finished), SpecDigest: st.digest}
 	var res *buildresult.UpdatesResult
 	var decodeErr error

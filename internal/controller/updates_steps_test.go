@@ -3,6 +3,7 @@ package controller
 import (
 	"context"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -126,6 +127,14 @@ func TestCheckUpdatesStep(t *testing.T) {
 				p.CreationTimestamp = metav1.NewTime(t0.Add(-5 * time.Minute))
 				return []client.Object{p}
 			}, wantPods: []string{"img-updates-running"}, wantRequeue: 10 * time.Minute, wantResult: imagev1.UpdatesUpToDate},
+		{name: "a check recorded already is deleted, not recorded again", ni: newImage(&recent),
+			pods: func(ni *imagev1.NodeImage) []client.Object {
+				p := checkPod(ni, "img-updates-done", digest, corev1.PodSucceeded)
+				p.Status.ContainerStatuses = []corev1.ContainerStatus{{Name: "builder", State: corev1.ContainerState{
+					Terminated: &corev1.ContainerStateTerminated{FinishedAt: metav1.NewTime(recent),
+						Message: `{"outcome":"succeeded","checked":3,"upgrades":1,"digest":"sha256:` + strings.Repeat("5e", 32) + `"}`}}}}
+				return []client.Object{p}
+			}, wantRequeue: 50 * time.Minute, wantResult: imagev1.UpdatesUpToDate},
 		{name: "a refused builder image is a failed check", ni: newImage(&old), image: "elsewhere.example.com/tool:1",
 			wantResult: imagev1.UpdatesCheckFailed, wantMessage: "spec.builder.image", wantRequeue: time.Hour},
 		{name: "creating the Pod fails: retried with backoff", ni: newImage(&old),
@@ -165,6 +174,9 @@ func TestCheckUpdatesStep(t *testing.T) {
 				}
 			}
 			g.Expect(names).To(ConsistOf(tt.wantPods))
+			var builds imagev1.NodeImageBuildList
+			g.Expect(c.List(context.Background(), &builds)).To(Succeed())
+			g.Expect(builds.Items).To(BeEmpty())
 			g.Expect(st.requeueAfter).To(Equal(tt.wantRequeue))
 			if tt.wantResult == "" {
 				g.Expect(tt.ni.Status.Updates).To(BeNil())
