@@ -1,6 +1,8 @@
 package v1alpha1
 
 import (
+	"time"
+
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
@@ -26,6 +28,7 @@ const (
 
 // NodeImageSpec is the desired node image and how it is built, verified and
 // published.
+// +kubebuilder:validation:XValidation:rule="!has(self.updates) || has(self.destination)",message="spec.updates needs spec.destination: a check reads the published image's manifest",fieldPath=".updates"
 type NodeImageSpec struct {
 	// ImageContent is everything that determines the image's bytes; its
 	// canonical form is what status.specDigest addresses.
@@ -73,6 +76,106 @@ type NodeImageSpec struct {
 	// suspend stops new builds from starting. A running build finishes.
 	// +optional
 	Suspend bool `json:"suspend,omitempty"`
+
+	// updates turns on periodic checks for newer versions of the packages
+	// installed in the published image (its whole package closure). When
+	// omitted, no checks run. It is not part of the image content: adding,
+	// changing or removing it never changes status.specDigest.
+	// +optional
+	Updates *UpdatesSpec `json:"updates,omitempty"`
+}
+
+// UpdatesSpec configures periodic update checks. A check runs in a
+// short-lived Pod that resolves the image's installed packages against its
+// repositories (the build's resolve step alone, seconds) and compares them
+// with the versions in the published image's manifest.
+type UpdatesSpec struct {
+	// interval is the time between two checks of the same artifact. The
+	// first check runs as soon as the current spec's artifact is
+	// published and no build runs.
+	// +required
+	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('10m') && duration(self) <= duration('8760h')",message="updates.interval must be between 10m and 8760h"
+	Interval metav1.Duration `json:"interval"`
+
+	// rebuild starts a NodeImageBuild with reason BaseUpdated when a check
+	// finds newer versions; false only reports them in status.updates.
+	// +optional
+	// +kubebuilder:default=true
+	Rebuild *bool `json:"rebuild,omitempty"`
+}
+
+// MinUpdatesInterval is the shortest spec.updates.interval accepted.
+const MinUpdatesInterval = 10 * time.Minute
+
+// RebuildOnUpdates reports whether a check that finds newer versions
+// starts a build (spec.updates.rebuild, true when unset).
+func (u *UpdatesSpec) RebuildOnUpdates() bool { return u != nil && (u.Rebuild == nil || *u.Rebuild) }
+
+// UpdatesResult is the outcome of the last update check.
+// +kubebuilder:validation:Enum=UpToDate;UpdatesAvailable;Failed
+type UpdatesResult string
+
+// Update check results.
+const (
+	// UpdatesUpToDate: every installed package is at the version a build
+	// now would install.
+	UpdatesUpToDate UpdatesResult = "UpToDate"
+	// UpdatesAvailable: a build now would install newer versions of some
+	// packages.
+	UpdatesAvailable UpdatesResult = "UpdatesAvailable"
+	// UpdatesCheckFailed: the check could not run or complete; it is tried
+	// again at the next interval.
+	UpdatesCheckFailed UpdatesResult = "Failed"
+)
+
+// UpdatesStatus is what the last update check found.
+type UpdatesStatus struct {
+	// lastCheckTime is when the last check finished. The next one is due
+	// spec.updates.interval later.
+	// +optional
+	LastCheckTime *metav1.Time `json:"lastCheckTime,omitempty"`
+
+	// specDigest is the spec digest whose published artifact was checked.
+	// +optional
+	SpecDigest string `json:"specDigest,omitempty"`
+
+	// result of the last check.
+	// +optional
+	Result UpdatesResult `json:"result,omitempty"`
+
+	// checked is how many installed packages were compared.
+	// +optional
+	Checked int32 `json:"checked,omitempty"`
+
+	// upgrades is how many installed packages have newer versions.
+	// +optional
+	Upgrades int32 `json:"upgrades,omitempty"`
+
+	// unavailable is how many installed packages no repository offers any
+	// more.
+	// +optional
+	Unavailable int32 `json:"unavailable,omitempty"`
+
+	// digest identifies the set of newer versions found: the same updates
+	// have the same digest however often they are found.
+	// +optional
+	// +kubebuilder:validation:MaxLength=71
+	Digest string `json:"digest,omitempty"`
+
+	// summary names the first newer versions ("name installed → new").
+	// +optional
+	// +kubebuilder:validation:MaxLength=1024
+	Summary string `json:"summary,omitempty"`
+
+	// message says why the last check failed.
+	// +optional
+	// +kubebuilder:validation:MaxLength=1024
+	Message string `json:"message,omitempty"`
+
+	// build is the NodeImageBuild with reason BaseUpdated started for
+	// these updates, if any.
+	// +optional
+	Build string `json:"build,omitempty"`
 }
 
 // NodeImageStatus is the observed state of a NodeImage.
@@ -113,6 +216,10 @@ type NodeImageStatus struct {
 	// last acted on.
 	// +optional
 	LastHandledRebuildAt string `json:"lastHandledRebuildAt,omitempty"`
+
+	// updates is what the last update check (spec.updates) found.
+	// +optional
+	Updates *UpdatesStatus `json:"updates,omitempty"`
 }
 
 // BuildReference points at a NodeImageBuild and mirrors its progress.

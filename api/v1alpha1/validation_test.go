@@ -100,6 +100,14 @@ func TestValidObjectsAreAccepted(t *testing.T) {
 	g.Expect(env.Client.Create(ctx, ni)).To(Succeed())
 	b := validBuild("valid-build")
 	g.Expect(env.Client.Create(ctx, b)).To(Succeed())
+
+	// spec.updates: rebuild defaults to true.
+	u := validNodeImage("valid-updates")
+	u.Spec.Updates = &imagev1.UpdatesSpec{Interval: metav1.Duration{Duration: imagev1.MinUpdatesInterval}}
+	g.Expect(env.Client.Create(ctx, u)).To(Succeed())
+	g.Expect(env.Client.Get(ctx, client.ObjectKeyFromObject(u), u)).To(Succeed())
+	g.Expect(u.Spec.Updates.Rebuild).To(Equal(ptr.To(true)))
+	g.Expect(u.Spec.Updates.RebuildOnUpdates()).To(BeTrue())
 }
 
 // TestInvalidObjectsAreRejected feeds the API server objects that break one
@@ -190,6 +198,13 @@ func TestInvalidObjectsAreRejected(t *testing.T) {
 			n.Spec.Destination.S3.CASecretRef = &corev1.LocalObjectReference{Name: "ca"}
 		}, "spec.destination.s3"},
 		{"destination without s3", func(n *imagev1.NodeImage) { n.Spec.Destination.S3 = nil }, "spec.destination"},
+		{"update interval too short", func(n *imagev1.NodeImage) {
+			n.Spec.Updates = &imagev1.UpdatesSpec{Interval: metav1.Duration{Duration: time.Minute}}
+		}, "spec.updates.interval"},
+		{"updates without destination", func(n *imagev1.NodeImage) {
+			n.Spec.Updates = &imagev1.UpdatesSpec{Interval: metav1.Duration{Duration: time.Hour}}
+			n.Spec.Destination = nil
+		}, "spec.updates"},
 		{"unknown builder backend", func(n *imagev1.NodeImage) { n.Spec.Builder.Backend = "Docker" }, "spec.builder.backend"},
 		{"too many retries", func(n *imagev1.NodeImage) { n.Spec.Builder.Retries = ptr.To[int32](50) }, "spec.builder.retries"},
 		{"builder timeout zero", func(n *imagev1.NodeImage) { n.Spec.Builder.Timeout = &metav1.Duration{} }, "spec.builder.timeout"},

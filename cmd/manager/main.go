@@ -182,6 +182,8 @@ func run() error {
 		Client:    mgr.GetClient(),
 		Recorder:  mgr.GetEventRecorder("nodeimage-controller"),
 		Artifacts: controller.PublisherStore{Open: controller.S3Opener(mgr.GetAPIReader())},
+		// spec.updates' checks run in Pods made like builder Pods.
+		UpdateChecks: podBackend,
 	}).SetupWithManager(mgr, ctrlOpts); err != nil {
 		return fmt.Errorf("setting up the NodeImage controller: %w", err)
 	}

@@ -28,6 +28,13 @@ type runOptions struct {
 	scratch        string
 	credentialsDir string
 	caDir          string
+	// updates runs the update check instead of a build.
+	updates bool
+
+	// openPublisher and runner replace the destination and the commands
+	// the update check runs (mmdebstrap) in tests.
+	openPublisher func(*imagev1.DestinationSpec, string) (*storage.Publisher, time.Duration, error)
+	runner        builder.Runner
 }
 
 // errRunFailed makes the process exit non-zero after the result was
@@ -42,9 +49,18 @@ func newRunCmd() *cobra.Command {
 		Long: `Run builds, verifies and publishes the NodeImageBuild in --spec, prints
 progress as JSON lines on stdout, and writes the outcome to --result (the
 Pod's termination message). The contract with the manager is documented in
-internal/buildresult.`,
+internal/buildresult.
+
+With --check-updates it builds nothing: it reads the manifest published for
+the spec digest from the destination, compares its installed packages with
+the versions a build now would install (as 'nodeforge updates' does), and
+writes an update check result to --result: the update check Pod's
+entrypoint.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if o.updates {
+				return runCheckUpdates(cmd.Context(), o, cmd.OutOrStdout(), cmd.ErrOrStderr())
+			}
 			return runRun(cmd.Context(), o, cmd.OutOrStdout(), cmd.ErrOrStderr())
 		},
 	}
@@ -54,6 +70,7 @@ internal/buildresult.`,
 	f.StringVar(&o.scratch, "scratch", buildresult.ScratchDir, "work, package cache and output directory")
 	f.StringVar(&o.credentialsDir, "credentials-dir", buildresult.CredentialsDir, "the mounted credentials Secret")
 	f.StringVar(&o.caDir, "ca-dir", buildresult.CADir, "the mounted CA Secret")
+	f.BoolVar(&o.updates, "check-updates", false, "check the published artifact of the spec digest for newer packages instead of building")
 	return cmd
 }
 

@@ -36,7 +36,9 @@ const (
 	LabelNodeImage = "image.nodeforge.dev/nodeimage"
 	// LabelAttempt holds the attempt number of a builder.
 	LabelAttempt = "image.nodeforge.dev/attempt"
-	// LabelComponent marks builders ("builder") and spec ConfigMaps ("build-spec").
+	// LabelComponent marks builders (ComponentBuilder), spec ConfigMaps
+	// ("build-spec") and update check Pods and their ConfigMaps
+	// (ComponentUpdateCheck).
 	LabelComponent = "app.kubernetes.io/component"
 	// LabelManagedBy is "nodeforge".
 	LabelManagedBy = "app.kubernetes.io/managed-by"
@@ -204,8 +206,20 @@ func ListInNamespaces[L client.ObjectList](ctx context.Context, r client.Reader,
 	return nil
 }
 
+// Components (LabelComponent values).
+const (
+	// ComponentBuilder marks the builder of a build attempt.
+	ComponentBuilder = "builder"
+	// ComponentUpdateCheck marks a NodeImage's update check Pod (and its
+	// spec ConfigMap): not a builder, never counted as a running build.
+	ComponentUpdateCheck = "update-check"
+)
+
 // BuilderSelector selects every builder object nodeforge made.
-var BuilderSelector = client.MatchingLabels{LabelComponent: "builder", LabelManagedBy: "nodeforge"}
+var BuilderSelector = client.MatchingLabels{LabelComponent: ComponentBuilder, LabelManagedBy: "nodeforge"}
+
+// UpdateCheckSelector selects every update check Pod nodeforge made.
+var UpdateCheckSelector = client.MatchingLabels{LabelComponent: ComponentUpdateCheck, LabelManagedBy: "nodeforge"}
 
 // BuildOf returns the key of the build a builder object belongs to.
 func BuildOf(o metav1.Object) client.ObjectKey {
@@ -304,14 +318,24 @@ func EnsureSpecConfigMap(ctx context.Context, c client.Client, scheme *runtime.S
 // SecretKeys is a Secret of the build's namespace and the keys of it that
 // reach the builder, as files of buildresult.CredentialsDir.
 type SecretKeys struct {
+	// Purpose says what the Secret is for.
+	Purpose SecretPurpose
 	// Secret is the Secret's name.
 	Secret string
 	// Keys are read when present; a missing one fails the build in the
 	// builder, with the key named.
 	Keys []string
-	// What says what the Secret is for, in errors.
-	What string
 }
+
+// SecretPurpose says what a Secret of CredentialSecrets is for.
+type SecretPurpose string
+
+// Purposes of the Secrets a builder reads.
+const (
+	SecretObjectStore SecretPurpose = "credentials"
+	SecretRegistry    SecretPurpose = "registry credentials"
+	SecretSigning     SecretPurpose = "signing key"
+)
 
 // CredentialSecrets lists what a build's builder reads into its
 // credentials directory: the object store's credentials, the registry's
@@ -320,14 +344,14 @@ type SecretKeys struct {
 func CredentialSecrets(b *imagev1.NodeImageBuild) []SecretKeys {
 	var out []SecretKeys
 	if d := b.Spec.Destination; d != nil && d.S3 != nil {
-		out = append(out, SecretKeys{Secret: d.S3.CredentialsSecretRef.Name, Keys: storage.CredentialSecretKeys, What: "credentials"})
+		out = append(out, SecretKeys{Purpose: SecretObjectStore, Secret: d.S3.CredentialsSecretRef.Name, Keys: storage.CredentialSecretKeys})
 	}
 	if r := b.Spec.Builder.RegistryCredentials; r != nil {
-		out = append(out, SecretKeys{Secret: r.Name, Keys: []string{buildresult.RegistryConfigKey}, What: "registry credentials"})
+		out = append(out, SecretKeys{Purpose: SecretRegistry, Secret: r.Name, Keys: []string{buildresult.RegistryConfigKey}})
 	}
 	if d := b.Spec.Destination; d != nil && d.Signing != nil {
-		out = append(out, SecretKeys{Secret: d.Signing.KeySecretRef.Name,
-			Keys: []string{buildresult.SigningKeyFile, buildresult.SigningPasswordFile}, What: "signing key"})
+		out = append(out, SecretKeys{Purpose: SecretSigning, Secret: d.Signing.KeySecretRef.Name,
+			Keys: []string{buildresult.SigningKeyFile, buildresult.SigningPasswordFile}})
 	}
 	return out
 }

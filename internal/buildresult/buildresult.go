@@ -54,6 +54,24 @@
 // ConfigMap disk with the same file name, progress and the result are
 // printed on the serial console as {"progress":...} and {"result":...}
 // lines, and the appliance powers off when done.
+//
+// # Update checks
+//
+// The manager checks a published image for newer packages (NodeImage
+// spec.updates) in a short-lived Pod made like a builder Pod (the same
+// image, placement, credential keys and CA, and spec file), which runs
+//
+//	nodeforge run --check-updates --spec /etc/nodeforge/build/spec.json --result /dev/termination-log
+//
+// The spec file holds a NodeImageBuild-shaped document whose name is the
+// check Pod's and whose spec carries the NodeImage's resolved content and
+// destination (no such NodeImageBuild exists). The check reads the
+// manifest published for spec.specDigest from the destination, resolves
+// its installed packages against the content's repositories
+// (builder.CheckUpdates) and writes one UpdatesResult as JSON to the result
+// path: at most MaxResultSize bytes, the list of changes shortened to fit.
+// The exit status is 0 when Outcome is succeeded, whether or not there are
+// updates, and non-zero when the check failed.
 package buildresult
 
 import (

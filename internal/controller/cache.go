@@ -2,6 +2,7 @@ package controller
 
 import (
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/selection"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -13,8 +14,9 @@ import (
 //
 //   - builder objects (Pods, and VirtualMachineInstances when the KubeVirt
 //     backend is on, passed as builderKinds) are cached only when they carry
-//     backend.BuilderSelector's labels, so the cluster's other Pods and VMs
-//     never enter the cache;
+//     backend.BuilderSelector's labels, or backend.UpdateCheckSelector's
+//     (update check Pods), so the cluster's other Pods and VMs never enter
+//     the cache;
 //   - ConfigMaps are not cached at all: the NodeImage controller watches
 //     their metadata only and reads the ones a NodeImage refers to through
 //     the API reader;
@@ -28,7 +30,17 @@ func CacheOptions(namespaces []string, builderKinds ...client.Object) cache.Opti
 			opts.DefaultNamespaces[ns] = cache.Config{}
 		}
 	}
-	builders := labels.SelectorFromSet(labels.Set(backend.BuilderSelector))
+	builders := labels.NewSelector()
+	managed, err := labels.NewRequirement(backend.LabelManagedBy, selection.Equals, []string{"nodeforge"})
+	if err != nil {
+		panic(err) // constant input
+	}
+	component, err := labels.NewRequirement(backend.LabelComponent, selection.In,
+		[]string{backend.ComponentBuilder, backend.ComponentUpdateCheck})
+	if err != nil {
+		panic(err)
+	}
+	builders = builders.Add(*managed, *component)
 	for _, o := range builderKinds {
 		opts.ByObject[o] = cache.ByObject{Label: builders}
 	}

@@ -14,7 +14,8 @@ import (
 	"github.com/nodeforge/nodeforge/internal/controller"
 )
 
-// The manager's cache holds builder Pods only, and only in its namespaces.
+// The manager's cache holds builder and update check Pods only, and only in
+// its namespaces.
 func TestCacheOptionsHoldBuilderPodsOnly(t *testing.T) {
 	needEnv(t)
 	g := NewWithT(t)
@@ -33,6 +34,8 @@ func TestCacheOptionsHoldBuilderPodsOnly(t *testing.T) {
 	}
 	for _, p := range []*corev1.Pod{
 		pod(watched, "builder", backend.BuilderSelector),
+		pod(watched, "update-check", backend.UpdateCheckSelector),
+		pod(watched, "unmanaged-check", map[string]string{backend.LabelComponent: backend.ComponentUpdateCheck}),
 		pod(watched, "someone-elses", map[string]string{"app": "web"}),
 		pod(other, "builder-elsewhere", backend.BuilderSelector),
 	} {
@@ -46,7 +49,7 @@ func TestCacheOptionsHoldBuilderPodsOnly(t *testing.T) {
 		for _, p := range l.Items {
 			names = append(names, p.Namespace+"/"+p.Name)
 		}
-		g.Expect(names).To(ConsistOf(watched + "/builder"))
+		g.Expect(names).To(ConsistOf(watched+"/builder", watched+"/update-check"))
 	}, testTimeout).Should(Succeed())
 	// The unlabelled Pod exists; the cache just does not hold it.
 	g.Expect(k8s.Get(ctx, client.ObjectKey{Namespace: watched, Name: "someone-elses"}, &corev1.Pod{})).To(Succeed())

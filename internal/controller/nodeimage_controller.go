@@ -50,6 +50,9 @@ type NodeImageReconciler struct {
 	APIReader client.Reader
 	// Clock is injected for tests; clock.RealClock{} by default.
 	Clock clock.Clock
+	// UpdateChecks makes the Pods that run spec.updates' checks; nil
+	// turns update checks off.
+	UpdateChecks UpdateCheckPods
 }
 
 var _ reconcile.Reconciler = &NodeImageReconciler{}
@@ -68,8 +71,9 @@ func (r *NodeImageReconciler) clock() clock.Clock {
 // Secrets (get only, through the uncached API reader) are granted per
 // managed namespace by config/rbac/secret_reader_role.yaml and a
 // RoleBinding, not by this ClusterRole.
-// +kubebuilder:rbac:groups="",resources=configmaps,verbs=get;list;watch
+// +kubebuilder:rbac:groups="",resources=configmaps,verbs=get;list;watch;create
 // +kubebuilder:rbac:groups="",resources=namespaces,verbs=get
+// +kubebuilder:rbac:groups="",resources=pods,verbs=get;list;watch;create;delete
 
 // SetupWithManager registers the controller. It watches the metadata of
 // the ConfigMaps NodeImages refer to (a missing one stalls the NodeImage,
@@ -89,6 +93,8 @@ func (r *NodeImageReconciler) SetupWithManager(mgr ctrl.Manager, opts controller
 		For(&imagev1.NodeImage{}, builder.WithPredicates(
 			predicate.Or(predicate.GenerationChangedPredicate{}, predicate.AnnotationChangedPredicate{}))).
 		Owns(&imagev1.NodeImageBuild{}).
+		// Update check Pods (spec.updates).
+		Owns(&corev1.Pod{}).
 		Watches(&corev1.ConfigMap{}, handler.EnqueueRequestsFromMapFunc(r.imagesForConfigMap), builder.OnlyMetadata).
 		WithOptions(opts).
 		Complete(r)
@@ -201,7 +207,7 @@ func (r *NodeImageReconciler) Reconcile(ctx context.Context, req ctrl.Request) (
 	if ni.Spec.Suspend {
 		return resultOf(r.stallOnError(ni, r.suspended(ctx, st)))
 	}
-	for _, step := range []imageStep{r.listBuilds, r.findArtifact, r.ensureBuild, r.supersede, r.mirror, r.pruneHistory, r.renewPresignedURL} {
+	for _, step := range []imageStep{r.listBuilds, r.findArtifact, r.ensureBuild, r.supersede, r.mirror, r.pruneHistory, r.renewPresignedURL, r.checkUpdates} {
 		if err := step(ctx, st); err != nil {
 			return resultOf(r.stallOnError(ni, err))
 		}
@@ -385,23 +391,7 @@ func (r *NodeImageReconciler) ensureBuild(ctx context.Context, st *imageState) e
 		markReconciling(ni, imagev1.BuildPendingReason, "replacing superseded build "+name)
 		return &WaitingError{RequeueAfter: 2 * time.Second, Err: errors.New("waiting for the superseded build to be deleted")}
 	}
-	b := &imagev1.NodeImageBuild{
-		ObjectMeta: metav1.ObjectMeta{
-			Name:      name,
-			Namespace: ni.Namespace,
-			Labels:    map[string]string{backend.LabelNodeImage: ni.Name, backend.LabelManagedBy: "nodeforge"},
-		},
-		Spec: imagev1.NodeImageBuildSpec{
-			NodeImageName:      ni.Name,
-			SpecDigest:         st.digest,
-			Reason:             reason,
-			RebuildRequestedAt: st.rebuild,
-			Image:              *st.content,
-			Destination:        ni.Spec.Destination.DeepCopy(),
-			Verification:       *ni.Spec.Verification.DeepCopy(),
-			Builder:            *ni.Spec.Builder.DeepCopy(),
-		},
-	}
+	b := newBuild(st, name, reason)
 	if err := controllerutil.SetControllerReference(ni, b, r.Scheme()); err != nil {
 		return err
 	}
@@ -431,6 +421,31 @@ func (r *NodeImageReconciler) ensureBuild(ctx context.Context, st *imageState) e
 	st.builds = append([]imagev1.NodeImageBuild{*b}, st.builds...)
 	st.desired = &st.builds[0]
 	return nil
+}
+
+// newBuild returns the build of the current digest named name.
+func newBuild(st *imageState, name string, reason imagev1.BuildReason) *imagev1.NodeImageBuild {
+	ni := st.ni
+	b := &imagev1.NodeImageBuild{
+		ObjectMeta: metav1.ObjectMeta{
+			Name:      name,
+			Namespace: ni.Namespace,
+			Labels:    map[string]string{backend.LabelNodeImage: ni.Name, backend.LabelManagedBy: "nodeforge"},
+		},
+		Spec: imagev1.NodeImageBuildSpec{
+			NodeImageName: ni.Name,
+			SpecDigest:    st.digest,
+			Reason:        reason,
+			Image:         *st.content.DeepCopy(),
+			Destination:   ni.Spec.Destination.DeepCopy(),
+			Verification:  *ni.Spec.Verification.DeepCopy(),
+			Builder:       *ni.Spec.Builder.DeepCopy(),
+		},
+	}
+	if reason == imagev1.BuildReasonRebuildRequested {
+		b.Spec.RebuildRequestedAt = st.rebuild
+	}
+	return b
 }
 
 // supersede interrupts every unfinished build other than the desired one
@@ -639,6 +654,12 @@ func (r *NodeImageReconciler) pruneHistory(ctx context.Context, st *imageState) 
 }
 
 func (r *NodeImageReconciler) reconcileDelete(ctx context.Context, ni *imagev1.NodeImage) error {
+	if err := r.deleteUpdateChecks(ctx, ni); err != nil {
+		// Best effort, never waited for: the garbage collector deletes
+		// them with the NodeImage, and a namespace being deleted may
+		// already have lost the RoleBinding that lets the manager do it.
+		log.FromContext(ctx).Info("update check Pods left to the garbage collector", "error", err.Error())
+	}
 	var list imagev1.NodeImageBuildList
 	if err := r.List(ctx, &list, client.InNamespace(ni.Namespace), client.MatchingLabels{backend.LabelNodeImage: ni.Name}); err != nil {
 		return err

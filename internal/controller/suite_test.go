@@ -128,11 +128,12 @@ func startManager() (func(), error) {
 	artifacts := controller.PublisherStore{Open: func(context.Context, *imagev1.NodeImage) (*storage.Publisher, error) {
 		return &storage.Publisher{Store: dirStore}, nil
 	}}
+	podBackend := &pod.Backend{
+		Client: mgr.GetClient(), Reader: mgr.GetAPIReader(), Scheme: env.Scheme,
+		Logs: logs, Image: "nodeforge-builder:test", OneBuildPerNode: true,
+	}
 	backends := map[imagev1.BuilderBackend]backend.Backend{
-		imagev1.BuilderBackendPod: &pod.Backend{
-			Client: mgr.GetClient(), Reader: mgr.GetAPIReader(), Scheme: env.Scheme,
-			Logs: logs, Image: "nodeforge-builder:test", OneBuildPerNode: true,
-		},
+		imagev1.BuilderBackendPod: podBackend,
 		imagev1.BuilderBackendKubeVirt: &kubevirt.Backend{
 			Client: mgr.GetClient(), Reader: mgr.GetAPIReader(), Scheme: env.Scheme,
 			Image: "nodeforge-appliance:test", ArtifactLookup: controller.BuildArtifactLookup(artifacts),
@@ -147,6 +148,7 @@ func startManager() (func(), error) {
 	}
 	if err := (&controller.NodeImageReconciler{
 		Client: mgr.GetClient(), Recorder: mgr.GetEventRecorder("nodeimage-controller"), Artifacts: artifacts,
+		UpdateChecks: podBackend,
 	}).SetupWithManager(mgr, opts); err != nil {
 		return nil, err
 	}

@@ -125,7 +125,7 @@ func (k *Backend) ensureCredentials(ctx context.Context, b *imagev1.NodeImageBui
 	for _, s := range secrets {
 		var src corev1.Secret
 		if err := k.reader().Get(ctx, client.ObjectKey{Namespace: b.Namespace, Name: s.Secret}, &src); err != nil {
-			return fmt.Errorf("reading the %s Secret %s: %w", s.What, s.Secret, err)
+			return fmt.Errorf("reading the %s Secret %s: %w", s.Purpose, s.Secret, err)
 		}
 		for _, key := range s.Keys {
 			if v, ok := src.Data[key]; ok {

@@ -12,7 +12,9 @@ import (
 	"fmt"
 	"io"
 	"maps"
+	"slices"
 	"strings"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -133,6 +135,138 @@ func (p *Backend) Ensure(ctx context.Context, b *imagev1.NodeImageBuild, attempt
 
 // PodFor returns the builder Pod of attempt.
 func (p *Backend) PodFor(b *imagev1.NodeImageBuild, attempt int32) (*corev1.Pod, error) {
+	timeout := imagev1.DefaultBuildTimeout
+	if t := b.Spec.Builder.Timeout; t != nil {
+		timeout = t.Duration
+	}
+	scratch := p.ScratchSize
+	if scratch == "" {
+		scratch = DefaultScratchSize
+	}
+	pod, err := p.pod(b, podShape{
+		name:      backend.BuilderName(b.Name, attempt),
+		labels:    backend.Labels(b, backend.ComponentBuilder, attempt),
+		args:      []string{"run", "--spec", buildresult.SpecPath, "--result", buildresult.ResultPath},
+		env:       []corev1.EnvVar{{Name: "NODEFORGE_BUILD", Value: b.Name}, {Name: "NODEFORGE_ATTEMPT", Value: fmt.Sprint(attempt)}},
+		configMap: backend.SpecConfigMapName(b.Name),
+		timeout:   timeout,
+		scratch:   scratch,
+		// What a build needs at least (mmdebstrap, mkfs, qemu-img, and the
+		// boot test's 2 GiB, 2 vCPU guest), unless spec.builder.resources says.
+		cpu: DefaultCPURequest, memory: DefaultMemoryRequest,
+		requests: true,
+		kvm:      true,
+	})
+	if err != nil {
+		return nil, err
+	}
+	if p.OneBuildPerNode {
+		pod.Spec.Affinity = &corev1.Affinity{PodAntiAffinity: &corev1.PodAntiAffinity{
+			RequiredDuringSchedulingIgnoredDuringExecution: []corev1.PodAffinityTerm{{
+				LabelSelector: &metav1.LabelSelector{MatchLabels: map[string]string{
+					backend.LabelComponent: backend.ComponentBuilder, backend.LabelManagedBy: "nodeforge",
+				}},
+				NamespaceSelector: &metav1.LabelSelector{},
+				TopologyKey:       corev1.LabelHostname,
+			}},
+		}}
+	}
+	if err := controllerutil.SetControllerReference(b, pod, p.Scheme); err != nil {
+		return nil, err
+	}
+	return pod, nil
+}
+
+// Update check Pods (see package buildresult) are sized for the build's
+// resolve step alone: apt-get update of the image's repositories in a
+// throwaway chroot.
+const (
+	// UpdateCheckTimeout is an update check Pod's active deadline.
+	UpdateCheckTimeout = 10 * time.Minute
+	// UpdateCheckScratchSize bounds its emptyDir scratch volume.
+	UpdateCheckScratchSize = "2Gi"
+	// UpdateCheckCPURequest and UpdateCheckMemoryRequest are its requests.
+	UpdateCheckCPURequest    = "100m"
+	UpdateCheckMemoryRequest = "512Mi"
+)
+
+// UpdateCheckPod returns the Pod named name that checks the artifact of
+// b's spec digest for newer packages: b is a NodeImageBuild-shaped input
+// that is never created (its name is the Pod's), carrying the NodeImage's
+// resolved content, destination and builder settings. The Pod is made like
+// a builder Pod (the builder image and image policy, placement, the
+// credential keys and CA, service account, privileges, host network), but
+// runs `nodeforge run --check-updates`, has no KVM device, a short
+// deadline (UpdateCheckTimeout), small requests (spec.builder.resources'
+// limits still apply), the build cache volume when spec.builder.cache
+// names one and an UpdateCheckScratchSize emptyDir otherwise, and is
+// labeled as component update-check, not builder: it is not counted
+// against --max-concurrent-builds and never keeps a builder off its node.
+// Its spec ConfigMap is UpdateCheckConfigMap's. The caller sets the owner.
+func (p *Backend) UpdateCheckPod(b *imagev1.NodeImageBuild, name string) (*corev1.Pod, error) {
+	return p.pod(b, podShape{
+		name: name,
+		labels: map[string]string{
+			backend.LabelNodeImage: b.Spec.NodeImageName,
+			backend.LabelComponent: backend.ComponentUpdateCheck,
+			backend.LabelManagedBy: "nodeforge",
+		},
+		args:      []string{"run", "--check-updates", "--spec", buildresult.SpecPath, "--result", buildresult.ResultPath},
+		env:       []corev1.EnvVar{{Name: "NODEFORGE_UPDATE_CHECK", Value: name}},
+		configMap: backend.SpecConfigMapName(name),
+		timeout:   UpdateCheckTimeout,
+		scratch:   UpdateCheckScratchSize,
+		cpu:       UpdateCheckCPURequest, memory: UpdateCheckMemoryRequest,
+	})
+}
+
+// UpdateCheckConfigMap returns the ConfigMap with b's spec for the update
+// check Pod pod (created), owned by the Pod so that it goes with it.
+func (*Backend) UpdateCheckConfigMap(b *imagev1.NodeImageBuild, pod *corev1.Pod) (*corev1.ConfigMap, error) {
+	doc, err := backend.SpecDocument(b)
+	if err != nil {
+		return nil, err
+	}
+	return &corev1.ConfigMap{
+		ObjectMeta: metav1.ObjectMeta{
+			Name:      backend.SpecConfigMapName(pod.Name),
+			Namespace: pod.Namespace,
+			Labels: map[string]string{
+				backend.LabelNodeImage: b.Spec.NodeImageName,
+				backend.LabelComponent: backend.ComponentUpdateCheck,
+				backend.LabelManagedBy: "nodeforge",
+			},
+			OwnerReferences: []metav1.OwnerReference{{
+				APIVersion: "v1", Kind: "Pod", Name: pod.Name, UID: pod.UID,
+				Controller: ptr.To(true),
+			}},
+		},
+		Data:      map[string]string{buildresult.SpecFile: string(doc)},
+		Immutable: ptr.To(true),
+	}, nil
+}
+
+// podShape is what differs between a builder Pod and an update check Pod.
+type podShape struct {
+	name      string
+	labels    map[string]string
+	args      []string
+	env       []corev1.EnvVar
+	configMap string
+	timeout   time.Duration
+	// scratch is the emptyDir size limit when spec.builder.cache is unset.
+	scratch string
+	// cpu and memory are the default requests.
+	cpu, memory string
+	// requests keeps spec.builder.resources' requests (builders); without
+	// it only its limits apply (update checks).
+	requests bool
+	// kvm gives the Pod the KVM device (unless the backend gives none).
+	kvm bool
+}
+
+// pod makes the Pod of shape for b, without owner.
+func (p *Backend) pod(b *imagev1.NodeImageBuild, shape podShape) (*corev1.Pod, error) {
 	spec := b.Spec.Builder
 	image := p.Image
 	if spec.Image != "" {
@@ -144,28 +278,23 @@ func (p *Backend) PodFor(b *imagev1.NodeImageBuild, attempt int32) (*corev1.Pod,
 	if image == "" {
 		return nil, fmt.Errorf("%w: no builder image: set --builder-image or spec.builder.image", backend.ErrInvalidConfig)
 	}
-	timeout := imagev1.DefaultBuildTimeout
-	if spec.Timeout != nil {
-		timeout = spec.Timeout.Duration
-	}
 	sa := p.ServiceAccount
 	if sa == "" {
 		sa = DefaultServiceAccount
 	}
-	scratch := p.ScratchSize
-	if scratch == "" {
-		scratch = DefaultScratchSize
-	}
-	scratchSize, err := resource.ParseQuantity(scratch)
+	scratchSize, err := resource.ParseQuantity(shape.scratch)
 	if err != nil {
-		return nil, fmt.Errorf("%w: scratch size %q: %w", backend.ErrInvalidConfig, scratch, err)
+		return nil, fmt.Errorf("%w: scratch size %q: %w", backend.ErrInvalidConfig, shape.scratch, err)
 	}
 
-	resources := *spec.Resources.DeepCopy()
+	resources := corev1.ResourceRequirements{Limits: spec.Resources.Limits.DeepCopy()}
+	if shape.requests {
+		resources = *spec.Resources.DeepCopy()
+	}
 	volumes := []corev1.Volume{{
 		Name: "spec",
 		VolumeSource: corev1.VolumeSource{ConfigMap: &corev1.ConfigMapVolumeSource{
-			LocalObjectReference: corev1.LocalObjectReference{Name: backend.SpecConfigMapName(b.Name)},
+			LocalObjectReference: corev1.LocalObjectReference{Name: shape.configMap},
 			DefaultMode:          ptr.To[int32](0o444),
 		}},
 	}}
@@ -182,14 +311,18 @@ func (p *Backend) PodFor(b *imagev1.NodeImageBuild, attempt int32) (*corev1.Pod,
 			EmptyDir: &corev1.EmptyDirVolumeSource{SizeLimit: &scratchSize},
 		}})
 		// The scheduler sees the scratch space only as a request: place
-		// the builder where it fits, not on a node it would fill.
+		// the Pod where it fits, not on a node it would fill.
 		setDefault(&resources, corev1.ResourceEphemeralStorage, scratchSize)
 	}
-	// What a build needs at least (mmdebstrap, mkfs, qemu-img, and the
-	// boot test's 2 GiB, 2 vCPU guest), unless spec.builder.resources says.
-	setDefault(&resources, corev1.ResourceCPU, resource.MustParse(DefaultCPURequest))
-	setDefault(&resources, corev1.ResourceMemory, resource.MustParse(DefaultMemoryRequest))
-	if secrets := backend.CredentialSecrets(b); len(secrets) > 0 {
+	setDefault(&resources, corev1.ResourceCPU, resource.MustParse(shape.cpu))
+	setDefault(&resources, corev1.ResourceMemory, resource.MustParse(shape.memory))
+	secrets := backend.CredentialSecrets(b)
+	if !shape.kvm {
+		// Only builds pull images and sign: an update check reads the
+		// published manifest with the object store's credentials alone.
+		secrets = slices.DeleteFunc(secrets, func(s backend.SecretKeys) bool { return s.Purpose != backend.SecretObjectStore })
+	}
+	if len(secrets) > 0 {
 		volumes = append(volumes, credentialsVolume(secrets))
 		mounts = append(mounts, corev1.VolumeMount{Name: "credentials", MountPath: buildresult.CredentialsDir, ReadOnly: true})
 	}
@@ -205,6 +338,7 @@ func (p *Backend) PodFor(b *imagev1.NodeImageBuild, attempt int32) (*corev1.Pod,
 		}
 	}
 	switch {
+	case !shape.kvm:
 	case p.NoKVM:
 		// Nodes without KVM: no device to mount (a hostPath of type
 		// CharDevice would keep the Pod from starting); the boot test
@@ -233,13 +367,13 @@ func (p *Backend) PodFor(b *imagev1.NodeImageBuild, attempt int32) (*corev1.Pod,
 
 	pod := &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{
-			Name:      backend.BuilderName(b.Name, attempt),
+			Name:      shape.name,
 			Namespace: b.Namespace,
-			Labels:    backend.Labels(b, "builder", attempt),
+			Labels:    shape.labels,
 		},
 		Spec: corev1.PodSpec{
 			RestartPolicy:                 corev1.RestartPolicyNever,
-			ActiveDeadlineSeconds:         ptr.To(int64(timeout.Seconds())),
+			ActiveDeadlineSeconds:         ptr.To(int64(shape.timeout.Seconds())),
 			ServiceAccountName:            sa,
 			AutomountServiceAccountToken:  ptr.To(false),
 			EnableServiceLinks:            ptr.To(false),
@@ -248,17 +382,10 @@ func (p *Backend) PodFor(b *imagev1.NodeImageBuild, attempt int32) (*corev1.Pod,
 			TerminationGracePeriodSeconds: ptr.To[int64](30),
 			Volumes:                       volumes,
 			Containers: []corev1.Container{{
-				Name:  ContainerName,
-				Image: image,
-				Args: []string{
-					"run",
-					"--spec", buildresult.SpecPath,
-					"--result", buildresult.ResultPath,
-				},
-				Env: []corev1.EnvVar{
-					{Name: "NODEFORGE_BUILD", Value: b.Name},
-					{Name: "NODEFORGE_ATTEMPT", Value: fmt.Sprint(attempt)},
-				},
+				Name:                     ContainerName,
+				Image:                    image,
+				Args:                     shape.args,
+				Env:                      shape.env,
 				Resources:                resources,
 				VolumeMounts:             mounts,
 				TerminationMessagePath:   buildresult.ResultPath,
@@ -275,20 +402,6 @@ func (p *Backend) PodFor(b *imagev1.NodeImageBuild, attempt int32) (*corev1.Pod,
 	if p.HostNetwork {
 		pod.Spec.HostNetwork = true
 		pod.Spec.DNSPolicy = corev1.DNSClusterFirstWithHostNet
-	}
-	if p.OneBuildPerNode {
-		pod.Spec.Affinity = &corev1.Affinity{PodAntiAffinity: &corev1.PodAntiAffinity{
-			RequiredDuringSchedulingIgnoredDuringExecution: []corev1.PodAffinityTerm{{
-				LabelSelector: &metav1.LabelSelector{MatchLabels: map[string]string{
-					backend.LabelComponent: "builder", backend.LabelManagedBy: "nodeforge",
-				}},
-				NamespaceSelector: &metav1.LabelSelector{},
-				TopologyKey:       corev1.LabelHostname,
-			}},
-		}}
-	}
-	if err := controllerutil.SetControllerReference(b, pod, p.Scheme); err != nil {
-		return nil, err
 	}
 	return pod, nil
 }
