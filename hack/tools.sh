@@ -119,6 +119,21 @@ ensure() {
 		echo "$dir"
 		return
 	fi
+	# One build of a set at a time: a second caller (make test while the CI
+	# script builds the same set in the background) waits for the first and
+	# then finds it cached, instead of building it again into the same
+	# temp dir.
+	mkdir -p "$cache_root"
+	local lock
+	exec {lock}>"$dir.lock"
+	if ! flock -n "$lock"; then
+		log "waiting for another build of $set"
+		flock "$lock"
+	fi
+	if cached "$dir" "$stamp"; then
+		echo "$dir"
+		return
+	fi
 	begin "$dir"
 	local t=$dir.tmp
 	case $set in
