@@ -373,18 +373,27 @@ func (r *Result) Write(path string) error {
 
 // Decode parses and validates a termination message.
 func Decode(b []byte) (*Result, error) {
+	return decodeValid[Result](b, "result")
+}
+
+// decodeValid parses a termination message as a T (what names it in
+// errors) and validates it.
+func decodeValid[T any, P interface {
+	*T
+	Validate() error
+}](b []byte, what string) (*T, error) {
 	b = bytes.TrimSpace(b)
 	if len(b) == 0 {
-		return nil, errors.New("buildresult: empty result")
+		return nil, fmt.Errorf("buildresult: empty %s", what)
 	}
-	var r Result
-	if err := json.Unmarshal(b, &r); err != nil {
-		return nil, fmt.Errorf("buildresult: decoding result: %w", err)
+	var v T
+	if err := json.Unmarshal(b, &v); err != nil {
+		return nil, fmt.Errorf("buildresult: decoding %s: %w", what, err)
 	}
-	if err := r.Validate(); err != nil {
+	if err := P(&v).Validate(); err != nil {
 		return nil, err
 	}
-	return &r, nil
+	return &v, nil
 }
 
 // ProgressLine returns the log line reporting p, with a trailing newline.

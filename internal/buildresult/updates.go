@@ -1,7 +1,6 @@
 package buildresult
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -107,16 +106,5 @@ func (r *UpdatesResult) Encode() ([]byte, error) {
 // DecodeUpdates parses and validates an update check's termination
 // message.
 func DecodeUpdates(b []byte) (*UpdatesResult, error) {
-	b = bytes.TrimSpace(b)
-	if len(b) == 0 {
-		return nil, errors.New("buildresult: empty update result")
-	}
-	var r UpdatesResult
-	if err := json.Unmarshal(b, &r); err != nil {
-		return nil, fmt.Errorf("buildresult: decoding update result: %w", err)
-	}
-	if err := r.Validate(); err != nil {
-		return nil, err
-	}
-	return &r, nil
+	return decodeValid[UpdatesResult](b, "update result")
 }
