@@ -30,6 +30,7 @@ import (
 
 	imagev1 "github.com/nodeforge/nodeforge/api/v1alpha1"
 	"github.com/nodeforge/nodeforge/internal/backend"
+	"github.com/nodeforge/nodeforge/internal/debian/aptrepotest"
 	"github.com/nodeforge/nodeforge/internal/manifest"
 	"github.com/nodeforge/nodeforge/internal/storage"
 )
@@ -57,6 +58,10 @@ const (
 	// addedPackage is the one package the second build adds (small, with
 	// dependencies of its own, none of them in the first image).
 	addedPackage = "jq"
+	// updatedPackage is published by the author repository the cloud-base
+	// NodeImage installs from, in 1.0 before its first build and in 1.1
+	// before its update check.
+	updatedPackage = "nodeforge-e2e-probe"
 )
 
 // stack is what test/e2e/run.sh started for the suite.
@@ -407,7 +412,9 @@ var _ = Describe("A NodeImage", Ordered, Label("nodeimage"), func() {
 		ni       *imagev1.NodeImage
 		pub      *storage.Publisher
 		s3       *storage.S3
+		repo     *aptrepotest.Repo
 		first    imagev1.NodeImageBuild
+		second   imagev1.NodeImageBuild
 		// firstLayer is the base layer of the first build's manifest.
 		firstLayer string
 	)
@@ -420,6 +427,14 @@ var _ = Describe("A NodeImage", Ordered, Label("nodeimage"), func() {
 		cacheDir = createCache(ctx, st, ns)
 		ni = cloudBaseOffline(st, ns, name, bucket)
 		ni.Spec.Builder.Cache = &corev1.LocalObjectReference{Name: cacheClaim}
+		// The Kubernetes packages come from a repository the author
+		// controls (the offline one's packages, re-signed), which also
+		// offers updatedPackage: it publishes an update later.
+		repo = aptrepotest.Start(GinkgoT(), repoRoot, strings.TrimSpace(run("hack/k8s-apt-repo.sh", "path")))
+		repo.Publish(GinkgoT(), updatedPackage, "1.0", "")
+		ni.Spec.Kubernetes.AptRepository.URL = repo.URL
+		ni.Spec.Kubernetes.AptRepository.SigningKey = imagev1.KeySource{Armored: string(repo.Key)}
+		ni.Spec.Packages = append(ni.Spec.Packages, updatedPackage)
 	})
 	AfterEach(func() { dumpOnFailure(st, ns) })
 
@@ -502,7 +517,7 @@ var _ = Describe("A NodeImage", Ordered, Label("nodeimage"), func() {
 		bs, err := builds(ctx, ns, name)
 		Expect(err).NotTo(HaveOccurred())
 		Expect(bs).To(HaveLen(2), "exactly one new build")
-		second := bs[1]
+		second = bs[1]
 		Expect(second.Spec.Reason).To(Equal(imagev1.BuildReasonSpecChanged))
 		Expect(meta.IsStatusConditionTrue(second.Status.Conditions, imagev1.ReadyCondition)).To(BeTrue(), conditionsString(second.Status.Conditions))
 		Expect(second.Status.Attempts).To(Equal(int32(1)))
@@ -553,6 +568,51 @@ var _ = Describe("A NodeImage", Ordered, Label("nodeimage"), func() {
 		Expect(pc.Upgraded).To(Equal(int32(len(m.Previous.Changes.Upgraded))))
 		Expect(pc.Removed).To(BeZero())
 		Expect(pc.Summary).To(ContainSubstring(addedPackage + " "))
+	})
+
+	It("starts exactly one BaseUpdated build when its repository publishes a newer package, and shows the diff", func(ctx SpecContext) {
+		repo.Publish(GinkgoT(), updatedPackage, "1.1", "")
+		// The first check runs as soon as spec.updates is set (the artifact
+		// is published and no build runs); the next one an interval later.
+		ni.Spec.Updates = &imagev1.UpdatesSpec{Interval: metav1.Duration{Duration: imagev1.MinUpdatesInterval}}
+		apply(ni)
+
+		By("the check Pod finds the update and starts a BaseUpdated build, which publishes the next revision")
+		var updated imagev1.NodeImageBuild
+		Eventually(func(g Gomega, ctx context.Context) {
+			got := getNodeImage(ctx, ns, name)
+			u := got.Status.Updates
+			g.Expect(u).NotTo(BeNil(), "no update check recorded yet")
+			g.Expect(u.Result).To(Equal(imagev1.UpdatesResult("UpdatesAvailable")), "%+v", u)
+			g.Expect(u.Summary).To(ContainSubstring(updatedPackage + " 1.0 → 1.1"))
+			g.Expect(u.Build).NotTo(BeEmpty())
+			g.Expect(k8sClient.Get(ctx, client.ObjectKey{Namespace: ns, Name: u.Build}, &updated)).To(Succeed())
+			g.Expect(meta.IsStatusConditionTrue(updated.Status.Conditions, imagev1.ReadyCondition)).To(BeTrue(), conditionsString(updated.Status.Conditions))
+		}).WithContext(ctx).WithTimeout(buildTimeout).WithPolling(5 * time.Second).Should(Succeed())
+		Expect(updated.Spec.Reason).To(Equal(imagev1.BuildReasonBaseUpdated))
+		Expect(updated.Spec.SpecDigest).To(Equal(second.Spec.SpecDigest), "the same spec, rebuilt")
+
+		By("its status and manifest show the upgrade against the revision before it")
+		pc := updated.Status.PackageChanges
+		Expect(pc).NotTo(BeNil())
+		Expect(pc.PreviousSpecDigest).To(Equal(second.Spec.SpecDigest))
+		Expect(pc.Upgraded).To(BeNumerically(">=", 1))
+		Expect(pc.Summary).To(ContainSubstring(updatedPackage + " 1.0 → 1.1"))
+		got := getNodeImage(ctx, ns, name)
+		Expect(got.Status.Artifact.Revision).To(Equal(second.Status.Artifact.Revision+1), "a new revision of the same digest")
+		m := assertPublished(ctx, pub, s3, name, got.Status.Artifact)
+		Expect(m.Previous.Changes.Upgraded).To(ContainElement(And(HaveField("Name", updatedPackage), HaveField("From", "1.0"), HaveField("To", "1.1"))))
+		earlier, err := pub.Lookup(ctx, name, second.Spec.SpecDigest)
+		Expect(err).NotTo(HaveOccurred())
+		Expect(earlier.Revision).To(Equal(int(got.Status.Artifact.Revision)), "Lookup finds the newest revision of the digest")
+
+		By("exactly one BaseUpdated build, and no other")
+		Consistently(func(g Gomega, ctx context.Context) {
+			bs, err := builds(ctx, ns, name)
+			g.Expect(err).NotTo(HaveOccurred())
+			g.Expect(bs).To(HaveLen(3))
+			g.Expect(bs[2].Name).To(Equal(updated.Name))
+		}).WithContext(ctx).WithTimeout(20 * time.Second).WithPolling(2 * time.Second).Should(Succeed())
 	})
 
 	It("removes its Pods, builds and objects when deleted with deletionPolicy Delete", func(ctx SpecContext) {
@@ -722,6 +782,14 @@ func assertPublished(ctx context.Context, pub *storage.Publisher, s3 *storage.S3
 	var m manifest.Manifest
 	Expect(json.Unmarshal(readObject(ctx, s3, found.ManifestKey), &m)).To(Succeed())
 	Expect(m.Image.SHA256).To(Equal(a.SHA256))
+
+	// The SBOM and the provenance lie beside it, named in status.
+	for suffix, url := range map[string]string{storage.SBOMSuffix: a.SBOMURL, storage.ProvenanceSuffix: a.ProvenanceURL} {
+		key, ok := found.CompanionKeys[name+suffix]
+		Expect(ok).To(BeTrue(), "no %s%s beside the image: %v", name, suffix, found.CompanionKeys)
+		Expect(url).To(HaveSuffix(key))
+		Expect(json.Valid(readObject(ctx, s3, key))).To(BeTrue(), key)
+	}
 	return &m
 }
 

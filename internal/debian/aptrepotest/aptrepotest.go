@@ -14,12 +14,20 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"testing"
 )
 
 // Tools are the commands a Repo needs (Debian packages apt-utils, dpkg,
 // gpg, gpgconf).
 var Tools = []string{"apt-ftparchive", "dpkg-deb", "gpg", "gpgconf"}
+
+// T is what a Repo needs of a test: *testing.T, or Ginkgo's GinkgoT().
+type T interface {
+	Helper()
+	Fatal(args ...any)
+	Fatalf(format string, args ...any)
+	TempDir() string
+	Cleanup(func())
+}
 
 // Repo is a served repository. It stops, and its key's agent is killed,
 // when the test that started it ends.
@@ -36,7 +44,7 @@ type Repo struct {
 // Start serves the .debs of offline/amd64 (the offline Kubernetes
 // repository's directory) from a copy, indexed and signed, for as long as
 // t runs. root is the repository checkout.
-func Start(t testing.TB, root, offline string) *Repo {
+func Start(t T, root, offline string) *Repo {
 	t.Helper()
 	for _, tool := range Tools {
 		if _, err := exec.LookPath(tool); err != nil {
@@ -79,7 +87,7 @@ func Start(t testing.TB, root, offline string) *Repo {
 // its maintainer script when not empty) and indexes and signs the
 // repository again. Publishing a newer version of a package keeps the
 // older one, as a real repository's pool does.
-func (r *Repo) Publish(t testing.TB, name, version, postinst string) {
+func (r *Repo) Publish(t T, name, version, postinst string) {
 	t.Helper()
 	pkg, err := os.MkdirTemp(filepath.Dir(r.dir), "pkg-")
 	if err != nil {
@@ -108,7 +116,7 @@ func (r *Repo) Publish(t testing.TB, name, version, postinst string) {
 
 // index indexes and signs the repository as hack/k8s-apt-repo.sh does its
 // own, with this repository's throwaway key (made on the first call).
-func (r *Repo) index(t testing.TB) {
+func (r *Repo) index(t T) {
 	t.Helper()
 	cmd := exec.Command(filepath.Join(r.root, "hack", "k8s-apt-repo.sh"), "index", "--gnupg", r.gnupg,
 		"--uid", "nodeforge author repository (throwaway test key) <author@nodeforge.invalid>",
