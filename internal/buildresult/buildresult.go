@@ -323,17 +323,10 @@ func (r *Result) Encode() ([]byte, error) {
 		c.Verification = &v
 	}
 	offlinePassedDropped := false
-	for {
-		b, err := json.Marshal(&c)
-		if err != nil {
-			return nil, err
-		}
-		if len(b) <= MaxResultSize {
-			return b, nil
-		}
+	return encodeShrinking(&c, "result", func(excess int) bool {
 		switch {
 		case len(c.Message) > 256:
-			c.Message = Truncate(c.Message, len(c.Message)-(len(b)-MaxResultSize)-16)
+			c.Message = Truncate(c.Message, len(c.Message)-excess-16)
 		case c.Verification != nil && !offlinePassedDropped && len(c.Verification.Checks) > 0:
 			// The failed, skipped, boot and cluster checks stay listed.
 			offlinePassedDropped = true
@@ -357,7 +350,27 @@ func (r *Result) Encode() ([]byte, error) {
 		case c.Message != "":
 			c.Message = ""
 		default:
-			return nil, fmt.Errorf("buildresult: result is %d bytes even without message", len(b))
+			return false
+		}
+		return true
+	})
+}
+
+// encodeShrinking marshals v (what names it in errors) until the JSON fits
+// MaxResultSize, calling shrink with the excess bytes each time it does
+// not; shrink makes v smaller and returns false when nothing is left to
+// drop.
+func encodeShrinking(v any, what string, shrink func(excess int) bool) ([]byte, error) {
+	for {
+		b, err := json.Marshal(v)
+		if err != nil {
+			return nil, err
+		}
+		if len(b) <= MaxResultSize {
+			return b, nil
+		}
+		if !shrink(len(b) - MaxResultSize) {
+			return nil, fmt.Errorf("buildresult: %s is %d bytes even without message", what, len(b))
 		}
 	}
 }

@@ -1,7 +1,6 @@
 package buildresult
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"regexp"
@@ -82,25 +81,19 @@ func (r *UpdatesResult) Summary(n int) string {
 func (r *UpdatesResult) Encode() ([]byte, error) {
 	c := *r
 	c.Changes = append([]string(nil), r.Changes...)
-	for {
-		b, err := json.Marshal(&c)
-		if err != nil {
-			return nil, err
-		}
-		if len(b) <= MaxResultSize {
-			return b, nil
-		}
+	return encodeShrinking(&c, "update result", func(excess int) bool {
 		switch {
 		case len(c.Message) > 256:
-			c.Message = Truncate(c.Message, len(c.Message)-(len(b)-MaxResultSize)-16)
+			c.Message = Truncate(c.Message, len(c.Message)-excess-16)
 		case len(c.Changes) > 0:
 			c.Changes = c.Changes[:len(c.Changes)-1]
 		case c.Message != "":
 			c.Message = ""
 		default:
-			return nil, fmt.Errorf("buildresult: update result is %d bytes even without message", len(b))
+			return false
 		}
-	}
+		return true
+	})
 }
 
 // DecodeUpdates parses and validates an update check's termination
