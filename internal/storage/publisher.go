@@ -538,13 +538,14 @@ func (p *Publisher) Lookup(ctx context.Context, name, specDigest string) (Artifa
 			ManifestKey: r.Manifest.Key, SHA256: img.SHA256, Size: img.Size,
 			URL: p.Store.URL(key), PublishedAt: r.Manifest.LastModified.UTC(),
 		}
+		// The revision's other objects are its companions.
 		dir := p.revisionDir(name, digest, r.Number)
 		for _, o := range r.Objects {
-			if file := strings.TrimPrefix(o.Key, dir); o.Key != key && o.Key != a.ChecksumKey && o.Key != a.ManifestKey && !strings.Contains(file, "/") {
+			if o.Key != key && o.Key != a.ChecksumKey && o.Key != a.ManifestKey {
 				if a.CompanionKeys == nil {
 					a.CompanionKeys = map[string]string{}
 				}
-				a.CompanionKeys[file] = o.Key
+				a.CompanionKeys[strings.TrimPrefix(o.Key, dir)] = o.Key
 			}
 		}
 		return a, nil
