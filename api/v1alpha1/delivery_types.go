@@ -5,13 +5,23 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
-// DestinationSpec says where built images are published. Exactly one
-// destination kind is set.
-// +kubebuilder:validation:XValidation:rule="has(self.s3)",message="destination.s3 must be set"
+// DestinationSpec says where built images are published: always to an
+// object store (s3), which keeps every revision with its manifest and
+// attestations, and optionally also to an OCI registry (oci) as a KubeVirt
+// containerDisk.
+// +kubebuilder:validation:XValidation:rule="has(self.s3)",message="destination.s3 must be set: the object store keeps the revisions, manifests and attestations (destination.oci is published in addition)"
 type DestinationSpec struct {
 	// s3 publishes to an S3-compatible object store.
 	// +optional
 	S3 *S3Destination `json:"s3,omitempty"`
+
+	// oci also pushes each published image to an OCI registry as a
+	// KubeVirt containerDisk (the qcow2 under /disk/), for KubeVirt VMs,
+	// Cluster API's KubeVirt provider and CDI DataVolumes and
+	// DataImportCrons. Tags move only after the image is verified and
+	// published to s3.
+	// +optional
+	OCI *OCIDestination `json:"oci,omitempty"`
 
 	// signing signs the published image, its SBOM and its provenance with
 	// a key the platform team holds; the signatures (FILE.sig, as cosign
@@ -29,6 +39,39 @@ type SigningSpec struct {
 	// builder; cosign.pub, which verifiers use, may sit beside them.
 	// +required
 	KeySecretRef corev1.LocalObjectReference `json:"keySecretRef"`
+}
+
+// OCIDestination is a repository of an OCI registry.
+type OCIDestination struct {
+	// repository the containerDisk is pushed to, host[:port]/path, without
+	// a tag or digest: the image is pushed by its digest, then tagged
+	// REVISION-SPECDIGEST (r3-1a2b3c4d5e6f, never moved) and with tags.
+	// +required
+	// +kubebuilder:validation:MaxLength=255
+	// +kubebuilder:validation:Pattern=`^[a-z0-9]([a-z0-9.-]*[a-z0-9])?(:[0-9]+)?(/[a-z0-9]+([._-]+[a-z0-9]+)*)+$`
+	Repository string `json:"repository"`
+
+	// tags are moved to each new image once it is verified and published,
+	// the way CDI DataImportCrons and VMs that pull a tag expect. A build
+	// that fails, or a registry that fails during the push, moves none.
+	// +optional
+	// +kubebuilder:default={"latest"}
+	// +listType=set
+	// +kubebuilder:validation:MaxItems=16
+	// +kubebuilder:validation:items:Pattern=`^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$`
+	Tags []string `json:"tags,omitempty"`
+
+	// credentialsSecretRef names a Secret of type
+	// kubernetes.io/dockerconfigjson in the NodeImage's namespace with
+	// push access to the repository. Only its .dockerconfigjson key
+	// reaches the builder. Without it the push is anonymous.
+	// +optional
+	CredentialsSecretRef *corev1.LocalObjectReference `json:"credentialsSecretRef,omitempty"`
+
+	// insecure allows a plain-HTTP registry. Use it only for a registry on
+	// a trusted network.
+	// +optional
+	Insecure bool `json:"insecure,omitempty"`
 }
 
 // BucketLookup selects S3 addressing.

@@ -250,6 +250,13 @@ type Artifact struct {
 	// way.
 	// +optional
 	SignatureURL string `json:"signatureURL,omitempty"`
+
+	// containerDisk is the image as a KubeVirt containerDisk in the
+	// registry of spec.destination.oci, by digest
+	// (host/path@sha256:...), when it was pushed there.
+	// +optional
+	// +kubebuilder:validation:MaxLength=512
+	ContainerDisk string `json:"containerDisk,omitempty"`
 }
 
 // CheckCategory says how a check looks at the image.

@@ -108,6 +108,13 @@ func TestValidObjectsAreAccepted(t *testing.T) {
 	g.Expect(env.Client.Get(ctx, client.ObjectKeyFromObject(u), u)).To(Succeed())
 	g.Expect(u.Spec.Updates.Rebuild).To(Equal(ptr.To(true)))
 	g.Expect(u.Spec.Updates.RebuildOnUpdates()).To(BeTrue())
+
+	// destination.oci beside s3: tags default to latest.
+	o := validNodeImage("valid-oci")
+	o.Spec.Destination.OCI = &imagev1.OCIDestination{Repository: "registry.example.com:5000/images/node-base"}
+	g.Expect(env.Client.Create(ctx, o)).To(Succeed())
+	g.Expect(env.Client.Get(ctx, client.ObjectKeyFromObject(o), o)).To(Succeed())
+	g.Expect(o.Spec.Destination.OCI.Tags).To(Equal([]string{"latest"}))
 }
 
 // TestInvalidObjectsAreRejected feeds the API server objects that break one
@@ -198,6 +205,19 @@ func TestInvalidObjectsAreRejected(t *testing.T) {
 			n.Spec.Destination.S3.CASecretRef = &corev1.LocalObjectReference{Name: "ca"}
 		}, "spec.destination.s3"},
 		{"destination without s3", func(n *imagev1.NodeImage) { n.Spec.Destination.S3 = nil }, "spec.destination"},
+		{"oci alone", func(n *imagev1.NodeImage) {
+			n.Spec.Destination.S3 = nil
+			n.Spec.Destination.OCI = &imagev1.OCIDestination{Repository: "registry.example.com/images/node"}
+		}, "spec.destination"},
+		{"oci repository with a tag", func(n *imagev1.NodeImage) {
+			n.Spec.Destination.OCI = &imagev1.OCIDestination{Repository: "registry.example.com/images/node:stable"}
+		}, "spec.destination.oci.repository"},
+		{"oci repository without a host", func(n *imagev1.NodeImage) {
+			n.Spec.Destination.OCI = &imagev1.OCIDestination{Repository: "node"}
+		}, "spec.destination.oci.repository"},
+		{"oci tag invalid", func(n *imagev1.NodeImage) {
+			n.Spec.Destination.OCI = &imagev1.OCIDestination{Repository: "registry.example.com/images/node", Tags: []string{"-stable"}}
+		}, "spec.destination.oci.tags[0]"},
 		{"update interval too short", func(n *imagev1.NodeImage) {
 			n.Spec.Updates = &imagev1.UpdatesSpec{Interval: metav1.Duration{Duration: time.Minute}}
 		}, "spec.updates.interval"},

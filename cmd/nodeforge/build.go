@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
 
@@ -41,6 +42,11 @@ type buildOptions struct {
 	rebuild        bool
 	signingKey     string
 	presignExpiry  time.Duration
+	// --oci overrides spec.destination.oci; credentials come from the
+	// user's Docker configuration.
+	ociRepository string
+	ociTags       []string
+	ociInsecure   bool
 }
 
 func newBuildCmd() *cobra.Command {
@@ -72,6 +78,13 @@ scoped to the file's metadata.namespace (default "default"), as the manager
 scopes them: NAMESPACE/PREFIX/NAME/DIGEST/REVISION/; a --to URL is taken
 literally.
 
+With spec.destination.oci (or --oci REPOSITORY), the verified image is also
+pushed to that registry as a KubeVirt containerDisk, by digest before it is
+published, and tagged r<REVISION>-<DIGEST> and with the --oci-tag tags
+(default: the spec's, else latest) after. The registry credentials are the
+Docker configuration of the user running nodeforge (~/.docker/config.json,
+DOCKER_CONFIG).
+
 --progress json writes one {"progress":{...}} object per line on stdout,
 which is what the builder Pod does for the controller to read.`,
 		Args: cobra.NoArgs,
@@ -94,8 +107,39 @@ which is what the builder Pod does for the controller to read.`,
 	f.StringVar(&o.signingKey, "signing-key", "", "sign the image, SBOM and provenance with this PEM key (a cosign key: password in COSIGN_PASSWORD); default with spec.destination.signing: cosign.key in --credentials-dir")
 	f.BoolVar(&o.rebuild, "rebuild", false, "build and publish a new revision even when the spec digest is published (for package updates)")
 	f.DurationVar(&o.presignExpiry, "presign-expiry", 0, "validity of the presigned URL (default: spec.destination.s3.presignExpiry, else 24h)")
+	f.StringVar(&o.ociRepository, "oci", "", "also push the image as a KubeVirt containerDisk to this repository (host[:port]/path), overriding spec.destination.oci; needs a publish destination")
+	f.StringSliceVar(&o.ociTags, "oci-tag", nil, "with --oci: tags moved to the image after it is published (default latest)")
+	f.BoolVar(&o.ociInsecure, "oci-insecure", false, "with --oci: the registry speaks plain HTTP")
 	_ = cmd.MarkFlagRequired("file")
 	return cmd
+}
+
+// oci is the registry the verified image is also pushed to: --oci, else
+// spec.destination.oci when the spec's destination is used. It needs pub,
+// which keeps the revisions the tags name.
+func (o *buildOptions) oci(dst *imagev1.DestinationSpec, pub *storage.Publisher) (*ociDestination, error) {
+	what, d := "--oci", imagev1.OCIDestination{Repository: o.ociRepository, Tags: o.ociTags, Insecure: o.ociInsecure}
+	switch {
+	case o.ociRepository != "":
+		if len(d.Tags) == 0 {
+			d.Tags = []string{"latest"}
+		}
+	case len(o.ociTags) > 0 || o.ociInsecure:
+		return nil, errors.New("--oci-tag and --oci-insecure need --oci REPOSITORY")
+	case dst != nil && dst.OCI != nil && o.to == "" && !o.noPublish:
+		what, d = "spec.destination.oci", *dst.OCI
+	default:
+		return nil, nil
+	}
+	if pub == nil {
+		return nil, fmt.Errorf("%s needs an object store to publish to (--to, or spec.destination.s3): it keeps the revisions the tags name", what)
+	}
+	od, err := openOCI(what, d, nil)
+	if err != nil {
+		return nil, err
+	}
+	od.Keychain = authn.DefaultKeychain
+	return od, nil
 }
 
 // defaultCacheDir is $NODEFORGE_CACHE/apt-archives (NODEFORGE_CACHE
@@ -165,6 +209,10 @@ func runBuild(ctx context.Context, o *buildOptions, stdout, stderr io.Writer) er
 	if err != nil {
 		return err
 	}
+	oci, err := o.oci(image.Spec.Destination, pub)
+	if err != nil {
+		return err
+	}
 	p := &pipeline{
 		Name:          image.Name,
 		Content:       *content,
@@ -174,6 +222,7 @@ func runBuild(ctx context.Context, o *buildOptions, stdout, stderr io.Writer) er
 		PresignExpiry: expiry,
 		Rebuild:       o.rebuild,
 		Signer:        signer,
+		OCI:           oci,
 		// The spec's author runs the CLI: file:// key URLs read their files.
 		Builder:  builder.Options{WorkDir: o.workDir, OutDir: o.outDir, CacheDir: o.cacheDir, KeepWork: o.keepWork, LocalFiles: true},
 		Progress: o.progress,
@@ -195,6 +244,9 @@ func runBuild(ctx context.Context, o *buildOptions, stdout, stderr io.Writer) er
 	}
 	if a := res.Published; a != nil {
 		fmt.Fprintf(stdout, "  artifact:  %s (revision %d)\n  presigned: %s\n", a.URL, a.Revision, res.Presigned)
+	}
+	if res.ContainerDisk != "" {
+		fmt.Fprintf(stdout, "  containerDisk: %s\n", res.ContainerDisk)
 	}
 	if res.Build != nil && res.Manifest.Previous != nil {
 		prev := res.Manifest.Previous

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/google/go-containerregistry/pkg/name"
+
 	imagev1 "github.com/nodeforge/nodeforge/api/v1alpha1"
 	"github.com/nodeforge/nodeforge/internal/attest"
 	"github.com/nodeforge/nodeforge/internal/builder"
@@ -42,6 +44,10 @@ type pipeline struct {
 	Invocation string
 	// Signer, when set, signs the image and its attestations.
 	Signer crypto.Signer
+	// OCI, when set with Publisher, also receives the verified image as a
+	// KubeVirt containerDisk: pushed by digest before the publish, tagged
+	// after it.
+	OCI *ociDestination
 
 	Builder  builder.Options
 	Progress string // auto, tty, plain or json
@@ -60,7 +66,9 @@ type pipelineResult struct {
 	Presigned string
 	// ManifestURL is the published manifest's URL.
 	ManifestURL string
-	Manifest    *manifest.Manifest
+	// ContainerDisk is the image in the OCI destination, by digest.
+	ContainerDisk string
+	Manifest      *manifest.Manifest
 	// Attestations are the local SBOM and provenance files.
 	Attestations []string
 }
@@ -92,6 +100,13 @@ func (p *pipeline) run(ctx context.Context) (*pipelineResult, error) {
 	if p.Publisher != nil {
 		if err := p.Publisher.EnsureDestination(ctx); err != nil {
 			return nil, &stageError{Reason: buildresult.ReasonPublishFailed, Step: "lookup", Err: fmt.Errorf("checking the destination: %w", err)}
+		}
+		if p.OCI != nil {
+			// Wrong credentials or a typo in the repository fail now, not
+			// after the build.
+			if err := p.OCI.CheckPush(ctx); err != nil {
+				return nil, &stageError{Reason: buildresult.ReasonPublishFailed, Step: "lookup", Err: fmt.Errorf("checking the OCI destination: %w", err)}
+			}
 		}
 		art, err := p.Publisher.Lookup(ctx, p.Name, digest)
 		switch {
@@ -158,6 +173,19 @@ func (p *pipeline) run(ctx context.Context) (*pipelineResult, error) {
 	}
 
 	if p.Publisher != nil {
+		// The containerDisk goes first, by digest, so that the published
+		// manifest records it; its tags move only once the revision is
+		// published.
+		var disk name.Digest
+		if p.OCI != nil {
+			if disk, err = p.pushContainerDisk(ctx, res.ImagePath, res.Manifest); err == nil {
+				err = res.Manifest.Write(res.ManifestPath)
+			}
+			if err != nil {
+				return out, &stageError{Reason: buildresult.ReasonPublishFailed, Step: "push", Err: err}
+			}
+			out.ContainerDisk = disk.String()
+		}
 		if err := p.recordPrevious(ctx, res); err != nil {
 			return out, &stageError{Reason: buildresult.ReasonPublishFailed, Step: "publish", Err: err}
 		}
@@ -171,6 +199,11 @@ func (p *pipeline) run(ctx context.Context) (*pipelineResult, error) {
 		}
 		out.Published, out.Presigned = &art, presigned
 		out.ManifestURL = p.Publisher.Store.URL(art.ManifestKey)
+		if p.OCI != nil {
+			if err := p.tagContainerDisk(ctx, disk, art); err != nil {
+				return out, &stageError{Reason: buildresult.ReasonPublishFailed, Step: "tag", Err: err}
+			}
+		}
 	}
 	return out, nil
 }
@@ -218,6 +251,13 @@ func (p *pipeline) reuse(ctx context.Context, art storage.Artifact) (*pipelineRe
 	out.Manifest, out.Report = m, m.Verification
 	if out.Presigned, err = p.Publisher.Store.PresignGet(ctx, art.ImageKey, p.PresignExpiry); err != nil {
 		return nil, &stageError{Reason: buildresult.ReasonPublishFailed, Step: "lookup", Err: err}
+	}
+	if p.OCI != nil {
+		ref, err := p.deliverPublished(ctx, art, m)
+		if err != nil {
+			return nil, &stageError{Reason: buildresult.ReasonPublishFailed, Step: "tag", Err: err}
+		}
+		out.ContainerDisk = ref.String()
 	}
 	return out, nil
 }
@@ -288,6 +328,9 @@ func (r *pipelineResult) summary() map[string]any {
 	}
 	if r.Published != nil {
 		out["artifact"] = r.Published.URL
+	}
+	if r.ContainerDisk != "" {
+		out["containerDisk"] = r.ContainerDisk
 	}
 	return out
 }

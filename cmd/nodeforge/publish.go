@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/spf13/cobra"
 
 	"github.com/nodeforge/nodeforge/internal/attest"
@@ -22,6 +23,9 @@ type publishOptions struct {
 	to            string
 	createBucket  bool
 	presignExpiry time.Duration
+	ociRepository string
+	ociTags       []string
+	ociInsecure   bool
 }
 
 func newPublishCmd() *cobra.Command {
@@ -37,7 +41,13 @@ then moves the NAME/latest pointer. Revisions number every publish of NAME
 
 The endpoint and credentials come from the standard environment variables:
 AWS_ENDPOINT_URL (required; an http:// URL allows plain HTTP), AWS_REGION,
-AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_CA_BUNDLE.`,
+AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_CA_BUNDLE.
+
+With --oci REPOSITORY the image is also pushed there as a KubeVirt
+containerDisk: by digest before the upload, then tagged r<REVISION>-<DIGEST>
+and with the --oci-tag tags (default latest) once the revision is
+published. The registry credentials are the Docker configuration of the
+user running nodeforge (~/.docker/config.json, DOCKER_CONFIG).`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return runPublish(cmd.Context(), args[0], o, cmd.OutOrStdout(), cmd.ErrOrStderr())
@@ -48,6 +58,9 @@ AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_CA_BUNDLE.`,
 	f.StringVar(&o.to, "to", "", "destination, s3://BUCKET[/PREFIX]")
 	f.BoolVar(&o.createBucket, "create-bucket", false, "create the bucket when it does not exist")
 	f.DurationVar(&o.presignExpiry, "presign-expiry", 24*time.Hour, "validity of the printed presigned download URL (at most 168h)")
+	f.StringVar(&o.ociRepository, "oci", "", "also push the image as a KubeVirt containerDisk to this repository (host[:port]/path)")
+	f.StringSliceVar(&o.ociTags, "oci-tag", nil, "with --oci: tags moved to the image once it is published (default latest)")
+	f.BoolVar(&o.ociInsecure, "oci-insecure", false, "with --oci: the registry speaks plain HTTP")
 	_ = cmd.MarkFlagRequired("to")
 	return cmd
 }
@@ -70,9 +83,26 @@ func runPublish(ctx context.Context, image string, o publishOptions, stdout, std
 	if err != nil {
 		return fmt.Errorf("--to %s: %w", o.to, err)
 	}
+	bo := buildOptions{ociRepository: o.ociRepository, ociTags: o.ociTags, ociInsecure: o.ociInsecure, to: o.to}
+	oci, err := bo.oci(nil, pub)
+	if err != nil {
+		return err
+	}
 	companions, err := attestations(m, attest.Run{})
 	if err != nil {
 		return err
+	}
+	// As a build publishes (pipeline.run): the containerDisk by digest,
+	// recorded in the manifest, then the revision, then the tags.
+	p := &pipeline{OCI: oci, Stderr: stderr}
+	var disk name.Digest
+	if oci != nil {
+		if disk, err = p.pushContainerDisk(ctx, image, m); err != nil {
+			return err
+		}
+		if raw, err = m.Encode(); err != nil {
+			return err
+		}
 	}
 	art, presigned, err := publishImage(ctx, pub, image, m, raw, companions, o.presignExpiry, stderr)
 	if err != nil {
@@ -80,6 +110,12 @@ func runPublish(ctx context.Context, image string, o publishOptions, stdout, std
 	}
 	fmt.Fprintf(stdout, "artifact:  %s\nrevision:  %d\nsha256:    %s\nsize:      %d\nmanifest:  %s\npresigned: %s\n",
 		art.URL, art.Revision, art.SHA256, art.Size, pub.Store.URL(art.ManifestKey), presigned)
+	if oci != nil {
+		if err := p.tagContainerDisk(ctx, disk, art); err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "containerDisk: %s\n", disk)
+	}
 	return nil
 }
 

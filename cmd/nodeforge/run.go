@@ -124,6 +124,12 @@ func (o *runOptions) execute(ctx context.Context, stdout, stderr io.Writer) *bui
 		}
 		defer done()
 	}
+	var oci *ociDestination
+	if d := b.Spec.Destination; d != nil && d.OCI != nil {
+		if oci, err = o.ociDestination(*d.OCI); err != nil {
+			return failed(buildresult.ReasonPublishFailed, "lookup", err)
+		}
+	}
 	var signer crypto.Signer
 	if d := b.Spec.Destination; d != nil && d.Signing != nil {
 		// Before anything is built: a missing or wrong key fails at once.
@@ -142,6 +148,7 @@ func (o *runOptions) execute(ctx context.Context, stdout, stderr io.Writer) *bui
 		Rebuild:    b.Spec.Reason == imagev1.BuildReasonRebuildRequested || b.Spec.Reason == imagev1.BuildReasonBaseUpdated,
 		Invocation: b.Namespace + "/" + b.Name,
 		Signer:     signer,
+		OCI:        oci,
 		Builder: builder.Options{
 			WorkDir:  filepath.Join(o.scratch, "work"),
 			OutDir:   filepath.Join(o.scratch, "out"),
@@ -211,6 +218,20 @@ func (o *runOptions) registryConfig(secret string) (done func(), err error) {
 		}
 		os.RemoveAll(dir)
 	}, nil
+}
+
+// ociDestination opens spec.destination.oci with the mounted push
+// credentials (buildresult.PushConfigFile), when it names a Secret.
+func (o *runOptions) ociDestination(d imagev1.OCIDestination) (*ociDestination, error) {
+	var cfg []byte
+	if r := d.CredentialsSecretRef; r != nil {
+		var err error
+		if cfg, err = os.ReadFile(filepath.Join(o.credentialsDir, buildresult.PushConfigFile)); err != nil {
+			return nil, fmt.Errorf("spec.destination.oci.credentialsSecretRef: Secret %s has no %s key (a kubernetes.io/dockerconfigjson Secret)",
+				r.Name, buildresult.RegistryConfigKey)
+		}
+	}
+	return openOCI("spec.destination.oci", d, cfg)
 }
 
 func readBuild(path string) (*imagev1.NodeImageBuild, error) {
@@ -288,6 +309,7 @@ func resultOf(out *pipelineResult) *buildresult.Result {
 		res.Artifact.URL, res.Artifact.PresignedURL = a.URL, out.Presigned
 		res.Artifact.ManifestURL = out.ManifestURL
 		res.Artifact.Revision = int32(a.Revision)
+		res.Artifact.ContainerDisk = out.ContainerDisk
 		for name := range a.CompanionKeys {
 			res.Artifact.Companions = append(res.Artifact.Companions, name)
 		}

@@ -325,6 +325,17 @@ type SecretKeys struct {
 	// Keys are read when present; a missing one fails the build in the
 	// builder, with the key named.
 	Keys []string
+	// Files, when set, are the file names of Keys in CredentialsDir (the
+	// same index); otherwise a key's file is named as the key.
+	Files []string
+}
+
+// File is the file name of Keys[i] in buildresult.CredentialsDir.
+func (s SecretKeys) File(i int) string {
+	if i < len(s.Files) {
+		return s.Files[i]
+	}
+	return s.Keys[i]
 }
 
 // SecretPurpose says what a Secret of CredentialSecrets is for.
@@ -335,12 +346,13 @@ const (
 	SecretObjectStore SecretPurpose = "credentials"
 	SecretRegistry    SecretPurpose = "registry credentials"
 	SecretSigning     SecretPurpose = "signing key"
+	SecretPush        SecretPurpose = "registry push credentials"
 )
 
 // CredentialSecrets lists what a build's builder reads into its
-// credentials directory: the object store's credentials, the registry's
-// Docker configuration and the signing key, only the keys the builder
-// reads of each. Whatever else the Secrets hold never reaches it.
+// credentials directory: the object store's credentials, the Docker
+// configurations of the registry it pulls from and of the one it pushes
+// to, and the signing key, only the keys the builder reads of each. Whatever else the Secrets hold never reaches it.
 func CredentialSecrets(b *imagev1.NodeImageBuild) []SecretKeys {
 	var out []SecretKeys
 	if d := b.Spec.Destination; d != nil && d.S3 != nil {
@@ -348,6 +360,10 @@ func CredentialSecrets(b *imagev1.NodeImageBuild) []SecretKeys {
 	}
 	if r := b.Spec.Builder.RegistryCredentials; r != nil {
 		out = append(out, SecretKeys{Purpose: SecretRegistry, Secret: r.Name, Keys: []string{buildresult.RegistryConfigKey}})
+	}
+	if d := b.Spec.Destination; d != nil && d.OCI != nil && d.OCI.CredentialsSecretRef != nil {
+		out = append(out, SecretKeys{Purpose: SecretPush, Secret: d.OCI.CredentialsSecretRef.Name,
+			Keys: []string{buildresult.RegistryConfigKey}, Files: []string{buildresult.PushConfigFile}})
 	}
 	if d := b.Spec.Destination; d != nil && d.Signing != nil {
 		out = append(out, SecretKeys{Purpose: SecretSigning, Secret: d.Signing.KeySecretRef.Name,

@@ -18,9 +18,11 @@
 // is mounted read-only at CredentialsDir: one file per key (accessKeyID,
 // secretAccessKey, optionally sessionToken; storage.CredentialsFromSecretData
 // accepts the same keys). A caSecretRef Secret is mounted at CADir (ca.crt).
-// spec.builder.registryCredentials adds RegistryConfigKey and
-// spec.destination.signing adds SigningKeyFile and SigningPasswordFile to
-// CredentialsDir (backend.CredentialSecrets lists them).
+// spec.builder.registryCredentials adds RegistryConfigKey,
+// spec.destination.oci.credentialsSecretRef adds its RegistryConfigKey as
+// PushConfigFile, and spec.destination.signing adds SigningKeyFile and
+// SigningPasswordFile to CredentialsDir (backend.CredentialSecrets lists
+// them).
 // Credentials are never passed through environment variables, never
 // logged, and never written to the result.
 //
@@ -105,6 +107,11 @@ const (
 	// and their file names in CredentialsDir.
 	SigningKeyFile      = "cosign.key"
 	SigningPasswordFile = "cosign.password"
+	// PushConfigFile is where the .dockerconfigjson of the
+	// spec.destination.oci credentials Secret is in CredentialsDir: a
+	// name of its own, as spec.builder.registryCredentials, which pulls,
+	// may name another Secret.
+	PushConfigFile = "oci-push.dockerconfigjson"
 	// CADir is where the object-store CA Secret is mounted.
 	CADir = "/etc/nodeforge/ca"
 	// ScratchDir is the builder's work and cache directory.
@@ -174,6 +181,9 @@ type Artifact struct {
 	// Companions name the files published next to the image, in the
 	// manifest's directory (NAME.spdx.json, NAME.provenance.json).
 	Companions []string `json:"companions,omitempty"`
+	// ContainerDisk is the image pushed to spec.destination.oci, by
+	// digest (host/path@sha256:...).
+	ContainerDisk string `json:"containerDisk,omitempty"`
 }
 
 // Verification counts check outcomes.

@@ -330,9 +330,15 @@ func (st *imageState) byName(name string) *imagev1.NodeImageBuild {
 }
 
 // findArtifact looks for a published artifact of the digest when no build
-// stands for it (and no rebuild is requested).
+// stands for it (and no rebuild is requested). With spec.destination.oci
+// it does not: the registry's tags must move to that artifact too, which
+// the build does (its builder finds the artifact, builds nothing and only
+// tags its containerDisk).
 func (r *NodeImageReconciler) findArtifact(ctx context.Context, st *imageState) error {
 	if st.desired != nil || st.rebuild != "" || st.ni.Spec.Destination == nil || r.Artifacts == nil {
+		return nil
+	}
+	if st.ni.Spec.Destination.OCI != nil {
 		return nil
 	}
 	a, err := r.Artifacts.Lookup(ctx, st.ni, st.digest)

@@ -615,7 +615,7 @@ func (r *NodeImageBuildReconciler) succeed(ctx context.Context, b *imagev1.NodeI
 		URL: a.URL, PresignedURL: a.PresignedURL, ManifestURL: a.ManifestURL,
 		SHA256: a.SHA256, Size: a.Size, VirtualSize: a.VirtualSize,
 		Format: imagev1.Format(a.Format), BuiltAt: metav1.NewTime(builtAt), SpecDigest: b.Spec.SpecDigest,
-		Revision: a.Revision,
+		Revision: a.Revision, ContainerDisk: a.ContainerDisk,
 	}
 	setAttestationURLs(b.Status.Artifact, companionURLs(a))
 	if res.Verification != nil {

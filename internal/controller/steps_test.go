@@ -306,6 +306,12 @@ func TestNodeImageReconcile(t *testing.T) {
 			wantBuilds: 1, wantReady: "False/BuildPending", wantRecon: "True/BuildPending"},
 		{name: "cache hit starts no build", ni: testImage(nil), artifacts: &fakeArtifacts{found: found},
 			wantReady: "True/ArtifactFound", wantObsGen: true},
+		// The registry's tags must move to the found artifact too: a
+		// build does it (its builder finds the artifact and only tags).
+		{name: "cache hit with destination.oci starts a build", ni: testImage(func(ni *imagev1.NodeImage) {
+			ni.Spec.Destination.OCI = &imagev1.OCIDestination{Repository: "registry.example.com/images/img"}
+		}), artifacts: &fakeArtifacts{found: found},
+			wantBuilds: 1, wantReady: "False/BuildPending", wantRecon: "True/BuildPending"},
 		{name: "lookup error is retried", ni: testImage(nil), artifacts: &fakeArtifacts{err: errors.New("s3 unreachable")},
 			wantErr: true, wantMsg: "s3 unreachable"},
 		{name: "forbidden Secret read is retried", ni: testImage(nil),

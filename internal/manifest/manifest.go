@@ -46,8 +46,20 @@ type Manifest struct {
 	// without a destination.
 	Previous *Previous `json:"previous,omitempty"`
 
+	// ContainerDisk is where the image was pushed to an OCI registry as a
+	// KubeVirt containerDisk before it was published, when it was.
+	ContainerDisk *ContainerDisk `json:"containerDisk,omitempty"`
+
 	// Content is the resolved, defaulted image content that was built.
 	Content imagev1.ImageContent `json:"content"`
+}
+
+// ContainerDisk is an image's containerDisk in an OCI registry.
+type ContainerDisk struct {
+	// Repository is host[:port]/path.
+	Repository string `json:"repository"`
+	// Digest is the containerDisk's manifest digest (sha256:...).
+	Digest string `json:"digest"`
 }
 
 // Previous names the image published before this one and what changed.
@@ -121,11 +133,20 @@ type Step struct {
 
 // Write stores the manifest as indented JSON at path.
 func (m *Manifest) Write(path string) error {
+	b, err := m.Encode()
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(path, b, 0o644)
+}
+
+// Encode returns the manifest as Write stores it.
+func (m *Manifest) Encode() ([]byte, error) {
 	b, err := json.MarshalIndent(m, "", "  ")
 	if err != nil {
-		return fmt.Errorf("encoding manifest: %w", err)
+		return nil, fmt.Errorf("encoding manifest: %w", err)
 	}
-	return os.WriteFile(path, append(b, '\n'), 0o644)
+	return append(b, '\n'), nil
 }
 
 // Read loads a manifest written by Write.

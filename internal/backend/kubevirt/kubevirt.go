@@ -112,11 +112,10 @@ func (k *Backend) Ensure(ctx context.Context, b *imagev1.NodeImageBuild, attempt
 	return backend.CreateBuilder(ctx, k.Client, k.reader(), k.Kind(), b, vmi, &kubevirtv1.VirtualMachineInstance{})
 }
 
-// ensureCredentials copies the credential keys (storage.CredentialSecretKeys)
-// of the destination's Secret and the Docker configuration of the registry
-// credentials Secret (buildresult.RegistryConfigKey), and nothing else of
-// them, into a Secret of
-// the build's own (backend.CredentialsSecretName), which the VM gets as a
+// ensureCredentials copies the keys the builder reads of each Secret
+// (backend.CredentialSecrets), under their file names, and nothing else of
+// them, into a Secret of the build's own (backend.CredentialsSecretName),
+// which the VM gets as a
 // disk: a KubeVirt Secret volume has no item selection, and the VM must
 // not receive whatever else the user keeps in that Secret. The copy is
 // controlled by the build, so it goes with it.
@@ -127,9 +126,9 @@ func (k *Backend) ensureCredentials(ctx context.Context, b *imagev1.NodeImageBui
 		if err := k.reader().Get(ctx, client.ObjectKey{Namespace: b.Namespace, Name: s.Secret}, &src); err != nil {
 			return fmt.Errorf("reading the %s Secret %s: %w", s.Purpose, s.Secret, err)
 		}
-		for _, key := range s.Keys {
+		for i, key := range s.Keys {
 			if v, ok := src.Data[key]; ok {
-				data[key] = v
+				data[s.File(i)] = v
 			}
 		}
 	}

@@ -408,18 +408,18 @@ func (p *Backend) pod(b *imagev1.NodeImageBuild, shape podShape) (*corev1.Pod, e
 
 // credentialsVolume projects only the keys the builder reads
 // (backend.CredentialSecrets): the object-store credentials, each key
-// optional because either spelling may be used, the registry's Docker
-// configuration and the signing key. Whatever else the Secrets hold never
+// optional because either spelling may be used, the Docker configurations
+// of the registries pulled from and pushed to, and the signing key. Whatever else the Secrets hold never
 // reaches the builder. A missing key fails the build with the key named
 // (storage.CredentialsFromDir, the run's registry configuration and
 // signing key).
 func credentialsVolume(secrets []backend.SecretKeys) corev1.Volume {
 	var sources []corev1.VolumeProjection
 	for _, s := range secrets {
-		for _, k := range s.Keys {
+		for i, k := range s.Keys {
 			sources = append(sources, corev1.VolumeProjection{Secret: &corev1.SecretProjection{
 				LocalObjectReference: corev1.LocalObjectReference{Name: s.Secret},
-				Items:                []corev1.KeyToPath{{Key: k, Path: k}},
+				Items:                []corev1.KeyToPath{{Key: k, Path: s.File(i)}},
 				Optional:             ptr.To(true),
 			}})
 		}

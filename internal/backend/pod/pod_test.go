@@ -260,8 +260,9 @@ func TestPodForProjectsCredentialKeysOnly(t *testing.T) {
 
 // TestPodForProjectsOnlyTheKeysTheBuilderReads: spec.builder.
 // registryCredentials reaches the builder as its .dockerconfigjson key
-// only, and spec.destination.signing as cosign.key and cosign.password
-// only (not cosign.pub or anything else of the Secret), in the
+// only, spec.destination.oci's credentials as the same key under a file
+// name of their own, and spec.destination.signing as cosign.key and
+// cosign.password only (not cosign.pub or anything else of the Secret), in the
 // credentials volume, with or without an S3 destination.
 func TestPodForProjectsOnlyTheKeysTheBuilderReads(t *testing.T) {
 	for name, tc := range map[string]struct {
@@ -278,6 +279,16 @@ func TestPodForProjectsOnlyTheKeysTheBuilderReads(t *testing.T) {
 			}
 			b.Spec.Destination.Signing = &imagev1.SigningSpec{KeySecretRef: corev1.LocalObjectReference{Name: "cosign"}}
 		}, "cosign", []string{"cosign.key->cosign.key", "cosign.password->cosign.password"}},
+		// The push credentials have a file of their own: the pull
+		// credentials' may be another Secret's .dockerconfigjson.
+		"push": {func(b *imagev1.NodeImageBuild) {
+			if b.Spec.Destination == nil {
+				b.Spec.Destination = &imagev1.DestinationSpec{}
+			}
+			b.Spec.Builder.RegistryCredentials = &corev1.LocalObjectReference{Name: "pull"}
+			b.Spec.Destination.OCI = &imagev1.OCIDestination{Repository: "registry.example.com/images/node",
+				CredentialsSecretRef: &corev1.LocalObjectReference{Name: "push"}}
+		}, "push", []string{".dockerconfigjson->oci-push.dockerconfigjson"}},
 	} {
 		for _, withS3 := range []bool{true, false} {
 			b := &Backend{Scheme: testScheme(t), Image: "nodeforge-builder:dev"}

@@ -1,0 +1,164 @@
+package main
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+
+	imagev1 "github.com/nodeforge/nodeforge/api/v1alpha1"
+	"github.com/nodeforge/nodeforge/internal/containerdisk"
+	"github.com/nodeforge/nodeforge/internal/manifest"
+	"github.com/nodeforge/nodeforge/internal/storage"
+)
+
+// ociDestination is a registry repository the verified image is pushed to
+// as a KubeVirt containerDisk, and the tags moved to it.
+type ociDestination struct {
+	containerdisk.Target
+	Tags []string
+}
+
+// openOCI checks a destination.oci (or the CLI's flags) and opens it with
+// the Docker configuration dockerConfig (nil: anonymous). what names the
+// setting in errors.
+func openOCI(what string, d imagev1.OCIDestination, dockerConfig []byte) (*ociDestination, error) {
+	repo, err := containerdisk.ParseRepository(d.Repository, d.Insecure)
+	if err != nil {
+		return nil, fmt.Errorf("%s.repository: %w", what, err)
+	}
+	for _, t := range d.Tags {
+		if err := containerdisk.ValidateTag(t); err != nil {
+			return nil, fmt.Errorf("%s.tags: %w", what, err)
+		}
+	}
+	o := &ociDestination{Target: containerdisk.Target{Repository: repo}, Tags: d.Tags}
+	if dockerConfig != nil {
+		if o.Keychain, err = containerdisk.Keychain(dockerConfig); err != nil {
+			return nil, fmt.Errorf("%s.credentialsSecretRef: %w", what, err)
+		}
+	}
+	return o, nil
+}
+
+// revisionTag is the tag that names one published revision for good:
+// r<REVISION>-<first 12 hex digits of the spec digest>.
+func revisionTag(revision int, specDigest string) string {
+	hexDigest := imagev1.DigestHex(specDigest)
+	if len(hexDigest) > 12 {
+		hexDigest = hexDigest[:12]
+	}
+	return fmt.Sprintf("r%d-%s", revision, hexDigest)
+}
+
+// pushContainerDisk uploads the image at imagePath (described by m) to the
+// OCI destination by digest, moving no tag, and records where in m.
+func (p *pipeline) pushContainerDisk(ctx context.Context, imagePath string, m *manifest.Manifest) (name.Digest, error) {
+	arch := string(m.Content.Base.Architecture)
+	if arch == "" {
+		arch = string(imagev1.ArchitectureAMD64)
+	}
+	img, err := containerdisk.Image(imagePath, m.Name+"."+string(m.Image.Format), arch, m.CreatedAt)
+	if err != nil {
+		return name.Digest{}, err
+	}
+	start := time.Now()
+	progress := make(chan v1.Update, 16)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		bar := newUploadProgress(p.Stderr, "containerDisk "+m.Name)
+		for u := range progress {
+			bar.update(u.Complete, u.Total)
+		}
+	}()
+	ref, err := p.OCI.Push(ctx, img, progress)
+	<-done
+	if err != nil {
+		return name.Digest{}, err
+	}
+	fmt.Fprintf(p.Stderr, "pushed containerDisk %s in %s\n", ref, time.Since(start).Round(time.Millisecond))
+	m.ContainerDisk = &manifest.ContainerDisk{Repository: ref.Context().Name(), Digest: ref.DigestStr()}
+	return ref, nil
+}
+
+// tagContainerDisk points the revision's own tag and the moving tags at
+// the pushed containerDisk: the last step of a publish.
+func (p *pipeline) tagContainerDisk(ctx context.Context, ref name.Digest, art storage.Artifact) error {
+	tags := append([]string{revisionTag(art.Revision, art.SpecDigest)}, p.OCI.Tags...)
+	if err := p.OCI.Tag(ctx, ref, tags...); err != nil {
+		return err
+	}
+	fmt.Fprintf(p.Stderr, "tagged %s as %s\n", ref.DigestStr(), strings.Join(tags, ", "))
+	return nil
+}
+
+// deliverPublished makes an already published artifact (m, its manifest)
+// the one the OCI destination's tags point at: by the digest its manifest
+// recorded when the repository still has it, or else by pushing the
+// published image, downloaded and checked against its sha256.
+func (p *pipeline) deliverPublished(ctx context.Context, art storage.Artifact, m *manifest.Manifest) (name.Digest, error) {
+	if cd := m.ContainerDisk; cd != nil && cd.Repository == p.OCI.Repository.Name() {
+		ref := p.OCI.Repository.Digest(cd.Digest)
+		err := p.tagContainerDisk(ctx, ref, art)
+		if err == nil {
+			return ref, nil
+		}
+		fmt.Fprintf(p.Stderr, "the published containerDisk %s cannot be tagged (%v): pushing the published image again\n", ref, err)
+	}
+	work := p.Builder.WorkDir
+	if work == "" {
+		work = os.TempDir()
+	}
+	if err := os.MkdirAll(work, 0o755); err != nil {
+		return name.Digest{}, err
+	}
+	dir, err := os.MkdirTemp(work, "published-")
+	if err != nil {
+		return name.Digest{}, err
+	}
+	defer os.RemoveAll(dir)
+	local := filepath.Join(dir, m.Name+"."+string(m.Image.Format))
+	if err := download(ctx, p.Publisher.Store, art.ImageKey, local, m.Image.SHA256); err != nil {
+		return name.Digest{}, fmt.Errorf("downloading the published image to push it: %w", err)
+	}
+	ref, err := p.pushContainerDisk(ctx, local, m)
+	if err != nil {
+		return name.Digest{}, err
+	}
+	return ref, p.tagContainerDisk(ctx, ref, art)
+}
+
+// download copies key of store to path and checks its sha256.
+func download(ctx context.Context, store storage.Store, key, path, sha string) error {
+	rc, _, err := store.Get(ctx, key)
+	if err != nil {
+		return err
+	}
+	defer rc.Close()
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	h := sha256.New()
+	_, err = io.Copy(io.MultiWriter(f, h), rc)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return err
+	}
+	if got := hex.EncodeToString(h.Sum(nil)); got != sha {
+		return errors.Join(storage.ErrChecksumMismatch, fmt.Errorf("%s has sha256 %s, its manifest says %s", key, got, sha))
+	}
+	return nil
+}

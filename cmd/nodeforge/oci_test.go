@@ -1,0 +1,185 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"io"
+	"log"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/registry"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	. "github.com/onsi/gomega"
+
+	imagev1 "github.com/nodeforge/nodeforge/api/v1alpha1"
+	"github.com/nodeforge/nodeforge/internal/buildresult"
+	"github.com/nodeforge/nodeforge/internal/manifest"
+	"github.com/nodeforge/nodeforge/internal/storage"
+	"github.com/nodeforge/nodeforge/internal/storage/miniotest"
+)
+
+// startRegistry serves an in-memory OCI registry on loopback; with user
+// set, only requests with that basic auth get through.
+func startRegistry(t *testing.T, user, password string) string {
+	t.Helper()
+	h := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
+	if user != "" {
+		inner := h
+		h = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if u, p, ok := r.BasicAuth(); !ok || u != user || p != password {
+				w.Header().Set("WWW-Authenticate", `Basic realm="test"`)
+				w.WriteHeader(http.StatusUnauthorized)
+				return
+			}
+			inner.ServeHTTP(w, r)
+		})
+	}
+	srv := httptest.NewServer(h)
+	t.Cleanup(srv.Close)
+	return strings.TrimPrefix(srv.URL, "http://")
+}
+
+func resolveTag(t *testing.T, repo, tag string, opts ...remote.Option) string {
+	t.Helper()
+	ref, err := name.NewTag(repo+":"+tag, name.Insecure)
+	if err != nil {
+		t.Fatal(err)
+	}
+	desc, err := remote.Head(ref, opts...)
+	if err != nil {
+		return ""
+	}
+	return desc.Digest.String()
+}
+
+// nodeforge publish --oci: the containerDisk is pushed, recorded in the
+// published manifest and tagged with the revision's tag and the moving
+// ones.
+func TestPublishPushesAContainerDisk(t *testing.T) {
+	g := NewWithT(t)
+	srv := miniotest.Start(t, miniotest.Config{})
+	useServer(t, srv)
+	repo := startRegistry(t, "", "") + "/nodeforge/demo"
+	image, _ := writeImage(t, t.TempDir(), "")
+
+	var out, log bytes.Buffer
+	err := runPublish(context.Background(), image, publishOptions{to: "s3://images/team", createBucket: true, presignExpiry: time.Hour,
+		ociRepository: repo, ociTags: []string{"stable", "1.37"}, ociInsecure: true}, &out, &log)
+	g.Expect(err).NotTo(HaveOccurred(), log.String())
+	g.Expect(out.String()).To(MatchRegexp(`containerDisk: ` + repo + `@sha256:[0-9a-f]{64}\n`))
+	digest := out.String()[strings.Index(out.String(), "@")+1 : len(out.String())-1]
+	for _, tag := range []string{"r1-" + strings.Repeat("cd", 6), "stable", "1.37"} {
+		g.Expect(resolveTag(t, repo, tag)).To(Equal(digest), tag)
+	}
+	g.Expect(log.String()).To(ContainSubstring("pushed containerDisk"))
+
+	// The published manifest records the containerDisk.
+	pub, _, err := (&buildOptions{to: "s3://images/team"}).publisher(nil, "default")
+	g.Expect(err).NotTo(HaveOccurred())
+	art, err := pub.Lookup(context.Background(), "demo", "sha256:"+strings.Repeat("cd", 32))
+	g.Expect(err).NotTo(HaveOccurred())
+	rc, _, err := pub.Store.Get(context.Background(), art.ManifestKey)
+	g.Expect(err).NotTo(HaveOccurred())
+	m, err := manifest.Decode(rc)
+	rc.Close()
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(m.ContainerDisk).To(Equal(&manifest.ContainerDisk{Repository: repo, Digest: digest}))
+}
+
+func TestOCIOptionErrors(t *testing.T) {
+	g := NewWithT(t)
+	pub := &storage.Publisher{}
+	_, err := (&buildOptions{ociTags: []string{"stable"}}).oci(nil, pub)
+	g.Expect(err).To(MatchError(ContainSubstring("need --oci REPOSITORY")))
+	_, err = (&buildOptions{ociRepository: "127.0.0.1:5000/x"}).oci(nil, nil)
+	g.Expect(err).To(MatchError(ContainSubstring("--oci needs an object store")))
+	_, err = (&buildOptions{ociRepository: "x"}).oci(nil, pub)
+	g.Expect(err).To(MatchError(ContainSubstring("--oci.repository")))
+	_, err = (&buildOptions{ociRepository: "127.0.0.1:5000/x", ociTags: []string{"-bad"}}).oci(nil, pub)
+	g.Expect(err).To(MatchError(ContainSubstring("--oci.tags")))
+	o, err := (&buildOptions{ociRepository: "127.0.0.1:5000/x"}).oci(nil, pub)
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(o.Tags).To(Equal([]string{"latest"}))
+	// The spec's destination, unless --to or --no-publish replace it.
+	spec := &imagev1.DestinationSpec{OCI: &imagev1.OCIDestination{Repository: "127.0.0.1:5000/y", Tags: []string{"stable"}}}
+	o, err = (&buildOptions{}).oci(spec, pub)
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(o.Repository.Name()).To(Equal("127.0.0.1:5000/y"))
+	o, err = (&buildOptions{to: "s3://b"}).oci(spec, pub)
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(o).To(BeNil())
+	g.Expect(revisionTag(3, "sha256:"+strings.Repeat("ab", 32))).To(Equal("r3-abababababab"))
+}
+
+// A builder that finds the spec's artifact published (a retried build, or
+// a spec changed back) pushes it to destination.oci with the push
+// credentials from its Secret and tags it, building nothing; without the
+// Secret's key it fails before anything else.
+func TestRunPushesAReusedArtifact(t *testing.T) {
+	g := NewWithT(t)
+	srv := miniotest.Start(t, miniotest.Config{})
+	repo := startRegistry(t, "robot", "s3cret") + "/team/demo"
+	dir := t.TempDir()
+	dest := func(b *imagev1.NodeImageBuild) {
+		b.Spec.Destination = &imagev1.DestinationSpec{
+			S3: &imagev1.S3Destination{Endpoint: srv.Endpoint(), Bucket: "images",
+				Prefix: "nodes", Insecure: true, CreateBucket: true, CredentialsSecretRef: corev1LocalRef},
+			OCI: &imagev1.OCIDestination{Repository: repo, Tags: []string{"stable"}, Insecure: true,
+				CredentialsSecretRef: &corev1LocalRef},
+		}
+	}
+	spec := writeBuild(t, dir, dest)
+	b, err := readBuild(spec)
+	g.Expect(err).NotTo(HaveOccurred())
+	creds := filepath.Join(dir, "credentials")
+	g.Expect(os.Mkdir(creds, 0o700)).To(Succeed())
+	g.Expect(os.WriteFile(filepath.Join(creds, "accessKeyID"), []byte(srv.AccessKey), 0o600)).To(Succeed())
+	g.Expect(os.WriteFile(filepath.Join(creds, "secretAccessKey"), []byte(srv.SecretKey), 0o600)).To(Succeed())
+
+	// Published earlier, without destination.oci.
+	image, manPath := writeImage(t, t.TempDir(), "")
+	m, err := manifest.Read(manPath)
+	g.Expect(err).NotTo(HaveOccurred())
+	m.Name, m.SpecDigest = "demo", b.Spec.SpecDigest
+	g.Expect(m.Write(manPath)).To(Succeed())
+	pub, _, err := storage.OpenDestination(*b.Spec.Destination.S3, b.Namespace, storage.NewCredentials(srv.AccessKey, srv.SecretKey, ""), nil)
+	g.Expect(err).NotTo(HaveOccurred())
+	m2, raw, err := readManifest(manPath)
+	g.Expect(err).NotTo(HaveOccurred())
+	_, _, err = publishImage(context.Background(), pub, image, m2, raw, nil, time.Hour, &bytes.Buffer{})
+	g.Expect(err).NotTo(HaveOccurred())
+
+	// No push credentials mounted: fails naming the Secret and the key.
+	o := &runOptions{spec: spec, result: filepath.Join(dir, "result"), scratch: filepath.Join(dir, "scratch"),
+		credentialsDir: creds, caDir: dir}
+	var out bytes.Buffer
+	g.Expect(runRun(context.Background(), o, &out, &out)).To(MatchError(errRunFailed))
+	r := readResult(t, o.result)
+	g.Expect(r.Reason).To(Equal(buildresult.ReasonPublishFailed))
+	g.Expect(r.Message).To(ContainSubstring("spec.destination.oci.credentialsSecretRef: Secret creds has no .dockerconfigjson key"))
+
+	auth := base64.StdEncoding.EncodeToString([]byte("robot:s3cret"))
+	g.Expect(os.WriteFile(filepath.Join(creds, buildresult.PushConfigFile),
+		[]byte(`{"auths":{"`+strings.Split(repo, "/")[0]+`":{"auth":"`+auth+`"}}}`), 0o600)).To(Succeed())
+	out.Reset()
+	g.Expect(runRun(context.Background(), o, &out, &out)).To(Succeed(), out.String())
+	r = readResult(t, o.result)
+	g.Expect(r.Artifact.ContainerDisk).To(MatchRegexp(`^` + repo + `@sha256:[0-9a-f]{64}$`))
+	g.Expect(out.String()).To(ContainSubstring("nothing to build"))
+	g.Expect(out.String()).NotTo(ContainSubstring("s3cret"))
+	digest := strings.SplitN(r.Artifact.ContainerDisk, "@", 2)[1]
+	basic := remote.WithAuth(authn.FromConfig(authn.AuthConfig{Username: "robot", Password: "s3cret"}))
+	g.Expect(resolveTag(t, repo, "stable", basic)).To(Equal(digest))
+	g.Expect(resolveTag(t, repo, revisionTag(1, b.Spec.SpecDigest), basic)).To(Equal(digest))
+	g.Expect(resolveTag(t, repo, "stable")).To(BeEmpty(), "the registry lets anonymous requests in")
+	g.Expect(filepath.Join(dir, "scratch", "out")).NotTo(BeADirectory(), "nothing was built")
+}

@@ -1,0 +1,286 @@
+// Package containerdisk publishes a node image to an OCI registry as a
+// KubeVirt containerDisk: a single-layer image whose only file is the qcow2
+// under /disk/, owned by the qemu user (107:107) KubeVirt runs guests as.
+// KubeVirt VMs boot it as a containerDisk volume, Cluster API's KubeVirt
+// provider takes it as a machine template's disk, and CDI imports it into
+// a PVC (a DataVolume with a registry source, or a DataImportCron that
+// polls a tag).
+//
+// A push happens in two phases, so that a consumer following a tag never
+// sees a half-written image: Push uploads the layer, the config and the
+// manifest and addresses the result by its digest only; Tag then points
+// tags at that digest, each a single manifest PUT of bytes the registry
+// already holds. A registry that fails or dies during Push leaves every tag
+// where it was, and the retry uploads what is missing.
+package containerdisk
+
+import (
+	"archive/tar"
+	"compress/gzip"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/docker/cli/cli/config"
+	"github.com/docker/cli/cli/config/configfile"
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+)
+
+// DiskDir is where KubeVirt and CDI look for the disk in the image.
+const DiskDir = "/disk"
+
+// QEMUID is the user and group id KubeVirt's virt-launcher runs QEMU as;
+// the disk belongs to it and is readable by it only (0440).
+const QEMUID = 107
+
+// Image returns the containerDisk of the disk image at diskPath, stored as
+// DiskDir/fileName, for the Debian architecture arch (amd64, arm64). The
+// layer is read from diskPath each time it is needed (digest, upload), not
+// held in memory, and compressed with gzip at its fastest level: a qcow2 is
+// compressed already, and every consumer reads gzip layers.
+func Image(diskPath, fileName, arch string, created time.Time) (v1.Image, error) {
+	if fileName == "" || strings.ContainsRune(fileName, '/') {
+		return nil, fmt.Errorf("disk file name %q: must be a plain file name", fileName)
+	}
+	fi, err := os.Stat(diskPath)
+	if err != nil {
+		return nil, err
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("%s is not a regular file", diskPath)
+	}
+	size, mtime := fi.Size(), created.UTC()
+	opener := func() (io.ReadCloser, error) { return diskTar(diskPath, fileName, size, mtime) }
+	layer, err := tarball.LayerFromOpener(opener,
+		tarball.WithCompressionLevel(gzip.BestSpeed), tarball.WithMediaType(types.OCILayer))
+	if err != nil {
+		return nil, err
+	}
+	base := mutate.MediaType(empty.Image, types.OCIManifestSchema1)
+	base = mutate.ConfigMediaType(base, types.OCIConfigJSON)
+	img, err := mutate.Append(base, mutate.Addendum{
+		Layer:     layer,
+		MediaType: types.OCILayer,
+		History:   v1.History{Created: v1.Time{Time: mtime}, CreatedBy: "nodeforge: " + path.Join(DiskDir, fileName), Comment: "KubeVirt containerDisk"},
+	})
+	if err != nil {
+		return nil, err
+	}
+	cfg, err := img.ConfigFile()
+	if err != nil {
+		return nil, err
+	}
+	cfg = cfg.DeepCopy()
+	cfg.OS, cfg.Architecture, cfg.Created = "linux", arch, v1.Time{Time: mtime}
+	return mutate.ConfigFile(img, cfg)
+}
+
+// diskTar streams a tar of DiskDir and the disk in it. Its bytes depend on
+// the disk's contents, name, size and mtime only, so the layer's digest is
+// the same every time it is made.
+func diskTar(diskPath, fileName string, size int64, mtime time.Time) (io.ReadCloser, error) {
+	f, err := os.Open(diskPath)
+	if err != nil {
+		return nil, err
+	}
+	pr, pw := io.Pipe()
+	go func() {
+		defer f.Close()
+		tw := tar.NewWriter(pw)
+		err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeDir, Name: strings.TrimPrefix(DiskDir, "/") + "/", Mode: 0o555,
+			Uid: QEMUID, Gid: QEMUID, ModTime: mtime, Format: tar.FormatPAX})
+		if err == nil {
+			err = tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: strings.TrimPrefix(path.Join(DiskDir, fileName), "/"), Mode: 0o440,
+				Uid: QEMUID, Gid: QEMUID, Size: size, ModTime: mtime, Format: tar.FormatPAX})
+		}
+		if err == nil {
+			var n int64
+			n, err = io.Copy(tw, f)
+			if err == nil && n != size {
+				err = fmt.Errorf("%s changed while it was read (%d bytes, expected %d)", diskPath, n, size)
+			}
+		}
+		if err == nil {
+			err = tw.Close()
+		}
+		pw.CloseWithError(err)
+	}()
+	return pr, nil
+}
+
+// Target is a repository and how to reach it.
+type Target struct {
+	// Repository is host[:port]/path, without tag or digest.
+	Repository name.Repository
+	// Keychain authenticates to the registry (Anonymous when nil).
+	Keychain authn.Keychain
+	// Transport, when set, replaces the default HTTP transport (a CA
+	// bundle, tests).
+	Transport http.RoundTripper
+}
+
+// ParseRepository parses a repository reference, host[:port]/path, with no
+// tag or digest. insecure allows plain HTTP.
+func ParseRepository(repo string, insecure bool) (name.Repository, error) {
+	opts := []name.Option{name.StrictValidation}
+	if insecure {
+		opts = append(opts, name.Insecure)
+	}
+	if strings.ContainsAny(repo, "@") || strings.Contains(repo[strings.LastIndex(repo, "/")+1:], ":") {
+		return name.Repository{}, fmt.Errorf("repository %q: name the repository only, without a tag or digest", repo)
+	}
+	if !strings.Contains(repo, "/") {
+		return name.Repository{}, fmt.Errorf("repository %q: must start with the registry's host (host[:port]/path)", repo)
+	}
+	r, err := name.NewRepository(repo, opts...)
+	if err != nil {
+		return name.Repository{}, fmt.Errorf("repository %q: %w", repo, err)
+	}
+	return r, nil
+}
+
+// tagPattern is a tag as the OCI distribution specification defines it.
+var tagPattern = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$`)
+
+// ValidateTag reports whether tag is a valid OCI tag.
+func ValidateTag(tag string) error {
+	if !tagPattern.MatchString(tag) {
+		return fmt.Errorf("tag %q: must match %s", tag, tagPattern)
+	}
+	return nil
+}
+
+func (t Target) options(ctx context.Context, progress chan<- v1.Update) []remote.Option {
+	kc := t.Keychain
+	if kc == nil {
+		kc = authn.NewMultiKeychain()
+	}
+	opts := []remote.Option{remote.WithContext(ctx), remote.WithAuthFromKeychain(kc), remote.WithUserAgent("nodeforge")}
+	if t.Transport != nil {
+		opts = append(opts, remote.WithTransport(t.Transport))
+	}
+	if progress != nil {
+		opts = append(opts, remote.WithProgress(progress))
+	}
+	return opts
+}
+
+// CheckPush fails when the target's credentials may not push to its
+// repository: a quick check before minutes of building.
+func (t Target) CheckPush(ctx context.Context) error {
+	kc := t.Keychain
+	if kc == nil {
+		kc = authn.NewMultiKeychain()
+	}
+	tr := t.Transport
+	if tr == nil {
+		tr = remote.DefaultTransport
+	}
+	// CheckPushPermission has no context; a deadline bounds it instead.
+	ref := t.Repository.Tag("nodeforge-check")
+	done := make(chan error, 1)
+	go func() { done <- remote.CheckPushPermission(ref, kc, tr) }()
+	select {
+	case err := <-done:
+		if err != nil {
+			return fmt.Errorf("no push access to %s: %w", t.Repository, err)
+		}
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Push uploads img to the target's repository, addressed by its digest
+// alone: no tag moves. progress, when not nil, receives upload updates
+// and is closed when Push returns.
+func (t Target) Push(ctx context.Context, img v1.Image, progress chan<- v1.Update) (name.Digest, error) {
+	d, err := img.Digest()
+	if err != nil {
+		return name.Digest{}, err
+	}
+	ref := t.Repository.Digest(d.String())
+	if err := remote.Write(ref, img, t.options(ctx, progress)...); err != nil {
+		return name.Digest{}, fmt.Errorf("pushing %s: %w", ref, err)
+	}
+	return ref, nil
+}
+
+// Tag points each tag of the target's repository at the manifest digest,
+// which must have been pushed there. Tags already at it are left alone.
+func (t Target) Tag(ctx context.Context, digest name.Digest, tags ...string) error {
+	opts := t.options(ctx, nil)
+	desc, err := remote.Get(digest, opts...)
+	if err != nil {
+		return fmt.Errorf("reading %s: %w", digest, err)
+	}
+	for _, tag := range tags {
+		ref := t.Repository.Tag(tag)
+		if cur, err := remote.Head(ref, opts...); err == nil && cur.Digest == desc.Digest {
+			continue
+		}
+		if err := remote.Tag(ref, desc, opts...); err != nil {
+			return fmt.Errorf("tagging %s as %s: %w", digest.DigestStr(), ref, err)
+		}
+	}
+	return nil
+}
+
+// Resolve returns the digest a tag of the target's repository points at.
+func (t Target) Resolve(ctx context.Context, tag string) (v1.Hash, error) {
+	desc, err := remote.Head(t.Repository.Tag(tag), t.options(ctx, nil)...)
+	if err != nil {
+		return v1.Hash{}, err
+	}
+	return desc.Digest, nil
+}
+
+// Keychain reads a Docker configuration (a kubernetes.io/dockerconfigjson
+// Secret's .dockerconfigjson, or ~/.docker/config.json): its auths, by
+// registry host. Credential helpers are not run.
+func Keychain(dockerConfig []byte) (authn.Keychain, error) {
+	cf, err := config.LoadFromReader(strings.NewReader(string(dockerConfig)))
+	if err != nil {
+		return nil, fmt.Errorf("not a Docker configuration: %w", err)
+	}
+	if len(cf.AuthConfigs) == 0 {
+		return nil, errors.New("the Docker configuration has no auths")
+	}
+	return dockerKeychain{cf}, nil
+}
+
+type dockerKeychain struct{ cf *configfile.ConfigFile }
+
+func (k dockerKeychain) Resolve(target authn.Resource) (authn.Authenticator, error) {
+	key := target.RegistryStr()
+	if key == name.DefaultRegistry {
+		key = authn.DefaultAuthKey
+	}
+	// Entries may be keyed host, https://host or https://host/v1/.
+	for _, k2 := range []string{key, "https://" + key, "http://" + key, "https://" + key + "/v1/"} {
+		if ac, ok := k.cf.AuthConfigs[k2]; ok {
+			if ac.Username == "" && ac.Password == "" && ac.Auth != "" {
+				// config.LoadFromReader decodes auth; an entry it could not
+				// decode keeps it, and authn decodes it again.
+				return authn.FromConfig(authn.AuthConfig{Auth: ac.Auth}), nil
+			}
+			return authn.FromConfig(authn.AuthConfig{Username: ac.Username, Password: ac.Password,
+				IdentityToken: ac.IdentityToken, RegistryToken: ac.RegistryToken}), nil
+		}
+	}
+	return authn.Anonymous, nil
+}
