@@ -101,9 +101,12 @@ func (r *NodeImageReconciler) checkUpdates(ctx context.Context, st *imageState) 
 		default:
 			live = true
 			r.requeueUntil(st, p.CreationTimestamp.Add(UpdateCheckDeadline))
-			// The Pod waits for its spec until it exists.
-			if err := r.ensureUpdateCheckConfigMap(ctx, st, p); err != nil {
-				return err
+			// A Pending Pod may wait for its spec (a reconcile that created
+			// the Pod failed before the ConfigMap); a started one has it.
+			if p.Status.Phase == corev1.PodPending || p.Status.Phase == "" {
+				if err := r.ensureUpdateCheckConfigMap(ctx, updateCheckInput(st, p.Name), p); err != nil {
+					return err
+				}
 			}
 			continue
 		}
@@ -240,11 +243,13 @@ func (r *NodeImageReconciler) startUpdateCheck(ctx context.Context, st *imageSta
 	default:
 		log.FromContext(ctx).Info("update check started", "pod", name, "specDigest", st.digest)
 	}
-	return r.ensureUpdateCheckConfigMap(ctx, st, pod)
+	return r.ensureUpdateCheckConfigMap(ctx, in, pod)
 }
 
-func (r *NodeImageReconciler) ensureUpdateCheckConfigMap(ctx context.Context, st *imageState, pod *corev1.Pod) error {
-	cm, err := r.UpdateChecks.UpdateCheckConfigMap(updateCheckInput(st, pod.Name), pod)
+// ensureUpdateCheckConfigMap creates the spec ConfigMap (in) of a check
+// Pod unless it exists.
+func (r *NodeImageReconciler) ensureUpdateCheckConfigMap(ctx context.Context, in *imagev1.NodeImageBuild, pod *corev1.Pod) error {
+	cm, err := r.UpdateChecks.UpdateCheckConfigMap(in, pod)
 	if err != nil {
 		return err
 	}
