@@ -3,6 +3,7 @@
 package e2e
 
 import (
+	"archive/tar"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -12,11 +13,14 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"syscall"
 	"time"
 
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
 	corev1 "k8s.io/api/core/v1"
@@ -49,6 +53,8 @@ const (
 	buildTimeout = 25 * time.Minute
 	// credentialsSecret holds the S3 credentials in the test namespace.
 	credentialsSecret = "s3-credentials"
+	// pushSecret holds the registry credentials destination.oci pushes with.
+	pushSecret = "registry-push"
 	// cacheClaim is the PersistentVolumeClaim of the package cache.
 	cacheClaim = "build-cache"
 	// s3Prefix is the key prefix of every artifact the suite publishes.
@@ -435,6 +441,16 @@ var _ = Describe("A NodeImage", Ordered, Label("nodeimage"), func() {
 		ni.Spec.Kubernetes.AptRepository.URL = repo.URL
 		ni.Spec.Kubernetes.AptRepository.SigningKey = imagev1.KeySource{Armored: string(repo.Key)}
 		ni.Spec.Packages = append(ni.Spec.Packages, updatedPackage)
+		// Each image is also pushed as a KubeVirt containerDisk to the
+		// local registry, with push credentials from a dockerconfigjson
+		// Secret (the registry takes any: it checks none).
+		ni.Spec.Destination.OCI = &imagev1.OCIDestination{Repository: st.registry + "/" + ns + "/" + name,
+			Tags: []string{"stable"}, Insecure: true, CredentialsSecretRef: &corev1.LocalObjectReference{Name: pushSecret}}
+		Expect(k8sClient.Create(ctx, &corev1.Secret{
+			ObjectMeta: metav1.ObjectMeta{Name: pushSecret, Namespace: ns},
+			Type:       corev1.SecretTypeDockerConfigJson,
+			StringData: map[string]string{corev1.DockerConfigJsonKey: `{"auths":{"` + st.registry + `":{"username":"e2e","password":"e2e"}}}`},
+		})).To(Succeed())
 	})
 	AfterEach(func() { dumpOnFailure(st, ns) })
 
@@ -484,6 +500,9 @@ var _ = Describe("A NodeImage", Ordered, Label("nodeimage"), func() {
 		Expect(got.Status.Artifact.SpecDigest).To(Equal(got.Status.SpecDigest))
 		m := assertPublished(ctx, pub, s3, name, got.Status.Artifact)
 		firstLayer = m.Base.Layer
+
+		By("the image is in the registry as a containerDisk, tagged stable and with its revision's tag")
+		assertContainerDisk(ctx, ni.Spec.Destination.OCI, got.Status.Artifact, m)
 		Expect(firstLayer).To(MatchRegexp(`^[0-9a-f]{64}$`), "built on a base layer in the cache volume")
 	})
 
@@ -551,6 +570,12 @@ var _ = Describe("A NodeImage", Ordered, Label("nodeimage"), func() {
 		Expect(got.Status.Artifact.SpecDigest).To(Equal(second.Spec.SpecDigest))
 		Expect(got.Status.Artifact.SpecDigest).NotTo(Equal(first.Spec.SpecDigest))
 		m := assertPublished(ctx, pub, s3, name, got.Status.Artifact)
+
+		By("the registry's stable tag moved to the new image; the first revision's tag did not")
+		assertContainerDisk(ctx, ni.Spec.Destination.OCI, got.Status.Artifact, m)
+		Expect(got.Status.Artifact.ContainerDisk).NotTo(Equal(first.Status.Artifact.ContainerDisk))
+		firstTag := fmt.Sprintf("r%d-%s", first.Status.Artifact.Revision, imagev1.DigestHex(first.Status.Artifact.SpecDigest)[:12])
+		Expect(registryTag(ctx, ni.Spec.Destination.OCI, firstTag)).To(Equal(strings.SplitN(first.Status.Artifact.ContainerDisk, "@", 2)[1]))
 
 		By("the base layer the first build cached was reused: only the layer on top was installed")
 		Expect(m.Base.Layer).To(Equal(firstLayer))
@@ -747,6 +772,53 @@ func assertVerified(b *imagev1.NodeImageBuild, booted bool) {
 		Expect(v.Checks).To(ContainElement(And(HaveField("Name", n), HaveField("Category", imagev1.CheckCategoryCluster),
 			HaveField("Passed", true), HaveField("Duration", Not(BeNil())))), "cluster check %s in status", n)
 	}
+}
+
+// assertContainerDisk checks that the artifact's containerDisk is in the
+// OCI destination, recorded in its manifest, and what the destination's
+// tags and the revision's own tag point at, and that it holds the image.
+func assertContainerDisk(ctx context.Context, d *imagev1.OCIDestination, a *imagev1.Artifact, m *manifest.Manifest) {
+	GinkgoHelper()
+	Expect(a.ContainerDisk).To(MatchRegexp(`^` + regexp.QuoteMeta(d.Repository) + `@sha256:[0-9a-f]{64}$`))
+	digest := strings.SplitN(a.ContainerDisk, "@", 2)[1]
+	Expect(m.ContainerDisk).To(Equal(&manifest.ContainerDisk{Repository: d.Repository, Digest: digest}))
+	for _, tag := range append([]string{fmt.Sprintf("r%d-%s", a.Revision, imagev1.DigestHex(a.SpecDigest)[:12])}, d.Tags...) {
+		Expect(registryTag(ctx, d, tag)).To(Equal(digest), "tag %s", tag)
+	}
+	ref, err := name.NewDigest(a.ContainerDisk, name.Insecure)
+	Expect(err).NotTo(HaveOccurred())
+	img, err := remote.Image(ref, remote.WithContext(ctx))
+	Expect(err).NotTo(HaveOccurred())
+	layers, err := img.Layers()
+	Expect(err).NotTo(HaveOccurred())
+	Expect(layers).To(HaveLen(1))
+	rc, err := layers[0].Uncompressed()
+	Expect(err).NotTo(HaveOccurred())
+	defer rc.Close()
+	tr := tar.NewReader(rc)
+	for {
+		h, err := tr.Next()
+		Expect(err).NotTo(HaveOccurred(), "no disk in the containerDisk")
+		if h.Typeflag != tar.TypeReg {
+			continue
+		}
+		Expect(h.Name).To(Equal("disk/" + m.Name + ".qcow2"))
+		sum := sha256.New()
+		_, err = io.Copy(sum, tr)
+		Expect(err).NotTo(HaveOccurred())
+		Expect(hex.EncodeToString(sum.Sum(nil))).To(Equal(a.SHA256))
+		return
+	}
+}
+
+// registryTag is the digest a tag of the OCI destination points at.
+func registryTag(ctx context.Context, d *imagev1.OCIDestination, tag string) string {
+	GinkgoHelper()
+	ref, err := name.NewTag(d.Repository+":"+tag, name.Insecure)
+	Expect(err).NotTo(HaveOccurred())
+	desc, err := remote.Head(ref, remote.WithContext(ctx))
+	Expect(err).NotTo(HaveOccurred(), "tag %s", tag)
+	return desc.Digest.String()
 }
 
 // assertPublished checks the image, its checksum file and its manifest are
