@@ -69,7 +69,7 @@ func TestPublishPushesAContainerDisk(t *testing.T) {
 	srv := miniotest.Start(t, miniotest.Config{})
 	useServer(t, srv)
 	repo := startRegistry(t, "", "") + "/nodeforge/demo"
-	image, _ := writeImage(t, t.TempDir(), "")
+	image, manPath := writeImage(t, t.TempDir(), "")
 
 	var out, log bytes.Buffer
 	err := runPublish(context.Background(), image, publishOptions{to: "s3://images/team", createBucket: true, presignExpiry: time.Hour,
@@ -93,6 +93,9 @@ func TestPublishPushesAContainerDisk(t *testing.T) {
 	rc.Close()
 	g.Expect(err).NotTo(HaveOccurred())
 	g.Expect(m.ContainerDisk).To(Equal(&manifest.ContainerDisk{Repository: repo, Digest: digest}))
+	local, err := manifest.Read(manPath)
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(local.ContainerDisk).To(Equal(m.ContainerDisk), "the local manifest records it too")
 }
 
 func TestOCIOptionErrors(t *testing.T) {

@@ -100,6 +100,10 @@ func runPublish(ctx context.Context, image string, o publishOptions, stdout, std
 		if disk, err = p.pushContainerDisk(ctx, image, m); err != nil {
 			return err
 		}
+		// The manifest file records it too, as a build's does.
+		if err := m.Write(o.manifestPath); err != nil {
+			return err
+		}
 		if raw, err = m.Encode(); err != nil {
 			return err
 		}
