@@ -25,7 +25,9 @@ type DestinationSpec struct {
 
 	// signing signs the published image, its SBOM and its provenance with
 	// a key the platform team holds; the signatures (FILE.sig, as cosign
-	// sign-blob writes them) are published beside them.
+	// sign-blob writes them) are published beside them. With oci, the
+	// containerDisk is signed too, as cosign signs an image (the
+	// sha256-DIGEST.sig tag), before any tag points at it.
 	// +optional
 	Signing *SigningSpec `json:"signing,omitempty"`
 }

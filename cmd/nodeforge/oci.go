@@ -16,6 +16,7 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
 	imagev1 "github.com/nodeforge/nodeforge/api/v1alpha1"
+	"github.com/nodeforge/nodeforge/internal/attest"
 	"github.com/nodeforge/nodeforge/internal/containerdisk"
 	"github.com/nodeforge/nodeforge/internal/manifest"
 	"github.com/nodeforge/nodeforge/internal/storage"
@@ -61,7 +62,8 @@ func revisionTag(revision int, specDigest string) string {
 }
 
 // pushContainerDisk uploads the image at imagePath (described by m) to the
-// OCI destination by digest, moving no tag, and records where in m.
+// OCI destination by digest, moving no tag, signs it there as cosign does
+// when the pipeline signs, and records where in m.
 func (p *pipeline) pushContainerDisk(ctx context.Context, imagePath string, m *manifest.Manifest) (name.Digest, error) {
 	arch := string(m.Content.Base.Architecture)
 	if arch == "" {
@@ -87,6 +89,20 @@ func (p *pipeline) pushContainerDisk(ctx context.Context, imagePath string, m *m
 		return name.Digest{}, err
 	}
 	fmt.Fprintf(p.Stderr, "pushed containerDisk %s in %s\n", ref, time.Since(start).Round(time.Millisecond))
+	if p.Signer != nil {
+		// Before any tag points at it: `cosign verify --key` checks it.
+		payload, err := containerdisk.SignaturePayload(ref)
+		if err != nil {
+			return name.Digest{}, err
+		}
+		sig, err := attest.SignBlob(p.Signer, payload)
+		if err != nil {
+			return name.Digest{}, err
+		}
+		if err := p.OCI.PushSignature(ctx, ref, payload, sig); err != nil {
+			return name.Digest{}, err
+		}
+	}
 	m.ContainerDisk = &manifest.ContainerDisk{Repository: ref.Context().Name(), Digest: ref.DigestStr()}
 	return ref, nil
 }

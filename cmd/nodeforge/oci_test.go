@@ -3,7 +3,13 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/x509"
 	"encoding/base64"
+	"encoding/pem"
 	"io"
 	"log"
 	"net/http"
@@ -22,6 +28,7 @@ import (
 
 	imagev1 "github.com/nodeforge/nodeforge/api/v1alpha1"
 	"github.com/nodeforge/nodeforge/internal/buildresult"
+	"github.com/nodeforge/nodeforge/internal/containerdisk"
 	"github.com/nodeforge/nodeforge/internal/manifest"
 	"github.com/nodeforge/nodeforge/internal/storage"
 	"github.com/nodeforge/nodeforge/internal/storage/miniotest"
@@ -138,6 +145,7 @@ func TestRunPushesAReusedArtifact(t *testing.T) {
 				Prefix: "nodes", Insecure: true, CreateBucket: true, CredentialsSecretRef: corev1LocalRef},
 			OCI: &imagev1.OCIDestination{Repository: repo, Tags: []string{"stable"}, Insecure: true,
 				CredentialsSecretRef: &corev1LocalRef},
+			Signing: &imagev1.SigningSpec{KeySecretRef: corev1LocalRef},
 		}
 	}
 	spec := writeBuild(t, dir, dest)
@@ -147,6 +155,11 @@ func TestRunPushesAReusedArtifact(t *testing.T) {
 	g.Expect(os.Mkdir(creds, 0o700)).To(Succeed())
 	g.Expect(os.WriteFile(filepath.Join(creds, "accessKeyID"), []byte(srv.AccessKey), 0o600)).To(Succeed())
 	g.Expect(os.WriteFile(filepath.Join(creds, "secretAccessKey"), []byte(srv.SecretKey), 0o600)).To(Succeed())
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	g.Expect(err).NotTo(HaveOccurred())
+	der, err := x509.MarshalECPrivateKey(key)
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(os.WriteFile(filepath.Join(creds, buildresult.SigningKeyFile), pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: der}), 0o600)).To(Succeed())
 
 	// Published earlier, without destination.oci.
 	image, manPath := writeImage(t, t.TempDir(), "")
@@ -184,5 +197,25 @@ func TestRunPushesAReusedArtifact(t *testing.T) {
 	g.Expect(resolveTag(t, repo, "stable", basic)).To(Equal(digest))
 	g.Expect(resolveTag(t, repo, revisionTag(1, b.Spec.SpecDigest), basic)).To(Equal(digest))
 	g.Expect(resolveTag(t, repo, "stable")).To(BeEmpty(), "the registry lets anonymous requests in")
+
+	// Signed as cosign signs an image: the payload names the digest and
+	// verifies with the public key.
+	sigRef, err := name.NewTag(repo+":"+containerdisk.SignatureTag(digest), name.Insecure)
+	g.Expect(err).NotTo(HaveOccurred())
+	sigImg, err := remote.Image(sigRef, basic)
+	g.Expect(err).NotTo(HaveOccurred())
+	sm, err := sigImg.Manifest()
+	g.Expect(err).NotTo(HaveOccurred())
+	layers, err := sigImg.Layers()
+	g.Expect(err).NotTo(HaveOccurred())
+	lr, err := layers[0].Compressed()
+	g.Expect(err).NotTo(HaveOccurred())
+	payload, _ := io.ReadAll(lr)
+	lr.Close()
+	g.Expect(string(payload)).To(ContainSubstring(`"docker-manifest-digest":"` + digest + `"`))
+	sig, err := base64.StdEncoding.DecodeString(sm.Layers[0].Annotations[containerdisk.SignatureAnnotation])
+	g.Expect(err).NotTo(HaveOccurred())
+	sum := sha256.Sum256(payload)
+	g.Expect(ecdsa.VerifyASN1(&key.PublicKey, sum[:], sig)).To(BeTrue(), "the signature does not verify")
 	g.Expect(filepath.Join(dir, "scratch", "out")).NotTo(BeADirectory(), "nothing was built")
 }

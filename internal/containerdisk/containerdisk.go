@@ -18,6 +18,7 @@ import (
 	"archive/tar"
 	"compress/gzip"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -36,6 +37,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/static"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 )
@@ -236,6 +238,66 @@ func (t Target) Tag(ctx context.Context, digest name.Digest, tags ...string) err
 		if err := remote.Tag(ref, desc, opts...); err != nil {
 			return fmt.Errorf("tagging %s as %s: %w", digest.DigestStr(), ref, err)
 		}
+	}
+	return nil
+}
+
+// Signatures are stored as cosign stores them, so that `cosign verify
+// --key cosign.pub REPOSITORY@DIGEST` finds and checks them.
+const (
+	// SignatureMediaType is the media type of a signature image's layer:
+	// the signed payload itself.
+	SignatureMediaType types.MediaType = "application/vnd.dev.cosign.simplesigning.v1+json"
+	// SignatureAnnotation is the layer annotation that holds the
+	// signature, base64.
+	SignatureAnnotation = "dev.cosignproject.cosign/signature"
+	// signatureType is the payload's critical.type.
+	signatureType = "cosign container image signature"
+)
+
+// SignaturePayload is what a signature of the image at ref signs: a
+// "simple signing" document (the containers-signature JSON format) naming
+// the repository and the manifest digest.
+func SignaturePayload(ref name.Digest) ([]byte, error) {
+	var doc struct {
+		Critical struct {
+			Identity struct {
+				DockerReference string `json:"docker-reference"`
+			} `json:"identity"`
+			Image struct {
+				DockerManifestDigest string `json:"docker-manifest-digest"`
+			} `json:"image"`
+			Type string `json:"type"`
+		} `json:"critical"`
+		Optional map[string]string `json:"optional"`
+	}
+	doc.Critical.Identity.DockerReference = ref.Context().Name()
+	doc.Critical.Image.DockerManifestDigest = ref.DigestStr()
+	doc.Critical.Type = signatureType
+	return json.Marshal(doc)
+}
+
+// SignatureTag is the tag under which cosign looks for the signatures of
+// the manifest digest: sha256-HEX.sig.
+func SignatureTag(digest string) string {
+	return strings.Replace(digest, ":", "-", 1) + ".sig"
+}
+
+// PushSignature stores signature (base64, over payload, which names ref)
+// in the target's repository at ref's SignatureTag: an image whose one
+// layer is payload, with the signature in its SignatureAnnotation. An
+// earlier signature image at that tag is replaced.
+func (t Target) PushSignature(ctx context.Context, ref name.Digest, payload, signature []byte) error {
+	layer := static.NewLayer(payload, SignatureMediaType)
+	base := mutate.MediaType(empty.Image, types.OCIManifestSchema1)
+	base = mutate.ConfigMediaType(base, types.OCIConfigJSON)
+	img, err := mutate.Append(base, mutate.Addendum{Layer: layer, Annotations: map[string]string{SignatureAnnotation: string(signature)}})
+	if err != nil {
+		return err
+	}
+	tag := t.Repository.Tag(SignatureTag(ref.DigestStr()))
+	if err := remote.Write(tag, img, t.options(ctx, nil)...); err != nil {
+		return fmt.Errorf("pushing the signature of %s: %w", ref.DigestStr(), err)
 	}
 	return nil
 }

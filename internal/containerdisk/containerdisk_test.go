@@ -4,8 +4,13 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"io"
 	"log"
@@ -23,6 +28,9 @@ import (
 	"github.com/google/go-containerregistry/pkg/registry"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	. "github.com/onsi/gomega"
+	"github.com/sigstore/sigstore/pkg/cryptoutils"
+	"github.com/sigstore/sigstore/pkg/signature"
+	sigpayload "github.com/sigstore/sigstore/pkg/signature/payload"
 )
 
 func writeDisk(t *testing.T, size int) (string, []byte) {
@@ -258,4 +266,61 @@ func TestKeychain(t *testing.T) {
 	g.Expect(err).To(MatchError(ContainSubstring("no auths")))
 	_, err = Keychain([]byte(`not json`))
 	g.Expect(err).To(MatchError(ContainSubstring("not a Docker configuration")))
+}
+
+// A signature is stored where cosign looks for it (sha256-HEX.sig) in the
+// form cosign writes, and sigstore's verifier and payload parser accept it
+// for the signed digest.
+func TestPushSignatureAsCosignDoes(t *testing.T) {
+	g := NewWithT(t)
+	ctx := context.Background()
+	host := startRegistry(t, nil)
+	repo, _ := ParseRepository(host+"/nodeforge/cloud-base", true)
+	target := Target{Repository: repo}
+	disk, _ := writeDisk(t, 64<<10)
+	img, _ := Image(disk, "cloud-base.qcow2", "amd64", created)
+	ref, err := target.Push(ctx, img, nil)
+	g.Expect(err).NotTo(HaveOccurred())
+
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	g.Expect(err).NotTo(HaveOccurred())
+	payload, err := SignaturePayload(ref)
+	g.Expect(err).NotTo(HaveOccurred())
+	sum := sha256.Sum256(payload)
+	raw, err := key.Sign(rand.Reader, sum[:], crypto.SHA256)
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(target.PushSignature(ctx, ref, payload, []byte(base64.StdEncoding.EncodeToString(raw)))).To(Succeed())
+
+	g.Expect(SignatureTag(ref.DigestStr())).To(MatchRegexp(`^sha256-[0-9a-f]{64}\.sig$`))
+	sigImg, err := remote.Image(repo.Tag(SignatureTag(ref.DigestStr())))
+	g.Expect(err).NotTo(HaveOccurred())
+	m, err := sigImg.Manifest()
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(m.Layers).To(HaveLen(1))
+	g.Expect(m.Layers[0].MediaType).To(Equal(SignatureMediaType))
+	sigB64 := m.Layers[0].Annotations[SignatureAnnotation]
+	layers, _ := sigImg.Layers()
+	rc, err := layers[0].Compressed()
+	g.Expect(err).NotTo(HaveOccurred())
+	stored, _ := io.ReadAll(rc)
+	rc.Close()
+
+	// sigstore checks the signature over the stored payload...
+	sig, err := base64.StdEncoding.DecodeString(sigB64)
+	g.Expect(err).NotTo(HaveOccurred())
+	pemPub, err := cryptoutils.MarshalPublicKeyToPEM(key.Public())
+	g.Expect(err).NotTo(HaveOccurred())
+	pub, err := cryptoutils.UnmarshalPEMToPublicKey(pemPub)
+	g.Expect(err).NotTo(HaveOccurred())
+	v, err := signature.LoadVerifier(pub, crypto.SHA256)
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(v.VerifySignature(bytes.NewReader(sig), bytes.NewReader(stored))).To(Succeed())
+	// ...which names the pushed image.
+	var p sigpayload.Cosign
+	g.Expect(json.Unmarshal(stored, &p)).To(Succeed())
+	g.Expect(p.Image.DigestStr()).To(Equal(ref.DigestStr()))
+	g.Expect(p.Image.Context().Name()).To(Equal(repo.Name()))
+	// A signature over another payload fails.
+	other, _ := SignaturePayload(repo.Digest("sha256:" + strings.Repeat("0", 64)))
+	g.Expect(v.VerifySignature(bytes.NewReader(sig), bytes.NewReader(other))).NotTo(Succeed())
 }
