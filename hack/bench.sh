@@ -9,7 +9,9 @@
 #      checks: QEMU start to node Ready after kubeadm init
 #   3. the size the preloaded control-plane images add (the sample built
 #      again without kubernetes.images, on the cached base layer)
-#   4. upload of 1 GiB to a local MinIO (default and --no-compat) and to
+#   4. the push of the built image as a KubeVirt containerDisk to a local
+#      Distribution registry (destination.oci; BenchmarkPushContainerDisk)
+#   5. upload of 1 GiB to a local MinIO (default and --no-compat) and to
 #      versitygw, next to cp of the same file and to bare HTTP PUTs on
 #      127.0.0.1 (BenchmarkUpload1GiB in internal/storage)
 set -euo pipefail
@@ -74,6 +76,11 @@ echo "|---|---|"
 echo "| with the control-plane images | $((with / 1048576)) MiB |"
 echo "| without (kubernetes.images removed) | $((without / 1048576)) MiB |"
 echo "| added (goal ≤ 120 MiB) | $(((with - without) / 1048576)) MiB |"
+echo
+
+echo "## containerDisk push (the built image, to a Distribution registry on 127.0.0.1)"
+hack/tools.sh registry >/dev/null
+NODEFORGE_BENCH_DISK=$image NODEFORGE_REQUIRE_INTEGRATION=1 go test ./test/integration -run '^$' -bench PushContainerDisk -benchtime 3x -timeout 30m | grep -E '^Benchmark' || true
 echo
 
 echo "## Upload to S3 (1 GiB)"

@@ -45,7 +45,7 @@ import (
 
 const buildSample = "config/samples/image_v1alpha1_nodeimage_cloudbase.yaml"
 
-func buildUnavailable(t *testing.T, format string, args ...any) {
+func buildUnavailable(t testing.TB, format string, args ...any) {
 	t.Helper()
 	msg := fmt.Sprintf(format, args...)
 	if os.Getenv("NODEFORGE_REQUIRE_INTEGRATION") == "1" {

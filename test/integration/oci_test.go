@@ -39,7 +39,7 @@ import (
 
 // authRegistry is a Distribution registry on 127.0.0.1 with htpasswd auth.
 type authRegistry struct {
-	t          *testing.T
+	t          testing.TB
 	bin, dir   string
 	addr       string
 	user, pass string
@@ -48,7 +48,7 @@ type authRegistry struct {
 }
 
 // startAuthRegistry starts the registry for as long as t runs.
-func startAuthRegistry(t *testing.T, root string) *authRegistry {
+func startAuthRegistry(t testing.TB, root string) *authRegistry {
 	t.Helper()
 	out, err := buildExec(context.Background(), []string{"NODEFORGE_CACHE=" + buildCacheRoot()}, filepath.Join(root, "hack", "tools.sh"), "path", "registry")
 	if err != nil {
@@ -251,4 +251,64 @@ func TestPushContainerDiskToARealRegistry(t *testing.T) {
 	// Anonymous pulls are refused too: the credentials were what worked.
 	_, err = remote.Head(repo.Tag("stable"), remote.WithContext(ctx), remote.WithAuth(authn.Anonymous))
 	g.Expect(err).To(HaveOccurred())
+}
+
+// BenchmarkPushContainerDisk pushes a disk (NODEFORGE_BENCH_DISK, as
+// make bench sets it to the built cloud-base image; else 512 MiB of random
+// bytes) as a containerDisk to the Distribution registry on 127.0.0.1:
+// what destination.oci adds to a publish (the layer's gzip, once for its
+// digest and once for the upload, and the upload).
+func BenchmarkPushContainerDisk(b *testing.B) {
+	reg := startAuthRegistry(b, benchRepoRoot(b))
+	ctx := context.Background()
+	diskPath := os.Getenv("NODEFORGE_BENCH_DISK")
+	if diskPath == "" {
+		diskPath = filepath.Join(b.TempDir(), "disk.qcow2")
+		f, err := os.Create(diskPath)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, err := io.CopyN(f, rand.Reader, 512<<20); err != nil {
+			b.Fatal(err)
+		}
+		f.Close()
+	}
+	fi, err := os.Stat(diskPath)
+	if err != nil {
+		b.Fatal(err)
+	}
+	kc, err := containerdisk.Keychain(reg.dockerConfig())
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.SetBytes(fi.Size())
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		// A repository per round: nothing is there yet, as for a new image.
+		repo, err := containerdisk.ParseRepository(fmt.Sprintf("%s/bench/disk-%d", reg.addr, i), true)
+		if err != nil {
+			b.Fatal(err)
+		}
+		target := containerdisk.Target{Repository: repo, Keychain: kc}
+		img, err := containerdisk.Image(diskPath, "disk.qcow2", "amd64", time.Now())
+		if err != nil {
+			b.Fatal(err)
+		}
+		ref, err := target.Push(ctx, img, nil)
+		if err == nil {
+			err = target.Tag(ctx, ref, "stable")
+		}
+		if err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// benchRepoRoot is the module root, for a benchmark.
+func benchRepoRoot(b *testing.B) string {
+	wd, err := os.Getwd()
+	if err != nil {
+		b.Fatal(err)
+	}
+	return filepath.Clean(filepath.Join(wd, "..", ".."))
 }
