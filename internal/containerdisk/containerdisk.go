@@ -192,7 +192,7 @@ func (t Target) CheckPush(ctx context.Context) error {
 	if tr == nil {
 		tr = remote.DefaultTransport
 	}
-	// CheckPushPermission has no context; a deadline bounds it instead.
+	// CheckPushPermission takes no context: ctx bounds the wait for it.
 	ref := t.Repository.Tag("nodeforge-check")
 	done := make(chan error, 1)
 	go func() { done <- remote.CheckPushPermission(ref, kc, tr) }()
@@ -213,6 +213,9 @@ func (t Target) CheckPush(ctx context.Context) error {
 func (t Target) Push(ctx context.Context, img v1.Image, progress chan<- v1.Update) (name.Digest, error) {
 	d, err := img.Digest()
 	if err != nil {
+		if progress != nil {
+			close(progress)
+		}
 		return name.Digest{}, err
 	}
 	ref := t.Repository.Digest(d.String())
