@@ -39,6 +39,9 @@ func (b *build) resolve(ctx context.Context, p *ResolveParams) error {
 			return errNoAnsible
 		}
 	}
+	if err := ensureBinfmt(p.Architecture); err != nil {
+		return err
+	}
 	if err := os.MkdirAll(b.aptDir, 0o755); err != nil {
 		return err
 	}
@@ -82,6 +85,7 @@ cat "$1"/etc/apt/sources.list > %s 2>/dev/null || true
 	}
 
 	args := []string{"--mode=root", "--variant=custom", "--format=null", "--skip=check/empty"}
+	args = append(args, architectureArgs(p.Architecture)...)
 	args = append(args, b.sourceHooks(p.Sources)...)
 	args = append(args, "--setup-hook="+b.listsSyncIn(), "--extract-hook="+hook)
 	args = append(args, p.Release, "/dev/null")
