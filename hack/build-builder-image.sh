@@ -21,7 +21,7 @@ cache=${NODEFORGE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/nodeforge}
 TAG=${IMG:-nodeforge-builder:dev}
 
 # Keep in sync with builder-image/Containerfile.
-BUILDER_PACKAGES=ansible,containerd,mmdebstrap,e2fsprogs,fdisk,dosfstools,mtools,grub-pc-bin,grub-efi-amd64-bin,qemu-utils,qemu-system-x86,ovmf,cloud-image-utils,ca-certificates,gpg,gpgv,util-linux,mount
+BUILDER_PACKAGES=ansible,containerd,mmdebstrap,e2fsprogs,fdisk,dosfstools,mtools,grub-pc-bin,grub-efi-amd64-bin,qemu-utils,qemu-system-x86,ovmf,cloud-image-utils,qemu-user-static,arch-test,qemu-system-arm,qemu-efi-aarch64,ca-certificates,gpg,gpgv,util-linux,mount
 
 log() { printf '[builder-image] %s\n' "$*" >&2; }
 die() {

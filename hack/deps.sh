@@ -13,6 +13,9 @@ packages=(
 	ansible
 	# verification and boot tests (internal/verify)
 	qemu-utils qemu-system-x86 ovmf cloud-image-utils openssh-client
+	# arm64 images: the build under emulation (binfmt_misc), the boot
+	# under qemu-system-aarch64 with AAVMF (make image-arm64)
+	qemu-user-static arch-test qemu-system-arm qemu-efi-aarch64
 	# the offline Kubernetes apt repository (hack/k8s-apt-repo.sh)
 	dpkg-dev apt-utils gnupg
 )
