@@ -37,7 +37,7 @@ command -v go >/dev/null 2>&1 || die "Go is required (to build nodeforge)"
 # The builder's tools (hack/deps.sh), with the arm64 ones among them:
 # qemu-user-static and arch-test for the build, qemu-system-arm and
 # qemu-efi-aarch64 (AAVMF) for the boot test.
-"$here/deps.sh"
+"$here/deps.sh" arm64
 
 mkdir -p "$out" bin
 log "building bin/nodeforge"

@@ -116,7 +116,7 @@ func bootTest(ctx context.Context, r *Report, sel selector, image string, c *ima
 		accel = AccelTCG
 		if guest := c.Base.Architecture; guest != "" && guest != arch.Host() {
 			// KVM runs guests of the host's architecture only.
-			r.AcceleratorNote = fmt.Sprintf("KVM not used: a %s guest on a %s host is emulated", guest, arch.Host())
+			r.AcceleratorNote = fmt.Sprintf("KVM not used: the guest is %s, the host %s (emulated)", guest, arch.Host())
 		} else if ok, why := ProbeKVM(ctx); ok {
 			accel = AccelKVM
 		} else {
