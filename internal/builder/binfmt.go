@@ -71,8 +71,8 @@ func ensureBinfmt(name string) error {
 		return inputErrorf("%v", err)
 	}
 	handler := filepath.Join(binfmtDir, a.Binfmt)
-	if st, err := readBinfmt(handler); err == nil {
-		return st
+	if ok, err := handlerState(handler); ok {
+		return err
 	}
 	if _, err := os.Stat(filepath.Join(binfmtDir, "register")); err != nil {
 		if err := mountBinfmt(binfmtDir); err != nil {
@@ -80,8 +80,8 @@ func ensureBinfmt(name string) error {
 				name, hostArch(), binfmtDir, err, binfmtDir)
 		}
 	}
-	if st, err := readBinfmt(handler); err == nil {
-		return st
+	if ok, err := handlerState(handler); ok {
+		return err
 	}
 	line, conf, err := binfmtRegistration(a.Binfmt)
 	if err != nil {
@@ -92,39 +92,39 @@ func ensureBinfmt(name string) error {
 	}
 	if err := os.WriteFile(filepath.Join(binfmtDir, "register"), []byte(line), 0o200); err != nil {
 		// Another build may have registered it meanwhile.
-		if st, rerr := readBinfmt(handler); rerr == nil {
-			return st
+		if ok, herr := handlerState(handler); ok {
+			return herr
 		}
 		return fmt.Errorf("registering %s from %s in %s: %w", a.Binfmt, conf, binfmtDir, err)
 	}
-	st, err := readBinfmt(handler)
-	if err != nil {
-		return fmt.Errorf("registered %s from %s, but: %w", a.Binfmt, conf, err)
+	ok, err := handlerState(handler)
+	if !ok {
+		return fmt.Errorf("registered %s from %s, but %s does not show it", a.Binfmt, conf, handler)
 	}
-	return st
+	return err
 }
 
-// readBinfmt reads a registered handler. The returned error is nil when
-// the handler is missing; the status is an error when it exists but
-// cannot serve a chroot (disabled, or without the F flag).
-func readBinfmt(path string) (status error, err error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return nil, err
+// handlerState reads the handler at path: registered is false when there
+// is none; err says why a registered one cannot serve a chroot (disabled,
+// or without the F flag).
+func handlerState(path string) (registered bool, err error) {
+	b, rerr := os.ReadFile(path)
+	if rerr != nil {
+		return false, nil
 	}
 	s := string(b)
 	if !strings.HasPrefix(s, "enabled") {
-		return fmt.Errorf("the binfmt_misc handler %s is disabled (echo 1 > %s)", path, path), nil
+		return true, fmt.Errorf("the binfmt_misc handler %s is disabled (echo 1 > %s)", path, path)
 	}
 	for _, l := range strings.Split(s, "\n") {
 		if f, ok := strings.CutPrefix(l, "flags: "); ok {
 			if !strings.Contains(f, "F") {
-				return fmt.Errorf("the binfmt_misc handler %s lacks the F (fix binary) flag: QEMU is not found inside the image's chroot; register it with F (qemu-user-static's registration does)", path), nil
+				return true, fmt.Errorf("the binfmt_misc handler %s lacks the F (fix binary) flag: QEMU is not found inside the image's chroot; register it with F (qemu-user-static's registration does)", path)
 			}
-			return nil, nil
+			return true, nil
 		}
 	}
-	return errors.New("the binfmt_misc handler " + path + " shows no flags"), nil
+	return true, errors.New("the binfmt_misc handler " + path + " shows no flags")
 }
 
 // binfmtRegistration finds handler's registration line in binfmtConfDirs
