@@ -76,8 +76,8 @@ func ensureBinfmt(name string) error {
 	}
 	if _, err := os.Stat(filepath.Join(binfmtDir, "register")); err != nil {
 		if err := mountBinfmt(binfmtDir); err != nil {
-			return fmt.Errorf("building a %s image on %s needs binfmt_misc: mounting it on %s failed (%v); mount it on the build host (mount -t binfmt_misc binfmt_misc %s)",
-				name, hostArch(), binfmtDir, err, binfmtDir)
+			return fmt.Errorf("building a %s image on %s needs binfmt_misc; mount it on the build host (mount -t binfmt_misc binfmt_misc %s): mounting it on %s failed: %w",
+				name, hostArch(), binfmtDir, binfmtDir, err)
 		}
 	}
 	if ok, err := handlerState(handler); ok {
