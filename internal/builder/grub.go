@@ -32,20 +32,20 @@ import (
 var GrubDir = "/usr/lib/grub"
 
 // grubPlatformDir is the directory of platform's modules: the host's, else
-// the tree's.
-func (b *build) grubPlatformDir(platform string) (string, error) {
+// the tree's (inTree).
+func (b *build) grubPlatformDir(platform string) (dir string, inTree bool, err error) {
 	host := filepath.Join(GrubDir, platform)
 	if _, err := os.Stat(host); err == nil {
-		return host, nil
+		return host, false, nil
 	}
 	tree, err := inRoot(b.root, "/usr/lib/grub/"+platform, false)
 	if err != nil {
-		return "", err
+		return "", false, err
 	}
 	if _, err := os.Stat(filepath.Join(tree, "kernel.img")); err != nil {
-		return "", fmt.Errorf("GRUB's %s modules are neither in %s nor in the image (install the platform's GRUB package on the builder or in the image)", platform, host)
+		return "", false, fmt.Errorf("GRUB's %s modules are neither in %s nor in the image (install the platform's GRUB package on the builder or in the image)", platform, host)
 	}
-	return tree, nil
+	return tree, true, nil
 }
 
 var (
@@ -114,12 +114,18 @@ func (b *build) grubImage(ctx context.Context, platform, out, rootUUID string, m
 	if err := os.WriteFile(early, []byte(grubEarlyConfig(rootUUID)), 0o644); err != nil {
 		return err
 	}
-	dir, err := b.grubPlatformDir(platform)
+	dir, inTree, err := b.grubPlatformDir(platform)
 	if err != nil {
 		return err
 	}
-	args := []string{"-O", platform, "-d", dir, "-o", out, "-c", early, "-p", "/boot/grub"}
-	return b.runner.Run(ctx, Command{Name: "grub-mkimage", Args: append(args, modules...)})
+	args := append([]string{"grub-mkimage", "-O", platform, "-d", dir, "-o", out, "-c", early, "-p", "/boot/grub"}, modules...)
+	if inTree {
+		// The modules are the image's: a link among them must not make
+		// grub-mkimage pack a builder file (a credential) into the
+		// ESP, so it runs where the builder's secrets are hidden.
+		return b.runner.Run(ctx, b.onTree(nil, []string{b.work}, args...))
+	}
+	return b.runner.Run(ctx, Command{Name: args[0], Args: args[1:]})
 }
 
 func (b *build) installGrubBIOS(ctx context.Context, a arch.Arch, l Layout, rootUUID string) error {
@@ -131,11 +137,17 @@ func (b *build) installGrubBIOS(ctx context.Context, a arch.Arch, l Layout, root
 	if err != nil {
 		return err
 	}
-	dir, err := b.grubPlatformDir(a.GrubBIOS)
+	dir, inTree, err := b.grubPlatformDir(a.GrubBIOS)
 	if err != nil {
 		return err
 	}
-	bootImg, err := os.ReadFile(filepath.Join(dir, "boot.img"))
+	bootPath := filepath.Join(dir, "boot.img")
+	if inTree {
+		if bootPath, err = inRoot(b.root, "/usr/lib/grub/"+a.GrubBIOS+"/boot.img", false); err != nil {
+			return err
+		}
+	}
+	bootImg, err := os.ReadFile(bootPath)
 	if err != nil {
 		return err
 	}
