@@ -74,6 +74,12 @@ test: ## Run all tests: unit, envtest against a real API server, integration.
 bench: ## Measure build time, image size, boot verification and upload speed (docs/benchmarks.md).
 	hack/bench.sh
 
+.PHONY: test-arm64
+test-arm64: ## Build the arm64 sample, verify it offline and by a TCG boot (not in CI: emulated, slow); ARM64_BOOT=0 skips the boot.
+	hack/deps.sh arm64
+	NODEFORGE_ARM64=1 NODEFORGE_ARM64_BOOT=$(or $(ARM64_BOOT),1) NODEFORGE_REQUIRE_INTEGRATION=1 \
+		go test ./test/integration -run '^TestBuildAndVerifyARM64Image$$' -count=1 -timeout 90m -v
+
 .PHONY: test-unit
 test-unit: ## Run unit tests only (no API server, no network).
 	go test ./... -short
@@ -88,6 +94,10 @@ build: ## Build the manager and CLI into bin/.
 .PHONY: image
 image: ## Build and verify the sample node image locally into out/.
 	hack/image.sh
+
+.PHONY: image-arm64
+image-arm64: ## Build and verify the minimal arm64 sample locally into out/ (qemu-user-static, AAVMF; TCG boot).
+	hack/image-arm64.sh
 
 ##@ End to end
 

@@ -11,7 +11,10 @@
 #      again without kubernetes.images, on the cached base layer)
 #   4. the push of the built image as a KubeVirt containerDisk to a local
 #      Distribution registry (destination.oci; BenchmarkPushContainerDisk)
-#   5. upload of 1 GiB to a local MinIO (default and --no-compat) and to
+#   5. the arm64 sample: build (emulated through qemu-user-static) and
+#      verification with a boot under qemu-system-aarch64 (BENCH_ARM64=0
+#      skips it)
+#   6. upload of 1 GiB to a local MinIO (default and --no-compat) and to
 #      versitygw, next to cp of the same file and to bare HTTP PUTs on
 #      127.0.0.1 (BenchmarkUpload1GiB in internal/storage)
 set -euo pipefail
@@ -81,6 +84,50 @@ echo
 echo "## containerDisk push (the built image, to a Distribution registry on 127.0.0.1)"
 hack/tools.sh registry >/dev/null
 NODEFORGE_BENCH_DISK=$image NODEFORGE_REQUIRE_INTEGRATION=1 go test ./test/integration -run '^$' -bench PushContainerDisk -benchtime 3x -timeout 30m | grep -E '^Benchmark' || true
+echo
+
+echo "## arm64 image (minimal-arm64 sample, emulated on this host)"
+# The arm64 sample built with the shared package cache (its base layer
+# cached after the first run) and verified offline and by a boot under
+# qemu-system-aarch64 (TCG on an amd64 host). BENCH_ARM64=0 skips it.
+if [ "${BENCH_ARM64:-1}" = 1 ]; then
+	hack/deps.sh arm64
+	arm=$bench/arm64
+	rm -rf "$arm"
+	mkdir -p "$arm"
+	arm_spec=config/samples/image_v1alpha1_nodeimage_minimal_arm64.yaml
+	t0=$(date +%s.%N)
+	"$bench/nodeforge" build -f "$arm_spec" -o "$arm" --no-publish --no-verify --progress plain \
+		--cache-dir "$NODEFORGE_CACHE/apt-archives" >"$arm/build.log" 2>&1 || {
+		tail -n 30 "$arm/build.log" >&2
+		exit 1
+	}
+	t1=$(date +%s.%N)
+	"$bench/nodeforge" verify "$arm/minimal-arm64.qcow2" -f "$arm_spec" --boot --json "$arm/verify.json" -q >/dev/null || true
+	t2=$(date +%s.%N)
+	python3 - "$arm/minimal-arm64.json" "$arm/verify.json" "$t0" "$t1" "$t2" "$arm/minimal-arm64.qcow2" <<'PY'
+import json, os, sys
+m = json.load(open(sys.argv[1]))
+r = json.load(open(sys.argv[2]))
+t0, t1, t2 = map(float, sys.argv[3:6])
+base = m["base"]
+layer = "reused" if base.get("layerReused") else ("built" if base.get("layer") else "none")
+print("| measure | value |")
+print("|---|---|")
+print(f"| build (no verify), base layer {layer} | {t1 - t0:.0f} s |")
+for s in m["steps"]:
+    print(f"| &nbsp;&nbsp;{s['name']} | {s['durationSeconds']:.0f} s |")
+print(f"| packages | {len(m['packages'])} |")
+print(f"| qcow2 (zstd) | {os.path.getsize(sys.argv[6]) // 1048576} MiB |")
+print(f"| verify (offline + boot), {r.get('accelerator')} | {t2 - t1:.0f} s |")
+print(f"| QEMU start → SSH | {r.get('timeToSSHSeconds', 0):.0f} s |")
+print(f"| QEMU start → cloud-init done | {r.get('timeToCloudInitSeconds', 0):.0f} s |")
+s = r["summary"]
+print(f"| checks | {s['passed']} passed, {s['failed']} failed, {s['skipped']} skipped |")
+PY
+else
+	echo "skipped (BENCH_ARM64=0)"
+fi
 echo
 
 echo "## Upload to S3 (1 GiB)"

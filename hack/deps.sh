@@ -2,6 +2,11 @@
 # Installs the Debian packages nodeforge's build, verification and tests use,
 # when any is missing. Idempotent; needs root (or sudo) only when something
 # is missing.
+#
+#   hack/deps.sh          what make test, make image and CI need
+#   hack/deps.sh arm64    also what arm64 images need (make image-arm64,
+#                         make test-arm64): about 680 MB installed, so CI,
+#                         which does not build arm64 images, skips it
 set -euo pipefail
 
 packages=(
@@ -16,6 +21,11 @@ packages=(
 	# the offline Kubernetes apt repository (hack/k8s-apt-repo.sh)
 	dpkg-dev apt-utils gnupg
 )
+if [ "${1:-}" = arm64 ]; then
+	# arm64 images: the build under emulation (binfmt_misc), the boot
+	# under qemu-system-aarch64 with AAVMF.
+	packages+=(qemu-user-static arch-test qemu-system-arm qemu-efi-aarch64)
+fi
 
 missing=()
 for p in "${packages[@]}"; do

@@ -75,7 +75,9 @@ const (
 	InvalidSpecReason = "InvalidSpec"
 
 	// UnsupportedArchitectureReason: the requested architecture is accepted
-	// by the schema but not built yet.
+	// by the schema but not built yet. Every architecture the schema
+	// accepts today (amd64, arm64) is built; the reason stays for a future
+	// one.
 	UnsupportedArchitectureReason = "UnsupportedArchitecture"
 
 	// SuspendedReason: spec.suspend is true; no new build starts. On Ready

@@ -124,8 +124,10 @@ type Architecture string
 const (
 	// ArchitectureAMD64 is x86-64.
 	ArchitectureAMD64 Architecture = "amd64"
-	// ArchitectureARM64 is 64-bit ARM. The schema accepts it; builds are
-	// refused with reason UnsupportedArchitecture until the builder supports it.
+	// ArchitectureARM64 is 64-bit ARM (aarch64). An amd64 builder builds it
+	// under qemu-user-static (binfmt_misc) and verifies it under
+	// qemu-system-aarch64 with AAVMF. It boots by UEFI only: bootMode
+	// hybrid means uefi, bios is refused.
 	ArchitectureARM64 Architecture = "arm64"
 )
 
@@ -202,7 +204,9 @@ type DiskSpec struct {
 	Filesystem Filesystem `json:"filesystem,omitempty"`
 
 	// bootMode selects BIOS, UEFI, or both (hybrid: a GPT disk with a BIOS
-	// boot partition and an EFI system partition).
+	// boot partition and an EFI system partition). arm64 has no BIOS boot:
+	// there hybrid builds the EFI system partition alone, and bios is
+	// refused.
 	// +optional
 	// +kubebuilder:default=hybrid
 	BootMode BootMode `json:"bootMode,omitempty"`

@@ -65,7 +65,10 @@ nodeforge updates). Published revisions are never overwritten.
 
 Runs as root: mmdebstrap builds the root filesystem in root mode. Needs
 mmdebstrap, e2fsprogs, fdisk (sfdisk), dosfstools, mtools, grub-pc-bin,
-grub-efi-amd64-bin and qemu-utils (hack/image.sh installs them).
+grub-efi-amd64-bin and qemu-utils (hack/image.sh installs them); an arm64
+image on an amd64 host also qemu-user-static and arch-test (its binaries
+run under binfmt_misc, registered when missing) and, to verify by booting,
+qemu-system-arm and qemu-efi-aarch64 (hack/deps.sh installs them).
 
 Publishing reads the endpoint of --to and the credentials from the standard
 AWS_* variables (see nodeforge publish --help); with spec.destination.s3 the

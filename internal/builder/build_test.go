@@ -185,6 +185,10 @@ func (f *fakeRunner) mmdebstrap(c Command) error {
 		"var/cache/apt/archives/partial/.keep":   "",
 		"var/cache/apt/archives/foo_1.0_all.deb": "deb",
 	}
+	if slices.Contains(c.Args, "--architectures=arm64") {
+		// grub-efi-arm64-bin, which an arm64 image installs.
+		files["usr/lib/grub/arm64-efi/kernel.img"] = "grub"
+	}
 	for p, content := range files {
 		hp := filepath.Join(root, p)
 		if err := os.MkdirAll(filepath.Dir(hp), 0o755); err != nil {
@@ -220,8 +224,10 @@ func newBuildEnv(t *testing.T) *buildEnv {
 	t.Helper()
 	dir := t.TempDir()
 	grub := filepath.Join(dir, "grub")
-	if err := os.MkdirAll(filepath.Join(grub, "i386-pc"), 0o755); err != nil {
-		t.Fatal(err)
+	for _, platform := range []string{"i386-pc", "x86_64-efi"} {
+		if err := os.MkdirAll(filepath.Join(grub, platform), 0o755); err != nil {
+			t.Fatal(err)
+		}
 	}
 	if err := os.WriteFile(filepath.Join(grub, "i386-pc", "boot.img"), make([]byte, sector), 0o644); err != nil {
 		t.Fatal(err)

@@ -9,14 +9,17 @@ import (
 	"strings"
 
 	imagev1 "github.com/nodeforge/nodeforge/api/v1alpha1"
+	"github.com/nodeforge/nodeforge/internal/arch"
 	"github.com/nodeforge/nodeforge/internal/debian"
 )
 
-// GPT partition type GUIDs.
+// GPT partition type GUIDs (the root's of each architecture are in package
+// arch).
 const (
 	TypeBIOSBoot   = "21686148-6449-6E6F-744E-656564454649"
 	TypeESP        = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
 	TypeRootX86_64 = "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709"
+	TypeRootARM64  = "B921B045-1DF0-41C3-AF44-4C6F280D3FAE"
 )
 
 const (
@@ -48,12 +51,17 @@ type Layout struct {
 
 // PlanLayout lays out a GPT disk for the boot mode: a 1 MiB BIOS boot
 // partition (GRUB's core.img) for BIOS, a 126 MiB EFI system partition for
-// UEFI, both for hybrid, and the root partition filling the rest.
-func PlanLayout(size int64, mode imagev1.BootMode) (Layout, error) {
+// UEFI, both for hybrid (the ESP alone on an architecture without BIOS
+// boot), and the root partition, typed for the architecture, filling the
+// rest.
+func PlanLayout(size int64, mode imagev1.BootMode, a arch.Arch) (Layout, error) {
 	l := Layout{DiskSize: size}
 	off := int64(mib)
 	n := 1
-	if mode == imagev1.BootModeBIOS || mode == imagev1.BootModeHybrid {
+	if !a.HasBIOS() && mode == imagev1.BootModeBIOS {
+		return l, inputErrorf("%s has no BIOS boot", a.Name)
+	}
+	if a.HasBIOS() && (mode == imagev1.BootModeBIOS || mode == imagev1.BootModeHybrid) {
 		l.BIOS = &Partition{Name: "bios", Type: TypeBIOSBoot, Start: off, Size: biosSize, Number: n}
 		off += biosSize
 		n++
@@ -67,7 +75,7 @@ func PlanLayout(size int64, mode imagev1.BootMode) (Layout, error) {
 	if rootSize < 256*mib {
 		return l, inputErrorf("disk size %d MiB leaves no room for a root partition", size/mib)
 	}
-	l.Root = Partition{Name: "root", Type: TypeRootX86_64, Start: off, Size: rootSize, Number: n}
+	l.Root = Partition{Name: "root", Type: a.RootType, Start: off, Size: rootSize, Number: n}
 	return l, nil
 }
 
@@ -85,7 +93,11 @@ func (l Layout) sfdiskScript() string {
 }
 
 func (b *build) disk(ctx context.Context, p *DiskParams) error {
-	layout, err := PlanLayout(p.SizeBytes, p.BootMode)
+	a, err := arch.For(imagev1.Architecture(p.Architecture))
+	if err != nil {
+		return inputErrorf("%v", err)
+	}
+	layout, err := PlanLayout(p.SizeBytes, p.BootMode, a)
 	if err != nil {
 		return err
 	}
@@ -107,7 +119,7 @@ func (b *build) disk(ctx context.Context, p *DiskParams) error {
 		return err
 	}
 	b.kernelVersion = kver
-	if err := b.writeTreeFile("/boot/grub/grub.cfg", []byte(grubConfig(rootUUID, kernel, initrd, p.KernelCmdline)), 0o644); err != nil {
+	if err := b.writeTreeFile("/boot/grub/grub.cfg", []byte(grubConfig(a, rootUUID, kernel, initrd, p.KernelCmdline)), 0o644); err != nil {
 		return err
 	}
 
@@ -154,13 +166,13 @@ func (b *build) disk(ctx context.Context, p *DiskParams) error {
 
 	if layout.BIOS != nil {
 		b.progress(0.8, "GRUB for BIOS")
-		if err := b.installGrubBIOS(ctx, layout, rootUUID); err != nil {
+		if err := b.installGrubBIOS(ctx, a, layout, rootUUID); err != nil {
 			return fmt.Errorf("GRUB (BIOS): %w", err)
 		}
 	}
 	if layout.ESP != nil {
 		b.progress(0.9, "EFI system partition and GRUB for UEFI")
-		if err := b.installGrubEFI(ctx, layout, rootUUID, espID); err != nil {
+		if err := b.installGrubEFI(ctx, a, layout, rootUUID, espID); err != nil {
 			return fmt.Errorf("GRUB (UEFI): %w", err)
 		}
 	}

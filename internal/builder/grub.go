@@ -8,6 +8,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+
+	"github.com/nodeforge/nodeforge/internal/arch"
 )
 
 // GRUB is installed without grub-install (which needs the disk as a block
@@ -17,10 +19,34 @@ import (
 // /boot/grub/grub.cfg from it; for BIOS, core.img goes into the BIOS boot
 // partition and boot.img, patched as grub-bios-setup would, into the MBR;
 // for UEFI, the EFI image goes to the removable-media path of the ESP
-// (\EFI\BOOT\BOOTX64.EFI), so no NVRAM entry is needed.
+// (\EFI\BOOT\BOOTX64.EFI, BOOTAA64.EFI on arm64), so no NVRAM entry is
+// needed.
+//
+// GRUB's modules come from the build host (GrubDir) when it has the
+// platform's, else from the image itself: an arm64 image installs
+// grub-efi-arm64-bin (contents.Packages), which Debian builds for arm64
+// only, so an amd64 builder cannot install it but can read it from the
+// tree; the host's grub-mkimage packs any platform's modules.
 
 // GrubDir is where GRUB's platform directories (i386-pc, x86_64-efi) are.
 var GrubDir = "/usr/lib/grub"
+
+// grubPlatformDir is the directory of platform's modules: the host's, else
+// the tree's (inTree).
+func (b *build) grubPlatformDir(platform string) (dir string, inTree bool, err error) {
+	host := filepath.Join(GrubDir, platform)
+	if _, err := os.Stat(host); err == nil {
+		return host, false, nil
+	}
+	tree, err := inRoot(b.root, "/usr/lib/grub/"+platform, false)
+	if err != nil {
+		return "", false, err
+	}
+	if _, err := os.Stat(filepath.Join(tree, "kernel.img")); err != nil {
+		return "", false, fmt.Errorf("GRUB's %s modules are neither in %s nor in the image (install the platform's GRUB package on the builder or in the image)", platform, host)
+	}
+	return tree, true, nil
+}
 
 var (
 	grubModulesBIOS = []string{"biosdisk", "part_gpt", "part_msdos", "ext2", "normal", "configfile", "search", "search_fs_uuid", "linux", "echo", "serial", "terminal", "test", "boot", "minicmd", "ls"}
@@ -47,8 +73,15 @@ const (
 // QEMU's TCG on a loaded host) can fail with "IO-APIC + timer doesn't
 // work!", a panic at boot; cloud images of other distributions set it for
 // the same reason.
-func grubConfig(rootUUID, kernel, initrd, extra string) string {
-	cmdline := "root=UUID=" + rootUUID + " ro console=tty0 console=ttyS0,115200n8 no_timer_check"
+//
+// On arm64 the serial console is the PL011 (ttyAMA0), which the UEFI
+// firmware already mirrors GRUB's console to (GRUB's serial driver there
+// knows no com0), and no_timer_check, an x86 option, is left out.
+func grubConfig(a arch.Arch, rootUUID, kernel, initrd, extra string) string {
+	cmdline := "root=UUID=" + rootUUID + " ro console=tty0 console=" + a.Console + ",115200n8"
+	if a.HasBIOS() {
+		cmdline += " no_timer_check"
+	}
 	if extra != "" {
 		cmdline += " " + extra
 	}
@@ -57,10 +90,11 @@ func grubConfig(rootUUID, kernel, initrd, extra string) string {
 # pointing at the newest kernel, so upgrades need no change here.
 set default=0
 set timeout=1
-serial --unit=0 --speed=115200
-terminal_input console serial
-terminal_output console serial
-search --no-floppy --fs-uuid --set=root ` + rootUUID + "\n")
+`)
+	if a.HasBIOS() {
+		b.WriteString("serial --unit=0 --speed=115200\nterminal_input console serial\nterminal_output console serial\n")
+	}
+	b.WriteString("search --no-floppy --fs-uuid --set=root " + rootUUID + "\n")
 	fmt.Fprintf(&b, "menuentry 'Debian GNU/Linux' --id debian {\n\tlinux %s %s\n\tinitrd %s\n}\n", kernel, cmdline, initrd)
 	if kernel == "/vmlinuz" {
 		fmt.Fprintf(&b, "if [ -e /vmlinuz.old ]; then\n\tmenuentry 'Debian GNU/Linux (previous kernel)' --id debian-old {\n\t\tlinux /vmlinuz.old %s\n\t\tinitrd /initrd.img.old\n\t}\nfi\n", cmdline)
@@ -80,20 +114,40 @@ func (b *build) grubImage(ctx context.Context, platform, out, rootUUID string, m
 	if err := os.WriteFile(early, []byte(grubEarlyConfig(rootUUID)), 0o644); err != nil {
 		return err
 	}
-	args := []string{"-O", platform, "-d", filepath.Join(GrubDir, platform), "-o", out, "-c", early, "-p", "/boot/grub"}
-	return b.runner.Run(ctx, Command{Name: "grub-mkimage", Args: append(args, modules...)})
+	dir, inTree, err := b.grubPlatformDir(platform)
+	if err != nil {
+		return err
+	}
+	args := append([]string{"grub-mkimage", "-O", platform, "-d", dir, "-o", out, "-c", early, "-p", "/boot/grub"}, modules...)
+	if inTree {
+		// The modules are the image's: a link among them must not make
+		// grub-mkimage pack a builder file (a credential) into the
+		// ESP, so it runs where the builder's secrets are hidden.
+		return b.runner.Run(ctx, b.onTree(nil, []string{b.work}, args...))
+	}
+	return b.runner.Run(ctx, Command{Name: args[0], Args: args[1:]})
 }
 
-func (b *build) installGrubBIOS(ctx context.Context, l Layout, rootUUID string) error {
+func (b *build) installGrubBIOS(ctx context.Context, a arch.Arch, l Layout, rootUUID string) error {
 	coreFile := filepath.Join(b.work, "core.img")
-	if err := b.grubImage(ctx, "i386-pc", coreFile, rootUUID, grubModulesBIOS); err != nil {
+	if err := b.grubImage(ctx, a.GrubBIOS, coreFile, rootUUID, grubModulesBIOS); err != nil {
 		return err
 	}
 	core, err := os.ReadFile(coreFile)
 	if err != nil {
 		return err
 	}
-	bootImg, err := os.ReadFile(filepath.Join(GrubDir, "i386-pc", "boot.img"))
+	dir, inTree, err := b.grubPlatformDir(a.GrubBIOS)
+	if err != nil {
+		return err
+	}
+	bootPath := filepath.Join(dir, "boot.img")
+	if inTree {
+		if bootPath, err = inRoot(b.root, "/usr/lib/grub/"+a.GrubBIOS+"/boot.img", false); err != nil {
+			return err
+		}
+	}
+	bootImg, err := os.ReadFile(bootPath)
 	if err != nil {
 		return err
 	}
@@ -154,9 +208,9 @@ func patchGrubBIOS(bootImg, core, mbr []byte, coreSector, room int64) (newMBR, n
 	return newMBR, newCore, nil
 }
 
-func (b *build) installGrubEFI(ctx context.Context, l Layout, rootUUID, volID string) error {
-	efi := filepath.Join(b.work, "BOOTX64.EFI")
-	if err := b.grubImage(ctx, "x86_64-efi", efi, rootUUID, grubModulesEFI); err != nil {
+func (b *build) installGrubEFI(ctx context.Context, a arch.Arch, l Layout, rootUUID, volID string) error {
+	efi := filepath.Join(b.work, a.EFIBootFile)
+	if err := b.grubImage(ctx, a.GrubEFI, efi, rootUUID, grubModulesEFI); err != nil {
 		return err
 	}
 	mk := Command{Name: "mkfs.fat", Args: []string{
@@ -171,5 +225,5 @@ func (b *build) installGrubEFI(ctx context.Context, l Layout, rootUUID, volID st
 	if err := b.runner.Run(ctx, Command{Name: "mmd", Args: []string{"-i", img, "::/EFI", "::/EFI/BOOT"}, Env: env}); err != nil {
 		return err
 	}
-	return b.runner.Run(ctx, Command{Name: "mcopy", Args: []string{"-i", img, efi, "::/EFI/BOOT/BOOTX64.EFI"}, Env: env})
+	return b.runner.Run(ctx, Command{Name: "mcopy", Args: []string{"-i", img, efi, "::/EFI/BOOT/" + a.EFIBootFile}, Env: env})
 }

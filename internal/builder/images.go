@@ -1,6 +1,7 @@
 package builder
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -16,6 +17,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 
+	imagev1 "github.com/nodeforge/nodeforge/api/v1alpha1"
 	"github.com/nodeforge/nodeforge/internal/containerd"
 	"github.com/nodeforge/nodeforge/internal/manifest"
 )
@@ -43,6 +45,15 @@ type ImagesParams struct {
 	Mirror string
 	// Extra are more image references (with a tag, optionally a digest).
 	Extra []string
+	// Architecture is the image's (Debian name, which is also the OCI
+	// one): every image is pulled and imported for linux/Architecture.
+	// Empty means amd64.
+	Architecture string
+}
+
+// platform is the OCI platform the images are pulled for.
+func (p *ImagesParams) platform() v1.Platform {
+	return v1.Platform{OS: "linux", Architecture: cmp.Or(p.Architecture, string(imagev1.ArchitectureAMD64))}
 }
 
 // imageRef is one image to preload: the name it is stored under and where
@@ -123,7 +134,7 @@ func (b *build) images(ctx context.Context, p *ImagesParams) error {
 	pulled := map[name.Reference]v1.Image{}
 	var layers []string
 	for _, r := range refs {
-		img, rec, err := pullImage(ctx, r)
+		img, rec, err := pullImage(ctx, r, p.platform())
 		if err != nil {
 			return err
 		}
@@ -141,7 +152,7 @@ func (b *build) images(ctx context.Context, p *ImagesParams) error {
 	if err != nil {
 		return err
 	}
-	if err := b.importImages(ctx, store, archive, layers); err != nil {
+	if err := b.importImages(ctx, store, archive, p.platform(), layers); err != nil {
 		return err
 	}
 	if pause != "" {
@@ -156,10 +167,10 @@ type pulled struct {
 	layers []string
 }
 
-func pullImage(ctx context.Context, r imageRef) (v1.Image, pulled, error) {
+func pullImage(ctx context.Context, r imageRef, platform v1.Platform) (v1.Image, pulled, error) {
 	img, err := remote.Image(r.source,
 		remote.WithContext(ctx),
-		remote.WithPlatform(v1.Platform{OS: "linux", Architecture: "amd64"}),
+		remote.WithPlatform(platform),
 		remote.WithAuthFromKeychain(authn.DefaultKeychain))
 	if err != nil {
 		return nil, pulled{}, fmt.Errorf("pulling %s: %w", r.source, err)
@@ -235,8 +246,8 @@ func (b *build) containerdStore() (string, error) {
 // unpacking: their records go with ctr content rm, their files (which
 // containerd's garbage collector would remove later) once it has stopped.
 const importScript = `set -eu
-config=$1 sock=$2 archive=$3 log=$4 store=$5
-shift 5
+config=$1 sock=$2 archive=$3 log=$4 store=$5 platform=$6
+shift 6
 containerd --config "$config" >"$log" 2>&1 &
 pid=$!
 trap 'kill $pid 2>/dev/null || true; wait $pid 2>/dev/null || true' EXIT
@@ -250,7 +261,7 @@ until ctr -a "$sock" version >/dev/null 2>&1; do
 	fi
 	sleep 0.1
 done
-ctr -a "$sock" -n ` + criNamespace + ` images import --platform linux/amd64 "$archive"
+ctr -a "$sock" -n ` + criNamespace + ` images import --platform "$platform" "$archive"
 ctr -a "$sock" -n ` + criNamespace + ` content rm "$@" >/dev/null
 kill $pid
 wait $pid || true
@@ -281,7 +292,7 @@ func importConfig(store, state, sock string) string {
 		"\n[debug]\n  address = \"\"\n[metrics]\n  address = \"\"\n"
 }
 
-func (b *build) importImages(ctx context.Context, store, archive string, layers []string) error {
+func (b *build) importImages(ctx context.Context, store, archive string, platform v1.Platform, layers []string) error {
 	dir, err := os.MkdirTemp(b.work, "containerd-")
 	if err != nil {
 		return err
@@ -304,7 +315,7 @@ func (b *build) importImages(ctx context.Context, store, archive string, layers 
 	// In a mount namespace of its own, so the mounts containerd makes
 	// while unpacking cannot outlive it.
 	args := append([]string{"--mount", "--propagation", "private", "sh", "-c", importScript, "sh",
-		config, sock, archive, filepath.Join(dir, "containerd.log"), store}, layers...)
+		config, sock, archive, filepath.Join(dir, "containerd.log"), store, platform.String()}, layers...)
 	if err := b.runner.Run(ctx, Command{Name: "unshare", Args: args}); err != nil {
 		return fmt.Errorf("importing the images into containerd: %w", err)
 	}

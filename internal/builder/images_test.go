@@ -75,6 +75,7 @@ type imagesRunner struct {
 	imported map[string][]string // RepoTags -> layer files in the archive
 	dropped  []string            // layer digests the import drops
 	store    string
+	platform string // the platform the import selects
 }
 
 func (r *imagesRunner) Run(_ context.Context, c Command) error {
@@ -93,7 +94,7 @@ func (r *imagesRunner) Run(_ context.Context, c Command) error {
 		r.t.Errorf("unexpected command %s", c.String())
 		return fmt.Errorf("unexpected")
 	}
-	// unshare --mount --propagation private sh -c SCRIPT sh CONFIG SOCK ARCHIVE LOG STORE DIGEST...
+	// unshare --mount --propagation private sh -c SCRIPT sh CONFIG SOCK ARCHIVE LOG STORE PLATFORM DIGEST...
 	i := slices.Index(c.Args, "-c")
 	args := c.Args[i+3:]
 	cfg, err := os.ReadFile(args[0])
@@ -104,7 +105,8 @@ func (r *imagesRunner) Run(_ context.Context, c Command) error {
 		r.t.Errorf("the import's containerd config does not use the store %s or leaves the CRI on:\n%s", args[4], cfg)
 	}
 	r.store = args[4]
-	r.dropped = args[5:]
+	r.platform = args[5]
+	r.dropped = args[6:]
 	f, err := os.Open(args[2])
 	if err != nil {
 		return err
@@ -215,6 +217,9 @@ func TestImagesPreloadsThroughTheMirror(t *testing.T) {
 	slices.Sort(layers)
 	if !slices.Equal(run.dropped, layers) {
 		t.Errorf("dropped %q, want the layers %q", run.dropped, layers)
+	}
+	if run.platform != "linux/amd64" {
+		t.Errorf("imported for %q, want linux/amd64 (the default)", run.platform)
 	}
 
 	// The store is the tree's, created empty for containerd.

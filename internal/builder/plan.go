@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	imagev1 "github.com/nodeforge/nodeforge/api/v1alpha1"
+	"github.com/nodeforge/nodeforge/internal/arch"
 	"github.com/nodeforge/nodeforge/internal/contents"
 )
 
@@ -156,7 +157,12 @@ type HygieneParams struct {
 
 // DiskParams assembles the disk image without loop devices or mounts.
 type DiskParams struct {
-	SizeBytes  int64
+	// Architecture selects GRUB's platforms, the root partition type and
+	// the serial console (package arch).
+	Architecture string
+	SizeBytes    int64
+	// BootMode is spec.disk.bootMode; hybrid on an architecture without
+	// BIOS boot (arm64) lays out and installs UEFI only.
 	BootMode   imagev1.BootMode
 	Filesystem imagev1.Filesystem
 	// KernelCmdline is appended to the kernel command line.
@@ -183,8 +189,12 @@ func Plan(content imagev1.ImageContent) ([]Step, error) {
 	if refs := c.References(); len(refs) > 0 {
 		return nil, inputErrorf("image content is not resolved: %s", strings.Join(refs, ", "))
 	}
-	if c.Base.Architecture != imagev1.ArchitectureAMD64 {
-		return nil, inputErrorf("architecture %s is not supported by this builder (amd64 only)", c.Base.Architecture)
+	a, err := arch.For(c.Base.Architecture)
+	if err != nil {
+		return nil, inputErrorf("base.architecture: %v", err)
+	}
+	if !a.HasBIOS() && c.Disk.BootMode == imagev1.BootModeBIOS {
+		return nil, inputErrorf("disk.bootMode bios: %s has no BIOS boot; use uefi (hybrid means uefi on %s)", a.Name, a.Name)
 	}
 	if c.Disk.Filesystem != imagev1.FilesystemExt4 {
 		return nil, inputErrorf("filesystem %s is not supported (ext4 only)", c.Disk.Filesystem)
@@ -236,7 +246,8 @@ func Plan(content imagev1.ImageContent) ([]Step, error) {
 		{Name: StepProvision, Weight: 8, Provision: provisionParams(c, kube, hold)},
 	}
 	if k := c.Kubernetes; k != nil && k.Images != nil {
-		ip := &ImagesParams{KubernetesVersion: k.Version, ControlPlane: *k.Images.ControlPlane, Mirror: k.Images.Mirror, Extra: k.Images.Extra}
+		ip := &ImagesParams{KubernetesVersion: k.Version, ControlPlane: *k.Images.ControlPlane, Mirror: k.Images.Mirror, Extra: k.Images.Extra,
+			Architecture: string(c.Base.Architecture)}
 		if ip.ControlPlane && !slices.Contains(k.Components, imagev1.ComponentKubeadm) {
 			return nil, inputErrorf("kubernetes.images.controlPlane needs kubeadm in kubernetes.components (it names the images)")
 		}
@@ -267,7 +278,8 @@ func Plan(content imagev1.ImageContent) ([]Step, error) {
 	steps = append(steps,
 		Step{Name: StepHygiene, Weight: 2, Hygiene: &HygieneParams{}},
 		Step{Name: StepDisk, Weight: 16, Disk: &DiskParams{
-			SizeBytes: c.Disk.Size.Value(), BootMode: c.Disk.BootMode, Filesystem: c.Disk.Filesystem,
+			Architecture: string(a.Name),
+			SizeBytes:    c.Disk.Size.Value(), BootMode: c.Disk.BootMode, Filesystem: c.Disk.Filesystem,
 		}},
 		Step{Name: StepConvert, Weight: 8, Convert: &ConvertParams{
 			Format: c.Output.Format, Compression: c.Output.Compression,

@@ -10,6 +10,7 @@ import (
 	"k8s.io/utils/ptr"
 
 	imagev1 "github.com/nodeforge/nodeforge/api/v1alpha1"
+	"github.com/nodeforge/nodeforge/internal/arch"
 )
 
 func kubeContent() imagev1.ImageContent {
@@ -269,7 +270,8 @@ func TestPlanRejects(t *testing.T) {
 		content imagev1.ImageContent
 		want    string
 	}{
-		{"arm64", imagev1.ImageContent{Base: imagev1.BaseSpec{Architecture: imagev1.ArchitectureARM64}}, "arm64"},
+		{"arm64 with BIOS boot", imagev1.ImageContent{Base: imagev1.BaseSpec{Architecture: imagev1.ArchitectureARM64}, Disk: imagev1.DiskSpec{BootMode: imagev1.BootModeBIOS}}, "arm64 has no BIOS boot"},
+		{"unknown architecture", imagev1.ImageContent{Base: imagev1.BaseSpec{Architecture: "riscv64"}}, "base.architecture"},
 		{"unresolved reference", imagev1.ImageContent{Files: []imagev1.FileSpec{{Path: "/etc/x", ConfigMapKeyRef: &corev1.ConfigMapKeySelector{LocalObjectReference: corev1.LocalObjectReference{Name: "cm"}, Key: "k"}}}}, "not resolved"},
 		{"control-plane images without kubeadm", func() imagev1.ImageContent {
 			c := kubeContent()
@@ -310,9 +312,9 @@ func TestPlanImages(t *testing.T) {
 	if i < 0 || names[i-1] != StepProvision {
 		t.Fatalf("steps %q: want images right after provision (containerd configured, before the author's provisioners)", names)
 	}
-	want := ImagesParams{KubernetesVersion: "v1.37.2", ControlPlane: true, Mirror: "127.0.0.1:5000", Extra: []string{"quay.io/team/tool:1.0"}}
+	want := ImagesParams{KubernetesVersion: "v1.37.2", ControlPlane: true, Mirror: "127.0.0.1:5000", Extra: []string{"quay.io/team/tool:1.0"}, Architecture: "amd64"}
 	if got := *steps[i].Images; got.KubernetesVersion != want.KubernetesVersion || got.ControlPlane != want.ControlPlane ||
-		got.Mirror != want.Mirror || !slices.Equal(got.Extra, want.Extra) {
+		got.Mirror != want.Mirror || !slices.Equal(got.Extra, want.Extra) || got.Architecture != want.Architecture {
 		t.Fatalf("images params %+v, want %+v", got, want)
 	}
 	c.Kubernetes.Images = &imagev1.KubernetesImagesSpec{ControlPlane: ptr.To(false)}
@@ -337,33 +339,89 @@ func TestPlanIsPure(t *testing.T) {
 }
 
 func TestPlanLayout(t *testing.T) {
+	amd64, _ := arch.For(imagev1.ArchitectureAMD64)
+	arm64, _ := arch.For(imagev1.ArchitectureARM64)
 	for _, tc := range []struct {
+		arch      arch.Arch
 		mode      imagev1.BootMode
 		bios, esp bool
 		rootStart int64
 		rootNum   int
+		rootType  string
 	}{
-		{imagev1.BootModeHybrid, true, true, 128 * mib, 3},
-		{imagev1.BootModeBIOS, true, false, 2 * mib, 2},
-		{imagev1.BootModeUEFI, false, true, 127 * mib, 2},
+		{amd64, imagev1.BootModeHybrid, true, true, 128 * mib, 3, TypeRootX86_64},
+		{amd64, imagev1.BootModeBIOS, true, false, 2 * mib, 2, TypeRootX86_64},
+		{amd64, imagev1.BootModeUEFI, false, true, 127 * mib, 2, TypeRootX86_64},
+		// arm64 has no BIOS boot: hybrid is the ESP alone.
+		{arm64, imagev1.BootModeHybrid, false, true, 127 * mib, 2, TypeRootARM64},
+		{arm64, imagev1.BootModeUEFI, false, true, 127 * mib, 2, TypeRootARM64},
 	} {
-		l, err := PlanLayout(8<<30, tc.mode)
+		name := string(tc.arch.Name) + "/" + string(tc.mode)
+		l, err := PlanLayout(8<<30, tc.mode, tc.arch)
 		if err != nil {
 			t.Fatal(err)
 		}
 		if (l.BIOS != nil) != tc.bios || (l.ESP != nil) != tc.esp || l.Root.Start != tc.rootStart || l.Root.Number != tc.rootNum {
-			t.Errorf("%s: layout = %+v", tc.mode, l)
+			t.Errorf("%s: layout = %+v", name, l)
 		}
 		if end := l.Root.Start + l.Root.Size; end > 8<<30-33*sector || l.Root.Size%mib != 0 {
-			t.Errorf("%s: root ends at %d (size %d): overlaps the backup GPT or is unaligned", tc.mode, end, l.Root.Size)
+			t.Errorf("%s: root ends at %d (size %d): overlaps the backup GPT or is unaligned", name, end, l.Root.Size)
 		}
 		script := l.sfdiskScript()
-		if !strings.Contains(script, "label: gpt") || !strings.Contains(script, TypeRootX86_64) {
-			t.Errorf("sfdisk script:\n%s", script)
+		if !strings.Contains(script, "label: gpt") || !strings.Contains(script, "type="+tc.rootType) {
+			t.Errorf("%s: sfdisk script:\n%s", name, script)
 		}
 	}
-	if _, err := PlanLayout(100*mib, imagev1.BootModeHybrid); !IsInputError(err) {
+	if _, err := PlanLayout(100*mib, imagev1.BootModeHybrid, amd64); !IsInputError(err) {
 		t.Errorf("tiny disk: err = %v; want an input error", err)
+	}
+	if _, err := PlanLayout(8<<30, imagev1.BootModeBIOS, arm64); !IsInputError(err) {
+		t.Errorf("arm64 BIOS: err = %v; want an input error", err)
+	}
+}
+
+// TestPlanArchitecture: the architecture reaches every step that depends on
+// it, and an arm64 image carries GRUB's arm64-efi modules.
+func TestPlanArchitecture(t *testing.T) {
+	for _, tc := range []struct {
+		arch   imagev1.Architecture
+		kernel string
+		grub   bool
+	}{
+		{imagev1.ArchitectureAMD64, "linux-image-cloud-amd64", false},
+		{imagev1.ArchitectureARM64, "linux-image-cloud-arm64", true},
+	} {
+		t.Run(string(tc.arch), func(t *testing.T) {
+			c := kubeContent()
+			c.Base.Architecture = tc.arch
+			c.Kubernetes.Images = &imagev1.KubernetesImagesSpec{}
+			steps := mustPlan(t, c)
+			for _, s := range steps {
+				var got string
+				switch {
+				case s.Resolve != nil:
+					got = s.Resolve.Architecture
+				case s.Rootfs != nil:
+					got = s.Rootfs.Architecture
+				case s.Images != nil:
+					got = s.Images.Architecture
+				case s.Disk != nil:
+					got = s.Disk.Architecture
+				default:
+					continue
+				}
+				if got != string(tc.arch) {
+					t.Errorf("step %s: architecture %q, want %q", s.Name, got, tc.arch)
+				}
+			}
+			reqs := steps[1].Rootfs.Packages
+			if _, ok := request(reqs, tc.kernel); !ok {
+				t.Errorf("no %s in %v", tc.kernel, reqs)
+			}
+			if _, ok := request(reqs, "grub-efi-arm64-bin"); ok != tc.grub {
+				t.Errorf("grub-efi-arm64-bin requested = %v, want %v", ok, tc.grub)
+			}
+		})
 	}
 }
 

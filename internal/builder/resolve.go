@@ -82,6 +82,12 @@ cat "$1"/etc/apt/sources.list > %s 2>/dev/null || true
 	}
 
 	args := []string{"--mode=root", "--variant=custom", "--format=null", "--skip=check/empty"}
+	// Nothing of the image's architecture runs here (apt and the hook
+	// run on the host): no emulation needed, so an update check of an
+	// arm64 image works where binfmt_misc has no handler.
+	if foreign(p.Architecture) {
+		args = append(args, "--architectures="+p.Architecture, "--skip=check/qemu")
+	}
 	args = append(args, b.sourceHooks(p.Sources)...)
 	args = append(args, "--setup-hook="+b.listsSyncIn(), "--extract-hook="+hook)
 	args = append(args, p.Release, "/dev/null")

@@ -63,6 +63,9 @@ const keepBaseLayers = 3
 func (b *build) baseDir() string { return filepath.Join(b.cacheDir, "base") }
 
 func (b *build) rootfs(ctx context.Context, p *RootfsParams) error {
+	if err := ensureBinfmt(p.Architecture); err != nil {
+		return err
+	}
 	if err := b.lockCache(); err != nil {
 		return err
 	}
@@ -141,6 +144,7 @@ func (b *build) rootfsLayered(ctx context.Context, p *RootfsParams, key string) 
 		"--mode=root", "--format=directory", "--variant=custom",
 		"--setup-hook=" + extractBase(tarball),
 	}
+	args = append(args, architectureArgs(p.Architecture)...)
 	for _, o := range p.AptOptions {
 		args = append(args, "--aptopt="+o)
 	}
@@ -248,6 +252,7 @@ func (b *build) minbaseArgs(p *RootfsParams, reqs []PackageRequest) []string {
 		"--skip=essential/unlink",
 		"--include=" + strings.Join(include, ","),
 	}
+	args = append(args, architectureArgs(p.Architecture)...)
 	for _, o := range p.AptOptions {
 		args = append(args, "--aptopt="+o)
 	}

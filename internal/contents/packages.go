@@ -116,6 +116,12 @@ func Packages(c *imagev1.ImageContent) []PackageRequest {
 		add(PackageRequest{Name: p, Why: "seed"})
 	}
 	add(PackageRequest{Name: c.Base.KernelPackage, Why: "base.kernelPackage"})
+	if c.Base.Architecture == imagev1.ArchitectureARM64 {
+		// Debian builds GRUB's arm64-efi modules for arm64 only: the
+		// builder makes the UEFI boot loader from the image's copy, as
+		// Debian's own arm64 cloud images carry it.
+		add(PackageRequest{Name: "grub-efi-arm64-bin", Why: "base.architecture (arm64: GRUB's arm64-efi modules)"})
+	}
 	cr := c.ContainerRuntime
 	if *cr.Containerd.Enabled {
 		r := PackageRequest{Name: "containerd", Why: "containerRuntime.containerd.version"}

@@ -238,10 +238,6 @@ func (r *NodeImageReconciler) resolve(ctx context.Context, st *imageState) error
 		}
 		return err
 	}
-	if content.Base.Architecture == imagev1.ArchitectureARM64 {
-		return &StallingError{Reason: imagev1.UnsupportedArchitectureReason,
-			Err: errors.New("architecture arm64 is accepted by the API but not built yet; use amd64")}
-	}
 	digest, err := content.Digest()
 	if err != nil {
 		return &StallingError{Reason: imagev1.InvalidSpecReason, Err: err}

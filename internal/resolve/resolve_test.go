@@ -116,7 +116,7 @@ spec:
 }
 
 func TestSamplesLoad(t *testing.T) {
-	for _, s := range []string{"cloudbase", "minimal", "gpuworker"} {
+	for _, s := range []string{"cloudbase", "minimal", "minimal_arm64", "gpuworker"} {
 		t.Run(s, func(t *testing.T) {
 			g := NewWithT(t)
 			ni, get, err := LoadFile("../../config/samples/image_v1alpha1_nodeimage_" + s + ".yaml")

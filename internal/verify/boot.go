@@ -22,6 +22,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	imagev1 "github.com/nodeforge/nodeforge/api/v1alpha1"
+	"github.com/nodeforge/nodeforge/internal/arch"
 )
 
 // Accelerators.
@@ -219,24 +220,46 @@ users:
 	return nil
 }
 
+// arch is the image's architecture (amd64 when unknown).
+func (b *bootRun) arch() arch.Arch {
+	a, err := arch.For(b.content.Base.Architecture)
+	if err != nil {
+		a, _ = arch.For(imagev1.ArchitectureAMD64)
+	}
+	return a
+}
+
 // qemuArgs builds the command line. Only 127.0.0.1 ports are forwarded and
 // restrict=on keeps the guest off every other network. For UEFI it copies
-// the OVMF vars template into the run directory (the guest writes to it).
+// the firmware's vars template into the run directory (the guest writes to
+// it). amd64 boots a q35 machine (OVMF for UEFI, SeaBIOS otherwise, and
+// OVMF's debug log on the ISA debug port); arm64 boots QEMU's virt machine
+// with AAVMF, always UEFI (hybrid is UEFI there), its console the PL011,
+// where the firmware prints too.
 func (b *bootRun) qemuArgs() ([]string, error) {
+	a := b.arch()
 	args := []string{"-name", b.hostname, "-nodefaults", "-no-user-config", "-display", "none",
 		"-smp", "2", "-m", "2048", "-no-reboot"}
-	if b.accel == AccelKVM {
-		args = append(args, "-machine", "q35,accel=kvm", "-cpu", "host")
-	} else {
-		args = append(args, "-machine", "q35,accel=tcg", "-cpu", "max")
+	machine, cpu := "q35", "max"
+	uefi := b.content.Disk.BootMode == imagev1.BootModeUEFI
+	firmware := findOVMF
+	if a.Name == imagev1.ArchitectureARM64 {
+		// cortex-a57: under TCG, -cpu max emulates pointer authentication
+		// in software, which makes the boot markedly slower.
+		machine, cpu, uefi, firmware = "virt", "cortex-a57", true, findAAVMF
 	}
-	if b.content.Disk.BootMode == imagev1.BootModeUEFI {
-		code, vars := findOVMF()
+	if b.accel == AccelKVM {
+		args = append(args, "-machine", machine+",accel=kvm", "-cpu", "host")
+	} else {
+		args = append(args, "-machine", machine+",accel=tcg", "-cpu", cpu)
+	}
+	if uefi {
+		code, vars := firmware()
 		args = append(args, "-drive", "if=pflash,format=raw,unit=0,readonly=on,file="+code)
 		// A firmware image without a separate vars template (OVMF.fd)
 		// gets no vars drive.
 		if vars != "" {
-			varsCopy := filepath.Join(b.dir, "OVMF_VARS.fd")
+			varsCopy := filepath.Join(b.dir, filepath.Base(vars))
 			in, err := os.ReadFile(vars)
 			if err != nil {
 				return nil, fmt.Errorf("reading the UEFI vars template: %w", err)
@@ -258,10 +281,23 @@ func (b *bootRun) qemuArgs() ([]string, error) {
 		"-device", "virtio-net-pci,netdev=n0",
 		"-device", "virtio-rng-pci",
 		"-serial", "file:"+b.console,
-		"-chardev", "file,id=fw,path="+b.firmware,
-		"-device", "isa-debugcon,iobase=0x402,chardev=fw",
 	)
+	if a.HasBIOS() {
+		args = append(args,
+			"-chardev", "file,id=fw,path="+b.firmware,
+			"-device", "isa-debugcon,iobase=0x402,chardev=fw",
+		)
+	}
 	return args, nil
+}
+
+// findAAVMF is aavmfPaths; tests replace it.
+var findAAVMF = aavmfPaths
+
+// aavmfPaths returns the arm64 UEFI firmware (AAVMF, package
+// qemu-efi-aarch64) and its vars template.
+func aavmfPaths() (string, string) {
+	return "/usr/share/AAVMF/AAVMF_CODE.fd", "/usr/share/AAVMF/AAVMF_VARS.fd"
 }
 
 // findOVMF is ovmfPaths; tests replace it.
@@ -288,7 +324,7 @@ func (b *bootRun) start() error {
 	if err != nil {
 		return err
 	}
-	b.cmd = exec.Command("qemu-system-x86_64", args...)
+	b.cmd = exec.Command(b.arch().QEMUSystem, args...)
 	b.cmd.Stderr = &b.stderr
 	b.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	b.started = time.Now()
@@ -427,7 +463,8 @@ func (b *bootRun) fatalConsole() (consoleSign, bool) {
 // serial console. It fails when QEMU reports a KVM internal error (the vCPU
 // could not run the firmware), exits, or the console shows no kernel line
 // within window (GRUB ran, then the kernel stalled). The image's kernel
-// command line always has console=ttyS0 and no "quiet".
+// command line always has the serial console (ttyS0, ttyAMA0 on arm64) and
+// no "quiet".
 func (b *bootRun) waitKernel(ctx context.Context, window time.Duration) error {
 	deadline := time.NewTimer(window)
 	defer deadline.Stop()

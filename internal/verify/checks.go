@@ -29,8 +29,8 @@ import (
 //	filesystem-root-fsck          e2fsck -fn finds the root filesystem clean
 //	filesystem-esp                the EFI system partition holds FAT (uefi, hybrid)
 //	fstab-root                    /etc/fstab mounts / by the root filesystem's UUID, LABEL or PARTUUID
-//	bootloader-bios               GRUB boot code in the MBR pointing at core.img in the BIOS boot partition (bios, hybrid)
-//	bootloader-uefi               EFI/BOOT/BOOTX64.EFI on the ESP is a PE image (uefi, hybrid)
+//	bootloader-bios               GRUB boot code in the MBR pointing at core.img in the BIOS boot partition (bios, hybrid; amd64 only)
+//	bootloader-uefi               EFI/BOOT/BOOTX64.EFI (BOOTAA64.EFI on arm64) on the ESP is a PE image for the architecture (uefi, hybrid)
 //	kernel-initrd-present         /boot holds a kernel and its initrd
 //	packages-consistent           every package in the dpkg database is fully installed
 //	package-<name>                the package is installed at the expected version (kube packages at the pinned version)

@@ -17,6 +17,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	imagev1 "github.com/nodeforge/nodeforge/api/v1alpha1"
+	"github.com/nodeforge/nodeforge/internal/arch"
 	"github.com/nodeforge/nodeforge/internal/containerd"
 	"github.com/nodeforge/nodeforge/internal/contents"
 	"github.com/nodeforge/nodeforge/internal/debian"
@@ -42,6 +43,22 @@ type offlineImage struct {
 
 func boolOf(b *bool) bool { return b != nil && *b }
 
+// arch is the image's architecture (amd64 when unknown).
+func (o *offlineImage) arch() arch.Arch {
+	a, err := arch.For(o.content.Base.Architecture)
+	if err != nil {
+		a, _ = arch.For(imagev1.ArchitectureAMD64)
+	}
+	return a
+}
+
+// biosBoot reports whether the image must boot by BIOS: boot mode bios or
+// hybrid, on an architecture that has BIOS boot (hybrid is UEFI on arm64).
+func (o *offlineImage) biosBoot() bool {
+	m := o.content.Disk.BootMode
+	return o.arch().HasBIOS() && (m == imagev1.BootModeBIOS || m == imagev1.BootModeHybrid)
+}
+
 // load runs qemu-img info, converts the image to raw and finds the root
 // filesystem. Failures are kept and reported by the checks that need them.
 func (o *offlineImage) load(ctx context.Context) {
@@ -56,7 +73,7 @@ func (o *offlineImage) load(ctx context.Context) {
 		o.dpkgErr = o.rootErr
 		return
 	}
-	o.root, o.rootSB, o.rootErr = findRoot(o.disk)
+	o.root, o.rootSB, o.rootErr = findRoot(o.disk, o.arch().RootType)
 	if o.rootErr != nil {
 		o.dpkgErr = o.rootErr
 		return
@@ -70,9 +87,10 @@ func (o *offlineImage) load(ctx context.Context) {
 	o.dpkg, o.dpkgErr = debian.ParseStatus(b)
 }
 
-// findRoot picks the root partition: the partition typed x86-64 root that
-// holds ext4, else the largest ext4 partition.
-func findRoot(d *Disk) (*Partition, *Ext4Super, error) {
+// findRoot picks the root partition: the partition typed rootType (the
+// image architecture's root type) that holds ext4, else the largest ext4
+// partition.
+func findRoot(d *Disk, rootType string) (*Partition, *Ext4Super, error) {
 	var best *Partition
 	var bestSB *Ext4Super
 	for i := range d.GPT.Partitions {
@@ -85,7 +103,7 @@ func findRoot(d *Disk) (*Partition, *Ext4Super, error) {
 		if err != nil {
 			continue
 		}
-		if strings.EqualFold(p.TypeGUID, GUIDRootX86_64) {
+		if strings.EqualFold(p.TypeGUID, rootType) {
 			return p, sb, nil
 		}
 		if best == nil || p.Size() > best.Size() {
@@ -132,7 +150,7 @@ func planOffline(o *offlineImage) []plannedCheck {
 		off(CheckFilesystemRoot, o.checkRootFS),
 		off(CheckFilesystemRootFsck, o.checkFsck),
 	)
-	bios := c.Disk.BootMode == imagev1.BootModeBIOS || c.Disk.BootMode == imagev1.BootModeHybrid
+	bios := o.biosBoot()
 	uefi := c.Disk.BootMode == imagev1.BootModeUEFI || c.Disk.BootMode == imagev1.BootModeHybrid
 	if uefi {
 		p = append(p, off(CheckFilesystemESP, o.checkESP))
@@ -302,7 +320,7 @@ func (o *offlineImage) checkPartitionTable(context.Context) (string, error) {
 	g := o.disk.GPT
 	var missing []string
 	mode := o.content.Disk.BootMode
-	if (mode == imagev1.BootModeBIOS || mode == imagev1.BootModeHybrid) && g.ByType(GUIDBIOSBoot) == nil {
+	if o.biosBoot() && g.ByType(GUIDBIOSBoot) == nil {
 		missing = append(missing, "BIOS boot partition")
 	}
 	if (mode == imagev1.BootModeUEFI || mode == imagev1.BootModeHybrid) && g.ByType(GUIDESP) == nil {
@@ -329,10 +347,11 @@ func typeName(guid string) string {
 		return "esp"
 	case GUIDLinuxFS:
 		return "linux"
-	case GUIDRootX86_64:
-		return "root-x86-64"
 	case GUIDLinuxSwap:
 		return "swap"
+	}
+	if a, ok := arch.ByRootType(guid); ok {
+		return a.RootTypeName
 	}
 	return guid
 }
@@ -458,34 +477,47 @@ func (o *offlineImage) checkBIOS(context.Context) (string, error) {
 	return fmt.Sprintf("GRUB boot.img in the MBR, core.img at LBA %d (%d sectors) in BIOS boot partition %d", coreLBA, n+1, bb.Number), nil
 }
 
-// checkUEFI extracts the fallback boot loader from the ESP with mtools.
+// checkUEFI extracts the fallback boot loader of the image's architecture
+// (EFI/BOOT/BOOTX64.EFI, BOOTAA64.EFI on arm64) from the ESP with mtools
+// and checks that it is a PE image for that architecture.
 func (o *offlineImage) checkUEFI(ctx context.Context) (string, error) {
 	p, _, err := o.esp()
 	if err != nil {
 		return "", err
 	}
-	dst := filepath.Join(o.workDir, "BOOTX64.EFI")
+	a := o.arch()
+	name := "EFI/BOOT/" + a.EFIBootFile
+	dst := filepath.Join(o.workDir, a.EFIBootFile)
 	defer os.Remove(dst)
-	cmd := exec.CommandContext(ctx, "mcopy", "-n", "-i", fmt.Sprintf("%s@@%d", o.disk.Path, p.Offset()), "::/EFI/BOOT/BOOTX64.EFI", dst)
+	cmd := exec.CommandContext(ctx, "mcopy", "-n", "-i", fmt.Sprintf("%s@@%d", o.disk.Path, p.Offset()), "::/"+name, dst)
 	cmd.Env = append(os.Environ(), "MTOOLS_SKIP_CHECK=1")
 	if out, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("EFI/BOOT/BOOTX64.EFI not readable on the ESP: %w: %s", err, strings.TrimSpace(string(out)))
+		return "", fmt.Errorf("%s not readable on the ESP: %w: %s", name, err, strings.TrimSpace(string(out)))
 	}
 	b, err := os.ReadFile(dst)
 	if err != nil {
 		return "", err
 	}
+	m, err := peMachine(b)
+	if err != nil {
+		return "", fmt.Errorf("%s %w", name, err)
+	}
+	if m != a.PEMachine {
+		return "", fmt.Errorf("%s is for machine 0x%x, want %s (0x%x)", name, m, a.Name, a.PEMachine)
+	}
+	return fmt.Sprintf("%s (%d KiB, %s PE) on ESP partition %d", name, len(b)>>10, a.Name, p.Number), nil
+}
+
+// peMachine returns the machine type of a PE/COFF image.
+func peMachine(b []byte) (uint16, error) {
 	if len(b) < 0x40 || string(b[:2]) != "MZ" {
-		return "", errors.New("EFI/BOOT/BOOTX64.EFI is not a PE image (no MZ header)")
+		return 0, errors.New("is not a PE image (no MZ header)")
 	}
 	pe := int(binary.LittleEndian.Uint32(b[0x3c:]))
-	if pe+6 > len(b) || string(b[pe:pe+4]) != "PE\x00\x00" {
-		return "", errors.New("EFI/BOOT/BOOTX64.EFI has no PE signature")
+	if pe < 0 || pe+6 > len(b) || string(b[pe:pe+4]) != "PE\x00\x00" {
+		return 0, errors.New("has no PE signature")
 	}
-	if m := binary.LittleEndian.Uint16(b[pe+4:]); m != 0x8664 {
-		return "", fmt.Errorf("EFI/BOOT/BOOTX64.EFI is for machine 0x%x, want x86-64 (0x8664)", m)
-	}
-	return fmt.Sprintf("EFI/BOOT/BOOTX64.EFI (%d KiB, x86-64 PE) on ESP partition %d", len(b)>>10, p.Number), nil
+	return binary.LittleEndian.Uint16(b[pe+4:]), nil
 }
 
 func (o *offlineImage) checkKernel(context.Context) (string, error) {

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	imagev1 "github.com/nodeforge/nodeforge/api/v1alpha1"
+	"github.com/nodeforge/nodeforge/internal/arch"
 )
 
 // guestCheckConcurrency bounds the in-guest checks running at once (each is
@@ -113,7 +114,10 @@ func bootTest(ctx context.Context, r *Report, sel selector, image string, c *ima
 	auto := accel == ""
 	if auto {
 		accel = AccelTCG
-		if ok, why := ProbeKVM(ctx); ok {
+		if guest := c.Base.Architecture; guest != "" && guest != arch.Host() {
+			// KVM runs guests of the host's architecture only.
+			r.AcceleratorNote = fmt.Sprintf("KVM not used: the guest is %s, the host %s (emulated)", guest, arch.Host())
+		} else if ok, why := ProbeKVM(ctx); ok {
 			accel = AccelKVM
 		} else {
 			r.AcceleratorNote = "KVM not used: " + why

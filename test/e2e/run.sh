@@ -148,7 +148,7 @@ t_all=$SECONDS
 builder_tar=${NODEFORGE_E2E_BUILDER_TAR:-}
 if [ -z "$builder_tar" ]; then
 	builder_tar=$state/builder-image.tar
-	IMG=nodeforge.local/builder:dev hack/build-builder-image.sh "$builder_tar" >"$state/builder-image.log" 2>&1 &
+	BUILDER_ARM64=0 IMG=nodeforge.local/builder:dev hack/build-builder-image.sh "$builder_tar" >"$state/builder-image.log" 2>&1 &
 	bimg_pid=$!
 fi
 t0=$SECONDS
