@@ -280,11 +280,17 @@ wait_for() {
 	done
 }
 
+# free_port: a TCP port no socket uses, below the kernel's ephemeral range
+# (ip_local_port_range): a port inside it can be taken as the local port of
+# any outgoing connection between this choice and the server's bind (a
+# kubelet once failed to bind its healthz port so).
 free_port() {
-	local port
+	local port lo
+	read -r lo _ </proc/sys/net/ipv4/ip_local_port_range
+	[ "$lo" -gt 12000 ] || lo=61000
 	for _ in $(seq 1 200); do
-		port=$((20000 + RANDOM % 40000))
-		if [ -z "$(ss -Hltn "sport = :$port" 2>/dev/null)" ] && ! grep -qx "$port" "$state/ports.used" 2>/dev/null; then
+		port=$((10000 + RANDOM % (lo - 10000)))
+		if [ -z "$(ss -Htan "sport = :$port" 2>/dev/null)" ] && ! grep -qx "$port" "$state/ports.used" 2>/dev/null; then
 			echo "$port" >>"$state/ports.used"
 			echo "$port"
 			return

@@ -16,12 +16,16 @@ pid_running() {
 	tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -F -- "$2" >/dev/null
 }
 
-# free_port: a TCP port nothing listens on at 127.0.0.1 right now.
+# free_port: a TCP port no socket uses at 127.0.0.1 right now, below the
+# kernel's ephemeral range (ip_local_port_range), where an outgoing
+# connection could take it before the server binds it.
 free_port() {
-	local port
+	local port lo
+	read -r lo _ </proc/sys/net/ipv4/ip_local_port_range
+	[ "$lo" -gt 12000 ] || lo=61000
 	for _ in $(seq 1 100); do
-		port=$((20000 + RANDOM % 40000))
-		if [ -z "$(ss -Hltn "sport = :$port" 2>/dev/null)" ]; then
+		port=$((10000 + RANDOM % (lo - 10000)))
+		if [ -z "$(ss -Htan "sport = :$port" 2>/dev/null)" ]; then
 			echo "$port"
 			return
 		fi
