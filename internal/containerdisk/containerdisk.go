@@ -124,6 +124,50 @@ func diskTar(diskPath, fileName string, size int64, mtime time.Time) (io.ReadClo
 	return pr, nil
 }
 
+// ReadDisk copies the disk of the containerDisk img to w, as KubeVirt
+// finds it: the one regular file under DiskDir in the image's one layer.
+// It returns the file's tar header (name, owner, mode, size).
+func ReadDisk(img v1.Image, w io.Writer) (*tar.Header, error) {
+	layers, err := img.Layers()
+	if err != nil {
+		return nil, err
+	}
+	if len(layers) != 1 {
+		return nil, fmt.Errorf("a containerDisk has one layer, this image %d", len(layers))
+	}
+	rc, err := layers[0].Uncompressed()
+	if err != nil {
+		return nil, err
+	}
+	defer rc.Close()
+	tr := tar.NewReader(rc)
+	var disk *tar.Header
+	for {
+		h, err := tr.Next()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return nil, err
+		}
+		dir := strings.TrimPrefix(DiskDir, "/") + "/"
+		switch {
+		case h.Typeflag == tar.TypeDir && h.Name == dir:
+		case h.Typeflag == tar.TypeReg && path.Dir(h.Name)+"/" == dir && disk == nil:
+			if _, err := io.Copy(w, tr); err != nil {
+				return nil, err
+			}
+			disk = h
+		default:
+			return nil, fmt.Errorf("unexpected %s in the containerDisk (only %s and one disk in it)", h.Name, dir)
+		}
+	}
+	if disk == nil {
+		return nil, fmt.Errorf("no disk under %s", DiskDir)
+	}
+	return disk, nil
+}
+
 // Target is a repository and how to reach it.
 type Target struct {
 	// Repository is host[:port]/path, without tag or digest.

@@ -26,7 +26,10 @@ import (
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/registry"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/static"
+	"github.com/google/go-containerregistry/pkg/v1/types"
 	. "github.com/onsi/gomega"
 	"github.com/sigstore/sigstore/pkg/cryptoutils"
 	"github.com/sigstore/sigstore/pkg/signature"
@@ -174,14 +177,16 @@ func TestPushThenTag(t *testing.T) {
 	// What a consumer pulls is the disk.
 	pulled, err := remote.Image(repo.Tag("stable"))
 	g.Expect(err).NotTo(HaveOccurred())
-	layers, _ := pulled.Layers()
-	rc, _ := layers[0].Uncompressed()
-	tr := tar.NewReader(rc)
-	_, _ = tr.Next()
-	_, _ = tr.Next()
-	got, _ := io.ReadAll(tr)
-	rc.Close()
-	g.Expect(bytes.Equal(got, data)).To(BeTrue())
+	var got bytes.Buffer
+	h, err := ReadDisk(pulled, &got)
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(h.Name).To(Equal("disk/cloud-base.qcow2"))
+	g.Expect(bytes.Equal(got.Bytes(), data)).To(BeTrue())
+	// An image that is not a containerDisk is refused.
+	extra, err := mutate.AppendLayers(img, static.NewLayer([]byte("x"), types.OCILayer))
+	g.Expect(err).NotTo(HaveOccurred())
+	_, err = ReadDisk(extra, io.Discard)
+	g.Expect(err).To(MatchError(ContainSubstring("one layer")))
 
 	// A tag cannot point at a digest the repository lacks.
 	other, _ := name.NewDigest(repo.String()+"@sha256:"+strings.Repeat("0", 64), name.Insecure)

@@ -3,7 +3,6 @@
 package e2e
 
 import (
-	"archive/tar"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -34,6 +33,7 @@ import (
 
 	imagev1 "github.com/nodeforge/nodeforge/api/v1alpha1"
 	"github.com/nodeforge/nodeforge/internal/backend"
+	"github.com/nodeforge/nodeforge/internal/containerdisk"
 	"github.com/nodeforge/nodeforge/internal/debian/aptrepotest"
 	"github.com/nodeforge/nodeforge/internal/manifest"
 	"github.com/nodeforge/nodeforge/internal/storage"
@@ -789,26 +789,11 @@ func assertContainerDisk(ctx context.Context, d *imagev1.OCIDestination, a *imag
 	Expect(err).NotTo(HaveOccurred())
 	img, err := remote.Image(ref, remote.WithContext(ctx))
 	Expect(err).NotTo(HaveOccurred())
-	layers, err := img.Layers()
+	sum := sha256.New()
+	h, err := containerdisk.ReadDisk(img, sum)
 	Expect(err).NotTo(HaveOccurred())
-	Expect(layers).To(HaveLen(1))
-	rc, err := layers[0].Uncompressed()
-	Expect(err).NotTo(HaveOccurred())
-	defer rc.Close()
-	tr := tar.NewReader(rc)
-	for {
-		h, err := tr.Next()
-		Expect(err).NotTo(HaveOccurred(), "no disk in the containerDisk")
-		if h.Typeflag != tar.TypeReg {
-			continue
-		}
-		Expect(h.Name).To(Equal("disk/" + m.Name + ".qcow2"))
-		sum := sha256.New()
-		_, err = io.Copy(sum, tr)
-		Expect(err).NotTo(HaveOccurred())
-		Expect(hex.EncodeToString(sum.Sum(nil))).To(Equal(a.SHA256))
-		return
-	}
+	Expect(h.Name).To(Equal("disk/" + m.Name + ".qcow2"))
+	Expect(hex.EncodeToString(sum.Sum(nil))).To(Equal(a.SHA256))
 }
 
 // registryTag is the digest a tag of the OCI destination points at.
