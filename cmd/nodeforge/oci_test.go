@@ -151,10 +151,7 @@ func TestRunPushesAReusedArtifact(t *testing.T) {
 	spec := writeBuild(t, dir, dest)
 	b, err := readBuild(spec)
 	g.Expect(err).NotTo(HaveOccurred())
-	creds := filepath.Join(dir, "credentials")
-	g.Expect(os.Mkdir(creds, 0o700)).To(Succeed())
-	g.Expect(os.WriteFile(filepath.Join(creds, "accessKeyID"), []byte(srv.AccessKey), 0o600)).To(Succeed())
-	g.Expect(os.WriteFile(filepath.Join(creds, "secretAccessKey"), []byte(srv.SecretKey), 0o600)).To(Succeed())
+	creds := credentialsDir(t, dir, srv)
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	g.Expect(err).NotTo(HaveOccurred())
 	der, err := x509.MarshalECPrivateKey(key)
@@ -162,17 +159,7 @@ func TestRunPushesAReusedArtifact(t *testing.T) {
 	g.Expect(os.WriteFile(filepath.Join(creds, buildresult.SigningKeyFile), pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: der}), 0o600)).To(Succeed())
 
 	// Published earlier, without destination.oci.
-	image, manPath := writeImage(t, t.TempDir(), "")
-	m, err := manifest.Read(manPath)
-	g.Expect(err).NotTo(HaveOccurred())
-	m.Name, m.SpecDigest = "demo", b.Spec.SpecDigest
-	g.Expect(m.Write(manPath)).To(Succeed())
-	pub, _, err := storage.OpenDestination(*b.Spec.Destination.S3, b.Namespace, storage.NewCredentials(srv.AccessKey, srv.SecretKey, ""), nil)
-	g.Expect(err).NotTo(HaveOccurred())
-	m2, raw, err := readManifest(manPath)
-	g.Expect(err).NotTo(HaveOccurred())
-	_, _, err = publishImage(context.Background(), pub, image, m2, raw, nil, time.Hour, &bytes.Buffer{})
-	g.Expect(err).NotTo(HaveOccurred())
+	publishEarlier(t, srv, b)
 
 	// No push credentials mounted: fails naming the Secret and the key.
 	o := &runOptions{spec: spec, result: filepath.Join(dir, "result"), scratch: filepath.Join(dir, "scratch"),

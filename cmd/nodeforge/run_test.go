@@ -151,23 +151,9 @@ func TestRunReusesAPublishedArtifact(t *testing.T) {
 	b, err := readBuild(spec)
 	g.Expect(err).NotTo(HaveOccurred())
 
-	creds := filepath.Join(dir, "credentials")
-	g.Expect(os.Mkdir(creds, 0o700)).To(Succeed())
-	g.Expect(os.WriteFile(filepath.Join(creds, "accessKeyID"), []byte(srv.AccessKey), 0o600)).To(Succeed())
-	g.Expect(os.WriteFile(filepath.Join(creds, "secretAccessKey"), []byte(srv.SecretKey), 0o600)).To(Succeed())
-
-	// Publish an artifact of that digest, as an earlier build would have.
-	image, manPath := writeImage(t, t.TempDir(), "")
-	m, err := manifest.Read(manPath)
-	g.Expect(err).NotTo(HaveOccurred())
-	m.Name, m.SpecDigest = "demo", b.Spec.SpecDigest
-	g.Expect(m.Write(manPath)).To(Succeed())
-	pub, _, err := storage.OpenDestination(*b.Spec.Destination.S3, b.Namespace, storage.NewCredentials(srv.AccessKey, srv.SecretKey, ""), nil)
-	g.Expect(err).NotTo(HaveOccurred())
-	m2, raw, err := readManifest(manPath)
-	g.Expect(err).NotTo(HaveOccurred())
-	published, _, err := publishImage(context.Background(), pub, image, m2, raw, nil, time.Hour, &bytes.Buffer{})
-	g.Expect(err).NotTo(HaveOccurred())
+	creds := credentialsDir(t, dir, srv)
+	// Published earlier, as an earlier build of the digest would have.
+	published := publishEarlier(t, srv, b)
 
 	o := &runOptions{spec: spec, result: filepath.Join(dir, "result"), scratch: filepath.Join(dir, "scratch"),
 		credentialsDir: creds, caDir: dir}
@@ -201,6 +187,41 @@ func TestRunReusesAPublishedArtifact(t *testing.T) {
 		g.Expect(w.seen).To(BeTrue(), "%s: %s", reason, w.buf.String())
 		g.Expect(w.buf.String()).NotTo(ContainSubstring("nothing to build"), reason)
 	}
+}
+
+// credentialsDir writes srv's keys as a mounted credentials Secret into
+// dir/credentials and returns it.
+func credentialsDir(t *testing.T, dir string, srv *miniotest.Server) string {
+	t.Helper()
+	creds := filepath.Join(dir, "credentials")
+	if err := os.Mkdir(creds, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	for k, v := range map[string]string{"accessKeyID": srv.AccessKey, "secretAccessKey": srv.SecretKey} {
+		if err := os.WriteFile(filepath.Join(creds, k), []byte(v), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return creds
+}
+
+// publishEarlier publishes a fake image of b's spec digest to b's S3
+// destination on srv, as an earlier build would have, and returns it.
+func publishEarlier(t *testing.T, srv *miniotest.Server, b *imagev1.NodeImageBuild) storage.Artifact {
+	t.Helper()
+	g := NewWithT(t)
+	image, manPath := writeImage(t, t.TempDir(), "")
+	m, err := manifest.Read(manPath)
+	g.Expect(err).NotTo(HaveOccurred())
+	m.Name, m.SpecDigest = "demo", b.Spec.SpecDigest
+	g.Expect(m.Write(manPath)).To(Succeed())
+	pub, _, err := storage.OpenDestination(*b.Spec.Destination.S3, b.Namespace, storage.NewCredentials(srv.AccessKey, srv.SecretKey, ""), nil)
+	g.Expect(err).NotTo(HaveOccurred())
+	m2, raw, err := readManifest(manPath)
+	g.Expect(err).NotTo(HaveOccurred())
+	published, _, err := publishImage(context.Background(), pub, image, m2, raw, nil, time.Hour, &bytes.Buffer{})
+	g.Expect(err).NotTo(HaveOccurred())
+	return published
 }
 
 // cancelOn collects what is written and cancels once text appears.
