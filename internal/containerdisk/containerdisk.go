@@ -210,12 +210,16 @@ func ValidateTag(tag string) error {
 	return nil
 }
 
-func (t Target) options(ctx context.Context, progress chan<- v1.Update) []remote.Option {
-	kc := t.Keychain
-	if kc == nil {
-		kc = authn.NewMultiKeychain()
+// keychain is the target's Keychain, anonymous when unset.
+func (t Target) keychain() authn.Keychain {
+	if t.Keychain == nil {
+		return authn.NewMultiKeychain()
 	}
-	opts := []remote.Option{remote.WithContext(ctx), remote.WithAuthFromKeychain(kc), remote.WithUserAgent("nodeforge")}
+	return t.Keychain
+}
+
+func (t Target) options(ctx context.Context, progress chan<- v1.Update) []remote.Option {
+	opts := []remote.Option{remote.WithContext(ctx), remote.WithAuthFromKeychain(t.keychain()), remote.WithUserAgent("nodeforge")}
 	if t.Transport != nil {
 		opts = append(opts, remote.WithTransport(t.Transport))
 	}
@@ -228,10 +232,7 @@ func (t Target) options(ctx context.Context, progress chan<- v1.Update) []remote
 // CheckPush fails when the target's credentials may not push to its
 // repository: a quick check before minutes of building.
 func (t Target) CheckPush(ctx context.Context) error {
-	kc := t.Keychain
-	if kc == nil {
-		kc = authn.NewMultiKeychain()
-	}
+	kc := t.keychain()
 	tr := t.Transport
 	if tr == nil {
 		tr = remote.DefaultTransport
