@@ -2,11 +2,8 @@ package main
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -17,6 +14,7 @@ import (
 
 	imagev1 "github.com/nodeforge/nodeforge/api/v1alpha1"
 	"github.com/nodeforge/nodeforge/internal/attest"
+	"github.com/nodeforge/nodeforge/internal/checksum"
 	"github.com/nodeforge/nodeforge/internal/containerdisk"
 	"github.com/nodeforge/nodeforge/internal/manifest"
 	"github.com/nodeforge/nodeforge/internal/storage"
@@ -165,15 +163,14 @@ func download(ctx context.Context, store storage.Store, key, path, sha string) e
 	if err != nil {
 		return err
 	}
-	h := sha256.New()
-	_, err = io.Copy(io.MultiWriter(f, h), rc)
+	got, _, err := checksum.Copy(f, rc)
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
 	if err != nil {
 		return err
 	}
-	if got := hex.EncodeToString(h.Sum(nil)); got != sha {
+	if got != sha {
 		return errors.Join(storage.ErrChecksumMismatch, fmt.Errorf("%s has sha256 %s, its manifest says %s", key, got, sha))
 	}
 	return nil

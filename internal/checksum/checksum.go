@@ -25,3 +25,14 @@ func File(path string) (sum string, size int64, err error) {
 	}
 	return hex.EncodeToString(h.Sum(nil)), n, nil
 }
+
+// Copy copies src to dst and returns the lowercase hex sha256 and the size
+// of what it copied: a download checked without reading the file again.
+func Copy(dst io.Writer, src io.Reader) (sum string, n int64, err error) {
+	h := sha256.New()
+	n, err = io.Copy(io.MultiWriter(dst, h), src)
+	if err != nil {
+		return "", n, err
+	}
+	return hex.EncodeToString(h.Sum(nil)), n, nil
+}
