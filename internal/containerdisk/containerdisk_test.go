@@ -13,9 +13,7 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
-	"log"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -25,7 +23,6 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
-	"github.com/google/go-containerregistry/pkg/registry"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/static"
@@ -34,6 +31,8 @@ import (
 	"github.com/sigstore/sigstore/pkg/cryptoutils"
 	"github.com/sigstore/sigstore/pkg/signature"
 	sigpayload "github.com/sigstore/sigstore/pkg/signature/payload"
+
+	"github.com/nodeforge/nodeforge/internal/containerdisk/registrytest"
 )
 
 func writeDisk(t *testing.T, size int) (string, []byte) {
@@ -132,23 +131,10 @@ func TestParseRepositoryAndTags(t *testing.T) {
 	g.Expect(ValidateTag(strings.Repeat("a", 129))).To(HaveOccurred())
 }
 
-// startRegistry serves an in-memory registry on loopback behind handler
-// wrappers.
-func startRegistry(t *testing.T, wrap func(http.Handler) http.Handler) string {
-	t.Helper()
-	h := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
-	if wrap != nil {
-		h = wrap(h)
-	}
-	srv := httptest.NewServer(h)
-	t.Cleanup(srv.Close)
-	return strings.TrimPrefix(srv.URL, "http://")
-}
-
 func TestPushThenTag(t *testing.T) {
 	g := NewWithT(t)
 	ctx := context.Background()
-	host := startRegistry(t, nil)
+	host := registrytest.Start(t, registrytest.Options{})
 	repo, err := ParseRepository(host+"/nodeforge/cloud-base", true)
 	g.Expect(err).NotTo(HaveOccurred())
 	target := Target{Repository: repo}
@@ -201,7 +187,7 @@ func TestFailedPushMovesNoTag(t *testing.T) {
 	g := NewWithT(t)
 	ctx := context.Background()
 	var broken atomic.Bool
-	host := startRegistry(t, func(h http.Handler) http.Handler {
+	host := registrytest.Start(t, registrytest.Options{Wrap: func(h http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			if broken.Load() && strings.Contains(r.URL.Path, "/blobs/uploads/") && (r.Method == http.MethodPatch || r.Method == http.MethodPut) {
 				// Read part of the body, then drop the connection.
@@ -217,7 +203,7 @@ func TestFailedPushMovesNoTag(t *testing.T) {
 			}
 			h.ServeHTTP(w, r)
 		})
-	})
+	}})
 	repo, _ := ParseRepository(host+"/nodeforge/cloud-base", true)
 	target := Target{Repository: repo}
 
@@ -279,7 +265,7 @@ func TestKeychain(t *testing.T) {
 func TestPushSignatureAsCosignDoes(t *testing.T) {
 	g := NewWithT(t)
 	ctx := context.Background()
-	host := startRegistry(t, nil)
+	host := registrytest.Start(t, registrytest.Options{})
 	repo, _ := ParseRepository(host+"/nodeforge/cloud-base", true)
 	target := Target{Repository: repo}
 	disk, _ := writeDisk(t, 64<<10)
