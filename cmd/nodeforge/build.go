@@ -12,7 +12,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
 
@@ -44,9 +43,7 @@ type buildOptions struct {
 	presignExpiry  time.Duration
 	// --oci overrides spec.destination.oci; credentials come from the
 	// user's Docker configuration.
-	ociRepository string
-	ociTags       []string
-	ociInsecure   bool
+	oci ociFlags
 }
 
 func newBuildCmd() *cobra.Command {
@@ -110,39 +107,18 @@ which is what the builder Pod does for the controller to read.`,
 	f.StringVar(&o.signingKey, "signing-key", "", "sign the image, SBOM and provenance with this PEM key (a cosign key: password in COSIGN_PASSWORD); default with spec.destination.signing: cosign.key in --credentials-dir")
 	f.BoolVar(&o.rebuild, "rebuild", false, "build and publish a new revision even when the spec digest is published (for package updates)")
 	f.DurationVar(&o.presignExpiry, "presign-expiry", 0, "validity of the presigned URL (default: spec.destination.s3.presignExpiry, else 24h)")
-	f.StringVar(&o.ociRepository, "oci", "", "also push the image as a KubeVirt containerDisk to this repository (host[:port]/path), overriding spec.destination.oci; needs a publish destination")
-	f.StringSliceVar(&o.ociTags, "oci-tag", nil, "with --oci: tags moved to the image after it is published (default latest)")
-	f.BoolVar(&o.ociInsecure, "oci-insecure", false, "with --oci: the registry speaks plain HTTP")
+	o.oci.register(f, ", overriding spec.destination.oci; needs a publish destination")
 	_ = cmd.MarkFlagRequired("file")
 	return cmd
 }
 
-// oci is the registry the verified image is also pushed to: --oci, else
-// spec.destination.oci when the spec's destination is used. It needs pub,
-// which keeps the revisions the tags name.
-func (o *buildOptions) oci(dst *imagev1.DestinationSpec, pub *storage.Publisher) (*ociDestination, error) {
-	what, d := "--oci", imagev1.OCIDestination{Repository: o.ociRepository, Tags: o.ociTags, Insecure: o.ociInsecure}
-	switch {
-	case o.ociRepository != "":
-		if len(d.Tags) == 0 {
-			d.Tags = []string{"latest"}
-		}
-	case len(o.ociTags) > 0 || o.ociInsecure:
-		return nil, errors.New("--oci-tag and --oci-insecure need --oci REPOSITORY")
-	case dst != nil && dst.OCI != nil && o.to == "" && !o.noPublish:
-		what, d = "spec.destination.oci", *dst.OCI
-	default:
-		return nil, nil
+// specOCI is dst's oci when the spec's destination is used: neither --to
+// nor --no-publish replaces it.
+func (o *buildOptions) specOCI(dst *imagev1.DestinationSpec) *imagev1.OCIDestination {
+	if dst == nil || o.to != "" || o.noPublish {
+		return nil
 	}
-	if pub == nil {
-		return nil, fmt.Errorf("%s needs an object store to publish to (--to, or spec.destination.s3): it keeps the revisions the tags name", what)
-	}
-	od, err := openOCI(what, d, nil)
-	if err != nil {
-		return nil, err
-	}
-	od.Keychain = authn.DefaultKeychain
-	return od, nil
+	return dst.OCI
 }
 
 // defaultCacheDir is $NODEFORGE_CACHE/apt-archives (NODEFORGE_CACHE
@@ -212,7 +188,7 @@ func runBuild(ctx context.Context, o *buildOptions, stdout, stderr io.Writer) er
 	if err != nil {
 		return err
 	}
-	oci, err := o.oci(image.Spec.Destination, pub)
+	oci, err := o.oci.destination(o.specOCI(image.Spec.Destination), pub)
 	if err != nil {
 		return err
 	}

@@ -9,8 +9,10 @@ import (
 	"strings"
 	"time"
 
+	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/spf13/pflag"
 
 	imagev1 "github.com/nodeforge/nodeforge/api/v1alpha1"
 	"github.com/nodeforge/nodeforge/internal/attest"
@@ -47,6 +49,50 @@ func openOCI(what string, d imagev1.OCIDestination, dockerConfig []byte) (*ociDe
 		}
 	}
 	return o, nil
+}
+
+// ociFlags are the --oci flags of nodeforge build and publish: a registry
+// the image is also pushed to, with the user's Docker credentials.
+type ociFlags struct {
+	repository string
+	tags       []string
+	insecure   bool
+}
+
+// register adds the flags to fs; overriding ends --oci's usage line.
+func (f *ociFlags) register(fs *pflag.FlagSet, overriding string) {
+	fs.StringVar(&f.repository, "oci", "", "also push the image as a KubeVirt containerDisk to this repository (host[:port]/path)"+overriding)
+	fs.StringSliceVar(&f.tags, "oci-tag", nil, "with --oci: tags moved to the image once it is published (default latest)")
+	fs.BoolVar(&f.insecure, "oci-insecure", false, "with --oci: the registry speaks plain HTTP")
+}
+
+// destination is the registry the verified image is also pushed to: --oci,
+// else spec (a NodeImage's destination.oci, nil when there is none or it
+// does not apply). It needs pub, which keeps the revisions the tags name.
+// nil when there is neither.
+func (f ociFlags) destination(spec *imagev1.OCIDestination, pub *storage.Publisher) (*ociDestination, error) {
+	what, d := "--oci", imagev1.OCIDestination{Repository: f.repository, Tags: f.tags, Insecure: f.insecure}
+	switch {
+	case f.repository != "":
+		if len(d.Tags) == 0 {
+			d.Tags = []string{"latest"}
+		}
+	case len(f.tags) > 0 || f.insecure:
+		return nil, errors.New("--oci-tag and --oci-insecure need --oci REPOSITORY")
+	case spec != nil:
+		what, d = "spec.destination.oci", *spec
+	default:
+		return nil, nil
+	}
+	if pub == nil {
+		return nil, fmt.Errorf("%s needs an object store to publish to (--to, or spec.destination.s3): it keeps the revisions the tags name", what)
+	}
+	od, err := openOCI(what, d, nil)
+	if err != nil {
+		return nil, err
+	}
+	od.Keychain = authn.DefaultKeychain
+	return od, nil
 }
 
 // revisionTag is the tag that names one published revision for good:

@@ -11,9 +11,6 @@ import (
 	"encoding/base64"
 	"encoding/pem"
 	"io"
-	"log"
-	"net/http"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -22,38 +19,17 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
-	"github.com/google/go-containerregistry/pkg/registry"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	. "github.com/onsi/gomega"
 
 	imagev1 "github.com/nodeforge/nodeforge/api/v1alpha1"
 	"github.com/nodeforge/nodeforge/internal/buildresult"
 	"github.com/nodeforge/nodeforge/internal/containerdisk"
+	"github.com/nodeforge/nodeforge/internal/containerdisk/registrytest"
 	"github.com/nodeforge/nodeforge/internal/manifest"
 	"github.com/nodeforge/nodeforge/internal/storage"
 	"github.com/nodeforge/nodeforge/internal/storage/miniotest"
 )
-
-// startRegistry serves an in-memory OCI registry on loopback; with user
-// set, only requests with that basic auth get through.
-func startRegistry(t *testing.T, user, password string) string {
-	t.Helper()
-	h := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
-	if user != "" {
-		inner := h
-		h = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			if u, p, ok := r.BasicAuth(); !ok || u != user || p != password {
-				w.Header().Set("WWW-Authenticate", `Basic realm="test"`)
-				w.WriteHeader(http.StatusUnauthorized)
-				return
-			}
-			inner.ServeHTTP(w, r)
-		})
-	}
-	srv := httptest.NewServer(h)
-	t.Cleanup(srv.Close)
-	return strings.TrimPrefix(srv.URL, "http://")
-}
 
 func resolveTag(t *testing.T, repo, tag string, opts ...remote.Option) string {
 	t.Helper()
@@ -75,12 +51,12 @@ func TestPublishPushesAContainerDisk(t *testing.T) {
 	g := NewWithT(t)
 	srv := miniotest.Start(t, miniotest.Config{})
 	useServer(t, srv)
-	repo := startRegistry(t, "", "") + "/nodeforge/demo"
+	repo := registrytest.Start(t, registrytest.Options{}) + "/nodeforge/demo"
 	image, manPath := writeImage(t, t.TempDir(), "")
 
 	var out, log bytes.Buffer
 	err := runPublish(context.Background(), image, publishOptions{to: "s3://images/team", createBucket: true, presignExpiry: time.Hour,
-		ociRepository: repo, ociTags: []string{"stable", "1.37"}, ociInsecure: true}, &out, &log)
+		oci: ociFlags{repository: repo, tags: []string{"stable", "1.37"}, insecure: true}}, &out, &log)
 	g.Expect(err).NotTo(HaveOccurred(), log.String())
 	g.Expect(out.String()).To(MatchRegexp(`containerDisk: ` + repo + `@sha256:[0-9a-f]{64}\n`))
 	digest := out.String()[strings.Index(out.String(), "@")+1 : len(out.String())-1]
@@ -108,25 +84,28 @@ func TestPublishPushesAContainerDisk(t *testing.T) {
 func TestOCIOptionErrors(t *testing.T) {
 	g := NewWithT(t)
 	pub := &storage.Publisher{}
-	_, err := (&buildOptions{ociTags: []string{"stable"}}).oci(nil, pub)
+	_, err := ociFlags{tags: []string{"stable"}}.destination(nil, pub)
 	g.Expect(err).To(MatchError(ContainSubstring("need --oci REPOSITORY")))
-	_, err = (&buildOptions{ociRepository: "127.0.0.1:5000/x"}).oci(nil, nil)
+	_, err = ociFlags{repository: "127.0.0.1:5000/x"}.destination(nil, nil)
 	g.Expect(err).To(MatchError(ContainSubstring("--oci needs an object store")))
-	_, err = (&buildOptions{ociRepository: "x"}).oci(nil, pub)
+	_, err = ociFlags{repository: "x"}.destination(nil, pub)
 	g.Expect(err).To(MatchError(ContainSubstring("--oci.repository")))
-	_, err = (&buildOptions{ociRepository: "127.0.0.1:5000/x", ociTags: []string{"-bad"}}).oci(nil, pub)
+	_, err = ociFlags{repository: "127.0.0.1:5000/x", tags: []string{"-bad"}}.destination(nil, pub)
 	g.Expect(err).To(MatchError(ContainSubstring("--oci.tags")))
-	o, err := (&buildOptions{ociRepository: "127.0.0.1:5000/x"}).oci(nil, pub)
+	o, err := ociFlags{repository: "127.0.0.1:5000/x"}.destination(nil, pub)
 	g.Expect(err).NotTo(HaveOccurred())
 	g.Expect(o.Tags).To(Equal([]string{"latest"}))
 	// The spec's destination, unless --to or --no-publish replace it.
 	spec := &imagev1.DestinationSpec{OCI: &imagev1.OCIDestination{Repository: "127.0.0.1:5000/y", Tags: []string{"stable"}}}
-	o, err = (&buildOptions{}).oci(spec, pub)
+	o, err = ociFlags{}.destination((&buildOptions{}).specOCI(spec), pub)
 	g.Expect(err).NotTo(HaveOccurred())
 	g.Expect(o.Repository.Name()).To(Equal("127.0.0.1:5000/y"))
-	o, err = (&buildOptions{to: "s3://b"}).oci(spec, pub)
+	g.Expect((&buildOptions{to: "s3://b"}).specOCI(spec)).To(BeNil())
+	g.Expect((&buildOptions{noPublish: true}).specOCI(spec)).To(BeNil())
+	// --oci replaces the spec's.
+	o, err = ociFlags{repository: "127.0.0.1:5000/x"}.destination(spec.OCI, pub)
 	g.Expect(err).NotTo(HaveOccurred())
-	g.Expect(o).To(BeNil())
+	g.Expect(o.Repository.Name()).To(Equal("127.0.0.1:5000/x"))
 	g.Expect(revisionTag(3, "sha256:"+strings.Repeat("ab", 32))).To(Equal("r3-abababababab"))
 }
 
@@ -137,7 +116,7 @@ func TestOCIOptionErrors(t *testing.T) {
 func TestRunPushesAReusedArtifact(t *testing.T) {
 	g := NewWithT(t)
 	srv := miniotest.Start(t, miniotest.Config{})
-	repo := startRegistry(t, "robot", "s3cret") + "/team/demo"
+	repo := registrytest.Start(t, registrytest.Options{User: "robot", Password: "s3cret"}) + "/team/demo"
 	dir := t.TempDir()
 	dest := func(b *imagev1.NodeImageBuild) {
 		b.Spec.Destination = &imagev1.DestinationSpec{

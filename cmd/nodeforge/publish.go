@@ -23,9 +23,7 @@ type publishOptions struct {
 	to            string
 	createBucket  bool
 	presignExpiry time.Duration
-	ociRepository string
-	ociTags       []string
-	ociInsecure   bool
+	oci           ociFlags
 }
 
 func newPublishCmd() *cobra.Command {
@@ -58,9 +56,7 @@ user running nodeforge (~/.docker/config.json, DOCKER_CONFIG).`,
 	f.StringVar(&o.to, "to", "", "destination, s3://BUCKET[/PREFIX]")
 	f.BoolVar(&o.createBucket, "create-bucket", false, "create the bucket when it does not exist")
 	f.DurationVar(&o.presignExpiry, "presign-expiry", 24*time.Hour, "validity of the printed presigned download URL (at most 168h)")
-	f.StringVar(&o.ociRepository, "oci", "", "also push the image as a KubeVirt containerDisk to this repository (host[:port]/path)")
-	f.StringSliceVar(&o.ociTags, "oci-tag", nil, "with --oci: tags moved to the image once it is published (default latest)")
-	f.BoolVar(&o.ociInsecure, "oci-insecure", false, "with --oci: the registry speaks plain HTTP")
+	o.oci.register(f, "")
 	_ = cmd.MarkFlagRequired("to")
 	return cmd
 }
@@ -83,8 +79,7 @@ func runPublish(ctx context.Context, image string, o publishOptions, stdout, std
 	if err != nil {
 		return fmt.Errorf("--to %s: %w", o.to, err)
 	}
-	bo := buildOptions{ociRepository: o.ociRepository, ociTags: o.ociTags, ociInsecure: o.ociInsecure, to: o.to}
-	oci, err := bo.oci(nil, pub)
+	oci, err := o.oci.destination(nil, pub)
 	if err != nil {
 		return err
 	}
