@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"path/filepath"
 	"strings"
 	"time"
@@ -178,22 +179,22 @@ func (p *pipeline) run(ctx context.Context) (*pipelineResult, error) {
 		// published.
 		var disk name.Digest
 		if p.OCI != nil {
-			if disk, err = p.pushContainerDisk(ctx, res.ImagePath, res.Manifest); err == nil {
-				err = res.Manifest.Write(res.ManifestPath)
-			}
-			if err != nil {
+			if disk, err = p.pushContainerDisk(ctx, res.ImagePath, res.Manifest); err != nil {
 				return out, &stageError{Reason: buildresult.ReasonPublishFailed, Step: "push", Err: err}
 			}
 			out.ContainerDisk = disk.String()
 		}
-		if err := p.recordPrevious(ctx, res); err != nil {
-			return out, &stageError{Reason: buildresult.ReasonPublishFailed, Step: "publish", Err: err}
+		p.recordPrevious(ctx, res.Manifest)
+		// The manifest is complete: published as the file beside the
+		// image holds it.
+		raw, err := res.Manifest.Encode()
+		if err == nil {
+			err = os.WriteFile(res.ManifestPath, raw, 0o644)
 		}
-		m, raw, err := readManifest(res.ManifestPath)
 		if err != nil {
 			return out, &stageError{Reason: buildresult.ReasonPublishFailed, Step: "publish", Err: err}
 		}
-		art, presigned, err := publishImage(ctx, p.Publisher, res.ImagePath, m, raw, companions, p.PresignExpiry, p.Stderr)
+		art, presigned, err := publishImage(ctx, p.Publisher, res.ImagePath, res.Manifest, raw, companions, p.PresignExpiry, p.Stderr)
 		if err != nil {
 			return out, &stageError{Reason: buildresult.ReasonPublishFailed, Step: "publish", Err: err}
 		}
@@ -208,16 +209,16 @@ func (p *pipeline) run(ctx context.Context) (*pipelineResult, error) {
 	return out, nil
 }
 
-// recordPrevious writes into the new image's manifest which image was
+// recordPrevious records in m, the new image's manifest, which image was
 // published under the same name before it (the latest pointer) and how the
 // packages changed since. Nothing published yet: nothing to record. A
 // pointer or manifest that cannot be read (deleted or damaged by hand) is
 // reported and the image published without it (publishing writes a new
 // pointer): it must not keep every later image from being published.
-func (p *pipeline) recordPrevious(ctx context.Context, res *builder.Result) error {
+func (p *pipeline) recordPrevious(ctx context.Context, m *manifest.Manifest) {
 	ptr, err := p.Publisher.Latest(ctx, p.Name)
 	if errors.Is(err, storage.ErrNotFound) {
-		return nil
+		return
 	}
 	var prev *manifest.Manifest
 	if err == nil {
@@ -225,11 +226,10 @@ func (p *pipeline) recordPrevious(ctx context.Context, res *builder.Result) erro
 	}
 	if err != nil {
 		fmt.Fprintf(p.Stderr, "warning: the previously published image of %s cannot be read, so this one records no package changes: %v\n", p.Name, err)
-		return nil
+		return
 	}
-	res.Manifest.Previous = &manifest.Previous{SpecDigest: prev.SpecDigest, Revision: ptr.Revision, SHA256: prev.Image.SHA256, CreatedAt: prev.CreatedAt,
-		Changes: manifest.DiffPackages(prev.Packages, res.Manifest.Packages)}
-	return res.Manifest.Write(res.ManifestPath)
+	m.Previous = &manifest.Previous{SpecDigest: prev.SpecDigest, Revision: ptr.Revision, SHA256: prev.Image.SHA256, CreatedAt: prev.CreatedAt,
+		Changes: manifest.DiffPackages(prev.Packages, m.Packages)}
 }
 
 func (p *pipeline) readPublishedManifest(ctx context.Context, key string) (*manifest.Manifest, error) {
