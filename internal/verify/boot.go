@@ -23,6 +23,7 @@ import (
 
 	imagev1 "github.com/nodeforge/nodeforge/api/v1alpha1"
 	"github.com/nodeforge/nodeforge/internal/arch"
+	"github.com/nodeforge/nodeforge/internal/freeport"
 )
 
 // Accelerators.
@@ -145,16 +146,6 @@ type bootRun struct {
 	client  *ssh.Client
 }
 
-// freePort asks the kernel for a free TCP port on 127.0.0.1.
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
-}
-
 func randomHex(n int) string {
 	b := make([]byte, n)
 	_, _ = rand.Read(b)
@@ -209,10 +200,10 @@ users:
 	if _, err := runCmd(ctx, "cloud-localds", filepath.Join(b.dir, "seed.img"), ud, md); err != nil {
 		return fmt.Errorf("creating the NoCloud seed: %w", err)
 	}
-	if b.sshPort, err = freePort(); err != nil {
+	if b.sshPort, err = freeport.Port(); err != nil {
 		return err
 	}
-	if b.nePort, err = freePort(); err != nil {
+	if b.nePort, err = freeport.Port(); err != nil {
 		return err
 	}
 	b.console = filepath.Join(b.dir, "console.log")

@@ -17,6 +17,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	imagev1 "github.com/nodeforge/nodeforge/api/v1alpha1"
+	"github.com/nodeforge/nodeforge/internal/freeport"
 )
 
 // QEMU's stderr is written by exec's copy goroutine while the boot test
@@ -232,7 +233,7 @@ func TestClassifyConsole(t *testing.T) {
 // waitSSH gives up after the silence window instead of the boot timeout.
 func TestWaitSSHSilenceUnderKVM(t *testing.T) {
 	dir := t.TempDir()
-	port, err := freePort()
+	port, err := freeport.Port()
 	if err != nil {
 		t.Fatal(err)
 	}

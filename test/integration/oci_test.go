@@ -18,7 +18,6 @@ import (
 	"encoding/hex"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -34,6 +33,7 @@ import (
 	"golang.org/x/crypto/bcrypt"
 
 	"github.com/nodeforge/nodeforge/internal/containerdisk"
+	"github.com/nodeforge/nodeforge/internal/freeport"
 )
 
 // authRegistry is a Distribution registry on 127.0.0.1 with htpasswd auth.
@@ -65,12 +65,9 @@ func startAuthRegistry(t testing.TB, root string) *authRegistry {
 	if err := os.WriteFile(filepath.Join(r.dir, "htpasswd"), []byte(r.user+":"+string(hash)+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
+	if r.addr, err = freeport.Addr(); err != nil {
 		t.Fatal(err)
 	}
-	r.addr = l.Addr().String()
-	l.Close()
 	cfg := fmt.Sprintf(`version: 0.1
 log:
   level: warn

@@ -11,7 +11,6 @@ import (
 	"crypto/x509"
 	"encoding/hex"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -22,6 +21,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/nodeforge/nodeforge/internal/freeport"
 )
 
 // RequireIntegrationEnv, when "1", turns a missing MinIO binary into a test
@@ -114,15 +115,16 @@ func RandHex(n int) string {
 	return hex.EncodeToString(b)
 }
 
-// FreeAddr returns a free 127.0.0.1 port.
+// FreeAddr returns a free 127.0.0.1 address (internal/freeport: outside
+// the ephemeral range, so no outgoing connection takes it before the
+// server binds it, or between a Kill and the next Start).
 func FreeAddr(t testing.TB) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	a, err := freeport.Addr()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer l.Close()
-	return l.Addr().String()
+	return a
 }
 
 // Scheme is http or https.
