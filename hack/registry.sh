@@ -162,7 +162,7 @@ push_images() {
 	etcd_v=$("$bins/etcd" --version)
 	dns_v=$("$bins/coredns" -version)
 	grep -qx "etcd Version: $etcd_tag" <<<"$etcd_v" ||
-		die "kubeadm names etcd $etcd_tag but hack/tools/etcd-image builds ${etcd_v%%$'\n'*}"
+		die "kubeadm names etcd $etcd_tag but hack/tools/etcd builds ${etcd_v%%$'\n'*}"
 	grep -qx "CoreDNS-$dns_tag" <<<"$dns_v" ||
 		die "kubeadm names CoreDNS $dns_tag but hack/tools/coredns builds ${dns_v%%$'\n'*}"
 }

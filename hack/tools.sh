@@ -26,17 +26,18 @@ cache_root=${NODEFORGE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/nodeforge}
 
 # Pinned versions. Changing one changes its cache key.
 K8S_VERSION=v1.37.2
-ETCD_VERSION=v3.7.3
+# etcd for envtest, the local cluster and the control-plane images alike:
+# the version kubeadm ${K8S_VERSION} names (`kubeadm config images list`),
+# pinned in hack/tools/etcd; hack/registry.sh checks it still matches.
+ETCD_VERSION=v3.7.0
 # cri-tools releases follow Kubernetes minors (v1.37.x for Kubernetes v1.37).
 CRI_TOOLS_VERSION=v1.37.0
 MINIO_VERSION=v0.0.0-20260212201848-7aac2a2c5b7c
 VERSITYGW_VERSION=v1.8.0
 CRANE_VERSION=v0.22.1
 DISTRIBUTION_VERSION=v3.1.2
-# The etcd and CoreDNS versions kubeadm ${K8S_VERSION} names
-# (`kubeadm config images list`); hack/registry.sh checks they still match.
-# They are pinned in hack/tools/etcd-image and hack/tools/coredns.
-IMAGE_ETCD_VERSION=v3.7.0
+# The CoreDNS version kubeadm ${K8S_VERSION} names, pinned in
+# hack/tools/coredns; hack/registry.sh checks it still matches.
 IMAGE_COREDNS_VERSION=v1.14.6
 GOLANGCI_LINT_VERSION=v2.15.0
 
@@ -81,7 +82,7 @@ set_dir() {
 	versitygw) echo "$cache_root/versitygw-${VERSITYGW_VERSION}" ;;
 	crane) echo "$cache_root/crane-${CRANE_VERSION}" ;;
 	registry) echo "$cache_root/registry-${DISTRIBUTION_VERSION}" ;;
-	control-plane) echo "$cache_root/control-plane-k8s-${K8S_VERSION}-etcd-${IMAGE_ETCD_VERSION}-coredns-${IMAGE_COREDNS_VERSION}" ;;
+	control-plane) echo "$cache_root/control-plane-k8s-${K8S_VERSION}-etcd-${ETCD_VERSION}-coredns-${IMAGE_COREDNS_VERSION}" ;;
 	lint) echo "$cache_root/golangci-lint-${GOLANGCI_LINT_VERSION}" ;;
 	*)
 		echo "unknown tool set: $1" >&2
@@ -112,7 +113,7 @@ ensure() {
 	versitygw) stamp="versitygw=${VERSITYGW_VERSION}" ;;
 	crane) stamp="crane=${CRANE_VERSION}" ;;
 	registry) stamp="distribution=${DISTRIBUTION_VERSION}" ;;
-	control-plane) stamp="k8s=${K8S_VERSION} etcd=${IMAGE_ETCD_VERSION} coredns=${IMAGE_COREDNS_VERSION} pause=$(sha256sum "$here/tools/pause/main.go" | cut -c1-16)" ;;
+	control-plane) stamp="k8s=${K8S_VERSION} etcd=${ETCD_VERSION} coredns=${IMAGE_COREDNS_VERSION} pause=$(sha256sum "$here/tools/pause/main.go" | cut -c1-16)" ;;
 	lint) stamp="golangci-lint=${GOLANGCI_LINT_VERSION}" ;;
 	esac
 	if cached "$dir" "$stamp"; then
@@ -178,14 +179,14 @@ ensure() {
 		;;
 	control-plane)
 		copy_from "$(set_dir cluster)" "$t" kube-apiserver kube-controller-manager kube-scheduler
-		copy_from "$(set_dir envtest)" "$t" kube-apiserver
+		copy_from "$(set_dir envtest)" "$t" kube-apiserver etcd
 		local need=()
 		for c in kube-apiserver kube-controller-manager kube-scheduler kube-proxy; do
 			[ -e "$t/$c" ] || need+=("$c")
 		done
 		build_k8s "$t" "${need[@]}"
-		log "building etcd ${IMAGE_ETCD_VERSION} and CoreDNS ${IMAGE_COREDNS_VERSION} for the images"
-		(cd "$here/tools/etcd-image" && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$t/etcd" go.etcd.io/etcd/server/v3)
+		[ -e "$t/etcd" ] || build_etcd "$t"
+		log "building CoreDNS ${IMAGE_COREDNS_VERSION} for its image"
 		(cd "$here/tools/coredns" && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$t/coredns" .)
 		(cd "$here/.." && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$t/pause" ./hack/tools/pause)
 		;;
