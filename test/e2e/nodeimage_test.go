@@ -81,6 +81,9 @@ type stack struct {
 	// lives there.
 	stateDir   string
 	managerLog string
+	// seedCache, when set, is a package cache (the host's, which make
+	// image fills) the cache volume starts from.
+	seedCache string
 }
 
 // localStack returns the stack from the environment, or skips the spec when
@@ -96,6 +99,7 @@ func localStack() stack {
 		registry:   os.Getenv("NODEFORGE_REGISTRY"),
 		stateDir:   os.Getenv("NODEFORGE_E2E_STATE"),
 		managerLog: os.Getenv("NODEFORGE_E2E_MANAGER_LOG"),
+		seedCache:  os.Getenv("NODEFORGE_E2E_SEED_CACHE"),
 	}
 	if st.s3Endpoint == "" || st.aptURL == "" || st.registry == "" || st.stateDir == "" || st.managerLog == "" {
 		Skip("needs the manager, MinIO, the offline apt repository and the image registry that test/e2e/run.sh starts with the local cluster")
@@ -333,13 +337,59 @@ func cacheArchives(dir string) map[string]uint64 {
 	return m
 }
 
+// seedCache fills the cache volume dir from the package cache from, as a
+// cluster's long-lived cache volume would be filled by earlier builds: the
+// .debs and base layers, which builds never change, hard-linked (copied
+// across filesystems); the package lists, which a build rewrites, copied.
+func seedCache(from, dir string) {
+	GinkgoHelper()
+	var linked, copied int
+	for _, sub := range []string{"archives", "base", "lists"} {
+		root := filepath.Join(from, sub)
+		if _, err := os.Stat(root); os.IsNotExist(err) {
+			continue
+		}
+		err := filepath.WalkDir(root, func(path string, d os.DirEntry, err error) error {
+			if err != nil {
+				return err
+			}
+			rel, err := filepath.Rel(from, path)
+			if err != nil {
+				return err
+			}
+			dst := filepath.Join(dir, rel)
+			switch {
+			case d.IsDir():
+				return os.MkdirAll(dst, 0o755)
+			case !d.Type().IsRegular() || strings.HasSuffix(path, ".tmp"):
+				return nil
+			case sub != "lists" && os.Link(path, dst) == nil:
+				linked++
+				return nil
+			}
+			b, err := os.ReadFile(path)
+			if err != nil {
+				return err
+			}
+			copied++
+			return os.WriteFile(dst, b, 0o644)
+		})
+		Expect(err).NotTo(HaveOccurred(), "seeding the cache volume from %s", from)
+	}
+	GinkgoWriter.Printf("cache volume seeded from %s: %d files linked, %d copied\n", from, linked, copied)
+}
+
 // createCache makes the package cache volume: a hostPath PersistentVolume
 // under the run's state dir, bound to claim cacheClaim in ns (the cluster
-// has no storage provisioner). It returns the directory.
+// has no storage provisioner), seeded from st.seedCache when set. It
+// returns the directory.
 func createCache(ctx context.Context, st stack, ns string) string {
 	GinkgoHelper()
 	dir := filepath.Join(st.stateDir, "cache-"+ns)
 	Expect(os.MkdirAll(dir, 0o755)).To(Succeed())
+	if st.seedCache != "" {
+		seedCache(st.seedCache, dir)
+	}
 	size := resource.MustParse("40Gi")
 	pv := &corev1.PersistentVolume{
 		ObjectMeta: metav1.ObjectMeta{Name: "nodeforge-e2e-" + ns, Labels: map[string]string{"app.kubernetes.io/part-of": "nodeforge-e2e"}},
