@@ -11,6 +11,7 @@ import (
 // NodeImages with equal content produce, and share, the same artifact.
 // Where the image is published, how it is verified and where it is built are
 // deliberately outside of it.
+// +kubebuilder:validation:XValidation:rule="!(has(self.base) && has(self.base.architecture) && self.base.architecture == 'arm64' && has(self.disk) && has(self.disk.bootMode) && self.disk.bootMode == 'bios')",message="disk.bootMode bios is not available on arm64, which has no BIOS boot: use uefi (hybrid means uefi there)",fieldPath=".disk.bootMode"
 type ImageContent struct {
 	// base selects the distribution the image is installed from.
 	// +optional
