@@ -44,6 +44,7 @@ type SigningSpec struct {
 }
 
 // OCIDestination is a repository of an OCI registry.
+// +kubebuilder:validation:XValidation:rule="!(has(self.insecure) && self.insecure && has(self.caSecretRef))",message="caSecretRef cannot be combined with insecure"
 type OCIDestination struct {
 	// repository the containerDisk is pushed to, host[:port]/path, without
 	// a tag or digest: the image is pushed by its digest, then tagged
@@ -69,6 +70,13 @@ type OCIDestination struct {
 	// reaches the builder. Without it the push is anonymous.
 	// +optional
 	CredentialsSecretRef *corev1.LocalObjectReference `json:"credentialsSecretRef,omitempty"`
+
+	// caSecretRef names a Secret in the NodeImage's namespace whose ca.crt
+	// key holds the PEM CA bundle that signs the registry's certificate (a
+	// private registry), trusted in addition to the system's CAs. Only
+	// that key reaches the builder.
+	// +optional
+	CASecretRef *corev1.LocalObjectReference `json:"caSecretRef,omitempty"`
 
 	// insecure allows a plain-HTTP registry. Use it only for a registry on
 	// a trusted network.

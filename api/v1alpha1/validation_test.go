@@ -221,6 +221,10 @@ func TestInvalidObjectsAreRejected(t *testing.T) {
 		{"oci tag invalid", func(n *imagev1.NodeImage) {
 			n.Spec.Destination.OCI = &imagev1.OCIDestination{Repository: "registry.example.com/images/node", Tags: []string{"-stable"}}
 		}, "spec.destination.oci.tags[0]"},
+		{"oci insecure with CA", func(n *imagev1.NodeImage) {
+			n.Spec.Destination.OCI = &imagev1.OCIDestination{Repository: "registry.example.com/images/node", Insecure: true,
+				CASecretRef: &corev1.LocalObjectReference{Name: "registry-ca"}}
+		}, "spec.destination.oci"},
 		{"update interval too short", func(n *imagev1.NodeImage) {
 			n.Spec.Updates = &imagev1.UpdatesSpec{Interval: metav1.Duration{Duration: time.Minute}}
 		}, "spec.updates.interval"},

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -30,9 +31,10 @@ type ociDestination struct {
 }
 
 // openOCI checks a destination.oci (or the CLI's flags) and opens it with
-// the Docker configuration dockerConfig (nil: anonymous). what names the
-// setting in errors.
-func openOCI(what string, d imagev1.OCIDestination, dockerConfig []byte) (*ociDestination, error) {
+// the Docker configuration dockerConfig (nil: anonymous) and the transport
+// tr (nil: the default; containerdisk.TransportWithCA for a private CA).
+// what names the setting in errors.
+func openOCI(what string, d imagev1.OCIDestination, dockerConfig []byte, tr http.RoundTripper) (*ociDestination, error) {
 	repo, err := containerdisk.ParseRepository(d.Repository, d.Insecure)
 	if err != nil {
 		return nil, fmt.Errorf("%s.repository: %w", what, err)
@@ -42,7 +44,10 @@ func openOCI(what string, d imagev1.OCIDestination, dockerConfig []byte) (*ociDe
 			return nil, fmt.Errorf("%s.tags: %w", what, err)
 		}
 	}
-	o := &ociDestination{Target: containerdisk.Target{Repository: repo}, Tags: d.Tags}
+	if tr != nil && d.Insecure {
+		return nil, fmt.Errorf("%s: a CA for the registry cannot be combined with insecure", what)
+	}
+	o := &ociDestination{Target: containerdisk.Target{Repository: repo, Transport: tr}, Tags: d.Tags}
 	if dockerConfig != nil {
 		if o.Keychain, err = containerdisk.Keychain(dockerConfig); err != nil {
 			return nil, fmt.Errorf("%s.credentialsSecretRef: %w", what, err)
@@ -57,6 +62,7 @@ type ociFlags struct {
 	repository string
 	tags       []string
 	insecure   bool
+	caFile     string
 }
 
 // register adds the flags to fs; overriding ends --oci's usage line.
@@ -64,6 +70,7 @@ func (f *ociFlags) register(fs *pflag.FlagSet, overriding string) {
 	fs.StringVar(&f.repository, "oci", "", "also push the image as a KubeVirt containerDisk to this repository (host[:port]/path)"+overriding)
 	fs.StringSliceVar(&f.tags, "oci-tag", nil, "with --oci: tags moved to the image once it is published (default latest)")
 	fs.BoolVar(&f.insecure, "oci-insecure", false, "with --oci: the registry speaks plain HTTP")
+	fs.StringVar(&f.caFile, "oci-ca-file", "", "PEM CA bundle the registry's certificate is checked against, besides the system's CAs (--oci, or spec.destination.oci with caSecretRef)")
 }
 
 // destination is the registry the verified image is also pushed to: --oci,
@@ -81,13 +88,29 @@ func (f ociFlags) destination(spec *imagev1.OCIDestination, pub *storage.Publish
 		return nil, errors.New("--oci-tag and --oci-insecure need --oci REPOSITORY")
 	case spec != nil:
 		what, d = "spec.destination.oci", *spec
+		if d.CASecretRef != nil && f.caFile == "" {
+			// The CLI reads no Secrets.
+			return nil, fmt.Errorf("spec.destination.oci.caSecretRef (%s) is set, but the CLI reads the registry's CA from --oci-ca-file: set it to the PEM file of that CA", d.CASecretRef.Name)
+		}
+	case f.caFile != "":
+		return nil, errors.New("--oci-ca-file needs --oci REPOSITORY or spec.destination.oci")
 	default:
 		return nil, nil
 	}
 	if pub == nil {
 		return nil, fmt.Errorf("%s needs an object store to publish to (--to, or spec.destination.s3): it keeps the revisions the tags name", what)
 	}
-	od, err := openOCI(what, d, nil)
+	var tr http.RoundTripper
+	if f.caFile != "" {
+		ca, err := os.ReadFile(f.caFile)
+		if err == nil {
+			tr, err = containerdisk.TransportWithCA(ca)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("--oci-ca-file: %w", err)
+		}
+	}
+	od, err := openOCI(what, d, nil, tr)
 	if err != nil {
 		return nil, err
 	}

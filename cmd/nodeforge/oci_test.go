@@ -107,23 +107,45 @@ func TestOCIOptionErrors(t *testing.T) {
 	g.Expect(err).NotTo(HaveOccurred())
 	g.Expect(o.Repository.Name()).To(Equal("127.0.0.1:5000/x"))
 	g.Expect(revisionTag(3, "sha256:"+strings.Repeat("ab", 32))).To(Equal("r3-abababababab"))
+
+	// The registry's CA: a file for the CLI, which reads no Secrets.
+	_, err = ociFlags{caFile: "ca.pem"}.destination(nil, pub)
+	g.Expect(err).To(MatchError(ContainSubstring("--oci-ca-file needs --oci REPOSITORY or spec.destination.oci")))
+	withCA := &imagev1.OCIDestination{Repository: "127.0.0.1:5000/y", CASecretRef: &corev1LocalRef}
+	_, err = ociFlags{}.destination(withCA, pub)
+	g.Expect(err).To(MatchError(ContainSubstring("caSecretRef (creds) is set, but the CLI reads the registry's CA from --oci-ca-file")))
+	_, err = ociFlags{repository: "127.0.0.1:5000/x", caFile: filepath.Join(t.TempDir(), "missing.pem")}.destination(nil, pub)
+	g.Expect(err).To(MatchError(ContainSubstring("--oci-ca-file:")))
+	notPEM := filepath.Join(t.TempDir(), "ca.pem")
+	g.Expect(os.WriteFile(notPEM, []byte("not a certificate"), 0o600)).To(Succeed())
+	_, err = ociFlags{repository: "127.0.0.1:5000/x", caFile: notPEM}.destination(nil, pub)
+	g.Expect(err).To(MatchError(ContainSubstring("--oci-ca-file: no PEM certificate")))
+	caFile := filepath.Join(t.TempDir(), "ca.pem")
+	g.Expect(os.WriteFile(caFile, miniotest.WriteTestCA(t, t.TempDir()), 0o600)).To(Succeed())
+	_, err = ociFlags{repository: "127.0.0.1:5000/x", insecure: true, caFile: caFile}.destination(nil, pub)
+	g.Expect(err).To(MatchError(ContainSubstring("cannot be combined with insecure")))
 }
 
 // A builder that finds the spec's artifact published (a retried build, or
-// a spec changed back) pushes it to destination.oci with the push
-// credentials from its Secret and tags it, building nothing; without the
-// Secret's key it fails before anything else.
+// a spec changed back) pushes it to destination.oci, a registry with a
+// private CA, with the push credentials and the CA from their Secrets and
+// tags it, building nothing; without a Secret's key it fails before
+// anything else.
 func TestRunPushesAReusedArtifact(t *testing.T) {
 	g := NewWithT(t)
 	srv := miniotest.Start(t, miniotest.Config{})
-	repo := registrytest.Start(t, registrytest.Options{User: "robot", Password: "s3cret"}) + "/team/demo"
+	host, caPEM := registrytest.StartTLS(t, registrytest.Options{User: "robot", Password: "s3cret"})
+	repo := host + "/team/demo"
+	caTransport, err := containerdisk.TransportWithCA(caPEM)
+	g.Expect(err).NotTo(HaveOccurred())
+	tlsOpt := remote.WithTransport(caTransport)
 	dir := t.TempDir()
 	dest := func(b *imagev1.NodeImageBuild) {
 		b.Spec.Destination = &imagev1.DestinationSpec{
 			S3: &imagev1.S3Destination{Endpoint: srv.Endpoint(), Bucket: "images",
 				Prefix: "nodes", Insecure: true, CreateBucket: true, CredentialsSecretRef: corev1LocalRef},
-			OCI: &imagev1.OCIDestination{Repository: repo, Tags: []string{"stable"}, Insecure: true,
-				CredentialsSecretRef: &corev1LocalRef},
+			OCI: &imagev1.OCIDestination{Repository: repo, Tags: []string{"stable"},
+				CredentialsSecretRef: &corev1LocalRef, CASecretRef: &corev1LocalRef},
 			Signing: &imagev1.SigningSpec{KeySecretRef: corev1LocalRef},
 		}
 	}
@@ -151,7 +173,14 @@ func TestRunPushesAReusedArtifact(t *testing.T) {
 
 	auth := base64.StdEncoding.EncodeToString([]byte("robot:s3cret"))
 	g.Expect(os.WriteFile(filepath.Join(creds, buildresult.PushConfigFile),
-		[]byte(`{"auths":{"`+strings.Split(repo, "/")[0]+`":{"auth":"`+auth+`"}}}`), 0o600)).To(Succeed())
+		[]byte(`{"auths":{"`+host+`":{"auth":"`+auth+`"}}}`), 0o600)).To(Succeed())
+	// No CA mounted: fails naming the Secret and the key.
+	out.Reset()
+	g.Expect(runRun(context.Background(), o, &out, &out)).To(MatchError(errRunFailed))
+	r = readResult(t, o.result)
+	g.Expect(r.Message).To(ContainSubstring("spec.destination.oci.caSecretRef: Secret creds has no ca.crt key"))
+
+	g.Expect(os.WriteFile(filepath.Join(creds, buildresult.PushCAFile), caPEM, 0o600)).To(Succeed())
 	out.Reset()
 	g.Expect(runRun(context.Background(), o, &out, &out)).To(Succeed(), out.String())
 	r = readResult(t, o.result)
@@ -160,15 +189,15 @@ func TestRunPushesAReusedArtifact(t *testing.T) {
 	g.Expect(out.String()).NotTo(ContainSubstring("s3cret"))
 	digest := strings.SplitN(r.Artifact.ContainerDisk, "@", 2)[1]
 	basic := remote.WithAuth(authn.FromConfig(authn.AuthConfig{Username: "robot", Password: "s3cret"}))
-	g.Expect(resolveTag(t, repo, "stable", basic)).To(Equal(digest))
-	g.Expect(resolveTag(t, repo, revisionTag(1, b.Spec.SpecDigest), basic)).To(Equal(digest))
-	g.Expect(resolveTag(t, repo, "stable")).To(BeEmpty(), "the registry lets anonymous requests in")
+	g.Expect(resolveTag(t, repo, "stable", basic, tlsOpt)).To(Equal(digest))
+	g.Expect(resolveTag(t, repo, revisionTag(1, b.Spec.SpecDigest), basic, tlsOpt)).To(Equal(digest))
+	g.Expect(resolveTag(t, repo, "stable", tlsOpt)).To(BeEmpty(), "the registry lets anonymous requests in")
 
 	// Signed as cosign signs an image: the payload names the digest and
 	// verifies with the public key.
 	sigRef, err := name.NewTag(repo+":"+containerdisk.SignatureTag(digest), name.Insecure)
 	g.Expect(err).NotTo(HaveOccurred())
-	sigImg, err := remote.Image(sigRef, basic)
+	sigImg, err := remote.Image(sigRef, basic, tlsOpt)
 	g.Expect(err).NotTo(HaveOccurred())
 	sm, err := sigImg.Manifest()
 	g.Expect(err).NotTo(HaveOccurred())

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
@@ -18,6 +19,7 @@ import (
 	imagev1 "github.com/nodeforge/nodeforge/api/v1alpha1"
 	"github.com/nodeforge/nodeforge/internal/builder"
 	"github.com/nodeforge/nodeforge/internal/buildresult"
+	"github.com/nodeforge/nodeforge/internal/containerdisk"
 	"github.com/nodeforge/nodeforge/internal/storage"
 	"github.com/nodeforge/nodeforge/internal/verify"
 )
@@ -221,7 +223,8 @@ func (o *runOptions) registryConfig(secret string) (done func(), err error) {
 }
 
 // ociDestination opens spec.destination.oci with the mounted push
-// credentials (buildresult.PushConfigFile), when it names a Secret.
+// credentials (buildresult.PushConfigFile) and registry CA
+// (buildresult.PushCAFile), when it names their Secrets.
 func (o *runOptions) ociDestination(d imagev1.OCIDestination) (*ociDestination, error) {
 	var cfg []byte
 	if r := d.CredentialsSecretRef; r != nil {
@@ -231,7 +234,17 @@ func (o *runOptions) ociDestination(d imagev1.OCIDestination) (*ociDestination, 
 				r.Name, buildresult.RegistryConfigKey)
 		}
 	}
-	return openOCI("spec.destination.oci", d, cfg)
+	var tr http.RoundTripper
+	if r := d.CASecretRef; r != nil {
+		ca, err := os.ReadFile(filepath.Join(o.credentialsDir, buildresult.PushCAFile))
+		if err != nil {
+			return nil, fmt.Errorf("spec.destination.oci.caSecretRef: Secret %s has no %s key", r.Name, buildresult.CAKey)
+		}
+		if tr, err = containerdisk.TransportWithCA(ca); err != nil {
+			return nil, fmt.Errorf("spec.destination.oci.caSecretRef: Secret %s key %s: %w", r.Name, buildresult.CAKey, err)
+		}
+	}
+	return openOCI("spec.destination.oci", d, cfg, tr)
 }
 
 func readBuild(path string) (*imagev1.NodeImageBuild, error) {
@@ -272,7 +285,7 @@ func (o *runOptions) publisher(dst *imagev1.DestinationSpec, namespace string) (
 	}
 	var ca []byte
 	if d.CASecretRef != nil {
-		if ca, err = os.ReadFile(filepath.Join(o.caDir, "ca.crt")); err != nil {
+		if ca, err = os.ReadFile(filepath.Join(o.caDir, buildresult.CAKey)); err != nil {
 			return nil, 0, fmt.Errorf("CA Secret %s: %w", d.CASecretRef.Name, err)
 		}
 	}

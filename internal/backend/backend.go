@@ -347,12 +347,14 @@ const (
 	SecretRegistry    SecretPurpose = "registry credentials"
 	SecretSigning     SecretPurpose = "signing key"
 	SecretPush        SecretPurpose = "registry push credentials"
+	SecretPushCA      SecretPurpose = "registry CA"
 )
 
 // CredentialSecrets lists what a build's builder reads into its
 // credentials directory: the object store's credentials, the Docker
 // configurations of the registry it pulls from and of the one it pushes
-// to, and the signing key, only the keys the builder reads of each. Whatever else the Secrets hold never reaches it.
+// to (and that one's CA), and the signing key, only the keys the builder
+// reads of each. Whatever else the Secrets hold never reaches it.
 func CredentialSecrets(b *imagev1.NodeImageBuild) []SecretKeys {
 	var out []SecretKeys
 	if d := b.Spec.Destination; d != nil && d.S3 != nil {
@@ -364,6 +366,10 @@ func CredentialSecrets(b *imagev1.NodeImageBuild) []SecretKeys {
 	if d := b.Spec.Destination; d != nil && d.OCI != nil && d.OCI.CredentialsSecretRef != nil {
 		out = append(out, SecretKeys{Purpose: SecretPush, Secret: d.OCI.CredentialsSecretRef.Name,
 			Keys: []string{buildresult.RegistryConfigKey}, Files: []string{buildresult.PushConfigFile}})
+	}
+	if d := b.Spec.Destination; d != nil && d.OCI != nil && d.OCI.CASecretRef != nil {
+		out = append(out, SecretKeys{Purpose: SecretPushCA, Secret: d.OCI.CASecretRef.Name,
+			Keys: []string{buildresult.CAKey}, Files: []string{buildresult.PushCAFile}})
 	}
 	if d := b.Spec.Destination; d != nil && d.Signing != nil {
 		out = append(out, SecretKeys{Purpose: SecretSigning, Secret: d.Signing.KeySecretRef.Name,

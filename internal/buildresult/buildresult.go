@@ -112,6 +112,11 @@ const (
 	// name of its own, as spec.builder.registryCredentials, which pulls,
 	// may name another Secret.
 	PushConfigFile = "oci-push.dockerconfigjson"
+	// CAKey is the key of a caSecretRef Secret: a PEM CA bundle.
+	CAKey = "ca.crt"
+	// PushCAFile is where the ca.crt of spec.destination.oci.caSecretRef
+	// is in CredentialsDir.
+	PushCAFile = "oci-ca.crt"
 	// CADir is where the object-store CA Secret is mounted.
 	CADir = "/etc/nodeforge/ca"
 	// ScratchDir is the builder's work and cache directory.

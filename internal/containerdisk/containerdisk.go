@@ -18,6 +18,7 @@ import (
 	"archive/tar"
 	"compress/gzip"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -40,6 +41,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/static"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	"github.com/google/go-containerregistry/pkg/v1/types"
+
+	"github.com/nodeforge/nodeforge/internal/capool"
 )
 
 // DiskDir is where KubeVirt and CDI look for the disk in the image.
@@ -216,6 +219,26 @@ func (t Target) keychain() authn.Keychain {
 		return authn.NewMultiKeychain()
 	}
 	return t.Keychain
+}
+
+// TransportWithCA is the default registry transport trusting the CAs of
+// the PEM bundle caPEM besides the system's, for a registry whose
+// certificate a private CA signs.
+func TransportWithCA(caPEM []byte) (http.RoundTripper, error) {
+	pool, err := capool.New(caPEM)
+	if err != nil {
+		return nil, err
+	}
+	base, ok := remote.DefaultTransport.(*http.Transport)
+	if !ok {
+		return nil, fmt.Errorf("go-containerregistry's default transport is a %T, not an *http.Transport", remote.DefaultTransport)
+	}
+	tr := base.Clone()
+	if tr.TLSClientConfig == nil {
+		tr.TLSClientConfig = &tls.Config{MinVersion: tls.VersionTLS12}
+	}
+	tr.TLSClientConfig.RootCAs = pool
+	return tr, nil
 }
 
 func (t Target) options(ctx context.Context, progress chan<- v1.Update) []remote.Option {

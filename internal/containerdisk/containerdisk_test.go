@@ -232,6 +232,37 @@ func TestFailedPushMovesNoTag(t *testing.T) {
 	g.Expect(got.String()).To(Equal(ref.DigestStr()))
 }
 
+// A registry whose certificate a private CA signs: refused with the
+// system's CAs alone, pushed to with TransportWithCA; a bundle without a
+// certificate is an error.
+func TestTransportWithCA(t *testing.T) {
+	g := NewWithT(t)
+	ctx := context.Background()
+	host, caPEM := registrytest.StartTLS(t, registrytest.Options{})
+	repo, err := ParseRepository(host+"/nodeforge/cloud-base", false)
+	g.Expect(err).NotTo(HaveOccurred())
+	disk, _ := writeDisk(t, 64<<10)
+	img, err := Image(disk, "cloud-base.qcow2", "amd64", created)
+	g.Expect(err).NotTo(HaveOccurred())
+
+	_, err = Target{Repository: repo}.Push(ctx, img, nil)
+	g.Expect(err).To(MatchError(ContainSubstring("certificate")))
+
+	tr, err := TransportWithCA(caPEM)
+	g.Expect(err).NotTo(HaveOccurred())
+	target := Target{Repository: repo, Transport: tr}
+	g.Expect(target.CheckPush(ctx)).To(Succeed())
+	ref, err := target.Push(ctx, img, nil)
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(target.Tag(ctx, ref, "stable")).To(Succeed())
+	got, err := target.Resolve(ctx, "stable")
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(got.String()).To(Equal(ref.DigestStr()))
+
+	_, err = TransportWithCA([]byte("not a certificate"))
+	g.Expect(err).To(HaveOccurred())
+}
+
 func TestKeychain(t *testing.T) {
 	g := NewWithT(t)
 	basic := base64.StdEncoding.EncodeToString([]byte("robot:s3cret"))

@@ -215,7 +215,7 @@ func S3Opener(r client.Reader) PublisherOpener {
 			if err != nil {
 				return nil, err
 			}
-			ca = data["ca.crt"]
+			ca = data[buildresult.CAKey]
 		}
 		pub, _, err := storage.OpenDestination(*d, ni.Namespace, creds, ca)
 		if err != nil {

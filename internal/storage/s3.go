@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -19,6 +18,8 @@ import (
 	"github.com/minio/minio-go/v7"
 	"github.com/minio/minio-go/v7/pkg/credentials"
 	"github.com/minio/minio-go/v7/pkg/s3utils"
+
+	"github.com/nodeforge/nodeforge/internal/capool"
 )
 
 // Addressing selects how the bucket appears in request URLs.
@@ -231,12 +232,9 @@ func newTransport(secure bool, caPEM []byte) (*http.Transport, error) {
 		if !secure {
 			return nil, errorf(ErrInvalidArgument, "a CA certificate is set but the endpoint is plain HTTP")
 		}
-		pool, err := x509.SystemCertPool()
-		if err != nil || pool == nil {
-			pool = x509.NewCertPool()
-		}
-		if !pool.AppendCertsFromPEM(caPEM) {
-			return nil, errorf(ErrInvalidArgument, "CA certificate: no PEM certificate found")
+		pool, err := capool.New(caPEM)
+		if err != nil {
+			return nil, errorf(ErrInvalidArgument, "CA certificate: %v", err)
 		}
 		if tr.TLSClientConfig == nil {
 			tr.TLSClientConfig = &tls.Config{MinVersion: tls.VersionTLS12}

@@ -2,8 +2,10 @@ package integration
 
 // TestPushContainerDiskToARealRegistry pushes a 256 MiB disk as a KubeVirt
 // containerDisk to a real registry (CNCF Distribution, built by
-// hack/tools.sh registry) that requires a password,
-// with the credentials a kubernetes.io/dockerconfigjson Secret holds. It
+// hack/tools.sh registry) that requires a password and serves TLS with a
+// certificate of a private CA, with the credentials a
+// kubernetes.io/dockerconfigjson Secret holds and that CA (what
+// destination.oci.caSecretRef names). It
 // kills the registry in the middle of a push and checks that no tag moved
 // and that the retry, against the restarted registry, completes the push;
 // what a consumer pulls through the moved tag is the disk, byte for byte.
@@ -34,20 +36,26 @@ import (
 
 	"github.com/nodeforge/nodeforge/internal/containerdisk"
 	"github.com/nodeforge/nodeforge/internal/freeport"
+	"github.com/nodeforge/nodeforge/internal/storage/miniotest"
 )
 
-// authRegistry is a Distribution registry on 127.0.0.1 with htpasswd auth.
+// authRegistry is a Distribution registry on 127.0.0.1 with htpasswd auth,
+// over TLS when caPEM is set.
 type authRegistry struct {
 	t          testing.TB
 	bin, dir   string
 	addr       string
 	user, pass string
-	cmd        *exec.Cmd
-	exited     chan struct{}
+	// caPEM is the CA that signed the registry's certificate (nil: plain
+	// HTTP).
+	caPEM  []byte
+	cmd    *exec.Cmd
+	exited chan struct{}
 }
 
-// startAuthRegistry starts the registry for as long as t runs.
-func startAuthRegistry(t testing.TB, root string) *authRegistry {
+// startAuthRegistry starts the registry for as long as t runs; withTLS
+// serves TLS with a certificate of a CA made for the test.
+func startAuthRegistry(t testing.TB, root string, withTLS bool) *authRegistry {
 	t.Helper()
 	out, err := buildExec(context.Background(), []string{"NODEFORGE_CACHE=" + buildCacheRoot()}, filepath.Join(root, "hack", "tools.sh"), "path", "registry")
 	if err != nil {
@@ -68,6 +76,12 @@ func startAuthRegistry(t testing.TB, root string) *authRegistry {
 	if r.addr, err = freeport.Addr(); err != nil {
 		t.Fatal(err)
 	}
+	tlsConfig := ""
+	if withTLS {
+		// public.crt and private.key, for 127.0.0.1.
+		r.caPEM = miniotest.WriteTestCA(t, r.dir)
+		tlsConfig = fmt.Sprintf("  tls:\n    certificate: %s/public.crt\n    key: %s/private.key\n", r.dir, r.dir)
+	}
 	cfg := fmt.Sprintf(`version: 0.1
 log:
   level: warn
@@ -76,11 +90,11 @@ storage:
     rootdirectory: %s/data
 http:
   addr: %s
-auth:
+%sauth:
   htpasswd:
     realm: nodeforge-test
     path: %s/htpasswd
-`, r.dir, r.addr, r.dir)
+`, r.dir, r.addr, tlsConfig, r.dir)
 	if err := os.WriteFile(filepath.Join(r.dir, "config.yml"), []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -103,9 +117,17 @@ func (r *authRegistry) start() {
 	log.Close()
 	r.exited = make(chan struct{})
 	go func(c *exec.Cmd, done chan struct{}) { _ = c.Wait(); close(done) }(r.cmd, r.exited)
+	client, url := http.DefaultClient, "http://"+r.addr+"/v2/"
+	if r.caPEM != nil {
+		tr, err := containerdisk.TransportWithCA(r.caPEM)
+		if err != nil {
+			r.t.Fatal(err)
+		}
+		client, url = &http.Client{Transport: tr}, "https://"+r.addr+"/v2/"
+	}
 	deadline := time.Now().Add(30 * time.Second)
 	for time.Now().Before(deadline) {
-		resp, err := http.Get("http://" + r.addr + "/v2/")
+		resp, err := client.Get(url)
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusUnauthorized {
@@ -137,7 +159,7 @@ func (r *authRegistry) dockerConfig() []byte {
 
 func TestPushContainerDiskToARealRegistry(t *testing.T) {
 	g := NewWithT(t)
-	reg := startAuthRegistry(t, buildRepoRoot(t))
+	reg := startAuthRegistry(t, buildRepoRoot(t), true)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	// A disk of incompressible bytes, as a qcow2's compressed clusters are.
@@ -151,14 +173,19 @@ func TestPushContainerDiskToARealRegistry(t *testing.T) {
 	diskSHA := hex.EncodeToString(sum.Sum(nil))
 	created := time.Now()
 
-	repo, err := containerdisk.ParseRepository(reg.addr+"/nodeforge/cloud-base", true)
+	repo, err := containerdisk.ParseRepository(reg.addr+"/nodeforge/cloud-base", false)
 	g.Expect(err).NotTo(HaveOccurred())
-	// Without credentials the registry refuses: checked before a build.
-	anonymous := containerdisk.Target{Repository: repo}
-	g.Expect(anonymous.CheckPush(ctx)).To(MatchError(ContainSubstring("no push access")))
 	kc, err := containerdisk.Keychain(reg.dockerConfig())
 	g.Expect(err).NotTo(HaveOccurred())
-	target := containerdisk.Target{Repository: repo, Keychain: kc}
+	// Without the CA the registry's certificate is not trusted.
+	untrusted := containerdisk.Target{Repository: repo, Keychain: kc}
+	g.Expect(untrusted.CheckPush(ctx)).To(MatchError(ContainSubstring("certificate")))
+	tr, err := containerdisk.TransportWithCA(reg.caPEM)
+	g.Expect(err).NotTo(HaveOccurred())
+	// Without credentials the registry refuses: checked before a build.
+	anonymous := containerdisk.Target{Repository: repo, Transport: tr}
+	g.Expect(anonymous.CheckPush(ctx)).To(MatchError(ContainSubstring("no push access")))
+	target := containerdisk.Target{Repository: repo, Keychain: kc, Transport: tr}
 	g.Expect(target.CheckPush(ctx)).To(Succeed())
 
 	// An earlier image holds the moving tag.
@@ -212,7 +239,7 @@ func TestPushContainerDiskToARealRegistry(t *testing.T) {
 
 	// A consumer pulls the image through the tag, with the Secret's
 	// credentials: /disk/cloud-base.qcow2, the built bytes, owned by qemu.
-	pulled, err := remote.Image(repo.Tag("stable"), remote.WithContext(ctx), remote.WithAuthFromKeychain(kc))
+	pulled, err := remote.Image(repo.Tag("stable"), remote.WithContext(ctx), remote.WithAuthFromKeychain(kc), remote.WithTransport(tr))
 	g.Expect(err).NotTo(HaveOccurred())
 	cfg, err := pulled.ConfigFile()
 	g.Expect(err).NotTo(HaveOccurred())
@@ -226,7 +253,7 @@ func TestPushContainerDiskToARealRegistry(t *testing.T) {
 	g.Expect(hex.EncodeToString(sum.Sum(nil))).To(Equal(diskSHA), "the pulled disk differs from the pushed one")
 
 	// Anonymous pulls are refused too: the credentials were what worked.
-	_, err = remote.Head(repo.Tag("stable"), remote.WithContext(ctx), remote.WithAuth(authn.Anonymous))
+	_, err = remote.Head(repo.Tag("stable"), remote.WithContext(ctx), remote.WithAuth(authn.Anonymous), remote.WithTransport(tr))
 	g.Expect(err).To(HaveOccurred())
 }
 
@@ -236,7 +263,7 @@ func TestPushContainerDiskToARealRegistry(t *testing.T) {
 // what destination.oci adds to a publish (the layer's gzip, once for its
 // digest and once for the upload, and the upload).
 func BenchmarkPushContainerDisk(b *testing.B) {
-	reg := startAuthRegistry(b, benchRepoRoot(b))
+	reg := startAuthRegistry(b, benchRepoRoot(b), false)
 	ctx := context.Background()
 	diskPath := os.Getenv("NODEFORGE_BENCH_DISK")
 	if diskPath == "" {

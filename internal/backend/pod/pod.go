@@ -331,7 +331,7 @@ func (p *Backend) pod(b *imagev1.NodeImageBuild, shape podShape) (*corev1.Pod, e
 			volumes = append(volumes, corev1.Volume{Name: "ca", VolumeSource: corev1.VolumeSource{
 				Secret: &corev1.SecretVolumeSource{
 					SecretName: d.S3.CASecretRef.Name, DefaultMode: ptr.To[int32](0o444),
-					Items: []corev1.KeyToPath{{Key: "ca.crt", Path: "ca.crt"}},
+					Items: []corev1.KeyToPath{{Key: buildresult.CAKey, Path: buildresult.CAKey}},
 				},
 			}})
 			mounts = append(mounts, corev1.VolumeMount{Name: "ca", MountPath: buildresult.CADir, ReadOnly: true})

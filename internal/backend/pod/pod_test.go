@@ -261,7 +261,8 @@ func TestPodForProjectsCredentialKeysOnly(t *testing.T) {
 // TestPodForProjectsOnlyTheKeysTheBuilderReads: spec.builder.
 // registryCredentials reaches the builder as its .dockerconfigjson key
 // only, spec.destination.oci's credentials as the same key under a file
-// name of their own, and spec.destination.signing as cosign.key and
+// name of their own (and their CA's ca.crt likewise), and
+// spec.destination.signing as cosign.key and
 // cosign.password only (not cosign.pub or anything else of the Secret), in the
 // credentials volume, with or without an S3 destination.
 func TestPodForProjectsOnlyTheKeysTheBuilderReads(t *testing.T) {
@@ -289,6 +290,15 @@ func TestPodForProjectsOnlyTheKeysTheBuilderReads(t *testing.T) {
 			b.Spec.Destination.OCI = &imagev1.OCIDestination{Repository: "registry.example.com/images/node",
 				CredentialsSecretRef: &corev1.LocalObjectReference{Name: "push"}}
 		}, "push", []string{".dockerconfigjson->oci-push.dockerconfigjson"}},
+		// The registry's CA likewise: the object store's CA Secret may
+		// have its own ca.crt.
+		"push CA": {func(b *imagev1.NodeImageBuild) {
+			if b.Spec.Destination == nil {
+				b.Spec.Destination = &imagev1.DestinationSpec{}
+			}
+			b.Spec.Destination.OCI = &imagev1.OCIDestination{Repository: "registry.example.com/images/node",
+				CASecretRef: &corev1.LocalObjectReference{Name: "registry-ca"}}
+		}, "registry-ca", []string{"ca.crt->oci-ca.crt"}},
 	} {
 		for _, withS3 := range []bool{true, false} {
 			b := &Backend{Scheme: testScheme(t), Image: "nodeforge-builder:dev"}

@@ -4,6 +4,7 @@
 package registrytest
 
 import (
+	"encoding/pem"
 	"io"
 	"log"
 	"net/http"
@@ -22,12 +23,28 @@ type Options struct {
 	// Wrap, when set, wraps the registry's handler (after the
 	// authentication check), for a test that injects faults.
 	Wrap func(http.Handler) http.Handler
+	// TLS serves HTTPS with a certificate of its own CA (see StartTLS).
+	TLS bool
 }
 
 // Start serves a new, empty registry until the test ends and returns its
-// host:port (plain HTTP: push to it with insecure set).
+// host:port (plain HTTP unless o.TLS: push to it with insecure set).
 func Start(t testing.TB, o Options) string {
 	t.Helper()
+	host, _ := start(t, o)
+	return host
+}
+
+// StartTLS is Start with o.TLS set; it also returns the PEM certificate a
+// client must trust for the registry's (a CA of its own, valid for
+// 127.0.0.1).
+func StartTLS(t testing.TB, o Options) (host string, caPEM []byte) {
+	t.Helper()
+	o.TLS = true
+	return start(t, o)
+}
+
+func start(t testing.TB, o Options) (string, []byte) {
 	h := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
 	if o.Wrap != nil {
 		h = o.Wrap(h)
@@ -35,9 +52,15 @@ func Start(t testing.TB, o Options) string {
 	if o.User != "" {
 		h = basicAuth(h, o.User, o.Password)
 	}
-	srv := httptest.NewServer(h)
+	if !o.TLS {
+		srv := httptest.NewServer(h)
+		t.Cleanup(srv.Close)
+		return strings.TrimPrefix(srv.URL, "http://"), nil
+	}
+	srv := httptest.NewTLSServer(h)
 	t.Cleanup(srv.Close)
-	return strings.TrimPrefix(srv.URL, "http://")
+	ca := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw})
+	return strings.TrimPrefix(srv.URL, "https://"), ca
 }
 
 func basicAuth(next http.Handler, user, password string) http.Handler {
