@@ -75,8 +75,8 @@ func (f *ociFlags) register(fs *pflag.FlagSet, overriding string) {
 
 // destination is the registry the verified image is also pushed to: --oci,
 // else spec (a NodeImage's destination.oci, nil when there is none or it
-// does not apply). It needs pub, which keeps the revisions the tags name.
-// nil when there is neither.
+// does not apply), else nil. It needs pub, which keeps the revisions the
+// tags name.
 func (f ociFlags) destination(spec *imagev1.OCIDestination, pub *storage.Publisher) (*ociDestination, error) {
 	what, d := "--oci", imagev1.OCIDestination{Repository: f.repository, Tags: f.tags, Insecure: f.insecure}
 	switch {
