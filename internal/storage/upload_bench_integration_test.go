@@ -9,7 +9,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -22,6 +21,7 @@ import (
 
 	"github.com/nodeforge/nodeforge/internal/checksum"
 	"github.com/nodeforge/nodeforge/internal/storage/miniotest"
+	"github.com/nodeforge/nodeforge/internal/testenv/reporoot"
 )
 
 // BenchmarkUpload1GiB uploads a 1 GiB file of random data and, in the same
@@ -307,8 +307,11 @@ type versityGW struct {
 func startVersityGW(b *testing.B) *versityGW {
 	bin := os.Getenv("NODEFORGE_VERSITYGW")
 	if bin == "" {
-		_, file, _, _ := runtime.Caller(0)
-		out, err := exec.Command("bash", filepath.Join(filepath.Dir(file), "..", "..", "hack", "tools.sh"), "path", "versitygw").Output()
+		root, err := reporoot.Dir()
+		var out []byte
+		if err == nil {
+			out, err = exec.Command("bash", filepath.Join(root, "hack", "tools.sh"), "path", "versitygw").Output()
+		}
 		if err == nil {
 			bin = strings.TrimSpace(string(out))
 		}

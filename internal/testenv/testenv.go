@@ -15,7 +15,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	goruntime "runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -29,6 +28,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
 	imagev1 "github.com/nodeforge/nodeforge/api/v1alpha1"
+	"github.com/nodeforge/nodeforge/internal/testenv/reporoot"
 )
 
 // Env is a running API server with the CRDs installed.
@@ -48,10 +48,14 @@ type Env struct {
 // ErrNoAssets means KUBEBUILDER_ASSETS is not set.
 var ErrNoAssets = fmt.Errorf("KUBEBUILDER_ASSETS is not set: run `make test`, or export KUBEBUILDER_ASSETS=$(hack/tools.sh envtest)")
 
-// RepoRoot returns the repository root, found from this file's location.
+// RepoRoot returns the repository root (reporoot.Dir); it panics when the
+// test does not run inside the repository.
 func RepoRoot() string {
-	_, file, _, _ := goruntime.Caller(0)
-	return filepath.Clean(filepath.Join(filepath.Dir(file), "..", ".."))
+	d, err := reporoot.Dir()
+	if err != nil {
+		panic(err)
+	}
+	return d
 }
 
 // Scheme returns a scheme with the built-in types and nodeforge's.

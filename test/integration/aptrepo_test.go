@@ -19,7 +19,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -36,20 +35,6 @@ const (
 	aptRepoScript    = "hack/k8s-apt-repo.sh"
 	requireEnvName   = "NODEFORGE_REQUIRE_INTEGRATION"
 )
-
-// repoRoot is the module root, two levels above this package.
-func repoRoot(t *testing.T) string {
-	t.Helper()
-	_, file, _, ok := runtime.Caller(0)
-	if !ok {
-		t.Fatal("cannot locate the test source file")
-	}
-	root := filepath.Clean(filepath.Join(filepath.Dir(file), "..", ".."))
-	if _, err := os.Stat(filepath.Join(root, aptRepoScript)); err != nil {
-		t.Fatalf("cannot find %s from %s: %v", aptRepoScript, root, err)
-	}
-	return root
-}
 
 // unavailable skips the test, or fails it when integration tests are required.
 func unavailable(t *testing.T, format string, args ...any) {

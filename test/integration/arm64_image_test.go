@@ -65,7 +65,7 @@ func TestBuildAndVerifyARM64Image(t *testing.T) {
 		}
 	}
 
-	root := buildRepoRoot(t)
+	root := repoRoot(t)
 	img, get, err := resolve.LoadFile(filepath.Join(root, arm64Sample))
 	if err != nil {
 		t.Fatal(err)

@@ -41,6 +41,7 @@ import (
 
 	"github.com/nodeforge/nodeforge/internal/builder"
 	"github.com/nodeforge/nodeforge/internal/manifest"
+	"github.com/nodeforge/nodeforge/internal/testenv/reporoot"
 )
 
 const buildSample = "config/samples/image_v1alpha1_nodeimage_cloudbase.yaml"
@@ -65,18 +66,14 @@ func buildCacheRoot() string {
 	return filepath.Join(home, ".cache", "nodeforge")
 }
 
-// buildRepoRoot is the module root.
-func buildRepoRoot(t *testing.T) string {
-	t.Helper()
-	wd, err := os.Getwd()
+// repoRoot is the module root (reporoot.Dir).
+func repoRoot(tb testing.TB) string {
+	tb.Helper()
+	d, err := reporoot.Dir()
 	if err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
-	root := filepath.Clean(filepath.Join(wd, "..", ".."))
-	if _, err := os.Stat(filepath.Join(root, "go.mod")); err != nil {
-		t.Fatalf("cannot find the module root from %s", wd)
-	}
-	return root
+	return d
 }
 
 // buildExec runs a command and returns its combined output.

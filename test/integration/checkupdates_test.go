@@ -46,7 +46,7 @@ func TestCheckUpdatesPodCommand(t *testing.T) {
 			buildUnavailable(t, "%s is not installed (hack/image.sh installs the builder's tools)", tool)
 		}
 	}
-	root := buildRepoRoot(t)
+	root := repoRoot(t)
 	repo := newAuthorRepo(t, root, offlineRepoDir(t, root))
 	srv := miniotest.Start(t, miniotest.Config{})
 

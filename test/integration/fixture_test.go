@@ -101,7 +101,7 @@ func builtCloudBase(t *testing.T) *cloudBase {
 }
 
 func buildCloudBase(t *testing.T) (*cloudBase, error) {
-	root := buildRepoRoot(t)
+	root := repoRoot(t)
 	url, key := startAuthorRepo(t, root, offlineRepoDir(t, root))
 	img, get, err := resolve.LoadFile(filepath.Join(root, buildSample))
 	if err != nil {

@@ -159,7 +159,7 @@ func (r *authRegistry) dockerConfig() []byte {
 
 func TestPushContainerDiskToARealRegistry(t *testing.T) {
 	g := NewWithT(t)
-	reg := startAuthRegistry(t, buildRepoRoot(t), true)
+	reg := startAuthRegistry(t, repoRoot(t), true)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	// A disk of incompressible bytes, as a qcow2's compressed clusters are.
@@ -263,7 +263,7 @@ func TestPushContainerDiskToARealRegistry(t *testing.T) {
 // what destination.oci adds to a publish (the layer's gzip, once for its
 // digest and once for the upload, and the upload).
 func BenchmarkPushContainerDisk(b *testing.B) {
-	reg := startAuthRegistry(b, benchRepoRoot(b), false)
+	reg := startAuthRegistry(b, repoRoot(b), false)
 	ctx := context.Background()
 	diskPath := os.Getenv("NODEFORGE_BENCH_DISK")
 	if diskPath == "" {
@@ -306,13 +306,4 @@ func BenchmarkPushContainerDisk(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
-}
-
-// benchRepoRoot is the module root, for a benchmark.
-func benchRepoRoot(b *testing.B) string {
-	wd, err := os.Getwd()
-	if err != nil {
-		b.Fatal(err)
-	}
-	return filepath.Clean(filepath.Join(wd, "..", ".."))
 }

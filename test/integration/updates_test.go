@@ -21,7 +21,7 @@ import (
 func TestCheckUpdates(t *testing.T) {
 	t.Parallel() // see fixture_test.go
 	cb := builtCloudBase(t)
-	root := buildRepoRoot(t)
+	root := repoRoot(t)
 	repo := newAuthorRepo(t, root, offlineRepoDir(t, root))
 	c := cb.Content.DeepCopy()
 	c.Kubernetes.AptRepository.URL = repo.URL

@@ -15,7 +15,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"sync"
 	"syscall"
@@ -23,6 +22,7 @@ import (
 	"time"
 
 	"github.com/nodeforge/nodeforge/internal/freeport"
+	"github.com/nodeforge/nodeforge/internal/testenv/reporoot"
 )
 
 // RequireIntegrationEnv, when "1", turns a missing MinIO binary into a test
@@ -40,9 +40,11 @@ func Binary(t testing.TB) string {
 			bin = filepath.Join(v, "minio")
 		}
 	} else {
-		_, file, _, _ := runtime.Caller(0)
-		tools := filepath.Join(filepath.Dir(file), "..", "..", "..", "hack", "tools.sh")
-		out, err := exec.Command("bash", tools, "path", "minio").Output()
+		root, err := reporoot.Dir()
+		var out []byte
+		if err == nil {
+			out, err = exec.Command("bash", filepath.Join(root, "hack", "tools.sh"), "path", "minio").Output()
+		}
 		if err == nil {
 			bin, origin = filepath.Join(strings.TrimSpace(string(out)), "minio"), "hack/tools.sh path minio"
 		}
