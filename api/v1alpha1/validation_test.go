@@ -138,7 +138,7 @@ func TestInvalidObjectsAreRejected(t *testing.T) {
 		{"unknown boot mode", func(n *imagev1.NodeImage) { n.Spec.Disk.BootMode = "coreboot" }, "spec.disk.bootMode"},
 		{"bios on arm64", func(n *imagev1.NodeImage) {
 			n.Spec.Base.Architecture, n.Spec.Disk.BootMode = imagev1.ArchitectureARM64, imagev1.BootModeBIOS
-		}, "spec.disk.bootMode: Invalid value: \"object\": disk.bootMode bios is not available on arm64"},
+		}, "spec.disk.bootMode: Invalid value: disk.bootMode bios is not available on arm64"},
 		{"invalid package name", func(n *imagev1.NodeImage) { n.Spec.Packages = []string{"Vim!"} }, "spec.packages[0]"},
 		{"duplicate package", func(n *imagev1.NodeImage) { n.Spec.Packages = []string{"vim", "vim"} }, "spec.packages[1]"},
 		{"containerd constraint malformed", func(n *imagev1.NodeImage) { n.Spec.ContainerRuntime.Containerd.Version = "latest" }, "spec.containerRuntime.containerd.version"},
