@@ -14,6 +14,15 @@ CONTROLLER_GEN ?= go run sigs.k8s.io/controller-tools/cmd/controller-gen@$(CONTR
 # keyed by version (see hack/tools.sh).
 export NODEFORGE_CACHE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/nodeforge
 
+# One Go build configuration for the tests, the binaries and the pinned
+# tools (hack/tools.sh builds those with CGO_ENABLED=0 and -trimpath): a
+# package compiled once serves them all from the build cache, where two
+# configurations compiled every dependency twice (docs/benchmarks.md, Cold
+# CI). The binaries are static and carry no local paths.
+export CGO_ENABLED ?= 0
+override GOFLAGS := $(strip $(filter-out -trimpath,$(GOFLAGS)) -trimpath)
+export GOFLAGS
+
 OUT ?= out
 BIN ?= bin
 IMG ?= nodeforge.local/builder:dev
