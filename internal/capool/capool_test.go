@@ -1,41 +1,32 @@
-package capool
+package capool_test
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/pem"
-	"math/big"
 	"testing"
-	"time"
+
+	"github.com/nodeforge/nodeforge/internal/capool"
+	"github.com/nodeforge/nodeforge/internal/storage/miniotest"
 )
 
+// The pool trusts the bundle's CA; a bundle without a certificate is an
+// error.
 func TestNew(t *testing.T) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	dir := t.TempDir()
+	caPEM := miniotest.WriteTestCA(t, dir)
+	block, _ := pem.Decode(caPEM)
+	ca, err := x509.ParseCertificate(block.Bytes)
 	if err != nil {
 		t.Fatal(err)
 	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "capool test CA"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IsCA: true, BasicConstraintsValid: true,
-		KeyUsage: x509.KeyUsageCertSign}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ca, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pool, err := New(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}))
+	pool, err := capool.New(caPEM)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if _, err := ca.Verify(x509.VerifyOptions{Roots: pool}); err != nil {
 		t.Errorf("the pool does not trust the bundle's CA: %v", err)
 	}
-	if _, err := New([]byte("not a certificate")); err == nil {
+	if _, err := capool.New([]byte("not a certificate")); err == nil {
 		t.Error("a bundle without a certificate was accepted")
 	}
 }
