@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"path/filepath"
 	"strings"
 	"time"
@@ -187,10 +186,7 @@ func (p *pipeline) run(ctx context.Context) (*pipelineResult, error) {
 		p.recordPrevious(ctx, res.Manifest)
 		// The manifest is complete: published as the file beside the
 		// image holds it.
-		raw, err := res.Manifest.Encode()
-		if err == nil {
-			err = os.WriteFile(res.ManifestPath, raw, 0o644)
-		}
+		raw, err := res.Manifest.Store(res.ManifestPath)
 		if err != nil {
 			return out, &stageError{Reason: buildresult.ReasonPublishFailed, Step: "publish", Err: err}
 		}

@@ -96,10 +96,7 @@ func runPublish(ctx context.Context, image string, o publishOptions, stdout, std
 			return err
 		}
 		// The manifest file records it too, as a build's does.
-		if err := m.Write(o.manifestPath); err != nil {
-			return err
-		}
-		if raw, err = m.Encode(); err != nil {
+		if raw, err = m.Store(o.manifestPath); err != nil {
 			return err
 		}
 	}

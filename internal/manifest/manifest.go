@@ -133,11 +133,18 @@ type Step struct {
 
 // Write stores the manifest as indented JSON at path.
 func (m *Manifest) Write(path string) error {
+	_, err := m.Store(path)
+	return err
+}
+
+// Store is Write that also returns the bytes written, for publishing the
+// very document the file beside the image holds.
+func (m *Manifest) Store(path string) ([]byte, error) {
 	b, err := m.Encode()
 	if err != nil {
-		return err
+		return nil, err
 	}
-	return os.WriteFile(path, b, 0o644)
+	return b, os.WriteFile(path, b, 0o644)
 }
 
 // Encode returns the manifest as Write stores it.
