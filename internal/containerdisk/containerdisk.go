@@ -48,6 +48,9 @@ import (
 // DiskDir is where KubeVirt and CDI look for the disk in the image.
 const DiskDir = "/disk"
 
+// layerDir is DiskDir as the layer's tar names it.
+const layerDir = "disk/"
+
 // QEMUID is the user and group id KubeVirt's virt-launcher runs QEMU as;
 // the disk belongs to it and is readable by it only (0440).
 const QEMUID = 107
@@ -75,9 +78,7 @@ func Image(diskPath, fileName, arch string, created time.Time) (v1.Image, error)
 	if err != nil {
 		return nil, err
 	}
-	base := mutate.MediaType(empty.Image, types.OCIManifestSchema1)
-	base = mutate.ConfigMediaType(base, types.OCIConfigJSON)
-	img, err := mutate.Append(base, mutate.Addendum{
+	img, err := mutate.Append(emptyOCIImage(), mutate.Addendum{
 		Layer:     layer,
 		MediaType: types.OCILayer,
 		History:   v1.History{Created: v1.Time{Time: mtime}, CreatedBy: "nodeforge: " + path.Join(DiskDir, fileName), Comment: "KubeVirt containerDisk"},
@@ -94,6 +95,12 @@ func Image(diskPath, fileName, arch string, created time.Time) (v1.Image, error)
 	return mutate.ConfigFile(img, cfg)
 }
 
+// emptyOCIImage is an image without layers in OCI media types, which
+// KubeVirt, CDI and cosign all read.
+func emptyOCIImage() v1.Image {
+	return mutate.ConfigMediaType(mutate.MediaType(empty.Image, types.OCIManifestSchema1), types.OCIConfigJSON)
+}
+
 // diskTar streams a tar of DiskDir and the disk in it. Its bytes depend on
 // the disk's contents, name, size and mtime only, so the layer's digest is
 // the same every time it is made.
@@ -106,10 +113,10 @@ func diskTar(diskPath, fileName string, size int64, mtime time.Time) (io.ReadClo
 	go func() {
 		defer f.Close()
 		tw := tar.NewWriter(pw)
-		err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeDir, Name: strings.TrimPrefix(DiskDir, "/") + "/", Mode: 0o555,
+		err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeDir, Name: layerDir, Mode: 0o555,
 			Uid: QEMUID, Gid: QEMUID, ModTime: mtime, Format: tar.FormatPAX})
 		if err == nil {
-			err = tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: strings.TrimPrefix(path.Join(DiskDir, fileName), "/"), Mode: 0o440,
+			err = tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: layerDir + fileName, Mode: 0o440,
 				Uid: QEMUID, Gid: QEMUID, Size: size, ModTime: mtime, Format: tar.FormatPAX})
 		}
 		if err == nil {
@@ -153,16 +160,15 @@ func ReadDisk(img v1.Image, w io.Writer) (*tar.Header, error) {
 		if err != nil {
 			return nil, err
 		}
-		dir := strings.TrimPrefix(DiskDir, "/") + "/"
 		switch {
-		case h.Typeflag == tar.TypeDir && h.Name == dir:
-		case h.Typeflag == tar.TypeReg && path.Dir(h.Name)+"/" == dir && disk == nil:
+		case h.Typeflag == tar.TypeDir && h.Name == layerDir:
+		case h.Typeflag == tar.TypeReg && path.Dir(h.Name)+"/" == layerDir && disk == nil:
 			if _, err := io.Copy(w, tr); err != nil {
 				return nil, err
 			}
 			disk = h
 		default:
-			return nil, fmt.Errorf("unexpected %s in the containerDisk (only %s and one disk in it)", h.Name, dir)
+			return nil, fmt.Errorf("unexpected %s in the containerDisk (only %s and one disk in it)", h.Name, layerDir)
 		}
 	}
 	if disk == nil {
@@ -360,9 +366,7 @@ func SignatureTag(digest string) string {
 // earlier signature image at that tag is replaced.
 func (t Target) PushSignature(ctx context.Context, ref name.Digest, payload, signature []byte) error {
 	layer := static.NewLayer(payload, SignatureMediaType)
-	base := mutate.MediaType(empty.Image, types.OCIManifestSchema1)
-	base = mutate.ConfigMediaType(base, types.OCIConfigJSON)
-	img, err := mutate.Append(base, mutate.Addendum{Layer: layer, Annotations: map[string]string{SignatureAnnotation: string(signature)}})
+	img, err := mutate.Append(emptyOCIImage(), mutate.Addendum{Layer: layer, Annotations: map[string]string{SignatureAnnotation: string(signature)}})
 	if err != nil {
 		return err
 	}

@@ -23,28 +23,25 @@ type Options struct {
 	// Wrap, when set, wraps the registry's handler (after the
 	// authentication check), for a test that injects faults.
 	Wrap func(http.Handler) http.Handler
-	// TLS serves HTTPS with a certificate of its own CA (see StartTLS).
-	TLS bool
 }
 
 // Start serves a new, empty registry until the test ends and returns its
-// host:port (plain HTTP unless o.TLS: push to it with insecure set).
+// host:port (plain HTTP: push to it with insecure set).
 func Start(t testing.TB, o Options) string {
 	t.Helper()
-	host, _ := start(t, o)
+	host, _ := start(t, o, false)
 	return host
 }
 
-// StartTLS is Start with o.TLS set; it also returns the PEM certificate a
+// StartTLS is Start serving HTTPS; it also returns the PEM certificate a
 // client must trust for the registry's (a CA of its own, valid for
 // 127.0.0.1).
 func StartTLS(t testing.TB, o Options) (host string, caPEM []byte) {
 	t.Helper()
-	o.TLS = true
-	return start(t, o)
+	return start(t, o, true)
 }
 
-func start(t testing.TB, o Options) (string, []byte) {
+func start(t testing.TB, o Options, withTLS bool) (string, []byte) {
 	h := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
 	if o.Wrap != nil {
 		h = o.Wrap(h)
@@ -52,7 +49,7 @@ func start(t testing.TB, o Options) (string, []byte) {
 	if o.User != "" {
 		h = basicAuth(h, o.User, o.Password)
 	}
-	if !o.TLS {
+	if !withTLS {
 		srv := httptest.NewServer(h)
 		t.Cleanup(srv.Close)
 		return strings.TrimPrefix(srv.URL, "http://"), nil
